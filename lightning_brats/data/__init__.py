@@ -1,0 +1,1 @@
+"""The BraTS data pipeline: reader -> preprocessing cache -> sampler -> datamodule."""

@@ -1,0 +1,216 @@
+"""The LightningDataModule: find cases, preprocess once, split by case, sample 2D or 3D."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from lightning_brats.data.layouts import BratsLayout, CaseFiles, DataError
+from lightning_brats.data.preprocess import CachedCase, PreprocessedCache
+from lightning_brats.data.sampling import EpochSampler, TrainingSampleDataset, labels_to_regions
+
+log = logging.getLogger(__name__)
+
+
+def kfold_split(case_ids: Sequence[str], num_folds: int, fold: int, seed: int) -> tuple[list[str], list[str]]:
+    """Split cases into training and validation for one fold.
+
+    The sorted case IDs are shuffled with ``seed`` and cut into ``num_folds`` near-equal
+    folds; fold ``fold`` validates, the rest train. The same seed gives the same folds on
+    any machine, and no case is on both sides.
+
+    Raises:
+        ValueError: ``fold`` is outside ``[0, num_folds)`` or there are fewer cases than folds.
+    """
+    if not 0 <= fold < num_folds:
+        raise ValueError(f"data.fold={fold} is outside [0, {num_folds}) for data.num_folds={num_folds}")
+    if len(case_ids) < num_folds:
+        raise ValueError(f"{len(case_ids)} cases cannot make data.num_folds={num_folds} folds")
+    ordered = sorted(case_ids)
+    permuted = [ordered[i] for i in np.random.default_rng(seed).permutation(len(ordered))]
+    folds = np.array_split(np.arange(len(permuted)), num_folds)
+    val = sorted(permuted[i] for i in folds[fold])
+    train = sorted(set(ordered) - set(val))
+    return train, val
+
+
+class WholeCaseDataset(Dataset):
+    """Whole preprocessed cases for validation: ``image (C, x, y, z)``, ``target (R, x, y, z)``."""
+
+    def __init__(self, cases: Sequence[CachedCase], regions: Mapping[str, Sequence[int]]) -> None:
+        self.cases = list(cases)
+        self.regions = dict(regions)
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def __getitem__(self, index: int) -> dict:
+        case = self.cases[index]
+        return {
+            "image": torch.from_numpy(np.array(case.image)),
+            "target": torch.from_numpy(labels_to_regions(np.asarray(case.label), self.regions)),
+            "case_id": case.case_id,
+        }
+
+
+class BratsDataModule(pl.LightningDataModule):
+    """BraTS-style data for training: cases -> preprocessing cache -> 2D/3D samples.
+
+    Args:
+        root: folder searched (recursively) for cases.
+        layout: the file layout (see :class:`~lightning_brats.data.layouts.BratsLayout`).
+        modalities: modality names stacked as input channels, in this order.
+        labels: the release's label map, name -> code (e.g. ``{ncr_net: 1, ed: 2, et: 4}``).
+        regions: evaluated regions, name -> label codes (e.g. ``{wt: [1, 2, 4], ...}``).
+        sampling: ``"3d"`` (patches) or ``"2d"`` (axial slices).
+        patch_size: ``[x, y, z]`` voxels for 3D; the first two are the slice size for 2D.
+        batch_size: samples per training batch.
+        spacing: target voxel size in mm (3 values) or ``None`` to keep the original.
+        oversample_foreground: fraction of each batch centred on a tumour voxel.
+        samples_per_epoch: training samples per epoch.
+        num_folds, fold, seed: the case-level cross-validation split (see :func:`kfold_split`).
+        augment: random flips and intensity scale/shift for training samples.
+        num_workers: DataLoader workers.
+        cache_dir: where preprocessed caches live (one sub-folder per fingerprint).
+        phantoms: optional callable ``phantoms(root)`` that writes a synthetic dataset into
+            ``root`` when it holds no cases yet (used by ``data=sample``).
+        notice: a message printed when the data are prepared (e.g. "these are synthetic").
+        max_val_cases: validate on at most this many cases of the fold (``None``: all).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        layout: BratsLayout,
+        modalities: Sequence[str],
+        labels: Mapping[str, int],
+        regions: Mapping[str, Sequence[int]],
+        sampling: str = "3d",
+        patch_size: Sequence[int] = (128, 128, 128),
+        batch_size: int = 2,
+        spacing: Sequence[float] | None = None,
+        oversample_foreground: float = 0.33,
+        samples_per_epoch: int = 500,
+        num_folds: int = 5,
+        fold: int = 0,
+        seed: int = 12345,
+        augment: bool = True,
+        num_workers: int = 4,
+        cache_dir: str = "cache",
+        phantoms: Callable[[str], None] | None = None,
+        notice: str | None = None,
+        max_val_cases: int | None = None,
+    ) -> None:
+        super().__init__()
+        if sampling not in ("2d", "3d"):
+            raise ValueError(f"data.sampling must be '2d' or '3d', got {sampling!r}")
+        self.root = Path(root)
+        self.layout = layout
+        self.modalities = list(modalities)
+        self.labels = {str(k): int(v) for k, v in labels.items()}
+        self.regions = {str(k): [int(v) for v in vs] for k, vs in regions.items()}
+        self.sampling = sampling
+        self.spatial_dims = int(sampling[0])
+        self.patch_size = [int(p) for p in patch_size][: self.spatial_dims]
+        if len(self.patch_size) != self.spatial_dims:
+            raise ValueError(f"data.patch_size={list(patch_size)} has fewer than {self.spatial_dims} values")
+        self.batch_size = batch_size
+        self.spacing = None if spacing is None else [float(s) for s in spacing]
+        self.oversample_foreground = oversample_foreground
+        self.samples_per_epoch = samples_per_epoch
+        self.num_folds, self.fold, self.seed = num_folds, fold, seed
+        self.augment = augment
+        self.num_workers = num_workers
+        self.phantoms = phantoms
+        self.notice = notice
+        self.max_val_cases = max_val_cases
+        self.cache = PreprocessedCache(
+            cache_dir,
+            self.root.resolve().name,
+            {
+                "root": str(self.root.resolve()),
+                "modality_suffixes": layout.modality_suffixes,
+                "modalities": self.modalities,
+                "spacing": self.spacing,
+                "normalization": "zscore_nonzero",
+                "crop": "nonzero",
+            },
+        )
+        self.train_ids: list[str] = []
+        self.val_ids: list[str] = []
+        self.train_set = self.val_set = None
+        self.train_sampler = EpochSampler(samples_per_epoch)
+
+    @property
+    def region_names(self) -> list[str]:
+        """Region names in output-channel order, e.g. ``["wt", "tc", "et"]``."""
+        return list(self.regions)
+
+    def find_cases(self) -> list[CaseFiles]:
+        """The dataset's cases (raises :class:`DataError` naming the root when there are none)."""
+        return self.layout.find_cases(self.root)
+
+    def prepare_data(self) -> None:
+        """Write phantoms if configured and missing, then fill the preprocessing cache (rank 0)."""
+        if self.notice:
+            log.warning(self.notice)
+        if self.phantoms is not None and not _has_cases(self.layout, self.root):
+            self.phantoms(str(self.root))
+        self.cache.ensure(self.find_cases(), self.modalities, self.labels, self.spacing, log=log.info)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Split by case and build the training and validation datasets from the cache."""
+        if self.train_set is not None:
+            return
+        labelled = [c.case_id for c in self.find_cases() if c.label is not None]
+        if not labelled:
+            raise DataError(f"no labelled cases under {self.root}: training needs label files")
+        self.train_ids, self.val_ids = kfold_split(labelled, self.num_folds, self.fold, self.seed)
+        val_ids = self.val_ids[: self.max_val_cases] if self.max_val_cases else self.val_ids
+        log.info(
+            f"Fold {self.fold}/{self.num_folds}: {len(self.train_ids)} training cases, "
+            f"{len(val_ids)} validation cases ({', '.join(val_ids)})"
+        )
+        train_cases = [self.cache.load(i) for i in self.train_ids]
+        self.train_set = TrainingSampleDataset(
+            train_cases,
+            self.regions,
+            self.patch_size,
+            self.batch_size,
+            self.oversample_foreground,
+            self.augment,
+            self.seed,
+        )
+        self.val_set = WholeCaseDataset([self.cache.load(i) for i in val_ids], self.regions)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            sampler=self.train_sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            drop_last=True,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=1, num_workers=min(self.num_workers, 1))
+
+    def state_dict(self) -> dict:
+        return {"train_sampler": self.train_sampler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.train_sampler.load_state_dict(state["train_sampler"])
+
+
+def _has_cases(layout: BratsLayout, root: Path) -> bool:
+    try:
+        return bool(layout.find_cases(root))
+    except DataError:
+        return False

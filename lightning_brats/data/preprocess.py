@@ -1,0 +1,260 @@
+"""Preprocessing, done once per case and cached: crop, normalise, resample.
+
+Follows nnU-Net's order (Isensee et al., Nature Methods 2021): crop to the non-zero
+bounding box of the modalities, z-score each modality inside the brain (non-zero) mask,
+then optionally resample to a target spacing. Each case is cached as ``.npy`` arrays
+(read back with memory mapping) and a JSON record holding what is needed to put a
+prediction back on the original grid (:func:`restore_to_original`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.progress import Progress
+
+from lightning_brats.data.layouts import CaseFiles, LoadedCase, load_case
+
+#: Bump when the preprocessing code changes what it writes: old caches are then not reused.
+PREPROCESS_VERSION = 1
+
+
+def nonzero_bbox(image: np.ndarray) -> np.ndarray:
+    """Bounding box of voxels non-zero in any channel.
+
+    Args:
+        image: ``(C, X, Y, Z)``.
+
+    Returns:
+        ``(3, 2)`` int array of ``[start, stop)`` per spatial axis (voxels); the whole
+        volume when every voxel is zero.
+    """
+    mask = np.any(image != 0, axis=0)
+    box = np.zeros((3, 2), dtype=np.int64)
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        hits = np.flatnonzero(np.any(mask, axis=other))
+        box[axis] = (hits[0], hits[-1] + 1) if hits.size else (0, mask.shape[axis])
+    return box
+
+
+def zscore_in_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Z-score each channel using the mean and std of voxels inside ``mask``; zero outside.
+
+    Args:
+        image: ``(C, X, Y, Z)`` float32.
+        mask: ``(X, Y, Z)`` bool brain mask.
+    """
+    out = np.zeros_like(image, dtype=np.float32)
+    for c in range(image.shape[0]):
+        values = image[c][mask]
+        if values.size:
+            out[c][mask] = (values - values.mean()) / max(float(values.std()), 1e-8)
+    return out
+
+
+def target_shape(shape: Sequence[int], spacing: Sequence[float], new_spacing: Sequence[float]) -> tuple[int, ...]:
+    """Shape in voxels after resampling a grid of ``shape`` from ``spacing`` to ``new_spacing`` (mm)."""
+    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, new_spacing))
+
+
+def resize(array: np.ndarray, shape: Sequence[int], order: int) -> np.ndarray:
+    """Resize a ``(C, X, Y, Z)`` array to spatial ``shape``: trilinear (``order=1``) or nearest (``0``)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None]
+    if order == 1:
+        out = F.interpolate(tensor, size=tuple(shape), mode="trilinear", align_corners=False)
+    else:
+        out = F.interpolate(tensor, size=tuple(shape), mode="nearest-exact")
+    return out[0].numpy()
+
+
+def preprocess_case(case: LoadedCase, spacing: Sequence[float] | None) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """Crop, z-score and optionally resample one case.
+
+    Args:
+        case: the case on its original grid (image ``(C, X, Y, Z)``).
+        spacing: target voxel size in mm (3 values), or ``None`` to keep the original.
+
+    Returns:
+        ``(image (C, x, y, z) float32, label (x, y, z) uint8 or None, record)`` where the
+        record holds ``original_shape``, ``affine``, ``spacing`` (original, mm), ``crop_box``
+        (``(3, 2)`` voxels), ``cropped_shape`` and ``preprocessed_spacing``.
+    """
+    box = nonzero_bbox(case.image)
+    crop = tuple(slice(int(a), int(b)) for a, b in box)
+    image = case.image[(slice(None), *crop)]
+    image = zscore_in_mask(image, np.any(image != 0, axis=0))
+    label = None if case.label is None else case.label[crop]
+    new_spacing = case.spacing if spacing is None else np.asarray(spacing, dtype=np.float64)
+    shape = target_shape(image.shape[1:], case.spacing, new_spacing)
+    if shape != image.shape[1:]:
+        image = resize(image, shape, order=1)
+        if label is not None:
+            label = resize(label[None], shape, order=0)[0].astype(np.uint8)
+    record = {
+        "case_id": case.case_id,
+        "original_shape": list(case.image.shape[1:]),
+        "affine": np.asarray(case.affine).tolist(),
+        "spacing": np.asarray(case.spacing).tolist(),
+        "crop_box": box.tolist(),
+        "cropped_shape": [int(b - a) for a, b in box],
+        "preprocessed_shape": list(shape),
+        "preprocessed_spacing": np.asarray(new_spacing).tolist(),
+        "has_label": label is not None,
+    }
+    return image.astype(np.float32), label, record
+
+
+def restore_to_original(array: np.ndarray, record: Mapping, fill: float = 0) -> np.ndarray:
+    """Put an array on the preprocessed grid back on the case's original grid.
+
+    Undoes the resampling (nearest neighbour, so label codes survive) and the crop.
+
+    Args:
+        array: ``(x, y, z)`` or ``(C, x, y, z)`` on the preprocessed grid.
+        record: the case's preprocessing record (see :func:`preprocess_case`).
+        fill: value outside the crop box.
+
+    Returns:
+        ``(X, Y, Z)`` or ``(C, X, Y, Z)`` on the original grid, same dtype as ``array``.
+    """
+    squeeze = array.ndim == 3
+    channels = array[None] if squeeze else array
+    cropped_shape = tuple(record["cropped_shape"])
+    if channels.shape[1:] != cropped_shape:
+        channels = resize(channels, cropped_shape, order=0).astype(array.dtype)
+    out = np.full((channels.shape[0], *record["original_shape"]), fill, dtype=array.dtype)
+    box = record["crop_box"]
+    out[(slice(None), *(slice(a, b) for a, b in box))] = channels
+    return out[0] if squeeze else out
+
+
+def _atomic_save(path: Path, write) -> None:
+    """Write a file through a temporary name and rename it, so no reader sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as handle:
+        np.save(handle, array)
+
+
+def _source_stamp(files: CaseFiles) -> dict:
+    paths = [*files.images.values(), *([files.label] if files.label else [])]
+    return {str(p): [p.stat().st_size, int(p.stat().st_mtime)] for p in paths}
+
+
+@dataclass
+class CachedCase:
+    """One preprocessed case read back from the cache.
+
+    Attributes:
+        case_id: the case identifier.
+        image: ``(C, x, y, z)`` float32, memory-mapped.
+        label: ``(x, y, z)`` uint8, memory-mapped, or ``None`` when the case has no labels.
+        record: the preprocessing record (original shape, affine, spacing, crop box).
+    """
+
+    case_id: str
+    image: np.ndarray
+    label: np.ndarray | None
+    record: dict
+
+
+class PreprocessedCache:
+    """A folder of preprocessed cases keyed by a fingerprint of every setting that changes them.
+
+    The folder is ``<cache_dir>/<name>-<fingerprint>/`` with, per case,
+    ``<case>_image.npy``, ``<case>_label.npy`` and ``<case>.json`` (written last; a case
+    whose record is missing or whose source files changed is redone). Each file is
+    written atomically, so an interrupted run never leaves a half-written case behind.
+
+    Args:
+        cache_dir: parent folder of all caches.
+        name: a readable prefix for the folder (e.g. the data root's name).
+        settings: everything that changes the cached content (modalities, spacing, ...).
+    """
+
+    def __init__(self, cache_dir: str | Path, name: str, settings: Mapping) -> None:
+        self.settings = {"version": PREPROCESS_VERSION, **settings}
+        blob = json.dumps(self.settings, sort_keys=True, default=str).encode()
+        self.fingerprint = hashlib.sha256(blob).hexdigest()[:12]
+        self.path = Path(cache_dir) / f"{name}-{self.fingerprint}"
+
+    def _files(self, case_id: str) -> tuple[Path, Path, Path]:
+        return (self.path / f"{case_id}_image.npy", self.path / f"{case_id}_label.npy", self.path / f"{case_id}.json")
+
+    def is_cached(self, files: CaseFiles) -> bool:
+        """Whether the case is complete in the cache and its source files are unchanged."""
+        image, label, record = self._files(files.case_id)
+        if not (record.exists() and image.exists()):
+            return False
+        try:
+            stored = json.loads(record.read_text())
+        except json.JSONDecodeError:
+            return False
+        return stored.get("source") == _source_stamp(files) and (label.exists() or not stored["has_label"])
+
+    def ensure(
+        self,
+        cases: Sequence[CaseFiles],
+        modalities: Sequence[str],
+        labels: Mapping[str, int] | None,
+        spacing: Sequence[float] | None,
+        log=print,
+    ) -> None:
+        """Preprocess every case not yet cached, with a progress bar and a summary line.
+
+        Raises:
+            DataError: a case cannot be read (the message names the file); cases already
+                cached are left intact.
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        settings_file = self.path / "settings.json"
+        if not settings_file.exists():
+            _atomic_save(settings_file, lambda p: p.write_text(json.dumps(self.settings, indent=2, default=str)))
+        todo = [c for c in cases if not self.is_cached(c)]
+        if not todo:
+            log(f"Preprocessed cache {self.path}: all {len(cases)} cases present, reused")
+            return
+        start = time.perf_counter()
+        with Progress(transient=False) as progress:
+            task = progress.add_task(f"Preprocessing {len(todo)} cases", total=len(todo))
+            for files in todo:
+                self._write(files, modalities, labels, spacing)
+                progress.advance(task)
+        log(
+            f"Preprocessed {len(todo)} cases in {time.perf_counter() - start:.1f} s into {self.path} "
+            f"({sum(f.stat().st_size for f in self.path.iterdir()) / 2**20:.0f} MiB)"
+        )
+
+    def _write(self, files: CaseFiles, modalities, labels, spacing) -> None:
+        image, label, record = preprocess_case(load_case(files, modalities, labels), spacing)
+        record["source"] = _source_stamp(files)
+        image_path, label_path, record_path = self._files(files.case_id)
+        _atomic_save(image_path, lambda p: _save_npy(p, image))
+        if label is not None:
+            _atomic_save(label_path, lambda p: _save_npy(p, label))
+        _atomic_save(record_path, lambda p: p.write_text(json.dumps(record, indent=1)))
+
+    def load(self, case_id: str) -> CachedCase:
+        """Read one cached case with memory mapping."""
+        image_path, label_path, record_path = self._files(case_id)
+        record = json.loads(record_path.read_text())
+        label = np.load(label_path, mmap_mode="r") if record["has_label"] else None
+        return CachedCase(case_id, np.load(image_path, mmap_mode="r"), label, record)

@@ -1,0 +1,200 @@
+"""Training samples: random 3D patches or 2D axial slices with foreground oversampling.
+
+Foreground oversampling follows nnU-Net (Isensee et al. 2021, ``nnUNetDataLoader``): in
+each batch of ``B`` samples the last ``B - round(B * (1 - p))`` are centred on a random
+tumour voxel, the others are placed uniformly at random. Every sample's randomness comes
+from ``(seed, epoch, index)``, so an epoch is reproducible whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from lightning_brats.data.preprocess import CachedCase
+
+
+def labels_to_regions(label: np.ndarray, regions: Mapping[str, Sequence[int]]) -> np.ndarray:
+    """Convert a label map to one binary mask per region.
+
+    Args:
+        label: ``(...)`` integer label map (e.g. BraTS codes 1, 2, 4).
+        regions: region name -> label codes, e.g. ``{"wt": [1, 2, 4], "tc": [1, 4], "et": [4]}``.
+
+    Returns:
+        ``(R, ...)`` float32 masks in the order of ``regions``.
+    """
+    return np.stack([np.isin(label, list(codes)) for codes in regions.values()]).astype(np.float32)
+
+
+def crop_or_pad(array: np.ndarray, start: Sequence[int], size: Sequence[int]) -> np.ndarray:
+    """Extract ``array[..., start:start+size]`` over the trailing axes, zero-padding outside.
+
+    Args:
+        array: ``(C, *spatial)`` (a memory map is fine: only the window is read).
+        start: window start per spatial axis (voxels; may be negative or run past the end).
+        size: window size per spatial axis (voxels).
+
+    Returns:
+        ``(C, *size)`` array of ``array``'s dtype.
+    """
+    spatial = array.shape[1:]
+    out = np.zeros((array.shape[0], *size), dtype=array.dtype)
+    src, dst = [slice(None)], [slice(None)]
+    for s, n, length in zip(start, size, spatial):
+        lo, hi = max(s, 0), min(s + n, length)
+        if hi <= lo:
+            return out
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - s, hi - s))
+    out[tuple(dst)] = array[tuple(src)]
+    return out
+
+
+def patch_start(
+    shape: Sequence[int], size: Sequence[int], rng: np.random.Generator, center: Sequence[int] | None = None
+) -> list[int]:
+    """Start of a window of ``size`` in a volume of ``shape``: random, or centred on ``center``.
+
+    The start stays in ``[min(0, n - s), max(0, n - s)]`` per axis (as nnU-Net clips its
+    boxes), so a window never leaves more padding than the volume forces, and a centred
+    window still contains ``center``.
+    """
+    starts = []
+    for axis, (n, s) in enumerate(zip(shape, size)):
+        lo, hi = min(0, n - s), max(0, n - s)
+        start = int(rng.integers(lo, hi + 1)) if center is None else int(center[axis]) - s // 2
+        starts.append(int(np.clip(start, lo, hi)))
+    return starts
+
+
+def foreground_voxels(label: np.ndarray | None, max_voxels: int = 20000, seed: int = 0) -> np.ndarray:
+    """Coordinates of tumour (non-zero label) voxels, subsampled to at most ``max_voxels``.
+
+    Returns:
+        ``(N, 3)`` int array (voxels); ``N = 0`` for a case with no tumour or no labels.
+    """
+    if label is None:
+        return np.zeros((0, 3), dtype=np.int64)
+    coords = np.argwhere(np.asarray(label) > 0)
+    if len(coords) > max_voxels:
+        coords = coords[np.random.default_rng(seed).choice(len(coords), max_voxels, replace=False)]
+    return coords
+
+
+class EpochSampler(Sampler):
+    """Yields ``(epoch, index)`` keys for :class:`TrainingSampleDataset`, a new epoch per pass.
+
+    Args:
+        num_samples: samples per epoch.
+    """
+
+    def __init__(self, num_samples: int) -> None:
+        self.num_samples = num_samples
+        self.epoch = 0
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        self.epoch += 1
+        return iter([(epoch, i) for i in range(self.num_samples)])
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = int(state["epoch"])
+
+
+class TrainingSampleDataset(Dataset):
+    """Random training samples drawn from preprocessed cases.
+
+    Args:
+        cases: the training cases (image ``(C, x, y, z)``, label ``(x, y, z)``).
+        regions: region name -> label codes (see :func:`labels_to_regions`).
+        patch_size: ``(px, py, pz)`` for 3D patches or ``(px, py)`` for 2D axial slices (voxels).
+        batch_size: the batch size, which fixes the oversampled positions in each batch.
+        oversample_foreground: fraction ``p`` of each batch centred on a tumour voxel.
+        augment: random flips on every spatial axis and per-channel intensity scale
+            (x0.9-1.1) and shift (+-0.1); see :func:`augment`.
+        seed: base seed.
+
+    Items (keyed by ``(epoch, index)`` from :class:`EpochSampler`) are dicts with
+    ``image`` ``(C, *patch_size)`` float32 and ``target`` ``(R, *patch_size)`` float32.
+    """
+
+    def __init__(
+        self,
+        cases: Sequence[CachedCase],
+        regions: Mapping[str, Sequence[int]],
+        patch_size: Sequence[int],
+        batch_size: int,
+        oversample_foreground: float = 0.33,
+        augment: bool = True,
+        seed: int = 0,
+    ) -> None:
+        if len(patch_size) not in (2, 3):
+            raise ValueError(f"patch_size must have 2 (2D) or 3 (3D) values, got {list(patch_size)}")
+        self.cases = list(cases)
+        self.regions = dict(regions)
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.batch_size = batch_size
+        self.oversample_foreground = oversample_foreground
+        self.augment = augment
+        self.seed = seed
+        self.foreground = [foreground_voxels(c.label, seed=seed) for c in self.cases]
+
+    def is_oversampled(self, index: int) -> bool:
+        """Whether sample ``index`` is forced onto a tumour voxel (nnU-Net's rule, per batch)."""
+        return index % self.batch_size >= round(self.batch_size * (1 - self.oversample_foreground))
+
+    def __len__(self) -> int:  # the sampler decides the epoch length
+        return 0
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
+        epoch, index = key
+        rng = np.random.default_rng((self.seed, epoch, index))
+        case_index = int(rng.integers(len(self.cases)))
+        case, fg = self.cases[case_index], self.foreground[case_index]
+        center = fg[rng.integers(len(fg))] if self.is_oversampled(index) and len(fg) else None
+        if len(self.patch_size) == 3:
+            start = patch_start(case.image.shape[1:], self.patch_size, rng, center)
+            image = crop_or_pad(case.image, start, self.patch_size)
+            label = crop_or_pad(case.label[None], start, self.patch_size)[0]
+        else:
+            z = int(center[2]) if center is not None else int(rng.integers(case.image.shape[3]))
+            start = patch_start(case.image.shape[1:3], self.patch_size, rng, None if center is None else center[:2])
+            image = crop_or_pad(case.image[..., z], start, self.patch_size)
+            label = crop_or_pad(case.label[None, ..., z], start, self.patch_size)[0]
+        target = labels_to_regions(label, self.regions)
+        if self.augment:
+            image, target = augment(image, target, rng)
+        return {"image": torch.from_numpy(np.ascontiguousarray(image)), "target": torch.from_numpy(np.ascontiguousarray(target))}
+
+
+def augment(image: np.ndarray, target: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Random flips and intensity scale/shift (the BraTS recipe of MONAI's tutorials and nnU-Net).
+
+    Args:
+        image: ``(C, *spatial)`` float32.
+        target: ``(R, *spatial)`` float32.
+
+    Returns:
+        the augmented ``(image, target)``; each spatial axis is flipped with probability
+        0.5; with probability 0.5 each, channels are scaled by ``U(0.9, 1.1)`` and shifted
+        by ``U(-0.1, 0.1)`` (independently per channel).
+    """
+    for axis in range(1, image.ndim):
+        if rng.random() < 0.5:
+            image, target = np.flip(image, axis), np.flip(target, axis)
+    channels = (image.shape[0],) + (1,) * (image.ndim - 1)
+    if rng.random() < 0.5:
+        image = image * rng.uniform(0.9, 1.1, channels).astype(np.float32)
+    if rng.random() < 0.5:
+        image = image + rng.uniform(-0.1, 0.1, channels).astype(np.float32)
+    return image, target

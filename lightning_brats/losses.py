@@ -1,0 +1,32 @@
+"""Losses for region-based (multi-label, sigmoid) segmentation."""
+
+from __future__ import annotations
+
+import torch
+from monai.losses import DiceLoss
+from torch import nn
+
+
+class DiceBCELoss(nn.Module):
+    """Soft Dice + binary cross-entropy, one sigmoid output per region (nnU-Net's BraTS setup).
+
+    MONAI's ``DiceCELoss`` applies softmax cross-entropy to multi-channel input, which is
+    wrong for overlapping regions (WT contains TC contains ET); this combines MONAI's
+    sigmoid ``DiceLoss`` (batch Dice, as nnU-Net) with ``BCEWithLogitsLoss`` per voxel and region.
+
+    Args:
+        dice_weight: weight of the Dice term.
+        bce_weight: weight of the BCE term.
+
+    Input: logits ``(B, R, *spatial)``; target ``(B, R, *spatial)`` in {0, 1}. Returns a scalar.
+    """
+
+    def __init__(self, dice_weight: float = 1.0, bce_weight: float = 1.0) -> None:
+        super().__init__()
+        self.dice = DiceLoss(sigmoid=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)
+        self.bce = nn.BCEWithLogitsLoss()
+        self.dice_weight = dice_weight
+        self.bce_weight = bce_weight
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.dice_weight * self.dice(logits, target) + self.bce_weight * self.bce(logits, target)
