@@ -52,7 +52,11 @@ class SegmentationModule(pl.LightningModule):
         threshold: float = 0.5,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["net", "loss"], logger=False)
+        # Only plain values go into the checkpoint's hyper-parameters, so it loads with
+        # torch.load(weights_only=True); the full resolved config travels under CONFIG_KEY.
+        self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"], logger=False)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
         self.net = net
         self.loss = loss
         self.region_names: list[str] = []
@@ -117,10 +121,10 @@ class SegmentationModule(pl.LightningModule):
             lg.log_image(key=f"val/overlay_{batch['case_id'][0]}", images=[picture], caption=[caption], step=self.global_step)
 
     def configure_optimizers(self):
-        optimizer = self.hparams.optimizer(params=self.parameters())
-        if self.hparams.scheduler is None:
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.hparams.scheduler(optimizer=optimizer), "interval": "epoch"}}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer), "interval": "epoch"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.run_config is not None:

@@ -48,13 +48,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
     log.info(f"Instantiating model <{cfg.model._target_}>")
     model = hydra.utils.instantiate(cfg.model)
     model.configure_for(datamodule.region_names, datamodule.patch_size, datamodule.modalities)
-    model.run_config = OmegaConf.to_container(OmegaConf.masked_copy(cfg, ["data", "model"]), resolve=True)
+    resolved = {
+        key: OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+        for key, value in cfg.items()
+        if key != "hydra"
+    }
+    model.run_config = {"data": resolved["data"], "model": resolved["model"]}
     callbacks = _instantiate_dict(cfg.get("callbacks"))
     loggers = _instantiate_dict(cfg.get("logger"))
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    hparams = OmegaConf.to_container(cfg, resolve=True)
     for lg in trainer.loggers:
-        lg.log_hyperparams(hparams)
+        lg.log_hyperparams(resolved)
     try:
         trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
