@@ -1,0 +1,85 @@
+"""Shared fixtures: composing the real configs (as lightning-hydra-template's tests do) and
+locating the real BraTS cases in ``../shared/data`` (tests fail loudly when they are missing)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+import lightning_brats  # noqa: F401
+from lightning_brats.cli.train import CONFIG_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("LIGHTNING_BRATS_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def _require(path: Path) -> Path:
+    if not path.is_dir():
+        pytest.fail(
+            f"real data missing: {path} does not exist. Tests marked real_data need ../shared/data beside the "
+            "checkout; deselect them explicitly with -m 'not real_data'.",
+            pytrace=False,
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def brats2018_root() -> Path:
+    """The 20 real BraTS 2018 cases."""
+    return _require(SHARED_DATA / "brats2018")
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One preprocessing cache for the whole test session (preprocessing is done once)."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def phantom_root(tmp_path_factory) -> Path:
+    """A small synthetic dataset written once per session."""
+    from lightning_brats.data.phantoms import write_phantom_dataset
+
+    root = tmp_path_factory.mktemp("phantoms")
+    write_phantom_dataset(root, num_cases=8, shape=(64, 64, 48))
+    return root
+
+
+def compose_config(overrides: list[str], output_dir: Path, cache_dir: Path | None = None) -> DictConfig:
+    """Compose ``conf/train.yaml`` with overrides, outputs in ``output_dir``, CPU only."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        cfg.paths.log_dir = str(output_dir / "logs")
+        cfg.paths.data_dir = str(output_dir / "data")
+        if cache_dir is not None:
+            cfg.paths.cache_dir = str(cache_dir)
+        cfg.trainer.accelerator = "cpu"
+        cfg.data.num_workers = 0
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def real_datamodule(brats2018_root, cache_dir, tmp_path_factory):
+    """The ``experiment=brats_cpu`` datamodule on the real cases, prepared (2 mm cache) and set up."""
+    import hydra
+
+    cfg = compose_config(
+        ["experiment=brats_cpu", f"data.root={brats2018_root}"], tmp_path_factory.mktemp("dm"), cache_dir
+    )
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    return datamodule

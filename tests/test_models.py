@@ -1,0 +1,65 @@
+"""The U-Net: output shapes in 2D and 3D, gradients, the divisibility check; losses and metrics."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_brats.inference import predict_logits
+from lightning_brats.losses import DiceBCELoss
+from lightning_brats.metrics import RegionDice, region_dice
+from lightning_brats.models import UNet
+
+
+@pytest.mark.parametrize("dims,size", [(2, (64, 48)), (3, (32, 48, 16))])
+def test_unet_output_shape_and_backward(dims, size):
+    net = UNet(dims, in_channels=4, out_channels=3, depth=4, base_filters=8)
+    x = torch.randn(2, 4, *size)
+    out = net(x)
+    assert out.shape == (2, 3, *size)
+    DiceBCELoss()(out, (torch.rand_like(out) > 0.5).float()).backward()
+    assert all(p.grad is not None for p in net.parameters())
+
+
+def test_check_patch_size_names_depth_and_nearest():
+    net = UNet(3, 4, 3, depth=5)
+    net.check_patch_size([128, 128, 128])
+    with pytest.raises(ValueError, match=r"\[120, 128, 100\] is not divisible by 2\*\*\(depth-1\) = 16.*\[128, 128, 96\]"):
+        net.check_patch_size([120, 128, 100])
+
+
+@pytest.mark.parametrize("patch_size", [(32, 32, 32), (32, 32)])
+def test_whole_case_inference_shapes(patch_size):
+    net = UNet(len(patch_size), 4, 3, depth=3, base_filters=4).eval()
+    image = torch.randn(1, 4, 40, 50, 30)
+    with torch.no_grad():
+        logits = predict_logits(net, image, patch_size, overlap=0.5, sw_batch_size=4)
+    assert logits.shape == (1, 3, 40, 50, 30)
+
+
+def test_2d_inference_is_slice_by_slice():
+    """A 2D network sees each axial slice alone: changing one slice changes only its output."""
+    net = UNet(2, 1, 1, depth=2, base_filters=4).eval()
+    image = torch.randn(1, 1, 16, 16, 6)
+    changed = image.clone()
+    changed[..., 3] += 5
+    with torch.no_grad():
+        a, b = predict_logits(net, image, (16, 16)), predict_logits(net, changed, (16, 16))
+    differs = (a - b).abs().flatten(0, 3).amax(0) > 1e-6
+    assert differs.tolist() == [False, False, False, True, False, False]
+
+
+def test_region_dice_brats_conventions():
+    target = torch.zeros(1, 3, 4, 4, 4, dtype=torch.bool)
+    pred = torch.zeros_like(target)
+    target[0, 0, :2] = True  # WT: 32 voxels
+    pred[0, 0, :1] = True  # 16 of them predicted
+    pred[0, 2, 0, 0, 0] = True  # ET predicted where none exists
+    dice = region_dice(pred, target)[0]
+    assert dice[0].item() == pytest.approx(2 * 16 / 48)
+    assert dice[1].item() == 1.0  # both empty
+    assert dice[2].item() == 0.0  # exactly one empty
+    metric = RegionDice(3)
+    metric.update(pred, target)
+    metric.update(target, target)
+    assert metric.compute().tolist() == pytest.approx([(2 / 3 + 1) / 2, 1.0, 0.5])

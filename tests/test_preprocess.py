@@ -1,0 +1,84 @@
+"""Preprocessing on real cases: crop, z-score, resampling, the cache, and the way back."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from lightning_brats.data.layouts import DataError, load_case
+from lightning_brats.data.preprocess import PreprocessedCache, preprocess_case, restore_to_original
+from tests.test_layouts import BRATS20, LABELS, MODALITIES, _copy_case
+
+pytestmark = pytest.mark.real_data
+
+
+@pytest.fixture(scope="module")
+def real_case(brats2018_root):
+    return load_case(BRATS20.find_cases(brats2018_root)[0], MODALITIES, LABELS)
+
+
+def test_crop_and_zscore(real_case):
+    image, label, record = preprocess_case(real_case, spacing=None)
+    box = np.asarray(record["crop_box"])
+    assert image.shape[1:] == label.shape == tuple(box[:, 1] - box[:, 0])
+    assert image.shape[1:] < real_case.image.shape[1:]
+    brain = np.any(image != 0, axis=0)
+    for channel in image:
+        assert abs(channel[brain].mean()) < 1e-3 and abs(channel[brain].std() - 1) < 1e-3
+
+
+def test_round_trip_puts_crop_back_voxel_for_voxel(real_case):
+    _, label, record = preprocess_case(real_case, spacing=None)
+    restored = restore_to_original(label, record)
+    assert restored.shape == real_case.label.shape
+    np.testing.assert_array_equal(restored, real_case.label)
+    np.testing.assert_array_equal(np.asarray(record["affine"]), real_case.affine)
+
+
+def test_resampled_round_trip_keeps_the_tumour(real_case):
+    image, label, record = preprocess_case(real_case, spacing=[2.0, 2.0, 2.0])
+    assert record["preprocessed_spacing"] == [2.0, 2.0, 2.0]
+    assert all(abs(n - c / 2) <= 0.5 for n, c in zip(label.shape, record["cropped_shape"]))
+    restored = restore_to_original(label, record)
+    assert restored.shape == real_case.label.shape
+    wt, wt_back = real_case.label > 0, restored > 0
+    assert 2 * (wt & wt_back).sum() / (wt.sum() + wt_back.sum()) > 0.9
+    assert set(np.unique(restored)) <= {0, 1, 2, 4}
+
+
+def test_cache_is_reused_and_redoes_only_missing_cases(brats2018_root, tmp_path):
+    root = tmp_path / "root"
+    for name in ("Brats18_2013_11_1", "Brats18_CBICA_ABM_1"):
+        _copy_case(brats2018_root / name, root)
+    cases = BRATS20.find_cases(root)
+    cache = PreprocessedCache(tmp_path / "cache", "x", {"spacing": [2, 2, 2]})
+    cache.ensure(cases, MODALITIES, LABELS, [2, 2, 2])
+    first = {p.name: p.stat().st_mtime_ns for p in cache.path.iterdir()}
+    (cache.path / "Brats18_CBICA_ABM_1.json").unlink()  # as if interrupted before the record
+    cache.ensure(cases, MODALITIES, LABELS, [2, 2, 2])
+    second = {p.name: p.stat().st_mtime_ns for p in cache.path.iterdir()}
+    assert second["Brats18_2013_11_1_image.npy"] == first["Brats18_2013_11_1_image.npy"]
+    assert second["Brats18_CBICA_ABM_1_image.npy"] != first["Brats18_CBICA_ABM_1_image.npy"]
+    assert not [p for p in cache.path.iterdir() if ".tmp-" in p.name]
+    loaded = cache.load("Brats18_2013_11_1")
+    assert isinstance(loaded.image, np.memmap) and loaded.image.shape[0] == 4
+    assert json.loads((cache.path / "Brats18_2013_11_1.json").read_text())["original_shape"] == [240, 240, 155]
+    # a different setting is a different cache folder
+    assert PreprocessedCache(tmp_path / "cache", "x", {"spacing": [1, 1, 1]}).path != cache.path
+
+
+def test_failing_case_leaves_cached_cases_intact(brats2018_root, tmp_path):
+    root = tmp_path / "root"
+    _copy_case(brats2018_root / "Brats18_2013_11_1", root)
+    cache = PreprocessedCache(tmp_path / "cache", "x", {})
+    cache.ensure(BRATS20.find_cases(root), MODALITIES, LABELS, [2, 2, 2])
+    before = {p.name: p.read_bytes() for p in cache.path.iterdir()}
+    bad = _copy_case(brats2018_root / "Brats18_2013_20_1", root) / "Brats18_2013_20_1_t1.nii.gz"
+    data = bad.read_bytes()
+    bad.unlink()
+    bad.write_bytes(data[:1000])
+    with pytest.raises(DataError, match="Brats18_2013_20_1_t1.nii.gz: cannot read NIfTI"):
+        cache.ensure(BRATS20.find_cases(root), MODALITIES, LABELS, [2, 2, 2])
+    assert {p.name: p.read_bytes() for p in cache.path.iterdir()} == before

@@ -1,0 +1,77 @@
+"""Sampling: patch and slice shapes, foreground oversampling, the case-level split."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lightning_brats.data.datamodule import kfold_split
+from lightning_brats.data.sampling import TrainingSampleDataset, crop_or_pad, patch_start
+
+
+def test_kfold_split_is_reproducible_disjoint_and_complete():
+    ids = [f"case_{i:02d}" for i in range(23)]
+    folds = [kfold_split(ids, 5, k, seed=7) for k in range(5)]
+    assert folds == [kfold_split(list(reversed(ids)), 5, k, seed=7) for k in range(5)]
+    vals = [set(v) for _, v in folds]
+    assert set().union(*vals) == set(ids) and sum(map(len, vals)) == len(ids)
+    for train, val in folds:
+        assert not set(train) & set(val) and len(train) + len(val) == len(ids)
+    assert kfold_split(ids, 5, 0, seed=8) != folds[0]
+    with pytest.raises(ValueError, match="data.fold=5 is outside"):
+        kfold_split(ids, 5, 5, seed=7)
+
+
+def test_crop_or_pad_pads_outside_the_volume():
+    array = np.arange(2 * 4 * 4 * 4, dtype=np.float32).reshape(2, 4, 4, 4) + 1
+    out = crop_or_pad(array, [-2, 1, 2], [4, 4, 4])
+    assert out.shape == (2, 4, 4, 4)
+    np.testing.assert_array_equal(out[:, 2:, :3, :2], array[:, :2, 1:, 2:])
+    assert not out[:, :2].any() and not out[:, :, 3].any()
+
+
+def test_centred_patch_contains_its_centre():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        shape = rng.integers(20, 60, 3)
+        centre = [int(rng.integers(n)) for n in shape]
+        start = patch_start(shape, [32, 32, 32], rng, centre)
+        assert all(s <= c < s + 32 for s, c in zip(start, centre))
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("patch_size", [(32, 32, 32), (32, 32)])
+def test_foreground_fraction_of_batches_matches_setting(real_datamodule, patch_size):
+    batch_size, fraction = 3, 0.33  # nnU-Net's rule: round(3 * 0.67) = 2 random, 1 on tumour
+    dataset = TrainingSampleDataset(
+        real_datamodule.train_set.cases, real_datamodule.regions, patch_size, batch_size, fraction, augment=True, seed=1
+    )
+    samples = [dataset[(0, i)] for i in range(60)]
+    assert all(s["image"].shape == (4, *patch_size) and s["target"].shape == (3, *patch_size) for s in samples)
+    has_tumour = np.array([bool(s["target"][0].any()) for s in samples])
+    forced = np.array([dataset.is_oversampled(i) for i in range(60)])
+    assert forced.mean() == pytest.approx(1 / 3)
+    assert has_tumour[forced].all()  # every oversampled patch holds tumour
+    # small patches placed at random miss the tumour often (the reason to oversample)
+    assert has_tumour[~forced].mean() < 0.9
+    assert has_tumour.mean() >= fraction
+    # regions nest: ET inside TC inside WT
+    for s in samples:
+        wt, tc, et = s["target"].bool()
+        assert not (tc & ~wt).any() and not (et & ~tc).any()
+
+
+@pytest.mark.real_data
+def test_epochs_are_reproducible_and_differ(real_datamodule):
+    dataset = real_datamodule.train_set
+    a, b = dataset[(0, 3)], dataset[(0, 3)]
+    assert torch.equal(a["image"], b["image"])
+    assert not torch.equal(a["image"], dataset[(1, 3)]["image"])
+
+
+@pytest.mark.real_data
+def test_split_is_by_case(real_datamodule):
+    assert len(real_datamodule.train_ids) == 16 and len(real_datamodule.val_ids) == 4
+    assert not set(real_datamodule.train_ids) & set(real_datamodule.val_ids)
+    assert {c.case_id for c in real_datamodule.train_set.cases} == set(real_datamodule.train_ids)

@@ -1,0 +1,79 @@
+"""train.py end to end: the CLI, fast_dev_run on real data (2D and 3D), W&B offline, checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lightning_brats.cli.train import train
+from lightning_brats.data.layouts import DataError
+from lightning_brats.module import CONFIG_KEY
+from tests.conftest import REPO, compose_config
+from tests.wandb_records import logged_history
+
+
+def test_help_lists_config_groups_and_options():
+    out = subprocess.run([sys.executable, "train.py", "--help"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    for line in ("data: brats20, sample", "model: unet2d, unet3d", "experiment: brats_cpu", "logger: csv, wandb"):
+        assert line in out
+
+
+def test_cli_fast_dev_run_on_generated_phantoms(tmp_path):
+    """``python train.py`` on the embedded default writes phantoms and says they are synthetic."""
+    proc = subprocess.run(
+        [sys.executable, "train.py", "debug=fast_dev_run", f"paths.root_dir={tmp_path}", "data.phantoms.num_cases=4",
+         "data.num_folds=2", "trainer.accelerator=cpu"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "SYNTHETIC phantoms" in proc.stderr + proc.stdout
+    assert len(list((tmp_path / "data" / "brats_sample_phantoms").glob("BraTS20_Training_*/*_t1ce.nii.gz"))) == 4
+    assert list((tmp_path / "logs" / "debug" / "runs").glob("*/debug.log"))
+
+
+def test_missing_data_root_fails_before_training(tmp_path):
+    cfg = compose_config(["data=brats20", f"data.root={tmp_path / 'no_such_dir'}"], tmp_path)
+    with pytest.raises(DataError, match=r"no_such_dir does not exist.*<case>_flair, <case>_t1"):
+        train(cfg)
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("sampling,model", [("3d", "unet3d"), ("2d", "unet2d")])
+def test_fast_dev_run_on_real_cases(brats2018_root, cache_dir, tmp_path, sampling, model):
+    cfg = compose_config(
+        ["experiment=brats_cpu", f"data.root={brats2018_root}", "debug=fast_dev_run", f"model={model}",
+         f"data.sampling={sampling}"],
+        tmp_path, cache_dir,
+    )
+    metrics = train(cfg)
+    assert {"train/loss", "val/dice_wt", "val/dice_tc", "val/dice_et", "val/dice_mean"} <= set(metrics)
+    assert 0.0 <= metrics["val/dice_mean"] <= 1.0
+
+
+def test_wandb_offline_run_csv_and_checkpoint(phantom_root, tmp_path):
+    cfg = compose_config(
+        ["data=sample", f"data.root={phantom_root}", "data.num_folds=4", "data.samples_per_epoch=4",
+         "data.patch_size=[32,32,32]", "trainer.max_epochs=2", "logger=wandb"],
+        tmp_path, tmp_path / "cache",
+    )
+    metrics = train(cfg)
+    (run_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    history = logged_history(run_file)
+    logged = {k: v for row in history for k, v in row.items()}
+    for key in ("val/dice_wt", "val/dice_tc", "val/dice_et", "val/dice_mean", "train/loss_epoch"):
+        assert key in logged
+    assert [row["val/dice_mean"] for row in history if "val/dice_mean" in row][-1] == pytest.approx(metrics["val/dice_mean"])
+    # the validation pictures: PNGs in the offline run, referenced from the history
+    pictures = [v for k, v in logged.items() if k.startswith("val/overlay_") and k.endswith("/filenames")]
+    assert pictures and (run_file.parent / "files" / pictures[0][0]).is_file()
+    rows = list(csv.DictReader(open(tmp_path / "csv" / "metrics.csv")))
+    assert [r["val/dice_mean"] for r in rows if r.get("val/dice_mean")]
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    config = checkpoint[CONFIG_KEY]
+    assert config["data"]["root"] == str(phantom_root) and config["data"]["modalities"] == ["flair", "t1", "t1ce", "t2"]
+    assert config["model"]["net"]["spatial_dims"] == 3 and checkpoint["epoch"] == 1
+    assert list((tmp_path / "checkpoints").glob("epoch_*.ckpt"))
