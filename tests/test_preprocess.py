@@ -38,7 +38,7 @@ def test_round_trip_puts_crop_back_voxel_for_voxel(real_case):
 
 
 def test_resampled_round_trip_keeps_the_tumour(real_case):
-    image, label, record = preprocess_case(real_case, spacing=[2.0, 2.0, 2.0])
+    _, label, record = preprocess_case(real_case, spacing=[2.0, 2.0, 2.0])
     assert record["preprocessed_spacing"] == [2.0, 2.0, 2.0]
     assert all(abs(n - c / 2) <= 0.5 for n, c in zip(label.shape, record["cropped_shape"]))
     restored = restore_to_original(label, record)

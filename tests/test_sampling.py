@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lightning_brats.data.datamodule import kfold_split
-from lightning_brats.data.sampling import TrainingSampleDataset, crop_or_pad, patch_start
+from lightning_brats.data.sampling import Augmentation, TrainingSampleDataset, crop_or_pad, patch_start
 
 
 def test_kfold_split_is_reproducible_disjoint_and_complete():
@@ -45,7 +45,7 @@ def test_centred_patch_contains_its_centre():
 def test_foreground_fraction_of_batches_matches_setting(real_datamodule, patch_size):
     batch_size, fraction = 3, 0.33  # nnU-Net's rule: round(3 * 0.67) = 2 random, 1 on tumour
     dataset = TrainingSampleDataset(
-        real_datamodule.train_set.cases, real_datamodule.regions, patch_size, batch_size, fraction, augment=True, seed=1
+        real_datamodule.train_set.cases, real_datamodule.regions, patch_size, batch_size, fraction, Augmentation(), seed=1
     )
     samples = [dataset[(0, i)] for i in range(60)]
     assert all(s["image"].shape == (4, *patch_size) and s["target"].shape == (3, *patch_size) for s in samples)
@@ -75,3 +75,19 @@ def test_split_is_by_case(real_datamodule):
     assert len(real_datamodule.train_ids) == 16 and len(real_datamodule.val_ids) == 4
     assert not set(real_datamodule.train_ids) & set(real_datamodule.val_ids)
     assert {c.case_id for c in real_datamodule.train_set.cases} == set(real_datamodule.train_ids)
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("patch_size", [(48, 48, 48), (64, 64)])
+def test_spatial_augmentation_keeps_binary_nested_targets(real_datamodule, patch_size):
+    always = Augmentation(spatial_prob=1.0)
+    dataset = TrainingSampleDataset(real_datamodule.train_set.cases, real_datamodule.regions, patch_size, 2, 1.0, always, seed=3)
+    plain = TrainingSampleDataset(real_datamodule.train_set.cases, real_datamodule.regions, patch_size, 2, 1.0, None, seed=3)
+    for i in range(6):
+        sample = dataset[(0, i)]
+        assert sample["image"].shape == (4, *patch_size) and sample["target"].shape == (3, *patch_size)
+        assert set(torch.unique(sample["target"]).tolist()) <= {0.0, 1.0}
+        wt, tc, et = sample["target"].bool()
+        assert not (tc & ~wt).any() and not (et & ~tc).any()
+        assert torch.equal(sample["image"], dataset[(0, i)]["image"])  # reproducible
+        assert not torch.equal(sample["image"], plain[(0, i)]["image"])  # and really transformed

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightning_brats.data.layouts import BratsLayout, CaseFiles, DataError
 from lightning_brats.data.preprocess import CachedCase, PreprocessedCache
-from lightning_brats.data.sampling import EpochSampler, TrainingSampleDataset, labels_to_regions
+from lightning_brats.data.sampling import Augmentation, EpochSampler, TrainingSampleDataset, labels_to_regions
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,8 @@ class BratsDataModule(pl.LightningDataModule):
         oversample_foreground: fraction of each batch centred on a tumour voxel.
         samples_per_epoch: training samples per epoch.
         num_folds, fold, seed: the case-level cross-validation split (see :func:`kfold_split`).
-        augment: random flips and intensity scale/shift for training samples.
+        augment: training augmentation settings (see :class:`~lightning_brats.data.sampling.Augmentation`:
+            ``flip``, ``intensity``, ``spatial_prob``, ``rotate_deg``, ``scale``), or ``None``/``False`` for none.
         num_workers: DataLoader workers.
         cache_dir: where preprocessed caches live (one sub-folder per fingerprint).
         phantoms: optional callable ``phantoms(root)`` that writes a synthetic dataset into
@@ -100,7 +101,7 @@ class BratsDataModule(pl.LightningDataModule):
         num_folds: int = 5,
         fold: int = 0,
         seed: int = 12345,
-        augment: bool = True,
+        augment: Mapping | bool | None = True,
         num_workers: int = 4,
         cache_dir: str = "cache",
         phantoms: Callable[[str], None] | None = None,
@@ -125,7 +126,10 @@ class BratsDataModule(pl.LightningDataModule):
         self.oversample_foreground = oversample_foreground
         self.samples_per_epoch = samples_per_epoch
         self.num_folds, self.fold, self.seed = num_folds, fold, seed
-        self.augment = augment
+        if augment is True:
+            self.augment = Augmentation()
+        else:
+            self.augment = Augmentation(**augment) if augment else None
         self.num_workers = num_workers
         self.phantoms = phantoms
         self.notice = notice

@@ -64,7 +64,8 @@ def zscore_in_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def target_shape(shape: Sequence[int], spacing: Sequence[float], new_spacing: Sequence[float]) -> tuple[int, ...]:
     """Shape in voxels after resampling a grid of ``shape`` from ``spacing`` to ``new_spacing`` (mm)."""
-    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, new_spacing))
+    # int(): NumPy < 2 rounds its floats to floats
+    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, new_spacing))  # noqa: RUF046
 
 
 def resize(array: np.ndarray, shape: Sequence[int], order: int) -> np.ndarray:

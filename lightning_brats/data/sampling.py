@@ -9,6 +9,7 @@ from ``(seed, epoch, index)``, so an epoch is reproducible whatever the number o
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -120,8 +121,7 @@ class TrainingSampleDataset(Dataset):
         patch_size: ``(px, py, pz)`` for 3D patches or ``(px, py)`` for 2D axial slices (voxels).
         batch_size: the batch size, which fixes the oversampled positions in each batch.
         oversample_foreground: fraction ``p`` of each batch centred on a tumour voxel.
-        augment: random flips on every spatial axis and per-channel intensity scale
-            (x0.9-1.1) and shift (+-0.1); see :func:`augment`.
+        augment: the training augmentation (see :class:`Augmentation`), or ``None``.
         seed: base seed.
 
     Items (keyed by ``(epoch, index)`` from :class:`EpochSampler`) are dicts with
@@ -135,7 +135,7 @@ class TrainingSampleDataset(Dataset):
         patch_size: Sequence[int],
         batch_size: int,
         oversample_foreground: float = 0.33,
-        augment: bool = True,
+        augment: Augmentation | None = None,
         seed: int = 0,
     ) -> None:
         if len(patch_size) not in (2, 3):
@@ -172,29 +172,60 @@ class TrainingSampleDataset(Dataset):
             image = crop_or_pad(case.image[..., z], start, self.patch_size)
             label = crop_or_pad(case.label[None, ..., z], start, self.patch_size)[0]
         target = labels_to_regions(label, self.regions)
-        if self.augment:
-            image, target = augment(image, target, rng)
+        if self.augment is not None:
+            image, target = self.augment(image, target, rng)
         return {"image": torch.from_numpy(np.ascontiguousarray(image)), "target": torch.from_numpy(np.ascontiguousarray(target))}
 
 
-def augment(image: np.ndarray, target: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Random flips and intensity scale/shift (the BraTS recipe of MONAI's tutorials and nnU-Net).
+@dataclass(frozen=True)
+class Augmentation:
+    """Training-time augmentation, as in nnU-Net and MONAI's BraTS tutorial.
 
-    Args:
-        image: ``(C, *spatial)`` float32.
-        target: ``(R, *spatial)`` float32.
-
-    Returns:
-        the augmented ``(image, target)``; each spatial axis is flipped with probability
-        0.5; with probability 0.5 each, channels are scaled by ``U(0.9, 1.1)`` and shifted
-        by ``U(-0.1, 0.1)`` (independently per channel).
+    Attributes:
+        flip: flip each spatial axis with probability 0.5.
+        intensity: with probability 0.5 each, scale channels by ``U(0.9, 1.1)`` and shift them by
+            ``U(-0.1, 0.1)`` (independently per channel; z-scored units).
+        spatial_prob: probability of a random rotation and scaling of the sample
+            (MONAI ``RandAffined``: trilinear image, nearest-neighbour target, zero padding).
+        rotate_deg: rotation range in degrees, ``U(-r, r)`` about each axis (about the slice
+            normal only in 2D).
+        scale: relative scaling range, ``1 + U(-s, s)`` per axis.
     """
-    for axis in range(1, image.ndim):
-        if rng.random() < 0.5:
-            image, target = np.flip(image, axis), np.flip(target, axis)
-    channels = (image.shape[0],) + (1,) * (image.ndim - 1)
-    if rng.random() < 0.5:
-        image = image * rng.uniform(0.9, 1.1, channels).astype(np.float32)
-    if rng.random() < 0.5:
-        image = image + rng.uniform(-0.1, 0.1, channels).astype(np.float32)
-    return image, target
+
+    flip: bool = True
+    intensity: bool = True
+    spatial_prob: float = 0.2
+    rotate_deg: float = 15.0
+    scale: float = 0.15
+
+    def __call__(self, image: np.ndarray, target: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Augment one sample: ``image (C, *spatial)`` and ``target (R, *spatial)``, float32."""
+        if self.spatial_prob > 0 and rng.random() < self.spatial_prob:
+            image, target = self._affine(image, target, int(rng.integers(2**31)))
+        if self.flip:
+            for axis in range(1, image.ndim):
+                if rng.random() < 0.5:
+                    image, target = np.flip(image, axis), np.flip(target, axis)
+        channels = (image.shape[0],) + (1,) * (image.ndim - 1)
+        if self.intensity and rng.random() < 0.5:
+            image = image * rng.uniform(0.9, 1.1, channels).astype(np.float32)
+        if self.intensity and rng.random() < 0.5:
+            image = image + rng.uniform(-0.1, 0.1, channels).astype(np.float32)
+        return image, target
+
+    def _affine(self, image: np.ndarray, target: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        from monai.transforms import RandAffined
+
+        dims = image.ndim - 1
+        angle = np.deg2rad(self.rotate_deg)
+        transform = RandAffined(
+            keys=["image", "target"],
+            prob=1.0,
+            rotate_range=(angle,) if dims == 2 else (angle,) * 3,
+            scale_range=(self.scale,) * dims,
+            mode=("bilinear", "nearest"),
+            padding_mode="zeros",
+        )
+        transform.set_random_state(seed)
+        out = transform({"image": np.ascontiguousarray(image), "target": np.ascontiguousarray(target)})
+        return np.asarray(out["image"], dtype=np.float32), np.asarray(out["target"], dtype=np.float32)

@@ -1,0 +1,55 @@
+"""Print a Markdown table of training runs: wall time, steps, and validation Dice per region.
+
+Usage:
+    python experiments/summarize_runs.py logs/brats_cpu/runs/<run> [more run folders ...]
+
+For each run folder it reads ``csv/metrics.csv`` (written by the CSV logger) and
+``.hydra/overrides.yaml``; wall time is from the first to the last modification of the
+run's files (seconds). Dice rows are the best validation by ``val/dice_mean`` and the last one.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import yaml
+
+
+def summarize(run: Path) -> dict:
+    with open(run / "csv" / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    vals = [r for r in rows if r.get("val/dice_mean")]
+    if not vals:
+        raise SystemExit(f"{run}: no validation rows in csv/metrics.csv")
+    best = max(vals, key=lambda r: float(r["val/dice_mean"]))
+    steps = max(int(r["step"]) for r in rows if r.get("step"))
+    times = [p.stat().st_mtime for p in run.rglob("*") if p.is_file()]
+    overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())
+    return {
+        "overrides": " ".join(overrides),
+        "minutes": (max(times) - (run / ".hydra" / "config.yaml").stat().st_mtime) / 60,
+        "steps": steps + 1,
+        "epochs": int(vals[-1]["epoch"]) + 1,
+        "best": best,
+        "last": vals[-1],
+    }
+
+
+def main(runs: list[str]) -> None:
+    print("| overrides | wall (min) | epochs | steps | which | Dice WT | Dice TC | Dice ET | mean |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for run in runs:
+        s = summarize(Path(run))
+        for which in ("best", "last"):
+            r = s[which]
+            print(
+                f"| `{s['overrides']}` | {s['minutes']:.1f} | {s['epochs']} | {s['steps']} | {which} (epoch {r['epoch']}) "
+                f"| {float(r['val/dice_wt']):.3f} | {float(r['val/dice_tc']):.3f} | {float(r['val/dice_et']):.3f} "
+                f"| {float(r['val/dice_mean']):.3f} |"
+            )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
