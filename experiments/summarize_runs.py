@@ -5,7 +5,8 @@ Usage:
 
 For each run folder it reads ``csv/metrics.csv`` (written by the CSV logger) and
 ``.hydra/overrides.yaml``; wall time is from the first to the last modification of the
-run's files (seconds). Dice rows are the best validation by ``val/dice_mean`` and the last one.
+run's files (seconds). Dice rows are the best validation during training by ``val/dice_mean`` (the checkpoint
+``ModelCheckpoint`` keeps) and the last one.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import yaml
 def summarize(run: Path) -> dict:
     with open(run / "csv" / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
-    vals = [r for r in rows if r.get("val/dice_mean")]
+    trained = {r["epoch"] for r in rows if r.get("train/loss_epoch")}
+    # validations during training; a final row at an epoch without training is validate_best
+    vals = [r for r in rows if r.get("val/dice_mean") and r["epoch"] in trained]
     if not vals:
         raise SystemExit(f"{run}: no validation rows in csv/metrics.csv")
     best = max(vals, key=lambda r: float(r["val/dice_mean"]))
