@@ -42,9 +42,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     pl.seed_everything(cfg.seed, workers=True)
     log.info(f"Instantiating datamodule <{cfg.data._target_}>")
     datamodule = hydra.utils.instantiate(cfg.data)
-    # Fail before building anything heavy when the data root is wrong.
-    if datamodule.phantoms is None:
-        datamodule.find_cases()
+    datamodule.check_root()  # fail before building anything heavy when the data root is wrong
     log.info(f"Instantiating model <{cfg.model._target_}>")
     model = hydra.utils.instantiate(cfg.model)
     model.configure_for(datamodule.region_names, datamodule.patch_size, datamodule.modalities)

@@ -160,6 +160,11 @@ class BratsDataModule(pl.LightningDataModule):
         """The dataset's cases (raises :class:`DataError` naming the root when there are none)."""
         return self.layout.find_cases(self.root)
 
+    def check_root(self) -> None:
+        """Raise :class:`DataError` (naming the root and the layout) unless cases can be found or generated."""
+        if self.phantoms is None:
+            self.find_cases()
+
     def prepare_data(self) -> None:
         """Write phantoms if configured and missing, then fill the preprocessing cache (rank 0)."""
         if self.notice:
