@@ -63,6 +63,8 @@ class BratsLayout:
             e.g. ``{"flair": "_flair", "t1": "_t1", "t1ce": "_t1ce", "t2": "_t2"}``.
         label_suffix: suffix of the label map (``"_seg"``); ``None`` for image-only data.
         extensions: accepted file extensions, e.g. ``[".nii.gz", ".nii"]``.
+        label_files: case ID -> label file name in the case folder, for releases that ship
+            a label under another name (BraTS 2020 case 355: ``W39_1998.09.19_Segm.nii``).
     """
 
     def __init__(
@@ -70,10 +72,12 @@ class BratsLayout:
         modality_suffixes: Mapping[str, str],
         label_suffix: str | None = "_seg",
         extensions: Sequence[str] = (".nii.gz", ".nii"),
+        label_files: Mapping[str, str] | None = None,
     ) -> None:
         self.modality_suffixes = dict(modality_suffixes)
         self.label_suffix = label_suffix
         self.extensions = tuple(extensions)
+        self.label_files = dict(label_files or {})
 
     def describe(self) -> str:
         """A one-line description of the expected layout, for error messages."""
@@ -128,7 +132,10 @@ class BratsLayout:
                 other = next(iter(cases[case_id].images.values())).parent
                 raise DataError(f"case ID {case_id} appears twice: in {other} and in {folder}")
             images = {m: roles[m] for m in self.modality_suffixes}
-            cases[case_id] = CaseFiles(case_id, images, roles.get("label"))
+            label = roles.get("label")
+            if label is None and case_id in self.label_files and (folder / self.label_files[case_id]).is_file():
+                label = folder / self.label_files[case_id]
+            cases[case_id] = CaseFiles(case_id, images, label)
         return [cases[k] for k in sorted(cases)]
 
 

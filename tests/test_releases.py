@@ -1,0 +1,124 @@
+"""Each BraTS release's layout, built in a temporary folder from the same real cases, reads
+back to the same images and the same WT/TC/ET masks (the shared data are never modified)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import nibabel as nib
+import numpy as np
+import pytest
+
+from lightning_brats.data.layouts import load_case
+from lightning_brats.data.sampling import labels_to_regions
+from tests.conftest import compose_config
+
+pytestmark = pytest.mark.real_data
+
+SOURCE_CASES = ["Brats18_2013_11_1", "Brats18_CBICA_ABM_1"]
+MODALITIES = ["flair", "t1", "t1ce", "t2"]
+
+
+def _link(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.symlink_to(src)
+
+
+def _build_brats20(source: Path, root: Path) -> list[str]:
+    """Kaggle layout, uncompressed .nii; the second case is case 355 with its odd label name."""
+    ids = ["BraTS20_Training_001", "BraTS20_Training_355"]
+    base = root / "BraTS2020_TrainingData" / "MICCAI_BraTS2020_TrainingData"
+    for src_id, case_id in zip(SOURCE_CASES, ids):
+        for part in [*MODALITIES, "seg"]:
+            img = nib.load(source / src_id / f"{src_id}_{part}.nii.gz")
+            name = "W39_1998.09.19_Segm.nii" if (part == "seg" and case_id.endswith("355")) else f"{case_id}_{part}.nii"
+            (base / case_id).mkdir(parents=True, exist_ok=True)
+            nib.save(img, base / case_id / name)
+    return ids
+
+
+def _build_brats21(source: Path, root: Path) -> list[str]:
+    ids = ["BraTS2021_00000", "BraTS2021_00002"]
+    for src_id, case_id in zip(SOURCE_CASES, ids):
+        for part in [*MODALITIES, "seg"]:
+            _link(source / src_id / f"{src_id}_{part}.nii.gz", root / case_id / f"{case_id}_{part}.nii.gz")
+    return ids
+
+
+def _build_brats23(source: Path, root: Path) -> list[str]:
+    """2023 names (t2f/t1n/t1c/t2w) and labels (ET 4 -> 3)."""
+    ids = ["BraTS-GLI-00000-000", "BraTS-GLI-00002-000"]
+    names = {"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w"}
+    for src_id, case_id in zip(SOURCE_CASES, ids):
+        for modality, suffix in names.items():
+            _link(source / src_id / f"{src_id}_{modality}.nii.gz", root / case_id / f"{case_id}-{suffix}.nii.gz")
+        seg = nib.load(source / src_id / f"{src_id}_seg.nii.gz")
+        label = np.asarray(seg.dataobj).copy()
+        label[label == 4] = 3
+        nib.save(nib.Nifti1Image(label, seg.affine, seg.header), root / case_id / f"{case_id}-seg.nii.gz")
+    return ids
+
+
+@pytest.fixture(scope="module")
+def reference(brats2018_root):
+    """Images and region masks of the source cases read with the brats20 config."""
+    out = {}
+    for src_id in SOURCE_CASES:
+        images = np.stack([nib.load(brats2018_root / src_id / f"{src_id}_{m}.nii.gz").get_fdata(dtype=np.float32) for m in MODALITIES])
+        label = np.asarray(nib.load(brats2018_root / src_id / f"{src_id}_seg.nii.gz").dataobj)
+        out[src_id] = (images, labels_to_regions(label, {"wt": [1, 2, 4], "tc": [1, 4], "et": [4]}))
+    return out
+
+
+@pytest.mark.parametrize(
+    "data,build", [("brats20", _build_brats20), ("brats21", _build_brats21), ("brats23", _build_brats23)]
+)
+def test_every_release_reads_the_same_images_and_regions(data, build, brats2018_root, reference, tmp_path):
+    root = tmp_path / "root"
+    ids = build(brats2018_root, root)
+    cfg = compose_config([f"data={data}", f"data.root={root}"], tmp_path / "out")
+    datamodule = hydra.utils.instantiate(cfg.data)
+    cases = datamodule.find_cases()
+    assert [c.case_id for c in cases] == ids
+    assert all(c.label is not None for c in cases)
+    for files, src_id in zip(cases, SOURCE_CASES):
+        case = load_case(files, datamodule.modalities, datamodule.labels)
+        images, regions = reference[src_id]
+        np.testing.assert_array_equal(case.image, images)
+        np.testing.assert_array_equal(labels_to_regions(case.label, datamodule.regions), regions)
+
+
+def test_brats23_rejects_brats20_label_codes(brats2018_root, tmp_path):
+    """Label 4 is not part of the 2023 map: reading an unconverted seg file names it."""
+    root = tmp_path / "root"
+    case_id = "BraTS-GLI-00000-000"
+    for modality, suffix in {"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w", "seg": "seg"}.items():
+        _link(brats2018_root / SOURCE_CASES[0] / f"{SOURCE_CASES[0]}_{modality}.nii.gz", root / case_id / f"{case_id}-{suffix}.nii.gz")
+    cfg = compose_config(["data=brats23", f"data.root={root}"], tmp_path / "out")
+    datamodule = hydra.utils.instantiate(cfg.data)
+    with pytest.raises(ValueError, match=r"-seg.nii.gz: unknown label values \[4\]"):
+        load_case(datamodule.find_cases()[0], datamodule.modalities, datamodule.labels)
+
+
+def test_validation_release_cases_have_no_label(brats2018_root, tmp_path):
+    root = tmp_path / "MICCAI_BraTS2020_ValidationData"
+    for modality in MODALITIES:
+        _link(brats2018_root / SOURCE_CASES[0] / f"{SOURCE_CASES[0]}_{modality}.nii.gz",
+              root / "BraTS20_Validation_001" / f"BraTS20_Validation_001_{modality}.nii.gz")
+    cfg = compose_config(["data=brats20", f"data.root={root}"], tmp_path / "out")
+    (case,) = hydra.utils.instantiate(cfg.data).find_cases()
+    assert case.case_id == "BraTS20_Validation_001" and case.label is None
+
+
+def test_brats23_reader_finds_the_shared_unlabelled_case(tmp_path):
+    from tests.conftest import SHARED_DATA, _require
+
+    root = _require(SHARED_DATA / "brats2023_unlabeled")
+    cfg = compose_config(["data=brats23", f"data.root={root}"], tmp_path)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    (files,) = datamodule.find_cases()
+    assert files.case_id == "BraTS-GLI-00001-000" and files.label is None
+    assert files.images["flair"].name == "BraTS-GLI-00001-000-t2f.nii.gz"
+    case = load_case(files, datamodule.modalities, datamodule.labels)
+    assert case.image.shape == (4, 240, 240, 155) and case.label is None
