@@ -91,3 +91,52 @@ def test_spatial_augmentation_keeps_binary_nested_targets(real_datamodule, patch
         assert not (tc & ~wt).any() and not (et & ~tc).any()
         assert torch.equal(sample["image"], dataset[(0, i)]["image"])  # reproducible
         assert not torch.equal(sample["image"], plain[(0, i)]["image"])  # and really transformed
+
+
+@pytest.mark.real_data
+def test_splits_json_is_written_next_to_the_cache_and_reproducible(real_datamodule):
+    import json
+
+    from lightning_brats.data.datamodule import make_splits
+
+    stored = json.loads(real_datamodule.splits_path.read_text())
+    assert real_datamodule.splits_path.parent == real_datamodule.cache.path
+    assert stored["seed"] == real_datamodule.seed and stored["num_folds"] == 5 and len(stored["cases"]) == 20
+    assert stored["folds"] == make_splits(sorted(stored["cases"]), 5, real_datamodule.seed)
+    assert stored["folds"][0]["val"] == real_datamodule.val_ids
+
+
+def _datamodule_with_splits(brats2018_root, cache_dir, tmp_path, splits):
+    import json
+
+    import hydra
+
+    from tests.conftest import compose_config
+
+    path = tmp_path / "my_splits.json"
+    path.write_text(json.dumps(splits))
+    cfg = compose_config(
+        ["experiment=brats_cpu", f"data.root={brats2018_root}", f"data.splits_file={path}", "data.fold=1"], tmp_path, cache_dir
+    )
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.prepare_data()
+    return datamodule, path
+
+
+@pytest.mark.real_data
+def test_user_splits_file_is_used(brats2018_root, cache_dir, tmp_path):
+    ids = sorted(p.name for p in brats2018_root.iterdir())
+    splits = [{"train": ids[2:], "val": ids[:2]}, {"train": ids[:17], "val": ids[17:]}]  # nnU-Net's format
+    datamodule, _ = _datamodule_with_splits(brats2018_root, cache_dir, tmp_path, splits)
+    datamodule.setup("fit")
+    assert datamodule.val_ids == ids[17:] and datamodule.train_ids == ids[:17]
+
+
+@pytest.mark.real_data
+def test_user_splits_with_unknown_case_names_the_file(brats2018_root, cache_dir, tmp_path):
+    from lightning_brats.data.layouts import DataError
+
+    splits = [{"train": ["Brats18_2013_11_1"], "val": ["Brats18_NOPE"]}] * 2
+    datamodule, path = _datamodule_with_splits(brats2018_root, cache_dir, tmp_path, splits)
+    with pytest.raises(DataError, match=rf"{path}: cases \['Brats18_NOPE'\] are not labelled cases"):
+        datamodule.setup("fit")

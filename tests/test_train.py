@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 
@@ -78,3 +79,4 @@ def test_wandb_offline_run_csv_and_checkpoint(phantom_root, tmp_path):
     assert config["data"]["root"] == str(phantom_root) and config["data"]["modalities"] == ["flair", "t1", "t1ce", "t2"]
     assert config["model"]["net"]["spatial_dims"] == 3 and checkpoint["epoch"] == 1
     assert list((tmp_path / "checkpoints").glob("epoch_*.ckpt"))
+    assert len(json.loads((tmp_path / "splits.json").read_text())["folds"]) == 4  # the folds, copied into the run

@@ -8,6 +8,7 @@ Follows lightning-hydra-template's ``src/train.py``: every object is built with
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import hydra
@@ -59,6 +60,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         lg.log_hyperparams(resolved)
     try:
         trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        if trainer.is_global_zero and datamodule.splits_path.exists():
+            shutil.copy(datamodule.splits_path, Path(cfg.paths.output_dir) / "splits.json")
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
         if cfg.get("validate_best") and best:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -12,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_brats.data.layouts import BratsLayout, CaseFiles, DataError
-from lightning_brats.data.preprocess import CachedCase, PreprocessedCache
+from lightning_brats.data.preprocess import CachedCase, PreprocessedCache, atomic_save
 from lightning_brats.data.sampling import Augmentation, EpochSampler, TrainingSampleDataset, labels_to_regions
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,31 @@ def kfold_split(case_ids: Sequence[str], num_folds: int, fold: int, seed: int) -
     val = sorted(permuted[i] for i in folds[fold])
     train = sorted(set(ordered) - set(val))
     return train, val
+
+
+def make_splits(case_ids: Sequence[str], num_folds: int, seed: int) -> list[dict[str, list[str]]]:
+    """All folds of :func:`kfold_split`, as nnU-Net's ``splits_final.json``: ``[{"train": [...], "val": [...]}, ...]``."""
+    return [dict(zip(("train", "val"), kfold_split(case_ids, num_folds, k, seed))) for k in range(num_folds)]
+
+
+def read_splits(path: str | Path) -> list[dict[str, list[str]]]:
+    """Read a splits file: a list of ``{"train": [...], "val": [...]}`` (nnU-Net's format) or our
+    ``{"seed": ..., "num_folds": ..., "folds": [...]}``.
+
+    Raises:
+        DataError: the file is missing, not JSON, or a fold lacks ``train``/``val`` lists.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: cannot read splits ({exc})") from exc
+    folds = data["folds"] if isinstance(data, dict) and "folds" in data else data
+    if not isinstance(folds, list) or not all(
+        isinstance(f, dict) and isinstance(f.get("train"), list) and isinstance(f.get("val"), list) for f in folds
+    ):
+        raise DataError(f"{path}: expected a list of {{\"train\": [...], \"val\": [...]}} folds")
+    return folds
 
 
 class WholeCaseDataset(Dataset):
@@ -74,7 +100,11 @@ class BratsDataModule(pl.LightningDataModule):
         spacing: target voxel size in mm (3 values) or ``None`` to keep the original.
         oversample_foreground: fraction of each batch centred on a tumour voxel.
         samples_per_epoch: training samples per epoch.
-        num_folds, fold, seed: the case-level cross-validation split (see :func:`kfold_split`).
+        num_folds, fold, seed: the case-level cross-validation split (see :func:`kfold_split`),
+            saved as ``splits.json`` in the cache folder and reused while the labelled cases,
+            seed and number of folds stay the same.
+        splits_file: a user-supplied splits file (see :func:`read_splits`); ``data.fold`` picks
+            one of its folds and ``num_folds``/``seed`` are then not used.
         augment: training augmentation settings (see :class:`~lightning_brats.data.sampling.Augmentation`:
             ``flip``, ``intensity``, ``spatial_prob``, ``rotate_deg``, ``scale``), or ``None``/``False`` for none.
         num_workers: DataLoader workers.
@@ -107,6 +137,7 @@ class BratsDataModule(pl.LightningDataModule):
         phantoms: Callable[[str], None] | None = None,
         notice: str | None = None,
         max_val_cases: int | None = None,
+        splits_file: str | None = None,
     ) -> None:
         super().__init__()
         if sampling not in ("2d", "3d"):
@@ -134,6 +165,7 @@ class BratsDataModule(pl.LightningDataModule):
         self.phantoms = phantoms
         self.notice = notice
         self.max_val_cases = max_val_cases
+        self.splits_file = splits_file
         self.cache = PreprocessedCache(
             cache_dir,
             self.root.resolve().name,
@@ -160,6 +192,33 @@ class BratsDataModule(pl.LightningDataModule):
         """The dataset's cases (raises :class:`DataError` naming the root when there are none)."""
         return self.layout.find_cases(self.root)
 
+    @property
+    def splits_path(self) -> Path:
+        """The splits file in use: ``data.splits_file`` or ``splits.json`` in the cache folder."""
+        return Path(self.splits_file) if self.splits_file else self.cache.path / "splits.json"
+
+    def _labelled_ids(self) -> list[str]:
+        labelled = [c.case_id for c in self.find_cases() if c.label is not None]
+        if not labelled:
+            raise DataError(f"no labelled cases under {self.root}: training needs label files")
+        return labelled
+
+    def _write_splits(self) -> None:
+        """Write ``splits.json`` unless one for the same cases, seed and folds is there (rank 0)."""
+        ids = sorted(self._labelled_ids())
+        record = {"seed": self.seed, "num_folds": self.num_folds, "cases": ids}
+        path = self.splits_path
+        if path.exists():
+            try:
+                stored = json.loads(path.read_text())
+            except json.JSONDecodeError:
+                stored = {}
+            if {k: stored.get(k) for k in record} == record:
+                return
+        record["folds"] = make_splits(ids, self.num_folds, self.seed)
+        atomic_save(path, lambda p: p.write_text(json.dumps(record, indent=1)))
+        log.info(f"Wrote {self.num_folds} case-level folds (seed {self.seed}) to {path}")
+
     def check_root(self) -> None:
         """Raise :class:`DataError` (naming the root and the layout) unless cases can be found or generated."""
         if self.phantoms is None:
@@ -172,15 +231,23 @@ class BratsDataModule(pl.LightningDataModule):
         if self.phantoms is not None and not _has_cases(self.layout, self.root):
             self.phantoms(str(self.root))
         self.cache.ensure(self.find_cases(), self.modalities, self.labels, self.spacing, log=log.info)
+        if not self.splits_file:
+            self._write_splits()
 
     def setup(self, stage: str | None = None) -> None:
         """Split by case and build the training and validation datasets from the cache."""
         if self.train_set is not None:
             return
-        labelled = [c.case_id for c in self.find_cases() if c.label is not None]
-        if not labelled:
-            raise DataError(f"no labelled cases under {self.root}: training needs label files")
-        self.train_ids, self.val_ids = kfold_split(labelled, self.num_folds, self.fold, self.seed)
+        labelled = set(self._labelled_ids())
+        folds = read_splits(self.splits_path)
+        if not 0 <= self.fold < len(folds):
+            raise DataError(f"{self.splits_path}: data.fold={self.fold} but the file holds {len(folds)} folds")
+        self.train_ids, self.val_ids = sorted(folds[self.fold]["train"]), sorted(folds[self.fold]["val"])
+        unknown = sorted(set(self.train_ids + self.val_ids) - labelled)
+        if unknown:
+            raise DataError(f"{self.splits_path}: cases {unknown} are not labelled cases under {self.root}")
+        if set(self.train_ids) & set(self.val_ids):
+            raise DataError(f"{self.splits_path}: fold {self.fold} has cases on both sides")
         val_ids = self.val_ids[: self.max_val_cases] if self.max_val_cases else self.val_ids
         log.info(
             f"Fold {self.fold}/{self.num_folds}: {len(self.train_ids)} training cases, "

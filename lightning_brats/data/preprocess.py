@@ -139,7 +139,7 @@ def restore_to_original(array: np.ndarray, record: Mapping, fill: float = 0) -> 
     return out[0] if squeeze else out
 
 
-def _atomic_save(path: Path, write) -> None:
+def atomic_save(path: Path, write) -> None:
     """Write a file through a temporary name and rename it, so no reader sees half a file."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -228,7 +228,7 @@ class PreprocessedCache:
         self.path.mkdir(parents=True, exist_ok=True)
         settings_file = self.path / "settings.json"
         if not settings_file.exists():
-            _atomic_save(settings_file, lambda p: p.write_text(json.dumps(self.settings, indent=2, default=str)))
+            atomic_save(settings_file, lambda p: p.write_text(json.dumps(self.settings, indent=2, default=str)))
         todo = [c for c in cases if not self.is_cached(c)]
         if not todo:
             log(f"Preprocessed cache {self.path}: all {len(cases)} cases present, reused")
@@ -248,10 +248,10 @@ class PreprocessedCache:
         image, label, record = preprocess_case(load_case(files, modalities, labels), spacing)
         record["source"] = _source_stamp(files)
         image_path, label_path, record_path = self._files(files.case_id)
-        _atomic_save(image_path, lambda p: _save_npy(p, image))
+        atomic_save(image_path, lambda p: _save_npy(p, image))
         if label is not None:
-            _atomic_save(label_path, lambda p: _save_npy(p, label))
-        _atomic_save(record_path, lambda p: p.write_text(json.dumps(record, indent=1)))
+            atomic_save(label_path, lambda p: _save_npy(p, label))
+        atomic_save(record_path, lambda p: p.write_text(json.dumps(record, indent=1)))
 
     def load(self, case_id: str) -> CachedCase:
         """Read one cached case with memory mapping."""
