@@ -3,6 +3,7 @@ back to the same images and the same WT/TC/ET masks (the shared data are never m
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import hydra
@@ -122,3 +123,69 @@ def test_brats23_reader_finds_the_shared_unlabelled_case(tmp_path):
     assert files.images["flair"].name == "BraTS-GLI-00001-000-t2f.nii.gz"
     case = load_case(files, datamodule.modalities, datamodule.labels)
     assert case.image.shape == (4, 240, 240, 155) and case.label is None
+
+
+MSD_NAMES = {"flair": "FLAIR", "t1": "T1w", "t1ce": "t1gd", "t2": "T2w"}
+
+
+def _build_msd(source: Path, root: Path, channel_order: list[str], with_json: bool = True) -> list[str]:
+    """Task01 layout: one 4D image per case in ``channel_order``, labels recoded to MSD's
+    (BraTS 1 NCR/NET -> 2, 2 ED -> 1, 4 ET -> 3), dataset.json, and a macOS ``._`` file."""
+    task = root / "Task01_BrainTumour"
+    (task / "imagesTr").mkdir(parents=True)
+    (task / "labelsTr").mkdir()
+    ids = ["BRATS_001", "BRATS_002"]
+    for src_id, case_id in zip(SOURCE_CASES, ids):
+        imgs = [nib.load(source / src_id / f"{src_id}_{m}.nii.gz") for m in channel_order]
+        stack = np.stack([np.asarray(i.dataobj) for i in imgs], axis=-1)
+        nib.save(nib.Nifti1Image(stack, imgs[0].affine), task / "imagesTr" / f"{case_id}.nii.gz")
+        seg = nib.load(source / src_id / f"{src_id}_seg.nii.gz")
+        brats = np.asarray(seg.dataobj)
+        msd = np.select([brats == 1, brats == 2, brats == 4], [2, 1, 3], 0).astype(np.uint8)
+        nib.save(nib.Nifti1Image(msd, seg.affine), task / "labelsTr" / f"{case_id}.nii.gz")
+    (task / "imagesTr" / "._BRATS_001.nii.gz").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    if with_json:
+        modality = {str(i): MSD_NAMES[m] for i, m in enumerate(channel_order)}
+        labels = {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"}
+        (task / "dataset.json").write_text(json.dumps({"name": "BRATS", "modality": modality, "labels": labels}))
+    return ids
+
+
+@pytest.mark.parametrize(
+    "channel_order,with_json",
+    [(["flair", "t1", "t1ce", "t2"], True), (["t2", "t1ce", "flair", "t1"], True), (["flair", "t1", "t1ce", "t2"], False)],
+)
+def test_msd_4d_layout_reads_the_same_images_and_regions(channel_order, with_json, brats2018_root, reference, tmp_path):
+    root = tmp_path / "root"
+    ids = _build_msd(brats2018_root, root, channel_order, with_json)
+    cfg = compose_config(["data=msd_task01", f"data.root={root}"], tmp_path / "out")
+    datamodule = hydra.utils.instantiate(cfg.data)
+    cases = datamodule.find_cases()
+    assert [c.case_id for c in cases] == ids  # the ._ file is not a case
+    for files, src_id in zip(cases, SOURCE_CASES):
+        case = load_case(files, datamodule.modalities, datamodule.labels)
+        images, regions = reference[src_id]
+        np.testing.assert_array_equal(case.image, images)
+        np.testing.assert_array_equal(labels_to_regions(case.label, datamodule.regions), regions)
+
+
+def test_msd_dataset_json_without_a_modality_names_the_file(brats2018_root, tmp_path):
+    root = tmp_path / "root"
+    _build_msd(brats2018_root, root, ["flair", "t1", "t1ce", "t2"])
+    path = root / "Task01_BrainTumour" / "dataset.json"
+    path.write_text(json.dumps({"modality": {"0": "FLAIR", "1": "T1w", "2": "T2w"}}))
+    cfg = compose_config(["data=msd_task01", f"data.root={root}"], tmp_path / "out")
+    with pytest.raises(ValueError, match=r"dataset.json: modalities \['t1gd'\] are not in"):
+        hydra.utils.instantiate(cfg.data).find_cases()
+
+
+def test_msd_3d_image_where_4d_is_expected_names_the_file(brats2018_root, tmp_path):
+    root = tmp_path / "root"
+    _build_msd(brats2018_root, root, ["flair", "t1", "t1ce", "t2"], with_json=False)
+    bad = root / "Task01_BrainTumour" / "imagesTr" / "BRATS_002.nii.gz"
+    bad.unlink()
+    _link(brats2018_root / SOURCE_CASES[1] / f"{SOURCE_CASES[1]}_flair.nii.gz", bad)
+    cfg = compose_config(["data=msd_task01", f"data.root={root}"], tmp_path / "out")
+    datamodule = hydra.utils.instantiate(cfg.data)
+    with pytest.raises(ValueError, match=r"BRATS_002.nii.gz: expected a 4D stack of modalities, found shape \(240, 240, 155\)"):
+        load_case(datamodule.find_cases()[1], datamodule.modalities, datamodule.labels)

@@ -19,7 +19,7 @@ from tests.wandb_records import logged_history
 
 def test_help_lists_config_groups_and_options():
     out = subprocess.run([sys.executable, "train.py", "--help"], cwd=REPO, capture_output=True, text=True, check=True).stdout
-    for line in ("data: brats20, brats21, brats23, sample", "model: unet2d, unet3d", "experiment: brats_cpu, brats_cpu_2d", "logger: csv, wandb"):
+    for line in ("data: brats20, brats21, brats23, msd_task01, sample", "model: unet2d, unet3d", "experiment: brats_cpu, brats_cpu_2d", "logger: csv, wandb"):
         assert line in out
 
 

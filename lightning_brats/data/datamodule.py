@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_brats.data.layouts import BratsLayout, CaseFiles, DataError
+from lightning_brats.data.layouts import BratsLayout, CaseFiles, DataError, MsdLayout
 from lightning_brats.data.preprocess import CachedCase, PreprocessedCache, atomic_save
 from lightning_brats.data.sampling import Augmentation, EpochSampler, TrainingSampleDataset, labels_to_regions
 
@@ -90,7 +90,8 @@ class BratsDataModule(pl.LightningDataModule):
 
     Args:
         root: folder searched (recursively) for cases.
-        layout: the file layout (see :class:`~lightning_brats.data.layouts.BratsLayout`).
+        layout: the file layout (:class:`~lightning_brats.data.layouts.BratsLayout` or
+            :class:`~lightning_brats.data.layouts.MsdLayout`).
         modalities: modality names stacked as input channels, in this order.
         labels: the release's label map, name -> code (e.g. ``{ncr_net: 1, ed: 2, et: 4}``).
         regions: evaluated regions, name -> label codes (e.g. ``{wt: [1, 2, 4], ...}``).
@@ -118,7 +119,7 @@ class BratsDataModule(pl.LightningDataModule):
     def __init__(
         self,
         root: str,
-        layout: BratsLayout,
+        layout: BratsLayout | MsdLayout,
         modalities: Sequence[str],
         labels: Mapping[str, int],
         regions: Mapping[str, Sequence[int]],
@@ -171,7 +172,7 @@ class BratsDataModule(pl.LightningDataModule):
             self.root.resolve().name,
             {
                 "root": str(self.root.resolve()),
-                "modality_suffixes": layout.modality_suffixes,
+                "layout": layout.describe(),
                 "modalities": self.modalities,
                 "spacing": self.spacing,
                 "normalization": "zscore_nonzero",
@@ -285,7 +286,7 @@ class BratsDataModule(pl.LightningDataModule):
         self.train_sampler.load_state_dict(state["train_sampler"])
 
 
-def _has_cases(layout: BratsLayout, root: Path) -> bool:
+def _has_cases(layout: BratsLayout | MsdLayout, root: Path) -> bool:
     try:
         return bool(layout.find_cases(root))
     except DataError:

@@ -7,6 +7,7 @@ layout is ``<case>/<case>_{flair,t1,t1ce,t2,seg}.nii[.gz]``, found anywhere unde
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +28,14 @@ class CaseFiles:
         case_id: the case identifier, e.g. ``BraTS20_Training_001``.
         images: modality name -> NIfTI path, in the layout's modality order.
         label: path of the label map, or ``None`` for an unlabelled case.
+        channels: modality name -> index on the 4th axis, when modalities share one 4D file
+            (MSD); ``None`` when each modality is its own 3D file.
     """
 
     case_id: str
     images: dict[str, Path]
     label: Path | None = None
+    channels: dict[str, int] | None = None
 
 
 @dataclass
@@ -139,19 +143,20 @@ class BratsLayout:
         return [cases[k] for k in sorted(cases)]
 
 
-def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Read one 3D NIfTI file. Returns ``(array (X, Y, Z), affine (4, 4), spacing (3,) mm)``.
+def _read_nifti(path: Path, ndim: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read one NIfTI file. Returns ``(array (X, Y, Z[, C]), affine (4, 4), spacing (3,) mm)``.
 
     Raises:
-        DataError: the file is corrupt or truncated, or not 3D.
+        DataError: the file is corrupt or truncated, or does not have ``ndim`` dimensions.
     """
     try:
         img = nib.load(str(path))
         data = np.asanyarray(img.dataobj)
     except Exception as exc:  # nibabel raises many types for corrupt or truncated files
         raise DataError(f"{path}: cannot read NIfTI ({type(exc).__name__}: {exc})") from exc
-    if data.ndim != 3:
-        raise DataError(f"{path}: expected a 3D volume, found shape {data.shape}")
+    if data.ndim != ndim:
+        what = "a 3D volume" if ndim == 3 else f"a {ndim}D stack of modalities"
+        raise DataError(f"{path}: expected {what}, found shape {data.shape}")
     return data, img.affine, np.asarray(img.header.get_zooms()[:3], dtype=np.float64)
 
 
@@ -172,11 +177,20 @@ def load_case(files: CaseFiles, modalities: Sequence[str], labels: Mapping[str, 
     """
     arrays = []
     ref_path = ref_affine = ref_spacing = None
+    stacks: dict[Path, tuple] = {}  # a 4D file is read once for all its channels
     for modality in modalities:
         if modality not in files.images:
             raise DataError(f"case {files.case_id}: modality {modality!r} not in {sorted(files.images)}")
         path = files.images[modality]
-        data, affine, spacing = _read_nifti(path)
+        if files.channels is None:
+            data, affine, spacing = _read_nifti(path)
+        else:
+            if path not in stacks:
+                stacks[path] = _read_nifti(path, ndim=4)
+            stack, affine, spacing = stacks[path]
+            if files.channels[modality] >= stack.shape[3]:
+                raise DataError(f"{path}: no channel {files.channels[modality]} for {modality!r} in shape {stack.shape}")
+            data = stack[..., files.channels[modality]]
         if ref_path is None:
             ref_path, ref_affine, ref_spacing, ref_shape = path, affine, spacing, data.shape
         _check_same_grid(path, data.shape, affine, ref_path, ref_shape, ref_affine)
@@ -205,3 +219,90 @@ def _check_same_grid(path, shape, affine, ref_path, ref_shape, ref_affine) -> No
         raise DataError(f"{path}: shape {shape} differs from {ref_path} {ref_shape}")
     if not np.allclose(affine, ref_affine, atol=1e-3):
         raise DataError(f"{path}: affine differs from {ref_path}:\n{affine}\nvs\n{ref_affine}")
+
+
+class MsdLayout:
+    """The Medical Segmentation Decathlon layout (Task01_BrainTumour): one 4D file per case.
+
+    ``<task>/imagesTr/<case>.nii.gz`` holds the modalities on the 4th axis and
+    ``<task>/labelsTr/<case>.nii.gz`` the label map (``imagesTs`` cases have no labels).
+    The channel of each modality is read from ``<task>/dataset.json`` (its ``modality``
+    entry) where present, else taken from the order of ``modality_names``. macOS
+    ``._*`` files that ship in the MSD archive are ignored.
+
+    Args:
+        modality_names: our modality name -> the name in dataset.json, in channel order,
+            e.g. ``{"flair": "FLAIR", "t1": "T1w", "t1ce": "t1gd", "t2": "T2w"}``.
+        images_dirs: folders holding images (``["imagesTr", "imagesTs"]``).
+        labels_dir: the folder holding labels, beside the images folder.
+        extensions: accepted file extensions.
+    """
+
+    def __init__(
+        self,
+        modality_names: Mapping[str, str],
+        images_dirs: Sequence[str] = ("imagesTr", "imagesTs"),
+        labels_dir: str = "labelsTr",
+        extensions: Sequence[str] = (".nii.gz", ".nii"),
+    ) -> None:
+        self.modality_names = dict(modality_names)
+        self.images_dirs = tuple(images_dirs)
+        self.labels_dir = labels_dir
+        self.extensions = tuple(extensions)
+
+    def describe(self) -> str:
+        """A one-line description of the expected layout, for error messages."""
+        return (
+            f"<task>/{{{', '.join(self.images_dirs)}}}/<case>{self.extensions[0]} (4D: {', '.join(self.modality_names.values())})"
+            f" with labels in <task>/{self.labels_dir}/"
+        )
+
+    def channels(self, task: Path) -> dict[str, int]:
+        """Modality -> channel index for one task folder (from its dataset.json where present).
+
+        Raises:
+            DataError: dataset.json is unreadable or lacks one of the modalities.
+        """
+        default = {m: i for i, m in enumerate(self.modality_names)}
+        path = task / "dataset.json"
+        if not path.is_file():
+            return default
+        try:
+            listed = json.loads(path.read_text())["modality"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise DataError(f"{path}: cannot read its 'modality' entry ({exc})") from exc
+        by_name = {str(name).lower(): int(index) for index, name in listed.items()}
+        missing = [n for n in self.modality_names.values() if n.lower() not in by_name]
+        if missing:
+            raise DataError(f"{path}: modalities {missing} are not in its 'modality' entry {listed}")
+        return {m: by_name[n.lower()] for m, n in self.modality_names.items()}
+
+    def find_cases(self, root: str | Path) -> list[CaseFiles]:
+        """Find every case in every images folder under ``root``, sorted by case ID.
+
+        Raises:
+            DataError: the root does not exist or holds no case; two files share a case ID.
+        """
+        root = Path(root)
+        if not root.is_dir():
+            raise DataError(f"data root {root} does not exist or is not a folder; expected {self.describe()}")
+        cases: dict[str, CaseFiles] = {}
+        folders = [d for name in self.images_dirs for d in sorted(root.rglob(name)) if d.is_dir()]
+        if root.name in self.images_dirs:
+            folders.append(root)
+        for folder in folders:
+            channels = self.channels(folder.parent)
+            for path in sorted(folder.iterdir()):
+                ext = next((e for e in self.extensions if path.name.endswith(e)), None)
+                if ext is None or path.name.startswith("."):
+                    continue
+                case_id = path.name[: -len(ext)]
+                if case_id in cases:
+                    raise DataError(f"case ID {case_id} appears twice: {cases[case_id].images} and {path}")
+                label = folder.parent / self.labels_dir / path.name
+                cases[case_id] = CaseFiles(
+                    case_id, {m: path for m in self.modality_names}, label if label.is_file() else None, channels
+                )
+        if not cases:
+            raise DataError(f"no cases found under {root}; expected {self.describe()}")
+        return [cases[k] for k in sorted(cases)]
