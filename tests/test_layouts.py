@@ -114,3 +114,40 @@ def test_other_suffixes_are_a_config_away(tmp_path):
         nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.int16), np.eye(4)), case / f"BraTS-GLI-00001-000{suffix}.nii.gz")
     (found,) = layout.find_cases(tmp_path)
     assert found.case_id == "BraTS-GLI-00001-000" and found.label.name.endswith("-seg.nii.gz")
+
+
+@pytest.mark.real_data
+def test_nan_voxels_name_the_file(brats2018_root, tmp_path):
+    case = _copy_case(brats2018_root / "Brats18_2013_11_1", tmp_path)
+    bad = case / "Brats18_2013_11_1_t1.nii.gz"
+    img = nib.load(bad)
+    data = np.asarray(img.dataobj).astype(np.float32)
+    data[100, 100, 70] = np.nan
+    bad.unlink()
+    nib.save(nib.Nifti1Image(data, img.affine), bad)
+    with pytest.raises(DataError, match=r"Brats18_2013_11_1_t1.nii.gz: contains NaN or Inf voxels"):
+        load_case(BRATS20.find_cases(tmp_path)[0], MODALITIES, LABELS)
+
+
+@pytest.mark.real_data
+def test_4d_file_where_3d_is_expected_names_the_file(brats2018_root, tmp_path):
+    case = _copy_case(brats2018_root / "Brats18_2013_11_1", tmp_path)
+    bad = case / "Brats18_2013_11_1_t1ce.nii.gz"
+    img = nib.load(bad)
+    data = np.asarray(img.dataobj)
+    bad.unlink()
+    nib.save(nib.Nifti1Image(np.stack([data] * 2, axis=-1), img.affine), bad)
+    with pytest.raises(DataError, match=r"_t1ce.nii.gz: expected a 3D volume, found shape \(240, 240, 155, 2\)"):
+        load_case(BRATS20.find_cases(tmp_path)[0], MODALITIES, LABELS)
+
+
+@pytest.mark.real_data
+def test_affine_mismatch_names_the_file(brats2018_root, tmp_path):
+    case = _copy_case(brats2018_root / "Brats18_2013_11_1", tmp_path)
+    bad = case / "Brats18_2013_11_1_t2.nii.gz"
+    img = nib.load(bad)
+    data = np.asarray(img.dataobj)
+    bad.unlink()
+    nib.save(nib.Nifti1Image(data, img.affine @ np.diag([2.0, 1, 1, 1])), bad)
+    with pytest.raises(DataError, match=r"Brats18_2013_11_1_t2.nii.gz: affine differs from .*_flair.nii.gz"):
+        load_case(BRATS20.find_cases(tmp_path)[0], MODALITIES, LABELS)
