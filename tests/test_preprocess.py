@@ -82,3 +82,25 @@ def test_failing_case_leaves_cached_cases_intact(brats2018_root, tmp_path):
     with pytest.raises(DataError, match="Brats18_2013_20_1_t1.nii.gz: cannot read NIfTI"):
         cache.ensure(BRATS20.find_cases(root), MODALITIES, LABELS, [2, 2, 2])
     assert {p.name: p.read_bytes() for p in cache.path.iterdir()} == before
+
+
+def test_parallel_preprocessing_equals_serial_and_names_a_bad_file(brats2018_root, tmp_path):
+    root = tmp_path / "root"
+    for name in ("Brats18_2013_11_1", "Brats18_CBICA_ABM_1", "Brats18_TCIA02_135_1"):
+        _copy_case(brats2018_root / name, root)
+    cases = BRATS20.find_cases(root)
+    serial = PreprocessedCache(tmp_path / "serial", "x", {})
+    serial.ensure(cases, MODALITIES, LABELS, [2, 2, 2], workers=1)
+    parallel = PreprocessedCache(tmp_path / "parallel", "x", {})
+    parallel.ensure(cases, MODALITIES, LABELS, [2, 2, 2], workers=2)
+    for case in cases:
+        a, b = serial.load(case.case_id), parallel.load(case.case_id)
+        np.testing.assert_array_equal(a.image, b.image)
+        np.testing.assert_array_equal(a.label, b.label)
+    bad = _copy_case(brats2018_root / "Brats18_2013_20_1", root) / "Brats18_2013_20_1_seg.nii.gz"
+    data = bad.read_bytes()
+    bad.unlink()
+    bad.write_bytes(data[:500])
+    with pytest.raises(DataError, match="Brats18_2013_20_1_seg.nii.gz: cannot read NIfTI"):
+        parallel.ensure(BRATS20.find_cases(root), MODALITIES, LABELS, [2, 2, 2], workers=2)
+    assert all(parallel.is_cached(c) for c in cases)

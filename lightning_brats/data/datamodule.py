@@ -114,6 +114,7 @@ class BratsDataModule(pl.LightningDataModule):
             ``root`` when it holds no cases yet (used by ``data=sample``).
         notice: a message printed when the data are prepared (e.g. "these are synthetic").
         max_val_cases: validate on at most this many cases of the fold (``None``: all).
+        preprocess_workers: processes preprocessing cases in parallel (on the first use only).
     """
 
     def __init__(
@@ -139,6 +140,7 @@ class BratsDataModule(pl.LightningDataModule):
         notice: str | None = None,
         max_val_cases: int | None = None,
         splits_file: str | None = None,
+        preprocess_workers: int = 1,
     ) -> None:
         super().__init__()
         if sampling not in ("2d", "3d"):
@@ -167,6 +169,7 @@ class BratsDataModule(pl.LightningDataModule):
         self.notice = notice
         self.max_val_cases = max_val_cases
         self.splits_file = splits_file
+        self.preprocess_workers = preprocess_workers
         self.cache = PreprocessedCache(
             cache_dir,
             self.root.resolve().name,
@@ -231,7 +234,9 @@ class BratsDataModule(pl.LightningDataModule):
             log.warning(self.notice)
         if self.phantoms is not None and not _has_cases(self.layout, self.root):
             self.phantoms(str(self.root))
-        self.cache.ensure(self.find_cases(), self.modalities, self.labels, self.spacing, log=log.info)
+        self.cache.ensure(
+            self.find_cases(), self.modalities, self.labels, self.spacing, log=log.info, workers=self.preprocess_workers
+        )
         if not self.splits_file:
             self._write_splits()
 

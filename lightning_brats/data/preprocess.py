@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -218,12 +220,17 @@ class PreprocessedCache:
         labels: Mapping[str, int] | None,
         spacing: Sequence[float] | None,
         log=print,
+        workers: int = 1,
     ) -> None:
         """Preprocess every case not yet cached, with a progress bar and a summary line.
 
+        Args:
+            workers: processes working on cases in parallel (``spawn``ed, one torch thread each);
+                1 works in this process.
+
         Raises:
             DataError: a case cannot be read (the message names the file); cases already
-                cached are left intact.
+                cached, by this call or earlier ones, are left intact.
         """
         self.path.mkdir(parents=True, exist_ok=True)
         settings_file = self.path / "settings.json"
@@ -234,14 +241,28 @@ class PreprocessedCache:
             log(f"Preprocessed cache {self.path}: all {len(cases)} cases present, reused")
             return
         start = time.perf_counter()
+        workers = max(1, min(workers, len(todo)))
         with Progress(transient=False) as progress:
-            task = progress.add_task(f"Preprocessing {len(todo)} cases", total=len(todo))
-            for files in todo:
-                self._write(files, modalities, labels, spacing)
-                progress.advance(task)
+            task = progress.add_task(f"Preprocessing {len(todo)} cases ({workers} workers)", total=len(todo))
+            if workers == 1:
+                for files in todo:
+                    self._write(files, modalities, labels, spacing)
+                    progress.advance(task)
+            else:
+                context = multiprocessing.get_context("spawn")  # fork is unsafe once torch has threads
+                with ProcessPoolExecutor(workers, mp_context=context, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+                    futures = [pool.submit(self._write, files, modalities, labels, spacing) for files in todo]
+                    try:
+                        for future in as_completed(futures):
+                            future.result()
+                            progress.advance(task)
+                    except BaseException:
+                        for future in futures:
+                            future.cancel()
+                        raise
         log(
-            f"Preprocessed {len(todo)} cases in {time.perf_counter() - start:.1f} s into {self.path} "
-            f"({sum(f.stat().st_size for f in self.path.iterdir()) / 2**20:.0f} MiB)"
+            f"Preprocessed {len(todo)} cases in {time.perf_counter() - start:.1f} s with {workers} workers into "
+            f"{self.path} ({len(cases)} cases cached, {sum(f.stat().st_size for f in self.path.iterdir()) / 2**20:.0f} MiB)"
         )
 
     def _write(self, files: CaseFiles, modalities, labels, spacing) -> None:
