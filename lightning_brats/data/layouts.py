@@ -105,8 +105,13 @@ class BratsLayout:
                     return stem[: -len(suffix)], role
         return None
 
-    def find_cases(self, root: str | Path) -> list[CaseFiles]:
+    def find_cases(self, root: str | Path, problems: list[str] | None = None) -> list[CaseFiles]:
         """Find every case anywhere under ``root``, sorted by case ID.
+
+        Args:
+            root: the dataset folder.
+            problems: if given, a case lacking a modality or repeating an ID is described
+                here and left out instead of raising (used by ``check-data``).
 
         Raises:
             DataError: the root does not exist or holds no case; a case lacks a modality;
@@ -129,12 +134,18 @@ class BratsLayout:
         cases: dict[str, CaseFiles] = {}
         for (folder, case_id), roles in groups.items():
             missing = [m for m in self.modality_suffixes if m not in roles]
+            problem = None
             if missing:
                 expected = ", ".join(f"{case_id}{self.modality_suffixes[m]}{self.extensions[0]}" for m in missing)
-                raise DataError(f"case {case_id} in {folder}: missing modality {missing} (expected {expected})")
-            if case_id in cases:
+                problem = f"case {case_id} in {folder}: missing modality {missing} (expected {expected})"
+            elif case_id in cases:
                 other = next(iter(cases[case_id].images.values())).parent
-                raise DataError(f"case ID {case_id} appears twice: in {other} and in {folder}")
+                problem = f"case ID {case_id} appears twice: in {other} and in {folder}"
+            if problem is not None:
+                if problems is None:
+                    raise DataError(problem)
+                problems.append(problem)
+                continue
             images = {m: roles[m] for m in self.modality_suffixes}
             label = roles.get("label")
             if label is None and case_id in self.label_files and (folder / self.label_files[case_id]).is_file():
@@ -277,8 +288,12 @@ class MsdLayout:
             raise DataError(f"{path}: modalities {missing} are not in its 'modality' entry {listed}")
         return {m: by_name[n.lower()] for m, n in self.modality_names.items()}
 
-    def find_cases(self, root: str | Path) -> list[CaseFiles]:
+    def find_cases(self, root: str | Path, problems: list[str] | None = None) -> list[CaseFiles]:
         """Find every case in every images folder under ``root``, sorted by case ID.
+
+        Args:
+            root: the dataset folder.
+            problems: if given, a repeated case ID is described here instead of raising.
 
         Raises:
             DataError: the root does not exist or holds no case; two files share a case ID.
@@ -298,7 +313,11 @@ class MsdLayout:
                     continue
                 case_id = path.name[: -len(ext)]
                 if case_id in cases:
-                    raise DataError(f"case ID {case_id} appears twice: {cases[case_id].images} and {path}")
+                    problem = f"case ID {case_id} appears twice: {next(iter(cases[case_id].images.values()))} and {path}"
+                    if problems is None:
+                        raise DataError(problem)
+                    problems.append(problem)
+                    continue
                 label = folder.parent / self.labels_dir / path.name
                 cases[case_id] = CaseFiles(
                     case_id, {m: path for m in self.modality_names}, label if label.is_file() else None, channels

@@ -1,0 +1,24 @@
+"""``lightning-brats <command> [hydra overrides]``: one entry point for the project's commands.
+
+Commands: ``train`` (same as ``lightning-brats-train``), ``check-data``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main() -> None:
+    commands = {"train": "lightning_brats.cli.train", "check-data": "lightning_brats.cli.check_data"}
+    if len(sys.argv) < 2 or sys.argv[1] not in commands:
+        print(f"usage: lightning-brats {{{','.join(commands)}}} [overrides ...]   (add --help to a command for its options)")
+        sys.exit(2)
+    import importlib
+
+    module = importlib.import_module(commands[sys.argv[1]])
+    sys.argv = [f"lightning-brats {sys.argv[1]}", *sys.argv[2:]]
+    module.main()
+
+
+if __name__ == "__main__":
+    main()
