@@ -24,6 +24,21 @@ def _copy_case(src: Path, dst_root: Path) -> Path:
     return dst
 
 
+def _rewrite_case_file(brats2018_root: Path, tmp_path: Path, suffix: str, change) -> None:
+    """Link real case Brats18_2013_11_1 into ``tmp_path`` with its ``suffix`` file replaced by
+    ``change(data, affine) -> (data, affine)`` applied to the original."""
+    case = _copy_case(brats2018_root / "Brats18_2013_11_1", tmp_path)
+    path = case / f"Brats18_2013_11_1{suffix}.nii.gz"
+    img = nib.load(path)
+    data, affine = change(np.asarray(img.dataobj).copy(), img.affine)
+    path.unlink()  # the link, not the shared file
+    nib.save(nib.Nifti1Image(data, affine), path)
+
+
+def _load_first_case(root: Path):
+    return load_case(BRATS20.find_cases(root)[0], MODALITIES, LABELS)
+
+
 @pytest.mark.real_data
 def test_finds_the_twenty_real_cases(brats2018_root):
     cases = BRATS20.find_cases(brats2018_root)
@@ -84,15 +99,9 @@ def test_shape_mismatch_names_the_file(brats2018_root, tmp_path):
 
 @pytest.mark.real_data
 def test_unknown_label_names_the_file(brats2018_root, tmp_path):
-    case = _copy_case(brats2018_root / "Brats18_2013_11_1", tmp_path)
-    seg = case / "Brats18_2013_11_1_seg.nii.gz"
-    img = nib.load(seg)
-    data = np.asarray(img.dataobj).copy()
-    data[data == 4] = 3
-    seg.unlink()
-    nib.save(nib.Nifti1Image(data, img.affine, img.header), seg)
+    _rewrite_case_file(brats2018_root, tmp_path, "_seg", lambda d, a: (np.where(d == 4, 3, d).astype(d.dtype), a))
     with pytest.raises(DataError, match=r"_seg.nii.gz: unknown label values \[3\]"):
-        load_case(BRATS20.find_cases(tmp_path)[0], MODALITIES, LABELS)
+        _load_first_case(tmp_path)
 
 
 @pytest.mark.real_data
@@ -118,36 +127,25 @@ def test_other_suffixes_are_a_config_away(tmp_path):
 
 @pytest.mark.real_data
 def test_nan_voxels_name_the_file(brats2018_root, tmp_path):
-    case = _copy_case(brats2018_root / "Brats18_2013_11_1", tmp_path)
-    bad = case / "Brats18_2013_11_1_t1.nii.gz"
-    img = nib.load(bad)
-    data = np.asarray(img.dataobj).astype(np.float32)
-    data[100, 100, 70] = np.nan
-    bad.unlink()
-    nib.save(nib.Nifti1Image(data, img.affine), bad)
+    def with_nan(data, affine):
+        data = data.astype(np.float32)
+        data[100, 100, 70] = np.nan
+        return data, affine
+
+    _rewrite_case_file(brats2018_root, tmp_path, "_t1", with_nan)
     with pytest.raises(DataError, match=r"Brats18_2013_11_1_t1.nii.gz: contains NaN or Inf voxels"):
-        load_case(BRATS20.find_cases(tmp_path)[0], MODALITIES, LABELS)
+        _load_first_case(tmp_path)
 
 
 @pytest.mark.real_data
 def test_4d_file_where_3d_is_expected_names_the_file(brats2018_root, tmp_path):
-    case = _copy_case(brats2018_root / "Brats18_2013_11_1", tmp_path)
-    bad = case / "Brats18_2013_11_1_t1ce.nii.gz"
-    img = nib.load(bad)
-    data = np.asarray(img.dataobj)
-    bad.unlink()
-    nib.save(nib.Nifti1Image(np.stack([data] * 2, axis=-1), img.affine), bad)
+    _rewrite_case_file(brats2018_root, tmp_path, "_t1ce", lambda d, a: (np.stack([d] * 2, axis=-1), a))
     with pytest.raises(DataError, match=r"_t1ce.nii.gz: expected a 3D volume, found shape \(240, 240, 155, 2\)"):
-        load_case(BRATS20.find_cases(tmp_path)[0], MODALITIES, LABELS)
+        _load_first_case(tmp_path)
 
 
 @pytest.mark.real_data
 def test_affine_mismatch_names_the_file(brats2018_root, tmp_path):
-    case = _copy_case(brats2018_root / "Brats18_2013_11_1", tmp_path)
-    bad = case / "Brats18_2013_11_1_t2.nii.gz"
-    img = nib.load(bad)
-    data = np.asarray(img.dataobj)
-    bad.unlink()
-    nib.save(nib.Nifti1Image(data, img.affine @ np.diag([2.0, 1, 1, 1])), bad)
+    _rewrite_case_file(brats2018_root, tmp_path, "_t2", lambda d, a: (d, a @ np.diag([2.0, 1, 1, 1])))
     with pytest.raises(DataError, match=r"Brats18_2013_11_1_t2.nii.gz: affine differs from .*_flair.nii.gz"):
-        load_case(BRATS20.find_cases(tmp_path)[0], MODALITIES, LABELS)
+        _load_first_case(tmp_path)
