@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 
 from lightning_brats.data.layouts import DataError, load_case
-from lightning_brats.data.preprocess import PreprocessedCache, preprocess_case, restore_to_original
+from lightning_brats.data.preprocess import (
+    PreprocessedCache,
+    nonzero_bbox,
+    preprocess_case,
+    restore_to_original,
+)
 from tests.test_layouts import BRATS20, LABELS, MODALITIES, _copy_case
 
 pytestmark = pytest.mark.real_data
@@ -104,3 +109,41 @@ def test_parallel_preprocessing_equals_serial_and_names_a_bad_file(brats2018_roo
     with pytest.raises(DataError, match="Brats18_2013_20_1_seg.nii.gz: cannot read NIfTI"):
         parallel.ensure(BRATS20.find_cases(root), MODALITIES, LABELS, [2, 2, 2], workers=2)
     assert all(parallel.is_cached(c) for c in cases)
+
+
+def test_minmax_normalization_scales_brain_to_unit_range(real_case):
+    image, _, _ = preprocess_case(real_case, spacing=None, normalization="minmax")
+    brain = np.any(real_case.image != 0, axis=0)[tuple(slice(a, b) for a, b in nonzero_bbox(real_case.image))]
+    for channel in image:
+        assert channel[brain].min() == pytest.approx(0.0) and channel[brain].max() == pytest.approx(1.0)
+        assert not channel[~brain].any()
+
+
+def test_center_crop_has_the_size_and_goes_back_in_place(real_case):
+    image, label, record = preprocess_case(real_case, spacing=None, crop="center", crop_size=[128, 128, 128])
+    assert image.shape == (4, 128, 128, 128) and record["crop_box"] == [[56, 184], [56, 184], [13, 141]]
+    restored = restore_to_original(label, record)
+    inside = tuple(slice(a, b) for a, b in record["crop_box"])
+    np.testing.assert_array_equal(restored[inside], real_case.label[inside])
+    assert not restored.sum() - restored[inside].sum()
+
+
+def test_bad_preprocessing_options_are_errors_naming_the_setting(real_case):
+    with pytest.raises(ValueError, match="data.normalization='percentile': expected one of"):
+        preprocess_case(real_case, None, normalization="percentile")
+    with pytest.raises(ValueError, match="data.crop=center needs data.crop_size"):
+        preprocess_case(real_case, None, crop="center")
+    with pytest.raises(ValueError, match="data.crop='random': expected 'nonzero' or 'center'"):
+        preprocess_case(real_case, None, crop="random")
+
+
+def test_preprocessing_options_key_the_cache(tmp_path):
+    import hydra
+
+    from tests.conftest import compose_config
+
+    paths = set()
+    for options in ([], ["data.normalization=minmax"], ["data.crop=center", "data.crop_size=[128,128,128]"]):
+        cfg = compose_config(["data=brats20", "data.root=/x", *options], tmp_path)
+        paths.add(hydra.utils.instantiate(cfg.data).cache.path)
+    assert len(paths) == 3

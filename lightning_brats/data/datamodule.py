@@ -115,6 +115,8 @@ class BratsDataModule(pl.LightningDataModule):
         notice: a message printed when the data are prepared (e.g. "these are synthetic").
         max_val_cases: validate on at most this many cases of the fold (``None``: all).
         preprocess_workers: processes preprocessing cases in parallel (on the first use only).
+        normalization, crop, crop_size: preprocessing options (see
+            :func:`~lightning_brats.data.preprocess.preprocess_case`).
     """
 
     def __init__(
@@ -141,6 +143,9 @@ class BratsDataModule(pl.LightningDataModule):
         max_val_cases: int | None = None,
         splits_file: str | None = None,
         preprocess_workers: int = 1,
+        normalization: str = "zscore",
+        crop: str = "nonzero",
+        crop_size: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if sampling not in ("2d", "3d"):
@@ -170,6 +175,11 @@ class BratsDataModule(pl.LightningDataModule):
         self.max_val_cases = max_val_cases
         self.splits_file = splits_file
         self.preprocess_workers = preprocess_workers
+        self.preprocess_options = {
+            "normalization": normalization,
+            "crop": crop,
+            "crop_size": None if crop_size is None else [int(c) for c in crop_size],
+        }
         self.cache = PreprocessedCache(
             cache_dir,
             self.root.resolve().name,
@@ -178,8 +188,7 @@ class BratsDataModule(pl.LightningDataModule):
                 "layout": layout.describe(),
                 "modalities": self.modalities,
                 "spacing": self.spacing,
-                "normalization": "zscore_nonzero",
-                "crop": "nonzero",
+                **self.preprocess_options,
             },
         )
         self.train_ids: list[str] = []
@@ -235,7 +244,13 @@ class BratsDataModule(pl.LightningDataModule):
         if self.phantoms is not None and not _has_cases(self.layout, self.root):
             self.phantoms(str(self.root))
         self.cache.ensure(
-            self.find_cases(), self.modalities, self.labels, self.spacing, log=log.info, workers=self.preprocess_workers
+            self.find_cases(),
+            self.modalities,
+            self.labels,
+            self.spacing,
+            log=log.info,
+            workers=self.preprocess_workers,
+            **self.preprocess_options,
         )
         if not self.splits_file:
             self._write_splits()

@@ -64,6 +64,34 @@ def zscore_in_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
+def minmax_in_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Scale each channel to [0, 1] using the min and max of voxels inside ``mask``; zero outside.
+
+    Args:
+        image: ``(C, X, Y, Z)`` float32.
+        mask: ``(X, Y, Z)`` bool brain mask.
+    """
+    out = np.zeros_like(image, dtype=np.float32)
+    for c in range(image.shape[0]):
+        values = image[c][mask]
+        if values.size:
+            out[c][mask] = (values - values.min()) / max(float(values.max() - values.min()), 1e-8)
+    return out
+
+
+#: ``data.normalization`` options: name -> function ``(image (C, X, Y, Z), brain mask) -> image``.
+NORMALIZATIONS = {"zscore": zscore_in_mask, "minmax": minmax_in_mask}
+
+
+def center_box(shape: Sequence[int], size: Sequence[int]) -> np.ndarray:
+    """``(3, 2)`` ``[start, stop)`` box of ``size`` voxels centred in ``shape`` (clipped to the volume)."""
+    box = np.zeros((3, 2), dtype=np.int64)
+    for axis, (n, s) in enumerate(zip(shape, size)):
+        start = max(0, (n - int(s)) // 2)
+        box[axis] = (start, min(n, start + int(s)))
+    return box
+
+
 def target_shape(shape: Sequence[int], spacing: Sequence[float], new_spacing: Sequence[float]) -> tuple[int, ...]:
     """Shape in voxels after resampling a grid of ``shape`` from ``spacing`` to ``new_spacing`` (mm)."""
     # int(): NumPy < 2 rounds its floats to floats
@@ -80,23 +108,46 @@ def resize(array: np.ndarray, shape: Sequence[int], order: int) -> np.ndarray:
     return out[0].numpy()
 
 
-def preprocess_case(case: LoadedCase, spacing: Sequence[float] | None) -> tuple[np.ndarray, np.ndarray | None, dict]:
-    """Crop, z-score and optionally resample one case.
+def preprocess_case(
+    case: LoadedCase,
+    spacing: Sequence[float] | None,
+    normalization: str = "zscore",
+    crop: str = "nonzero",
+    crop_size: Sequence[int] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """Crop, normalise and optionally resample one case.
 
     Args:
         case: the case on its original grid (image ``(C, X, Y, Z)``).
         spacing: target voxel size in mm (3 values), or ``None`` to keep the original.
+        normalization: ``"zscore"`` (nnU-Net's, inside the brain) or ``"minmax"`` (to [0, 1]
+            inside the brain), see :data:`NORMALIZATIONS`.
+        crop: ``"nonzero"`` (bounding box of the brain) or ``"center"`` (a box of ``crop_size``
+            voxels in the middle of the original grid, as in many BraTS notebooks).
+        crop_size: ``(x, y, z)`` voxels for ``crop="center"``.
+
+    Raises:
+        ValueError: an unknown ``normalization`` or ``crop``, or ``crop="center"`` without a size.
 
     Returns:
         ``(image (C, x, y, z) float32, label (x, y, z) uint8 or None, record)`` where the
         record holds ``original_shape``, ``affine``, ``spacing`` (original, mm), ``crop_box``
         (``(3, 2)`` voxels), ``cropped_shape`` and ``preprocessed_spacing``.
     """
-    box = nonzero_bbox(case.image)
-    crop = tuple(slice(int(a), int(b)) for a, b in box)
-    image = case.image[(slice(None), *crop)]
-    image = zscore_in_mask(image, np.any(image != 0, axis=0))
-    label = None if case.label is None else case.label[crop]
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"data.normalization={normalization!r}: expected one of {sorted(NORMALIZATIONS)}")
+    if crop == "nonzero":
+        box = nonzero_bbox(case.image)
+    elif crop == "center":
+        if crop_size is None or len(crop_size) != 3:
+            raise ValueError(f"data.crop=center needs data.crop_size with 3 values (voxels), got {crop_size}")
+        box = center_box(case.image.shape[1:], crop_size)
+    else:
+        raise ValueError(f"data.crop={crop!r}: expected 'nonzero' or 'center'")
+    window = tuple(slice(int(a), int(b)) for a, b in box)
+    image = case.image[(slice(None), *window)]
+    image = NORMALIZATIONS[normalization](image, np.any(image != 0, axis=0))
+    label = None if case.label is None else case.label[window]
     new_spacing = case.spacing if spacing is None else np.asarray(spacing, dtype=np.float64)
     shape = target_shape(image.shape[1:], case.spacing, new_spacing)
     if shape != image.shape[1:]:
@@ -221,12 +272,15 @@ class PreprocessedCache:
         spacing: Sequence[float] | None,
         log=print,
         workers: int = 1,
+        **options,
     ) -> None:
         """Preprocess every case not yet cached, with a progress bar and a summary line.
 
         Args:
             workers: processes working on cases in parallel (``spawn``ed, one torch thread each);
                 1 works in this process.
+            options: ``normalization``, ``crop``, ``crop_size`` for :func:`preprocess_case`
+                (they must also be part of the cache's settings).
 
         Raises:
             DataError: a case cannot be read (the message names the file); cases already
@@ -246,12 +300,12 @@ class PreprocessedCache:
             task = progress.add_task(f"Preprocessing {len(todo)} cases ({workers} workers)", total=len(todo))
             if workers == 1:
                 for files in todo:
-                    self._write(files, modalities, labels, spacing)
+                    self._write(files, modalities, labels, spacing, options)
                     progress.advance(task)
             else:
                 context = multiprocessing.get_context("spawn")  # fork is unsafe once torch has threads
                 with ProcessPoolExecutor(workers, mp_context=context, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-                    futures = [pool.submit(self._write, files, modalities, labels, spacing) for files in todo]
+                    futures = [pool.submit(self._write, files, modalities, labels, spacing, options) for files in todo]
                     try:
                         for future in as_completed(futures):
                             future.result()
@@ -265,8 +319,8 @@ class PreprocessedCache:
             f"{self.path} ({len(cases)} cases cached, {sum(f.stat().st_size for f in self.path.iterdir()) / 2**20:.0f} MiB)"
         )
 
-    def _write(self, files: CaseFiles, modalities, labels, spacing) -> None:
-        image, label, record = preprocess_case(load_case(files, modalities, labels), spacing)
+    def _write(self, files: CaseFiles, modalities, labels, spacing, options: Mapping) -> None:
+        image, label, record = preprocess_case(load_case(files, modalities, labels), spacing, **options)
         record["source"] = _source_stamp(files)
         image_path, label_path, record_path = self._files(files.case_id)
         atomic_save(image_path, lambda p: _save_npy(p, image))
