@@ -58,11 +58,11 @@ def test_cache_is_reused_and_redoes_only_missing_cases(brats2018_root, tmp_path)
     for name in ("Brats18_2013_11_1", "Brats18_CBICA_ABM_1"):
         _copy_case(brats2018_root / name, root)
     cases = BRATS20.find_cases(root)
-    cache = PreprocessedCache(tmp_path / "cache", "x", {"spacing": [2, 2, 2]})
-    cache.ensure(cases, MODALITIES, LABELS, [2, 2, 2])
+    cache = PreprocessedCache(tmp_path / "cache", "x", MODALITIES, LABELS, [2, 2, 2])
+    cache.ensure(cases)
     first = {p.name: p.stat().st_mtime_ns for p in cache.path.iterdir()}
     (cache.path / "Brats18_CBICA_ABM_1.json").unlink()  # as if interrupted before the record
-    cache.ensure(cases, MODALITIES, LABELS, [2, 2, 2])
+    cache.ensure(cases)
     second = {p.name: p.stat().st_mtime_ns for p in cache.path.iterdir()}
     assert second["Brats18_2013_11_1_image.npy"] == first["Brats18_2013_11_1_image.npy"]
     assert second["Brats18_CBICA_ABM_1_image.npy"] != first["Brats18_CBICA_ABM_1_image.npy"]
@@ -71,21 +71,21 @@ def test_cache_is_reused_and_redoes_only_missing_cases(brats2018_root, tmp_path)
     assert isinstance(loaded.image, np.memmap) and loaded.image.shape[0] == 4
     assert json.loads((cache.path / "Brats18_2013_11_1.json").read_text())["original_shape"] == [240, 240, 155]
     # a different setting is a different cache folder
-    assert PreprocessedCache(tmp_path / "cache", "x", {"spacing": [1, 1, 1]}).path != cache.path
+    assert PreprocessedCache(tmp_path / "cache", "x", MODALITIES, LABELS, [1, 1, 1]).path != cache.path
 
 
 def test_failing_case_leaves_cached_cases_intact(brats2018_root, tmp_path):
     root = tmp_path / "root"
     _copy_case(brats2018_root / "Brats18_2013_11_1", root)
-    cache = PreprocessedCache(tmp_path / "cache", "x", {})
-    cache.ensure(BRATS20.find_cases(root), MODALITIES, LABELS, [2, 2, 2])
+    cache = PreprocessedCache(tmp_path / "cache", "x", MODALITIES, LABELS, [2, 2, 2])
+    cache.ensure(BRATS20.find_cases(root))
     before = {p.name: p.read_bytes() for p in cache.path.iterdir()}
     bad = _copy_case(brats2018_root / "Brats18_2013_20_1", root) / "Brats18_2013_20_1_t1.nii.gz"
     data = bad.read_bytes()
     bad.unlink()
     bad.write_bytes(data[:1000])
     with pytest.raises(DataError, match="Brats18_2013_20_1_t1.nii.gz: cannot read NIfTI"):
-        cache.ensure(BRATS20.find_cases(root), MODALITIES, LABELS, [2, 2, 2])
+        cache.ensure(BRATS20.find_cases(root))
     assert {p.name: p.read_bytes() for p in cache.path.iterdir()} == before
 
 
@@ -94,10 +94,10 @@ def test_parallel_preprocessing_equals_serial_and_names_a_bad_file(brats2018_roo
     for name in ("Brats18_2013_11_1", "Brats18_CBICA_ABM_1", "Brats18_TCIA02_135_1"):
         _copy_case(brats2018_root / name, root)
     cases = BRATS20.find_cases(root)
-    serial = PreprocessedCache(tmp_path / "serial", "x", {})
-    serial.ensure(cases, MODALITIES, LABELS, [2, 2, 2], workers=1)
-    parallel = PreprocessedCache(tmp_path / "parallel", "x", {})
-    parallel.ensure(cases, MODALITIES, LABELS, [2, 2, 2], workers=2)
+    serial = PreprocessedCache(tmp_path / "serial", "x", MODALITIES, LABELS, [2, 2, 2])
+    serial.ensure(cases, workers=1)
+    parallel = PreprocessedCache(tmp_path / "parallel", "x", MODALITIES, LABELS, [2, 2, 2])
+    parallel.ensure(cases, workers=2)
     for case in cases:
         a, b = serial.load(case.case_id), parallel.load(case.case_id)
         np.testing.assert_array_equal(a.image, b.image)
@@ -107,7 +107,7 @@ def test_parallel_preprocessing_equals_serial_and_names_a_bad_file(brats2018_roo
     bad.unlink()
     bad.write_bytes(data[:500])
     with pytest.raises(DataError, match="Brats18_2013_20_1_seg.nii.gz: cannot read NIfTI"):
-        parallel.ensure(BRATS20.find_cases(root), MODALITIES, LABELS, [2, 2, 2], workers=2)
+        parallel.ensure(BRATS20.find_cases(root), workers=2)
     assert all(parallel.is_cached(c) for c in cases)
 
 

@@ -175,21 +175,16 @@ class BratsDataModule(pl.LightningDataModule):
         self.max_val_cases = max_val_cases
         self.splits_file = splits_file
         self.preprocess_workers = preprocess_workers
-        self.preprocess_options = {
-            "normalization": normalization,
-            "crop": crop,
-            "crop_size": None if crop_size is None else [int(c) for c in crop_size],
-        }
         self.cache = PreprocessedCache(
             cache_dir,
             self.root.resolve().name,
-            {
-                "root": str(self.root.resolve()),
-                "layout": layout.describe(),
-                "modalities": self.modalities,
-                "spacing": self.spacing,
-                **self.preprocess_options,
-            },
+            self.modalities,
+            self.labels,
+            self.spacing,
+            normalization,
+            crop,
+            crop_size,
+            source={"root": str(self.root.resolve()), "layout": layout.describe()},
         )
         self.train_ids: list[str] = []
         self.val_ids: list[str] = []
@@ -210,15 +205,15 @@ class BratsDataModule(pl.LightningDataModule):
         """The splits file in use: ``data.splits_file`` or ``splits.json`` in the cache folder."""
         return Path(self.splits_file) if self.splits_file else self.cache.path / "splits.json"
 
-    def _labelled_ids(self) -> list[str]:
-        labelled = [c.case_id for c in self.find_cases() if c.label is not None]
+    def _labelled_ids(self, cases: Sequence[CaseFiles]) -> list[str]:
+        labelled = [c.case_id for c in cases if c.label is not None]
         if not labelled:
             raise DataError(f"no labelled cases under {self.root}: training needs label files")
         return labelled
 
-    def _write_splits(self) -> None:
+    def _write_splits(self, cases: Sequence[CaseFiles]) -> None:
         """Write ``splits.json`` unless one for the same cases, seed and folds is there (rank 0)."""
-        ids = sorted(self._labelled_ids())
+        ids = sorted(self._labelled_ids(cases))
         record = {"seed": self.seed, "num_folds": self.num_folds, "cases": ids}
         path = self.splits_path
         if path.exists():
@@ -243,23 +238,16 @@ class BratsDataModule(pl.LightningDataModule):
             log.warning(self.notice)
         if self.phantoms is not None and not _has_cases(self.layout, self.root):
             self.phantoms(str(self.root))
-        self.cache.ensure(
-            self.find_cases(),
-            self.modalities,
-            self.labels,
-            self.spacing,
-            log=log.info,
-            workers=self.preprocess_workers,
-            **self.preprocess_options,
-        )
+        cases = self.find_cases()
+        self.cache.ensure(cases, log=log.info, workers=self.preprocess_workers)
         if not self.splits_file:
-            self._write_splits()
+            self._write_splits(cases)
 
     def setup(self, stage: str | None = None) -> None:
         """Split by case and build the training and validation datasets from the cache."""
         if self.train_set is not None:
             return
-        labelled = set(self._labelled_ids())
+        labelled = set(self._labelled_ids(self.find_cases()))
         folds = read_splits(self.splits_path)
         if not 0 <= self.fold < len(folds):
             raise DataError(f"{self.splits_path}: data.fold={self.fold} but the file holds {len(folds)} folds")

@@ -49,6 +49,16 @@ def nonzero_bbox(image: np.ndarray) -> np.ndarray:
     return box
 
 
+def _per_channel_in_mask(image: np.ndarray, mask: np.ndarray, scale) -> np.ndarray:
+    """Apply ``scale(values) -> values`` to each channel's voxels inside ``mask``; zero outside."""
+    out = np.zeros_like(image, dtype=np.float32)
+    for c in range(image.shape[0]):
+        values = image[c][mask]
+        if values.size:
+            out[c][mask] = scale(values)
+    return out
+
+
 def zscore_in_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Z-score each channel using the mean and std of voxels inside ``mask``; zero outside.
 
@@ -56,12 +66,7 @@ def zscore_in_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
         image: ``(C, X, Y, Z)`` float32.
         mask: ``(X, Y, Z)`` bool brain mask.
     """
-    out = np.zeros_like(image, dtype=np.float32)
-    for c in range(image.shape[0]):
-        values = image[c][mask]
-        if values.size:
-            out[c][mask] = (values - values.mean()) / max(float(values.std()), 1e-8)
-    return out
+    return _per_channel_in_mask(image, mask, lambda v: (v - v.mean()) / max(float(v.std()), 1e-8))
 
 
 def minmax_in_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -71,12 +76,7 @@ def minmax_in_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
         image: ``(C, X, Y, Z)`` float32.
         mask: ``(X, Y, Z)`` bool brain mask.
     """
-    out = np.zeros_like(image, dtype=np.float32)
-    for c in range(image.shape[0]):
-        values = image[c][mask]
-        if values.size:
-            out[c][mask] = (values - values.min()) / max(float(values.max() - values.min()), 1e-8)
-    return out
+    return _per_channel_in_mask(image, mask, lambda v: (v - v.min()) / max(float(v.max() - v.min()), 1e-8))
 
 
 #: ``data.normalization`` options: name -> function ``(image (C, X, Y, Z), brain mask) -> image``.
@@ -241,11 +241,40 @@ class PreprocessedCache:
     Args:
         cache_dir: parent folder of all caches.
         name: a readable prefix for the folder (e.g. the data root's name).
-        settings: everything that changes the cached content (modalities, spacing, ...).
+        modalities: modality names stacked as channels, in this order.
+        labels: the release's label map (name -> code), checked while reading.
+        spacing, normalization, crop, crop_size: the preprocessing (see :func:`preprocess_case`).
+        source: what identifies the data (e.g. root folder and layout); part of the fingerprint.
     """
 
-    def __init__(self, cache_dir: str | Path, name: str, settings: Mapping) -> None:
-        self.settings = {"version": PREPROCESS_VERSION, **settings}
+    def __init__(
+        self,
+        cache_dir: str | Path,
+        name: str,
+        modalities: Sequence[str],
+        labels: Mapping[str, int] | None,
+        spacing: Sequence[float] | None = None,
+        normalization: str = "zscore",
+        crop: str = "nonzero",
+        crop_size: Sequence[int] | None = None,
+        source: Mapping | None = None,
+    ) -> None:
+        self.modalities = list(modalities)
+        self.labels = None if labels is None else dict(labels)
+        self.spacing = None if spacing is None else [float(v) for v in spacing]
+        self.options = {
+            "normalization": normalization,
+            "crop": crop,
+            "crop_size": None if crop_size is None else [int(v) for v in crop_size],
+        }
+        self.settings = {
+            "version": PREPROCESS_VERSION,
+            "modalities": self.modalities,
+            "labels": self.labels,
+            "spacing": self.spacing,
+            **self.options,
+            **(source or {}),
+        }
         blob = json.dumps(self.settings, sort_keys=True, default=str).encode()
         self.fingerprint = hashlib.sha256(blob).hexdigest()[:12]
         self.path = Path(cache_dir) / f"{name}-{self.fingerprint}"
@@ -264,23 +293,12 @@ class PreprocessedCache:
             return False
         return stored.get("source") == _source_stamp(files) and (label.exists() or not stored["has_label"])
 
-    def ensure(
-        self,
-        cases: Sequence[CaseFiles],
-        modalities: Sequence[str],
-        labels: Mapping[str, int] | None,
-        spacing: Sequence[float] | None,
-        log=print,
-        workers: int = 1,
-        **options,
-    ) -> None:
+    def ensure(self, cases: Sequence[CaseFiles], log=print, workers: int = 1) -> None:
         """Preprocess every case not yet cached, with a progress bar and a summary line.
 
         Args:
             workers: processes working on cases in parallel (``spawn``ed, one torch thread each);
                 1 works in this process.
-            options: ``normalization``, ``crop``, ``crop_size`` for :func:`preprocess_case`
-                (they must also be part of the cache's settings).
 
         Raises:
             DataError: a case cannot be read (the message names the file); cases already
@@ -300,12 +318,12 @@ class PreprocessedCache:
             task = progress.add_task(f"Preprocessing {len(todo)} cases ({workers} workers)", total=len(todo))
             if workers == 1:
                 for files in todo:
-                    self._write(files, modalities, labels, spacing, options)
+                    self._write(files)
                     progress.advance(task)
             else:
                 context = multiprocessing.get_context("spawn")  # fork is unsafe once torch has threads
                 with ProcessPoolExecutor(workers, mp_context=context, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-                    futures = [pool.submit(self._write, files, modalities, labels, spacing, options) for files in todo]
+                    futures = [pool.submit(self._write, files) for files in todo]
                     try:
                         for future in as_completed(futures):
                             future.result()
@@ -319,8 +337,9 @@ class PreprocessedCache:
             f"{self.path} ({len(cases)} cases cached, {sum(f.stat().st_size for f in self.path.iterdir()) / 2**20:.0f} MiB)"
         )
 
-    def _write(self, files: CaseFiles, modalities, labels, spacing, options: Mapping) -> None:
-        image, label, record = preprocess_case(load_case(files, modalities, labels), spacing, **options)
+    def _write(self, files: CaseFiles) -> None:
+        case = load_case(files, self.modalities, self.labels)
+        image, label, record = preprocess_case(case, self.spacing, **self.options)
         record["source"] = _source_stamp(files)
         image_path, label_path, record_path = self._files(files.case_id)
         atomic_save(image_path, lambda p: _save_npy(p, image))
