@@ -12,7 +12,7 @@ from torch import nn
 
 from lightning_brats.inference import predict_logits
 from lightning_brats.metrics import RegionDice
-from lightning_brats.visualize import comparison_picture
+from lightning_brats.visualize import REGION_COLOUR_NAMES, comparison_picture
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class SegmentationModule(pl.LightningModule):
             self._log_picture(batch, pred)
 
     def on_validation_epoch_end(self) -> None:
-        dice = self.val_dice.compute()
+        dice = self.val_dice.compute().reshape(-1)  # torchmetrics squeezes a single region to 0-d
         for name, value in zip(self.region_names, dice):
             self.log(f"val/dice_{name}", value.float())
         self.log("val/dice_mean", dice.mean().float(), prog_bar=True)
@@ -116,7 +116,8 @@ class SegmentationModule(pl.LightningModule):
         picture = comparison_picture(
             batch["image"][0].cpu().numpy(), batch["target"][0].cpu().numpy(), pred[0].cpu().numpy(), self.display_channel
         )
-        caption = f"{batch['case_id'][0]} epoch {self.current_epoch}: ground truth | prediction (WT green, TC yellow, ET red)"
+        colours = ", ".join(f"{name.upper()} {colour}" for name, colour in zip(self.region_names, REGION_COLOUR_NAMES))
+        caption = f"{batch['case_id'][0]} epoch {self.current_epoch}: ground truth | prediction ({colours})"
         for lg in wandb_loggers:
             lg.log_image(key=f"val/overlay_{batch['case_id'][0]}", images=[picture], caption=[caption], step=self.global_step)
 

@@ -6,6 +6,8 @@ import numpy as np
 
 #: Overlay colours (RGB) for the three BraTS regions, painted WT, then TC, then ET.
 REGION_COLOURS = [(0, 200, 0), (255, 220, 0), (230, 30, 30)]
+#: Their names, for captions and legends.
+REGION_COLOUR_NAMES = ["green", "yellow", "red"]
 
 
 def tumour_slice(target: np.ndarray) -> int:

@@ -39,6 +39,12 @@ def brats2018_root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def lgg_root() -> Path:
+    """The 6 real LGG patients (Buda et al.), one folder of TIFF slices each."""
+    return _require(SHARED_DATA / "lgg_kaggle_3m")
+
+
+@pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     """One preprocessing cache for the whole test session (preprocessing is done once)."""
     return tmp_path_factory.mktemp("cache")

@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_brats.data.layouts import BratsLayout, CaseFiles, DataError, MsdLayout
+from lightning_brats.data.layouts import CaseFiles, DataError, Layout
 from lightning_brats.data.preprocess import CachedCase, PreprocessedCache, atomic_save
 from lightning_brats.data.sampling import Augmentation, EpochSampler, TrainingSampleDataset, labels_to_regions
 
@@ -90,8 +90,8 @@ class BratsDataModule(pl.LightningDataModule):
 
     Args:
         root: folder searched (recursively) for cases.
-        layout: the file layout (:class:`~lightning_brats.data.layouts.BratsLayout` or
-            :class:`~lightning_brats.data.layouts.MsdLayout`).
+        layout: the file layout (:class:`~lightning_brats.data.layouts.BratsLayout`,
+            :class:`~lightning_brats.data.layouts.MsdLayout` or :class:`~lightning_brats.data.layouts.SliceLayout`).
         modalities: modality names stacked as input channels, in this order.
         labels: the release's label map, name -> code (e.g. ``{ncr_net: 1, ed: 2, et: 4}``).
         regions: evaluated regions, name -> label codes (e.g. ``{wt: [1, 2, 4], ...}``).
@@ -117,12 +117,19 @@ class BratsDataModule(pl.LightningDataModule):
         preprocess_workers: processes preprocessing cases in parallel (on the first use only).
         normalization, crop, crop_size: preprocessing options (see
             :func:`~lightning_brats.data.preprocess.preprocess_case`).
+        min_foreground_fraction: drop training cases (3D) or axial slices (2D) whose tumour
+            voxels are a smaller share than this of the preprocessed case or slice; validation
+            keeps every case. ``None`` or 0 keeps everything. The count dropped is logged.
+
+    Raises:
+        ValueError: an unknown ``sampling``, or one the layout does not support (the LGG
+            slices are 2D only); a ``patch_size`` with too few values.
     """
 
     def __init__(
         self,
         root: str,
-        layout: BratsLayout | MsdLayout,
+        layout: Layout,
         modalities: Sequence[str],
         labels: Mapping[str, int],
         regions: Mapping[str, Sequence[int]],
@@ -146,10 +153,17 @@ class BratsDataModule(pl.LightningDataModule):
         normalization: str = "zscore",
         crop: str = "nonzero",
         crop_size: Sequence[int] | None = None,
+        min_foreground_fraction: float | None = None,
     ) -> None:
         super().__init__()
         if sampling not in ("2d", "3d"):
             raise ValueError(f"data.sampling must be '2d' or '3d', got {sampling!r}")
+        if sampling not in layout.sampling:
+            raise ValueError(
+                f"data.sampling={sampling} is not possible with this dataset's layout ({layout.describe()}): it supports "
+                f"only {list(layout.sampling)}; set data.sampling={layout.sampling[0]} and a matching model "
+                f"(e.g. model=unet{layout.sampling[0]})"
+            )
         self.root = Path(root)
         self.layout = layout
         self.modalities = list(modalities)
@@ -175,6 +189,7 @@ class BratsDataModule(pl.LightningDataModule):
         self.max_val_cases = max_val_cases
         self.splits_file = splits_file
         self.preprocess_workers = preprocess_workers
+        self.min_foreground_fraction = min_foreground_fraction
         self.cache = PreprocessedCache(
             cache_dir,
             self.root.resolve().name,
@@ -271,7 +286,10 @@ class BratsDataModule(pl.LightningDataModule):
             self.oversample_foreground,
             self.augment,
             self.seed,
+            self.min_foreground_fraction,
         )
+        if self.train_set.dropped:
+            log.info(f"data.min_foreground_fraction={self.min_foreground_fraction}: {self.train_set.dropped}")
         self.val_set = WholeCaseDataset([self.cache.load(i) for i in val_ids], self.regions)
 
     def train_dataloader(self) -> DataLoader:
@@ -294,7 +312,7 @@ class BratsDataModule(pl.LightningDataModule):
         self.train_sampler.load_state_dict(state["train_sampler"])
 
 
-def _has_cases(layout: BratsLayout | MsdLayout, root: Path) -> bool:
+def _has_cases(layout: Layout, root: Path) -> bool:
     try:
         return bool(layout.find_cases(root))
     except DataError:

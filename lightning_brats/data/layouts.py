@@ -2,18 +2,22 @@
 
 A layout is described by configuration only (file suffixes and extensions), so another
 release with other file names is a config change, not a code change. The BraTS 2018-2021
-layout is ``<case>/<case>_{flair,t1,t1ce,t2,seg}.nii[.gz]``, found anywhere under the root.
+layout is ``<case>/<case>_{flair,t1,t1ce,t2,seg}.nii[.gz]``, found anywhere under the root;
+:class:`MsdLayout` reads the Decathlon's 4D files and :class:`SliceLayout` the LGG set's
+per-slice TIFF files.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 
 class DataError(ValueError):
@@ -36,6 +40,31 @@ class CaseFiles:
     images: dict[str, Path]
     label: Path | None = None
     channels: dict[str, int] | None = None
+
+    def sources(self) -> list[Path]:
+        """Every file the case is read from (each once), e.g. to notice a changed source."""
+        return list(dict.fromkeys([*self.images.values(), *([self.label] if self.label else [])]))
+
+
+@dataclass(frozen=True)
+class SliceFiles(CaseFiles):
+    """A case stored as one 2D image file per axial slice (the LGG set), all modalities in each.
+
+    Attributes:
+        images: modality name -> the case folder (every slice file holds every modality).
+        label: the case folder when every slice has a mask file, else ``None``.
+        channels: modality name -> channel index in each slice file.
+        slices: the slice image files in slice order (numeric, not alphabetical).
+        masks: the mask file of each slice, same order; empty for an unlabelled case.
+        spacing: nominal voxel size in mm (row, column, slice); the files carry none.
+    """
+
+    slices: tuple[Path, ...] = ()
+    masks: tuple[Path, ...] = ()
+    spacing: tuple[float, ...] = (1.0, 1.0, 1.0)
+
+    def sources(self) -> list[Path]:
+        return [*self.slices, *self.masks]
 
 
 @dataclass
@@ -70,6 +99,9 @@ class BratsLayout:
         label_files: case ID -> label file name in the case folder, for releases that ship
             a label under another name (BraTS 2020 case 355: ``W39_1998.09.19_Segm.nii``).
     """
+
+    #: ``data.sampling`` modes this layout's volumes support.
+    sampling = ("2d", "3d")
 
     def __init__(
         self,
@@ -186,6 +218,8 @@ def load_case(files: CaseFiles, modalities: Sequence[str], labels: Mapping[str, 
         DataError: a file is corrupt or not 3D; a modality is not in the case; shapes or
             affines differ between files; NaN or Inf voxels; unknown label values.
     """
+    if isinstance(files, SliceFiles):
+        return _load_slices(files, modalities, labels)
     arrays = []
     ref_path = ref_affine = ref_spacing = None
     stacks: dict[Path, tuple] = {}  # a 4D file is read once for all its channels
@@ -213,16 +247,19 @@ def load_case(files: CaseFiles, modalities: Sequence[str], labels: Mapping[str, 
     if files.label is not None:
         data, affine, _ = _read_nifti(files.label)
         _check_same_grid(files.label, data.shape, affine, ref_path, ref_shape, ref_affine)
-        if labels is not None:
-            allowed = {0, *map(int, labels.values())}
-            found = set(np.unique(data).tolist())
-            unknown = sorted(found - allowed)
-            if unknown:
-                raise DataError(
-                    f"{files.label}: unknown label values {unknown}; the dataset's label map is {dict(labels)}"
-                )
+        _check_labels(files.label, data, labels)
         label = data.astype(np.uint8)
     return LoadedCase(files.case_id, np.stack(arrays), label, ref_affine, ref_spacing, files)
+
+
+def _check_labels(path: Path, data: np.ndarray, labels: Mapping[str, int] | None) -> None:
+    """Raise :class:`DataError` naming ``path`` when ``data`` holds values outside 0 and ``labels``."""
+    if labels is None:
+        return
+    allowed = {0, *map(int, labels.values())}
+    unknown = sorted(set(np.unique(data).tolist()) - allowed)
+    if unknown:
+        raise DataError(f"{path}: unknown label values {unknown}; the dataset's label map is {dict(labels)}")
 
 
 def _check_same_grid(path, shape, affine, ref_path, ref_shape, ref_affine) -> None:
@@ -248,6 +285,9 @@ class MsdLayout:
         labels_dir: the folder holding labels, beside the images folder.
         extensions: accepted file extensions.
     """
+
+    #: ``data.sampling`` modes this layout's volumes support.
+    sampling = ("2d", "3d")
 
     def __init__(
         self,
@@ -325,3 +365,145 @@ class MsdLayout:
         if not cases:
             raise DataError(f"no cases found under {root}; expected {self.describe()}")
         return [cases[k] for k in sorted(cases)]
+
+
+class SliceLayout:
+    """Cases stored as 2D image files, one per axial slice, as in the LGG set of Buda et al.
+
+    The Kaggle "lgg-mri-segmentation" release (Buda, Saha, Mazurowski, Comput. Biol. Med. 2019)
+    holds ``kaggle_3m/TCGA_<inst>_<patient>_<date>/<case>_<n>.tif`` (256 x 256 x 3 uint8:
+    pre-contrast, FLAIR, post-contrast) and ``<case>_<n>_mask.tif`` (256 x 256, 0 or 255).
+    Slice numbers are 1-based and not zero-padded, so they are sorted numerically. The slices
+    of a case stack into one ``(C, H, W, S)`` volume; the files carry no geometry, so the
+    affine is a diagonal of the nominal ``spacing`` and the volume suits 2D sampling only.
+
+    Args:
+        channels: modality name -> channel index in each slice file,
+            e.g. ``{"pre_contrast": 0, "flair": 1, "post_contrast": 2}``.
+        mask_suffix: suffix of mask files after the slice number (``"_mask"``).
+        extensions: accepted file extensions.
+        spacing: nominal voxel size in mm written into the affine (row, column, slice).
+    """
+
+    #: The slice spacing is not known, so volumes are only sampled slice by slice.
+    sampling = ("2d",)
+
+    def __init__(
+        self,
+        channels: Mapping[str, int],
+        mask_suffix: str = "_mask",
+        extensions: Sequence[str] = (".tif", ".tiff"),
+        spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    ) -> None:
+        self.channels = {str(k): int(v) for k, v in channels.items()}
+        self.mask_suffix = mask_suffix
+        self.extensions = tuple(extensions)
+        self.spacing = [float(v) for v in spacing]
+        suffix = re.escape(mask_suffix)
+        self._pattern = re.compile(rf"^(?P<case>.+)_(?P<slice>\d+)(?P<mask>{suffix})?$")
+
+    def describe(self) -> str:
+        """A one-line description of the expected layout, for error messages."""
+        return f"case folders holding <case>_<slice>{{{', '.join(self.extensions)}}} and <case>_<slice>{self.mask_suffix}"
+
+    def find_cases(self, root: str | Path, problems: list[str] | None = None) -> list[SliceFiles]:
+        """Find every case anywhere under ``root``, sorted by case ID, slices in numeric order.
+
+        Args:
+            root: the dataset folder.
+            problems: if given, a case with missing slices or masks, or a repeated ID, is
+                described here and left out instead of raising (used by ``check-data``).
+
+        Raises:
+            DataError: the root does not exist or holds no case; slice numbers have gaps;
+                some but not all slices have masks (or a mask has no image); two folders
+                hold the same case ID.
+        """
+        root = Path(root)
+        if not root.is_dir():
+            raise DataError(f"data root {root} does not exist or is not a folder; expected {self.describe()}")
+        groups: dict[tuple[Path, str], dict[str, dict[int, Path]]] = {}
+        for path in sorted(root.rglob("*")):
+            if not path.is_file() or any(part.startswith(".") for part in path.relative_to(root).parts):
+                continue
+            ext = next((e for e in self.extensions if path.name.lower().endswith(e)), None)
+            match = ext and self._pattern.match(path.name[: -len(ext)])
+            if not match:
+                continue
+            role = "masks" if match["mask"] else "slices"
+            groups.setdefault((path.parent, match["case"]), {"slices": {}, "masks": {}})[role][int(match["slice"])] = path
+        if not groups:
+            raise DataError(f"no cases found under {root}; expected {self.describe()}")
+        cases: dict[str, SliceFiles] = {}
+        for (folder, case_id), found in groups.items():
+            numbers, masked = sorted(found["slices"]), sorted(found["masks"])
+            problem = None
+            gaps = sorted(set(range(1, numbers[-1] + 1)) - set(numbers)) if numbers else []
+            if not numbers:
+                problem = f"case {case_id} in {folder}: mask files but no slice images"
+            elif gaps:
+                problem = f"case {case_id} in {folder}: slices {gaps} are missing (found {len(numbers)} of 1..{numbers[-1]})"
+            elif masked and masked != numbers:
+                unmatched = sorted(set(numbers) ^ set(masked))
+                problem = f"case {case_id} in {folder}: slices {unmatched} lack an image or a {self.mask_suffix} file"
+            elif case_id in cases:
+                problem = f"case ID {case_id} appears twice: in {cases[case_id].slices[0].parent} and in {folder}"
+            if problem is not None:
+                if problems is None:
+                    raise DataError(problem)
+                problems.append(problem)
+                continue
+            cases[case_id] = SliceFiles(
+                case_id,
+                images=dict.fromkeys(self.channels, folder),
+                label=folder if masked else None,
+                channels=dict(self.channels),
+                slices=tuple(found["slices"][n] for n in numbers),
+                masks=tuple(found["masks"][n] for n in masked),
+                spacing=tuple(self.spacing),
+            )
+        return [cases[k] for k in sorted(cases)]
+
+
+def _read_image(path: Path) -> np.ndarray:
+    """Read a 2D image file (TIFF, PNG) as ``(H, W[, C])``; :class:`DataError` naming it if unreadable."""
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image)
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
+
+
+def _load_slices(files: SliceFiles, modalities: Sequence[str], labels: Mapping[str, int] | None) -> LoadedCase:
+    """Stack a :class:`SliceFiles` case into ``image (C, H, W, S)`` and ``label (H, W, S)``."""
+    missing = [m for m in modalities if m not in files.channels]
+    if missing:
+        raise DataError(f"case {files.case_id}: modalities {missing} not in {sorted(files.channels)}")
+    images, masks = [], []
+    for path in files.slices:
+        data = _read_image(path)
+        if data.ndim == 2:
+            data = data[..., None]
+        if images and data.shape != images[0].shape:
+            raise DataError(f"{path}: shape {data.shape} differs from {files.slices[0]} {images[0].shape}")
+        for modality in modalities:
+            if files.channels[modality] >= data.shape[2]:
+                raise DataError(f"{path}: no channel {files.channels[modality]} for {modality!r} in shape {data.shape}")
+        images.append(data)
+    for path in files.masks:
+        data = _read_image(path)
+        if data.ndim == 3:  # some exports save masks as RGB: all channels equal
+            data = data[..., 0]
+        if data.shape != images[0].shape[:2]:
+            raise DataError(f"{path}: shape {data.shape} differs from its slice image {images[0].shape[:2]}")
+        _check_labels(path, data, labels)
+        masks.append(data)
+    stack = np.stack(images, axis=-1).astype(np.float32)  # (H, W, C, S)
+    image = np.stack([stack[:, :, files.channels[m]] for m in modalities])
+    label = np.stack(masks, axis=-1).astype(np.uint8) if masks else None
+    spacing = np.asarray(files.spacing, dtype=np.float64)
+    return LoadedCase(files.case_id, image, label, np.diag([*spacing, 1.0]), spacing, files)
+
+
+#: Any of the layouts above (each has ``find_cases``, ``describe`` and ``sampling``).
+Layout = BratsLayout | MsdLayout | SliceLayout

@@ -209,7 +209,7 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 
 def _source_stamp(files: CaseFiles) -> dict:
-    paths = [*files.images.values(), *([files.label] if files.label else [])]
+    paths = files.sources()
     return {str(p): [p.stat().st_size, int(p.stat().st_mtime)] for p in paths}
 
 

@@ -86,6 +86,19 @@ def foreground_voxels(label: np.ndarray | None, max_voxels: int = 20000, seed: i
     return coords
 
 
+def slice_foreground_fractions(label: np.ndarray) -> np.ndarray:
+    """Share of tumour (non-zero) voxels in each axial slice.
+
+    Args:
+        label: ``(x, y, z)`` label map.
+
+    Returns:
+        ``(z,)`` float64 fractions in [0, 1].
+    """
+    label = np.asarray(label)
+    return np.count_nonzero(label, axis=(0, 1)) / float(label.shape[0] * label.shape[1])
+
+
 class EpochSampler(Sampler):
     """Yields ``(epoch, index)`` keys for :class:`TrainingSampleDataset`, a new epoch per pass.
 
@@ -123,6 +136,12 @@ class TrainingSampleDataset(Dataset):
         oversample_foreground: fraction ``p`` of each batch centred on a tumour voxel.
         augment: the training augmentation (see :class:`Augmentation`), or ``None``.
         seed: base seed.
+        min_foreground_fraction: leave out cases (3D) or axial slices (2D) whose share of
+            tumour voxels is below this (the filter of many BraTS notebooks); ``None`` or 0
+            keeps all. :attr:`dropped` says how many were left out.
+
+    Raises:
+        ValueError: a ``patch_size`` of neither 2 nor 3 values; the filter leaves nothing.
 
     Items (keyed by ``(epoch, index)`` from :class:`EpochSampler`) are dicts with
     ``image`` ``(C, *patch_size)`` float32 and ``target`` ``(R, *patch_size)`` float32.
@@ -137,17 +156,41 @@ class TrainingSampleDataset(Dataset):
         oversample_foreground: float = 0.33,
         augment: Augmentation | None = None,
         seed: int = 0,
+        min_foreground_fraction: float | None = None,
     ) -> None:
         if len(patch_size) not in (2, 3):
             raise ValueError(f"patch_size must have 2 (2D) or 3 (3D) values, got {list(patch_size)}")
-        self.cases = list(cases)
         self.regions = dict(regions)
         self.patch_size = tuple(int(p) for p in patch_size)
         self.batch_size = batch_size
         self.oversample_foreground = oversample_foreground
         self.augment = augment
         self.seed = seed
+        self.cases, self.slices, self.dropped = self._select(list(cases), float(min_foreground_fraction or 0))
         self.foreground = [foreground_voxels(c.label, seed=seed) for c in self.cases]
+        if len(self.patch_size) == 2:  # only tumour voxels on kept slices may centre a slice
+            self.foreground = [fg[np.isin(fg[:, 2], kept)] for fg, kept in zip(self.foreground, self.slices)]
+
+    def _select(self, cases: list[CachedCase], minimum: float) -> tuple[list[CachedCase], list[np.ndarray], str]:
+        """Apply ``min_foreground_fraction``: the kept cases, their kept slice indices, a summary."""
+        slices = [np.arange(c.image.shape[3]) for c in cases]
+        if minimum <= 0:
+            return cases, slices, ""
+        if len(self.patch_size) == 3:
+            kept = [i for i, c in enumerate(cases) if np.count_nonzero(c.label) / c.label.size >= minimum]
+            summary = f"dropped {len(cases) - len(kept)} of {len(cases)} training cases"
+        else:
+            slices = [np.flatnonzero(slice_foreground_fractions(c.label) >= minimum) for c in cases]
+            kept = [i for i, s in enumerate(slices) if len(s)]
+            total = sum(c.image.shape[3] for c in cases)
+            remaining = sum(len(s) for s in slices)
+            summary = (
+                f"dropped {total - remaining} of {total} training slices "
+                f"({len(cases) - len(kept)} of {len(cases)} cases left with none)"
+            )
+        if not kept:
+            raise ValueError(f"data.min_foreground_fraction={minimum} leaves no training data ({summary})")
+        return [cases[i] for i in kept], [slices[i] for i in kept], summary
 
     def is_oversampled(self, index: int) -> bool:
         """Whether sample ``index`` is forced onto a tumour voxel (nnU-Net's rule, per batch)."""
@@ -167,7 +210,8 @@ class TrainingSampleDataset(Dataset):
             image = crop_or_pad(case.image, start, self.patch_size)
             label = crop_or_pad(case.label[None], start, self.patch_size)[0]
         else:
-            z = int(center[2]) if center is not None else int(rng.integers(case.image.shape[3]))
+            slices = self.slices[case_index]
+            z = int(center[2]) if center is not None else int(slices[rng.integers(len(slices))])
             start = patch_start(case.image.shape[1:3], self.patch_size, rng, None if center is None else center[:2])
             image = crop_or_pad(case.image[..., z], start, self.patch_size)
             label = crop_or_pad(case.label[None, ..., z], start, self.patch_size)[0]
