@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from monai.losses import DiceLoss
+from monai.losses import DeepSupervisionLoss, DiceLoss
 from torch import nn
 
 
@@ -30,3 +30,28 @@ class DiceBCELoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.dice_weight * self.dice(logits, target) + self.bce_weight * self.bce(logits, target)
+
+
+def deep_supervision_weights(num_outputs: int) -> list[float]:
+    """nnU-Net's deep-supervision weights: halving per scale, normalised to sum 1.
+
+    nnU-Net (Isensee et al. 2021) also gives its lowest decoder output weight 0; our U-Net does
+    not compute that output (see :class:`~lightning_brats.models.UNet`), so all weights here are used.
+
+    Args:
+        num_outputs: outputs, full resolution first.
+
+    Returns:
+        ``num_outputs`` weights, e.g. ``[4/7, 2/7, 1/7]`` for 3.
+    """
+    raw = [0.5**k for k in range(num_outputs)]
+    return [w / sum(raw) for w in raw]
+
+
+def deep_supervision_loss(loss: nn.Module, num_outputs: int) -> nn.Module:
+    """Wrap ``loss`` for a list of outputs at decreasing scales (MONAI ``DeepSupervisionLoss``).
+
+    The targets are downsampled (nearest neighbour) to each output's size, and the losses are
+    summed with :func:`deep_supervision_weights`. A single tensor is scored by ``loss`` alone.
+    """
+    return DeepSupervisionLoss(loss, weights=deep_supervision_weights(num_outputs))

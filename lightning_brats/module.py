@@ -11,6 +11,7 @@ from pytorch_lightning.loggers import WandbLogger
 from torch import nn
 
 from lightning_brats.inference import predict_logits
+from lightning_brats.losses import deep_supervision_loss
 from lightning_brats.metrics import RegionDice
 from lightning_brats.visualize import REGION_COLOUR_NAMES, comparison_picture
 
@@ -25,7 +26,10 @@ class SegmentationModule(pl.LightningModule):
 
     The datamodule supplies the regions, patch size, sampling mode and modalities at
     ``setup``; the network's dimensionality and patch divisibility are checked then,
-    before any training step.
+    before any training step. A network with deep supervision (a ``num_outputs`` attribute
+    above 1) returns a list of logits in training; the loss is then MONAI's
+    ``DeepSupervisionLoss`` with nnU-Net's weights, and validation uses the full-resolution
+    output only (the network returns just that in eval mode).
 
     Args:
         net: maps ``(B, C, *patch)`` to ``(B, R, *patch)`` logits.
@@ -37,6 +41,9 @@ class SegmentationModule(pl.LightningModule):
         num_val_images: cases per validation pictured in W&B.
         display_modality: modality shown under the overlays.
         threshold: probability above which a voxel belongs to a region.
+        name: the model's name in messages and logs (the ``model=`` config name).
+        compile: run the network through ``torch.compile`` for training and validation
+            (the checkpoint keeps the plain network's weights).
     """
 
     def __init__(
@@ -50,6 +57,8 @@ class SegmentationModule(pl.LightningModule):
         num_val_images: int = 2,
         display_modality: str = "flair",
         threshold: float = 0.5,
+        name: str = "model",
+        compile: bool = False,
     ) -> None:
         super().__init__()
         # Only plain values go into the checkpoint's hyper-parameters, so it loads with
@@ -59,7 +68,12 @@ class SegmentationModule(pl.LightningModule):
         self.scheduler_factory = scheduler
         self.net = net
         self.loss = loss
+        num_outputs = int(getattr(net, "num_outputs", 1))
+        self.train_loss = deep_supervision_loss(loss, num_outputs) if num_outputs > 1 else loss
+        # kept out of the module tree so the checkpoint holds the plain network's weights only
+        self.__dict__["compiled_net"] = torch.compile(net) if compile else net
         self.region_names: list[str] = []
+        self.modalities: list[str] = []
         self.patch_size: list[int] = []
         self.display_channel = 0
         self.val_dice: RegionDice | None = None
@@ -73,11 +87,16 @@ class SegmentationModule(pl.LightningModule):
         """Bind the data's regions, patch size and modalities; check the network accepts them.
 
         Raises:
-            ValueError: the patch does not suit the network (dimensionality or divisibility).
+            ValueError: the patch does not suit the network (dimensionality or divisibility);
+                the message starts with ``model=<name>``.
         """
         check = getattr(self.net, "check_patch_size", None)
         if check is not None:
-            check(patch_size)
+            try:
+                check(patch_size)
+            except ValueError as exc:
+                raise ValueError(f"model={self.hparams.name}: {exc}") from exc
+        self.modalities = list(modalities)
         self.region_names = list(region_names)
         self.patch_size = list(patch_size)
         self.display_channel = modalities.index(self.hparams.display_modality) if self.hparams.display_modality in modalities else 0
@@ -85,17 +104,55 @@ class SegmentationModule(pl.LightningModule):
             self.val_dice = RegionDice(len(self.region_names)).to(self.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.compiled_net(x)
+
+    def describe_network(self) -> dict:
+        """Parameter count and input/output shapes at the training patch (one forward in eval mode).
+
+        Returns:
+            ``{"model/name", "model/parameters", "model/input_shape", "model/output_shape"}``
+            plus ``"model/deep_supervision_shapes"`` when the network has several outputs.
+        """
+        batch = self.trainer.datamodule.batch_size if self._trainer is not None and self.trainer.datamodule else 1
+        shape = (batch, len(self.modalities), *self.patch_size)
+        was_training = self.net.training
+        self.net.eval()
+        with torch.no_grad():
+            out = self.net(torch.zeros(1, *shape[1:], device=self.device))
+        self.net.train(was_training)
+        info = {
+            "model/name": self.hparams.name,
+            "model/parameters": sum(p.numel() for p in self.net.parameters()),
+            "model/input_shape": list(shape),
+            "model/output_shape": [batch, *out.shape[1:]],
+        }
+        num_outputs = int(getattr(self.net, "num_outputs", 1))
+        if num_outputs > 1:
+            info["model/deep_supervision_shapes"] = [
+                [batch, out.shape[1], *(p // 2**k for p in self.patch_size)] for k in range(num_outputs)
+            ]
+        return info
+
+    def on_fit_start(self) -> None:
+        info = self.describe_network()
+        extra = f", deep supervision outputs {info['model/deep_supervision_shapes']}" if "model/deep_supervision_shapes" in info else ""
+        log.info(
+            f"model={info['model/name']}: {info['model/parameters']:,} parameters, input {info['model/input_shape']} "
+            f"-> output {info['model/output_shape']}{extra}"
+        )
+        if self.trainer.is_global_zero:
+            for lg in self.loggers:
+                lg.log_hyperparams(info)
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        logits = self.net(batch["image"])
-        loss = self.loss(logits, batch["target"])
+        logits = self.compiled_net(batch["image"])
+        loss = self.train_loss(logits, batch["target"])
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch["image"].shape[0])
         return loss
 
     def validation_step(self, batch: Mapping, batch_idx: int) -> None:
         image, target = batch["image"], batch["target"]
-        logits = predict_logits(self.net, image, self.patch_size, self.hparams.sliding_window_overlap, self.hparams.sw_batch_size)
+        logits = predict_logits(self.compiled_net, image, self.patch_size, self.hparams.sliding_window_overlap, self.hparams.sw_batch_size)
         self.log("val/loss", self.loss(logits, target), on_epoch=True, batch_size=1)
         pred = torch.sigmoid(logits) > self.hparams.threshold
         self.val_dice.update(pred, target)
@@ -132,5 +189,36 @@ class SegmentationModule(pl.LightningModule):
             checkpoint[CONFIG_KEY] = self.run_config
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.run_config = checkpoint.get(CONFIG_KEY)
+        """Refuse a checkpoint trained for other channels or regions before its weights are loaded."""
+        stored = checkpoint.get(CONFIG_KEY)
+        if stored and self.run_config:
+            check_same_channels(stored["data"], self.run_config["data"])
+        elif stored:
+            self.run_config = stored
+
+
+def check_same_channels(trained: Mapping, wanted: Mapping) -> None:
+    """Check that a network trained with data config ``trained`` suits data config ``wanted``.
+
+    Args:
+        trained: the checkpoint's resolved ``data`` config (``modalities``, ``regions``).
+        wanted: the current ``data`` config.
+
+    Raises:
+        ValueError: the modalities (input channels) or the regions (output channels) differ;
+            the message says which and how.
+    """
+    problems = []
+    if list(trained["modalities"]) != list(wanted["modalities"]):
+        problems.append(
+            f"input channels: trained on data.modalities={list(trained['modalities'])} "
+            f"({len(trained['modalities'])} channels), this run has {list(wanted['modalities'])} ({len(wanted['modalities'])})"
+        )
+    if dict(trained["regions"]) != dict(wanted["regions"]):
+        problems.append(
+            f"output channels: trained for data.regions={dict(trained['regions'])} "
+            f"({len(trained['regions'])} outputs), this run has {dict(wanted['regions'])} ({len(wanted['regions'])})"
+        )
+    if problems:
+        raise ValueError("the checkpoint does not fit this model: " + "; ".join(problems))
 

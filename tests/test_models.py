@@ -24,7 +24,7 @@ def test_unet_output_shape_and_backward(dims, size):
 def test_check_patch_size_names_depth_and_nearest():
     net = UNet(3, 4, 3, depth=5)
     net.check_patch_size([128, 128, 128])
-    with pytest.raises(ValueError, match=r"\[120, 128, 100\] is not divisible by 2\*\*\(depth-1\) = 16.*\[128, 128, 96\]"):
+    with pytest.raises(ValueError, match=r"depth 5 \(2\*\*\(depth-1\) = 16\) needs every patch size to be a multiple of 16; patch size \[120, 128, 100\] is not.*nearest valid patch size: \[128, 128, 96\]"):
         net.check_patch_size([120, 128, 100])
 
 

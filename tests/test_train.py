@@ -80,3 +80,18 @@ def test_wandb_offline_run_csv_and_checkpoint(phantom_root, tmp_path):
     assert config["model"]["net"]["spatial_dims"] == 3 and checkpoint["epoch"] == 1
     assert list((tmp_path / "checkpoints").glob("epoch_*.ckpt"))
     assert len(json.loads((tmp_path / "splits.json").read_text())["folds"]) == 4  # the folds, copied into the run
+
+
+def test_last_checkpoint_follows_every_epoch(phantom_root, tmp_path):
+    """last.ckpt is the latest epoch even when validation did not run or did not improve."""
+    cfg = compose_config(
+        ["data=sample", f"data.root={phantom_root}", "data.num_folds=4", "data.samples_per_epoch=4",
+         "data.patch_size=[32,32,32]", "trainer.max_epochs=3", "trainer.check_val_every_n_epoch=2", "logger=csv",
+         "model.net.base_filters=8"],
+        tmp_path, tmp_path / "cache",
+    )
+    train(cfg)
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert last["epoch"] == 2 and last["global_step"] == 3 * 4 // cfg.data.batch_size
+    (best,) = (tmp_path / "checkpoints").glob("epoch_*.ckpt")
+    assert best.name == "epoch_001.ckpt"

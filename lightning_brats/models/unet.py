@@ -1,9 +1,17 @@
-"""The plain U-Net in 2D or 3D, as configured by nnU-Net.
+"""The U-Net family in 2D or 3D: plain, residual, attention-gated, deeply supervised.
 
-Ronneberger et al., MICCAI 2015 (2D); Cicek et al., MICCAI 2016 (3D); the block design
-follows nnU-Net (Isensee et al., Nature Methods 2021): each stage is two
-conv-norm-LeakyReLU blocks, the first of a stage downsamples with a strided convolution,
-the decoder upsamples with transposed convolutions and concatenates the skip.
+One definition, parameterised, so variants differ only where their papers differ:
+
+* plain (``block="plain"``): Ronneberger et al., MICCAI 2015 (2D); Cicek et al., MICCAI 2016
+  (3D), in nnU-Net's block design (Isensee et al., Nature Methods 2021): each stage is two
+  conv-norm-activation blocks (MONAI ``UnetBasicBlock``), the first of a stage downsamples by
+  a strided convolution, the decoder upsamples by transposed convolution and concatenates the skip;
+* residual (``block="residual"``): each stage is a residual block (MONAI ``UnetResBlock``,
+  He et al. 2016) in encoder and decoder;
+* attention (``attention=True``): additive attention gates on the skips (Oktay et al., MIDL
+  2018; MONAI ``AttentionBlock``) gated by the upsampled decoder features;
+* deep supervision (``deep_supervision=True``): nnU-Net's extra 1x1 heads on the decoder
+  stages, returned during training only (see :meth:`UNet.forward`).
 """
 
 from __future__ import annotations
@@ -11,28 +19,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from monai.networks.blocks import UnetBasicBlock, UnetResBlock
+from monai.networks.nets.attentionunet import AttentionBlock
 from torch import nn
 
-_NORMS = {
-    "instance": {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d},
-    "batch": {2: nn.BatchNorm2d, 3: nn.BatchNorm3d},
-}
+from lightning_brats.models.layers import ACTIVATIONS, NORMS, check_patch_size, layer_spec
 
-
-class ConvBlock(nn.Sequential):
-    """Conv (3x3[x3]) -> norm -> LeakyReLU(0.01)."""
-
-    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, stride: int, norm: str) -> None:
-        conv = (nn.Conv2d, nn.Conv3d)[spatial_dims - 2]
-        super().__init__(
-            conv(in_channels, out_channels, 3, stride=stride, padding=1),
-            _NORMS[norm][spatial_dims](out_channels, affine=True),
-            nn.LeakyReLU(0.01, inplace=True),
-        )
+_BLOCKS = {"plain": UnetBasicBlock, "residual": UnetResBlock}
 
 
 class UNet(nn.Module):
-    """A U-Net parameterised by spatial dimensions, depth and filters.
+    """A U-Net parameterised by spatial dimensions, depth, filters, block and extras.
 
     Args:
         spatial_dims: 2 (axial slices) or 3 (patches).
@@ -41,10 +38,19 @@ class UNet(nn.Module):
         depth: number of resolution stages; the input is downsampled ``depth - 1`` times.
         base_filters: filters of the first stage; doubled per stage.
         max_filters: cap on filters per stage (nnU-Net: 320 in 3D, 512 in 2D).
-        norm: ``"instance"`` or ``"batch"``.
+        norm: ``"instance"``, ``"batch"`` or ``"group"`` (8 groups).
+        activation: ``"leakyrelu"`` (0.01), ``"relu"``, ``"prelu"`` or ``"gelu"``.
+        dropout: dropout probability inside each block (0 for none).
+        block: ``"plain"`` (two conv-norm-activation) or ``"residual"``.
+        attention: gate the skip connections with additive attention (Oktay et al. 2018).
+        deep_supervision: in training mode, also return logits from the decoder stages below
+            full resolution, down to the second lowest (nnU-Net gives the lowest weight 0).
 
     Input ``(B, C, X, Y[, Z])`` with every spatial size divisible by ``2 ** (depth - 1)``
-    (see :meth:`check_patch_size`); output ``(B, out_channels, X, Y[, Z])`` logits.
+    (see :meth:`check_patch_size`).
+
+    Raises:
+        ValueError: an unknown ``spatial_dims``, ``norm``, ``activation`` or ``block``.
     """
 
     def __init__(
@@ -56,32 +62,51 @@ class UNet(nn.Module):
         base_filters: int = 32,
         max_filters: int = 320,
         norm: str = "instance",
+        activation: str = "leakyrelu",
+        dropout: float = 0.0,
+        block: str = "plain",
+        attention: bool = False,
+        deep_supervision: bool = False,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
-        if norm not in _NORMS:
-            raise ValueError(f"norm must be one of {sorted(_NORMS)}, got {norm!r}")
+        if block not in _BLOCKS:
+            raise ValueError(f"block={block!r} is not one of {sorted(_BLOCKS)}")
+        if depth < 2:
+            raise ValueError(f"depth must be at least 2, got {depth}")
+        norm_spec, act_spec = layer_spec(NORMS, norm, "norm"), layer_spec(ACTIVATIONS, activation, "activation")
         self.spatial_dims = spatial_dims
         self.depth = depth
+        self.deep_supervision = deep_supervision
+        self.description = f"{block} U-Net{' with attention gates' if attention else ''}, {spatial_dims}D, depth {depth}"
+        make_block = _BLOCKS[block]
+
+        def stage(cin: int, cout: int, stride: int) -> nn.Module:  # two 3x3 convolutions, the first strided
+            return make_block(spatial_dims, cin, cout, 3, stride, norm_spec, act_spec, dropout or None)
+
         filters = [min(base_filters * 2**i, max_filters) for i in range(depth)]
         self.encoder = nn.ModuleList()
         channels = in_channels
         for i, f in enumerate(filters):
-            stride = 1 if i == 0 else 2
-            self.encoder.append(
-                nn.Sequential(ConvBlock(spatial_dims, channels, f, stride, norm), ConvBlock(spatial_dims, f, f, 1, norm))
-            )
+            self.encoder.append(stage(channels, f, 1 if i == 0 else 2))
             channels = f
         up = (nn.ConvTranspose2d, nn.ConvTranspose3d)[spatial_dims - 2]
-        self.upsample = nn.ModuleList()
-        self.decoder = nn.ModuleList()
+        conv1 = (nn.Conv2d, nn.Conv3d)[spatial_dims - 2]
+        self.upsample, self.decoder, self.gates, self.heads = nn.ModuleList(), nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
         for f_low, f in zip(filters[:0:-1], filters[-2::-1]):
             self.upsample.append(up(f_low, f, 2, stride=2))
-            self.decoder.append(
-                nn.Sequential(ConvBlock(spatial_dims, 2 * f, f, 1, norm), ConvBlock(spatial_dims, f, f, 1, norm))
-            )
-        self.head = (nn.Conv2d, nn.Conv3d)[spatial_dims - 2](filters[0], out_channels, 1)
+            self.decoder.append(stage(2 * f, f, 1))
+            if attention:
+                self.gates.append(AttentionBlock(spatial_dims, f_int=max(f // 2, 1), f_g=f, f_l=f))
+            self.heads.append(conv1(f, out_channels, 1))
+        # heads[-1] is the full-resolution output; deep supervision also uses the ones above it
+        # except the lowest decoder stage's (weight 0 in nnU-Net), so only those are kept.
+        self.num_outputs = max(1, depth - 2) if deep_supervision else 1
+        if not deep_supervision:
+            self.heads = nn.ModuleList([self.heads[-1]])
+        else:
+            self.heads = nn.ModuleList(list(self.heads)[-self.num_outputs :])
 
     @property
     def divisor(self) -> int:
@@ -89,29 +114,32 @@ class UNet(nn.Module):
         return 2 ** (self.depth - 1)
 
     def check_patch_size(self, patch_size: Sequence[int]) -> None:
-        """Raise ``ValueError`` naming the offending size when the depth cannot divide it.
+        """Raise ``ValueError`` naming the network, the offending size and the nearest valid one.
 
         Args:
             patch_size: spatial patch (or slice) size in voxels, ``spatial_dims`` values.
         """
-        if len(patch_size) != self.spatial_dims:
-            raise ValueError(
-                f"patch size {list(patch_size)} has {len(patch_size)} dimensions but the U-Net is "
-                f"{self.spatial_dims}D: set data.sampling={self.spatial_dims}d or pick a {len(patch_size)}D model"
-            )
-        bad = [p for p in patch_size if p % self.divisor]
-        if bad:
-            nearest = [max(self.divisor, round(p / self.divisor) * self.divisor) for p in patch_size]
-            raise ValueError(
-                f"patch size {list(patch_size)} is not divisible by 2**(depth-1) = {self.divisor} for a U-Net of "
-                f"depth {self.depth} (offending sizes {bad}); nearest valid patch size: {nearest}"
-            )
+        check_patch_size(f"{self.description} (2**(depth-1) = {self.divisor})", patch_size, self.spatial_dims, self.divisor)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """``(B, C, *spatial)`` -> ``(B, out_channels, *spatial)`` logits.
+
+        With deep supervision and in training mode, a list instead: the full-resolution
+        logits first, then ``(B, out_channels, *spatial / 2**k)`` for ``k = 1 .. num_outputs - 1``.
+        """
         skips = []
         for stage in self.encoder:
             x = stage(x)
             skips.append(x)
-        for up, stage, skip in zip(self.upsample, self.decoder, reversed(skips[:-1])):
-            x = stage(torch.cat([up(x), skip], dim=1))
-        return self.head(x)
+        outputs = []
+        first_head = len(self.upsample) - len(self.heads)
+        for i, (up, stage, skip) in enumerate(zip(self.upsample, self.decoder, reversed(skips[:-1]))):
+            x = up(x)
+            if self.gates:
+                skip = self.gates[i](x, skip)
+            x = stage(torch.cat([x, skip], dim=1))
+            if i >= first_head and (self.training and self.deep_supervision or i == len(self.upsample) - 1):
+                outputs.append(self.heads[i - first_head](x))
+        if self.deep_supervision and self.training:
+            return outputs[::-1]
+        return outputs[-1]

@@ -1,0 +1,159 @@
+"""Every ``model=`` variant: builds from its config, runs forward and backward in each dimension
+it supports, refuses patch sizes it cannot take, and trains one step on the real cases."""
+
+from __future__ import annotations
+
+import logging
+
+import hydra
+import pytest
+import torch
+
+from lightning_brats.cli.train import train
+from lightning_brats.losses import DiceBCELoss, deep_supervision_loss, deep_supervision_weights
+from tests.conftest import compose_config
+
+# (model config, spatial dims, small-size overrides for unit tests)
+VARIANTS = [
+    ("unet2d", 2, ["model.net.depth=3", "model.net.base_filters=8"]),
+    ("unet3d", 3, ["model.net.depth=3", "model.net.base_filters=8"]),
+    ("resunet2d", 2, ["model.net.depth=3", "model.net.base_filters=8"]),
+    ("resunet3d", 3, ["model.net.depth=3", "model.net.base_filters=8"]),
+    ("attention_unet2d", 2, ["model.net.depth=3", "model.net.base_filters=8"]),
+    ("attention_unet3d", 3, ["model.net.depth=3", "model.net.base_filters=8"]),
+    ("nnunet2d", 2, ["model.net.depth=4", "model.net.base_filters=8"]),
+    ("nnunet3d", 3, ["model.net.depth=4", "model.net.base_filters=8"]),
+    ("segresnet", 3, ["model.net.init_filters=8"]),
+    ("swinunetr", 3, ["model.net.feature_size=12"]),
+]
+NAMES = [v[0] for v in VARIANTS]
+
+
+def _module(name: str, overrides: list[str], tmp_path, extra: list[str] = ()):
+    cfg = compose_config([f"model={name}", "data=sample", "data.root=unused", *overrides, *extra], tmp_path)
+    return hydra.utils.instantiate(cfg.model)
+
+
+@pytest.mark.parametrize("name,dims,overrides", VARIANTS, ids=NAMES)
+def test_variant_forward_backward_and_shapes(name, dims, overrides, tmp_path):
+    module = _module(name, overrides, tmp_path)
+    net = module.net
+    assert module.hparams.name == name and net.spatial_dims == dims
+    size = (64 if name == "swinunetr" else 32,) * dims
+    x = torch.randn(2, 4, *size)
+    out = net(x)
+    outputs = out if isinstance(out, list) else [out]
+    assert outputs[0].shape == (2, 3, *size)  # 4 modalities in, 3 regions out, from the data config
+    target = (torch.rand(2, 3, *size) > 0.8).float()
+    module.train_loss(out, target).backward()
+    unused = [n for n, p in net.named_parameters() if p.requires_grad and p.grad is None]
+    assert not unused
+    net.eval()
+    with torch.no_grad():
+        assert net(x).shape == (2, 3, *size)  # eval: the full-resolution output only
+
+
+@pytest.mark.parametrize("name", ["nnunet2d", "nnunet3d"])
+def test_deep_supervision_outputs_and_weighted_loss(name, tmp_path):
+    dims = int(name[-2])
+    module = _module(name, ["model.net.depth=4", "model.net.base_filters=8"], tmp_path)
+    size = (32,) * dims
+    out = module.net(torch.randn(2, 4, *size))
+    assert [o.shape[2:] for o in out] == [torch.Size((32,) * dims), torch.Size((16,) * dims)]
+    assert deep_supervision_weights(2) == pytest.approx([2 / 3, 1 / 3])
+    assert deep_supervision_weights(3) == pytest.approx([4 / 7, 2 / 7, 1 / 7])
+    target = (torch.rand(2, 3, *size) > 0.7).float()
+    base = DiceBCELoss()
+    pool = (torch.nn.functional.max_pool2d, torch.nn.functional.max_pool3d)[dims - 2]
+    # nearest downsampling of a 2x-blocky target equals max-pooling it: an independent check
+    blocky = torch.nn.functional.interpolate(pool(target, 2), scale_factor=2, mode="nearest")
+    expected = 2 / 3 * base(out[0], blocky) + 1 / 3 * base(out[1], pool(blocky, 2))
+    assert module.train_loss(out, blocky).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert deep_supervision_loss(base, 2)(out, blocky).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "name,patch,message",
+    [
+        ("swinunetr", [48, 48, 48], r"model=swinunetr: SwinUNETR needs every patch size to be a multiple of 32 of at least 64.*\[48, 48, 48\].*nearest valid patch size: \[64, 64, 64\]"),
+        ("swinunetr", [32, 64, 64], r"model=swinunetr: .*offending sizes \[32\]\); nearest valid patch size: \[64, 64, 64\]"),
+        ("unet3d", [48, 40, 36], r"model=unet3d: plain U-Net, 3D, depth 4 \(2\*\*\(depth-1\) = 8\).*offending sizes \[36\].*nearest valid patch size: \[48, 40, 40\]"),
+        ("segresnet", [48, 48, 44], r"model=segresnet: SegResNet .*multiple of 8.*nearest valid patch size: \[48, 48, 48\]"),
+        ("attention_unet2d", [64, 64, 64], r"model=attention_unet2d: .*is 2D but the patch size \[64, 64, 64\] has 3 dimensions"),
+    ],
+)
+def test_unsuitable_patch_is_refused_naming_model_size_and_nearest(name, patch, message, tmp_path):
+    module = _module(name, [], tmp_path)
+    with pytest.raises(ValueError, match=message):
+        module.configure_for(["wt", "tc", "et"], patch, ["flair", "t1", "t1ce", "t2"])
+
+
+def test_norm_activation_and_dropout_are_config_values(tmp_path):
+    module = _module(
+        "resunet3d", ["model.net.norm=group", "model.net.activation=gelu", "model.net.dropout=0.1"], tmp_path
+    )
+    kinds = {type(m).__name__ for m in module.net.modules()}
+    assert {"GroupNorm", "GELU", "Dropout3d"} <= kinds or {"GroupNorm", "GELU", "Dropout"} <= kinds
+    assert "InstanceNorm3d" not in kinds and "LeakyReLU" not in kinds
+    with pytest.raises(Exception, match=r"norm='layer' is not one of \['batch', 'group', 'instance'\]"):
+        _module("unet3d", ["model.net.norm=layer"], tmp_path)
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("name", NAMES)
+def test_variant_trains_one_step_on_real_cases(name, brats2018_root, cache_dir, tmp_path, caplog):
+    """One fast_dev_run step of train.py per variant on the shared real cases, bf16 autocast (brats_cpu)."""
+    overrides = ["experiment=brats_cpu", f"data.root={brats2018_root}", "debug=fast_dev_run", f"model={name}"]
+    if name.endswith("2d"):
+        overrides += ["data.sampling=2d", "data.patch_size=[64,64]", "data.batch_size=4"]
+    if name == "swinunetr":
+        overrides += ["data.patch_size=[64,64,64]", "data.batch_size=2", "model.net.feature_size=12"]
+    cfg = compose_config(overrides, tmp_path, cache_dir)
+    assert cfg.trainer.precision == "bf16-mixed"
+    with caplog.at_level(logging.INFO, logger="lightning_brats.module"):
+        metrics = train(cfg)
+    assert 0.0 <= metrics["val/dice_mean"] <= 1.0 and metrics["train/loss"] > 0
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"model={name}:")]
+    patch = list(cfg.data.patch_size)
+    assert f"input [{cfg.data.batch_size}, 4, {', '.join(map(str, patch))}] -> output [{cfg.data.batch_size}, 3, " in line
+    assert "parameters" in line
+
+
+@pytest.mark.slow
+def test_compile_matches_eager_and_checkpoints_plain_weights(tmp_path):
+    module = _module("unet2d", ["model.net.depth=3", "model.net.base_filters=8"], tmp_path, ["model.compile=true"])
+    assert module.compiled_net is not module.net  # the compiled wrapper runs training and validation
+    x = torch.randn(2, 4, 32, 32)
+    torch.testing.assert_close(module(x), module.net(x), atol=1e-4, rtol=1e-4)
+    assert not [k for k in module.state_dict() if "_orig_mod" in k]
+
+
+@pytest.fixture(scope="module")
+def phantom_checkpoint(phantom_root, tmp_path_factory):
+    """A checkpoint trained for one short epoch on the phantoms: 4 modalities, 3 regions."""
+    out = tmp_path_factory.mktemp("ckpt_run")
+    cfg = compose_config(
+        ["data=sample", f"data.root={phantom_root}", "data.num_folds=4", "data.samples_per_epoch=4",
+         "data.patch_size=[32,32,32]", "trainer.max_epochs=1", "logger=csv", "model.net.base_filters=8"],
+        out, out / "cache",
+    )
+    train(cfg)
+    return out / "checkpoints" / "last.ckpt"
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("data.modalities=[flair,t1ce,t2]", r"input channels: trained on data.modalities=\['flair', 't1', 't1ce', 't2'\] \(4 channels\), this run has \['flair', 't1ce', 't2'\] \(3\)"),
+        ("~data.regions.et", r"output channels: trained for data.regions=\{'wt': \[1, 2, 4\], 'tc': \[1, 4\], 'et': \[4\]\} \(3 outputs\), this run has .* \(2\)"),
+    ],
+)
+def test_checkpoint_for_other_channels_or_regions_is_refused(phantom_checkpoint, phantom_root, override, message, tmp_path):
+    cfg = compose_config(
+        ["data=sample", f"data.root={phantom_root}", "data.num_folds=4", "data.samples_per_epoch=4",
+         "data.patch_size=[32,32,32]", "trainer.max_epochs=2", "logger=csv", "model.net.base_filters=8",
+         f"ckpt_path={phantom_checkpoint}", override],
+        tmp_path, tmp_path / "cache",
+    )
+    with pytest.raises(ValueError, match=message):
+        train(cfg)
