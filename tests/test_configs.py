@@ -6,6 +6,7 @@ from pathlib import Path
 
 import hydra
 import pytest
+from torch import nn
 
 from lightning_brats.cli.train import CONFIG_DIR
 from tests.conftest import compose_config
@@ -15,19 +16,34 @@ MODELS = sorted(p.stem for p in (Path(CONFIG_DIR) / "model").glob("*.yaml"))
 EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
 
 
+def _convs(net: nn.Module) -> list[nn.Module]:
+    """The network's convolutions in registration order: the input layer first, the output head last."""
+    return [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))]
+
+
 @pytest.mark.parametrize("data", DATA)
 @pytest.mark.parametrize("model", MODELS)
 def test_data_model_configs_instantiate(data, model, tmp_path):
     sampling = "2d" if model.endswith("2d") else "3d"
     cfg = compose_config([f"data={data}", f"model={model}", f"data.sampling={sampling}", "data.root=/nonexistent"], tmp_path)
+    if data == "lgg" and sampling == "3d":  # TIFF slices without a slice spacing: 2D only
+        with pytest.raises(Exception, match=r"data.sampling=3d is not possible .*supports only \['2d'\]"):
+            hydra.utils.instantiate(cfg.data)
+        return
     datamodule = hydra.utils.instantiate(cfg.data)
     module = hydra.utils.instantiate(cfg.model)
     assert datamodule.sampling == sampling
-    assert datamodule.region_names == ["wt", "tc", "et"]
+    expected_regions = ["abnormality"] if data == "lgg" else ["wt", "tc", "et"]
+    assert datamodule.region_names == expected_regions
     assert module.net.spatial_dims == int(sampling[0])
     # input channels follow data.modalities, outputs the regions
-    assert module.net.encoder[0][0][0].in_channels == len(cfg.data.modalities) == 4
-    assert module.net.head.out_channels == 3
+    convs = _convs(module.net)
+    assert convs[0].in_channels == len(cfg.data.modalities) == (3 if data == "lgg" else 4)
+    assert convs[-1].out_channels == len(expected_regions)
+    if model == "swinunetr" and any(p % 32 for p in datamodule.patch_size):  # data=sample's 48^3
+        with pytest.raises(ValueError, match=r"model=swinunetr: SwinUNETR needs every patch size to be a multiple of 32"):
+            module.configure_for(datamodule.region_names, datamodule.patch_size, datamodule.modalities)
+        return
     module.configure_for(datamodule.region_names, datamodule.patch_size, datamodule.modalities)
     for callback in cfg.callbacks.values():
         hydra.utils.instantiate(callback)
@@ -35,7 +51,7 @@ def test_data_model_configs_instantiate(data, model, tmp_path):
 
 def test_modalities_subset_changes_input_channels(tmp_path):
     cfg = compose_config(["data=brats20", "data.root=/x", "data.modalities=[flair,t1ce,t2]"], tmp_path)
-    assert hydra.utils.instantiate(cfg.model).net.encoder[0][0][0].in_channels == 3
+    assert _convs(hydra.utils.instantiate(cfg.model).net)[0].in_channels == 3
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -50,7 +66,7 @@ def test_model_dimension_must_match_sampling(tmp_path):
     cfg = compose_config(["data=brats20", "data.root=/x", "model=unet2d", "data.sampling=3d"], tmp_path)
     datamodule = hydra.utils.instantiate(cfg.data)
     module = hydra.utils.instantiate(cfg.model)
-    with pytest.raises(ValueError, match="U-Net is 2D: set data.sampling=2d"):
+    with pytest.raises(ValueError, match=r"model=unet2d: plain U-Net, 2D, .* is 2D but the patch size \[128, 128, 128\] has 3 dimensions: set data.sampling=2d"):
         module.configure_for(datamodule.region_names, datamodule.patch_size, datamodule.modalities)
 
 
@@ -58,5 +74,5 @@ def test_indivisible_patch_size_is_an_error_naming_it(tmp_path):
     cfg = compose_config(["data=brats20", "data.root=/x", "data.patch_size=[100,96,96]", "model.net.depth=5"], tmp_path)
     datamodule = hydra.utils.instantiate(cfg.data)
     module = hydra.utils.instantiate(cfg.model)
-    with pytest.raises(ValueError, match=r"patch size \[100, 96, 96\] is not divisible by 2\*\*\(depth-1\) = 16.*\[96, 96, 96\]"):
+    with pytest.raises(ValueError, match=r"model=unet3d: .*multiple of 16; patch size \[100, 96, 96\] is not.*nearest valid patch size: \[96, 96, 96\]"):
         module.configure_for(datamodule.region_names, datamodule.patch_size, datamodule.modalities)

@@ -9,17 +9,23 @@ import sys
 
 import pytest
 import torch
+import yaml
 
 from lightning_brats.cli.train import train
 from lightning_brats.data.layouts import DataError
 from lightning_brats.module import CONFIG_KEY
 from tests.conftest import REPO, compose_config
-from tests.wandb_records import logged_history
+from tests.wandb_records import logged_config, logged_history
 
 
 def test_help_lists_config_groups_and_options():
     out = subprocess.run([sys.executable, "train.py", "--help"], cwd=REPO, capture_output=True, text=True, check=True).stdout
-    for line in ("data: brats20, brats21, brats23, msd_task01, sample", "model: unet2d, unet3d", "experiment: brats_cpu, brats_cpu_2d", "logger: csv, wandb"):
+    for line in (
+        "data: brats20, brats21, brats23, lgg, msd_task01, sample",
+        "model: attention_unet2d, attention_unet3d, nnunet2d, nnunet3d, resunet2d, resunet3d, segresnet, swinunetr, unet2d, unet3d",
+        "experiment: brats_cpu, brats_cpu_2d, lgg_cpu",
+        "logger: csv, wandb",
+    ):
         assert line in out
 
 
@@ -78,6 +84,13 @@ def test_wandb_offline_run_csv_and_checkpoint(phantom_root, tmp_path):
     config = checkpoint[CONFIG_KEY]
     assert config["data"]["root"] == str(phantom_root) and config["data"]["modalities"] == ["flair", "t1", "t1ce", "t2"]
     assert config["model"]["net"]["spatial_dims"] == 3 and checkpoint["epoch"] == 1
+    # the network's description at start, in W&B's config and the CSV logger's hparams
+    parameters = sum(v.numel() for k, v in checkpoint["state_dict"].items() if k.startswith("net."))
+    described = logged_config(run_file)
+    assert described["model/parameters"] == parameters and described["model/name"] == "unet3d"
+    assert described["model/input_shape"] == [cfg.data.batch_size, 4, 32, 32, 32]
+    assert described["model/output_shape"] == [cfg.data.batch_size, 3, 32, 32, 32]
+    assert yaml.safe_load((tmp_path / "csv" / "hparams.yaml").read_text())["model/parameters"] == parameters
     assert list((tmp_path / "checkpoints").glob("epoch_*.ckpt"))
     assert len(json.loads((tmp_path / "splits.json").read_text())["folds"]) == 4  # the folds, copied into the run
 

@@ -46,3 +46,13 @@ def logged_history(path: Path) -> list[dict]:
         if record.WhichOneof("record_type") == "history":
             rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item})
     return rows
+
+
+def logged_config(path: Path) -> dict:
+    """The run's config (every ``config.update``, later values winning), values decoded from JSON."""
+    config = {}
+    for record in read_records(path):
+        if record.WhichOneof("record_type") == "config":
+            for item in record.config.update:
+                config[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+    return config
