@@ -97,6 +97,8 @@ def test_norm_activation_and_dropout_are_config_values(tmp_path):
     assert "InstanceNorm3d" not in kinds and "LeakyReLU" not in kinds
     with pytest.raises(Exception, match=r"norm='layer' is not one of \['batch', 'group', 'instance'\]"):
         _module("unet3d", ["model.net.norm=layer"], tmp_path)
+    with pytest.raises(Exception, match=r"deep_supervision needs depth >= 4 .*got depth 3"):
+        _module("nnunet3d", ["model.net.depth=3"], tmp_path)
 
 
 @pytest.mark.real_data

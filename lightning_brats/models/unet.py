@@ -50,7 +50,8 @@ class UNet(nn.Module):
     (see :meth:`check_patch_size`).
 
     Raises:
-        ValueError: an unknown ``spatial_dims``, ``norm``, ``activation`` or ``block``.
+        ValueError: an unknown ``spatial_dims``, ``norm``, ``activation`` or ``block``; a depth
+            below 2, or below 4 with deep supervision.
     """
 
     def __init__(
@@ -75,6 +76,8 @@ class UNet(nn.Module):
             raise ValueError(f"block={block!r} is not one of {sorted(_BLOCKS)}")
         if depth < 2:
             raise ValueError(f"depth must be at least 2, got {depth}")
+        if deep_supervision and depth < 4:
+            raise ValueError(f"deep_supervision needs depth >= 4 (outputs at two scales or more), got depth {depth}")
         norm_spec, act_spec = layer_spec(NORMS, norm, "norm"), layer_spec(ACTIVATIONS, activation, "activation")
         self.spatial_dims = spatial_dims
         self.depth = depth
@@ -93,20 +96,19 @@ class UNet(nn.Module):
             channels = f
         up = (nn.ConvTranspose2d, nn.ConvTranspose3d)[spatial_dims - 2]
         conv1 = (nn.Conv2d, nn.Conv3d)[spatial_dims - 2]
+        # 1x1 output heads on the highest-resolution decoder stages: the full-resolution one, plus
+        # with deep supervision those below it down to the second lowest (nnU-Net weights the
+        # lowest 0, so it is not computed). heads[-1] is the full-resolution output.
+        self.num_outputs = max(1, depth - 2) if deep_supervision else 1
+        self.first_head = depth - 1 - self.num_outputs  # index of the first decoder stage with a head
         self.upsample, self.decoder, self.gates, self.heads = nn.ModuleList(), nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
-        for f_low, f in zip(filters[:0:-1], filters[-2::-1]):
+        for i, (f_low, f) in enumerate(zip(filters[:0:-1], filters[-2::-1])):
             self.upsample.append(up(f_low, f, 2, stride=2))
             self.decoder.append(stage(2 * f, f, 1))
             if attention:
                 self.gates.append(AttentionBlock(spatial_dims, f_int=max(f // 2, 1), f_g=f, f_l=f))
-            self.heads.append(conv1(f, out_channels, 1))
-        # heads[-1] is the full-resolution output; deep supervision also uses the ones above it
-        # except the lowest decoder stage's (weight 0 in nnU-Net), so only those are kept.
-        self.num_outputs = max(1, depth - 2) if deep_supervision else 1
-        if not deep_supervision:
-            self.heads = nn.ModuleList([self.heads[-1]])
-        else:
-            self.heads = nn.ModuleList(list(self.heads)[-self.num_outputs :])
+            if i >= self.first_head:
+                self.heads.append(conv1(f, out_channels, 1))
 
     @property
     def divisor(self) -> int:
@@ -132,14 +134,12 @@ class UNet(nn.Module):
             x = stage(x)
             skips.append(x)
         outputs = []
-        first_head = len(self.upsample) - len(self.heads)
+        every_head = self.deep_supervision and self.training
         for i, (up, stage, skip) in enumerate(zip(self.upsample, self.decoder, reversed(skips[:-1]))):
             x = up(x)
             if self.gates:
                 skip = self.gates[i](x, skip)
             x = stage(torch.cat([x, skip], dim=1))
-            if i >= first_head and (self.training and self.deep_supervision or i == len(self.upsample) - 1):
-                outputs.append(self.heads[i - first_head](x))
-        if self.deep_supervision and self.training:
-            return outputs[::-1]
-        return outputs[-1]
+            if i >= self.first_head and (every_head or i == len(self.upsample) - 1):
+                outputs.append(self.heads[i - self.first_head](x))
+        return outputs[::-1] if every_head else outputs[-1]
