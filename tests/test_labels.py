@@ -1,0 +1,57 @@
+"""Regions back to release labels (nesting enforced) and the ET small-component post-processing."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from lightning_brats.data.sampling import labels_to_regions
+from lightning_brats.labels import nested_region_codes, regions_to_labels, small_components_to
+
+BRATS20 = {"wt": [1, 2, 4], "tc": [1, 4], "et": [4]}
+BRATS23 = {"wt": [1, 2, 3], "tc": [1, 3], "et": [3]}
+MSD = {"wt": [1, 2, 3], "tc": [2, 3], "et": [3]}
+
+
+def test_codes_follow_the_configured_regions():
+    assert nested_region_codes(BRATS20) == [("wt", 2), ("tc", 1), ("et", 4)]
+    assert nested_region_codes(BRATS23) == [("wt", 2), ("tc", 1), ("et", 3)]
+    assert nested_region_codes(MSD) == [("wt", 1), ("tc", 2), ("et", 3)]  # MSD: 1 edema, 2 non-enhancing
+    assert nested_region_codes({"abnormality": [255]}) == [("abnormality", 255)]
+    with pytest.raises(ValueError, match="cannot be turned back into labels"):
+        nested_region_codes({"wt": [1, 2, 4], "x": [2, 4], "et": [1]})
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("regions,codes", [(BRATS20, {1: 1, 2: 2, 4: 4}), (BRATS23, {1: 1, 2: 2, 4: 3}), (MSD, {1: 2, 2: 1, 4: 3})])
+def test_real_label_maps_round_trip(brats2018_root, regions, codes):
+    label = np.asarray(nib.load(brats2018_root / "Brats18_CBICA_ABM_1" / "Brats18_CBICA_ABM_1_seg.nii.gz").dataobj)
+    release = np.zeros_like(label, dtype=np.uint8)
+    for brats18, code in codes.items():  # the same anatomy in each release's codes
+        release[label == brats18] = code
+    assert set(np.unique(release)) == {0, *codes.values()}
+    np.testing.assert_array_equal(regions_to_labels(labels_to_regions(release, regions), regions), release)
+
+
+def test_inner_regions_are_cut_to_their_parent():
+    masks = np.zeros((3, 4, 4, 4), dtype=np.float32)
+    masks[0, :2] = 1  # WT
+    masks[1, :1] = 1  # TC inside WT
+    masks[2, 0, 0] = 1  # ET inside TC
+    masks[2, 3, 3] = 1  # ET outside WT: dropped
+    label = regions_to_labels(masks, BRATS20)
+    assert (label[0, 0] == 4).all() and (label[0, 1:] == 1).all() and (label[1] == 2).all()
+    assert (label[2:] == 0).all()
+
+
+def test_small_enhancing_components_become_necrosis():
+    label = np.zeros((20, 20, 20), dtype=np.uint8)
+    label[2:8, 2:8, 2:8] = 4  # 216 voxels: kept
+    label[15:17, 15:17, 15:17] = 4  # 8 voxels: becomes NCR
+    label[12, 12, 12] = 2
+    out, replaced = small_components_to(label, code=4, replacement=1, min_voxels=10)
+    assert replaced == 8 and (out[15:17, 15:17, 15:17] == 1).all() and (out[2:8, 2:8, 2:8] == 4).all()
+    assert out[12, 12, 12] == 2 and (label[15:17, 15:17, 15:17] == 4).all()  # the input is untouched
+    same, none = small_components_to(np.zeros_like(label), 4, 1, 10)
+    assert none == 0 and not same.any()
