@@ -93,6 +93,12 @@ def test_wandb_offline_run_csv_and_checkpoint(phantom_root, tmp_path):
     assert yaml.safe_load((tmp_path / "csv" / "hparams.yaml").read_text())["model/parameters"] == parameters
     assert list((tmp_path / "checkpoints").glob("epoch_*.ckpt"))
     assert len(json.loads((tmp_path / "splits.json").read_text())["folds"]) == 4  # the folds, copied into the run
+    # curves.png for offline users: a real PNG drawn from the run's epochs
+    from PIL import Image
+
+    with Image.open(tmp_path / "curves.png") as picture:
+        assert picture.format == "PNG" and picture.size == (1000, 400)
+        assert len(picture.convert("RGB").getcolors(maxcolors=100000)) > 20  # axes, lines and labels, not a blank
 
 
 def test_last_checkpoint_follows_every_epoch(phantom_root, tmp_path):
