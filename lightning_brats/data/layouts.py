@@ -174,9 +174,7 @@ class BratsLayout:
                 other = next(iter(cases[case_id].images.values())).parent
                 problem = f"case ID {case_id} appears twice: in {other} and in {folder}"
             if problem is not None:
-                if problems is None:
-                    raise DataError(problem)
-                problems.append(problem)
+                _report(problem, problems)
                 continue
             images = {m: roles[m] for m in self.modality_suffixes}
             label = roles.get("label")
@@ -184,6 +182,17 @@ class BratsLayout:
                 label = folder / self.label_files[case_id]
             cases[case_id] = CaseFiles(case_id, images, label)
         return [cases[k] for k in sorted(cases)]
+
+
+def _report(problem: str, problems: list[str] | None) -> None:
+    """Collect ``problem`` into ``problems`` (``check-data``), or raise it when not collecting.
+
+    Raises:
+        DataError: ``problems`` is ``None``.
+    """
+    if problems is None:
+        raise DataError(problem)
+    problems.append(problem)
 
 
 def _read_nifti(path: Path, ndim: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -353,10 +362,7 @@ class MsdLayout:
                     continue
                 case_id = path.name[: -len(ext)]
                 if case_id in cases:
-                    problem = f"case ID {case_id} appears twice: {next(iter(cases[case_id].images.values()))} and {path}"
-                    if problems is None:
-                        raise DataError(problem)
-                    problems.append(problem)
+                    _report(f"case ID {case_id} appears twice: {next(iter(cases[case_id].images.values()))} and {path}", problems)
                     continue
                 label = folder.parent / self.labels_dir / path.name
                 cases[case_id] = CaseFiles(
@@ -449,9 +455,7 @@ class SliceLayout:
             elif case_id in cases:
                 problem = f"case ID {case_id} appears twice: in {cases[case_id].slices[0].parent} and in {folder}"
             if problem is not None:
-                if problems is None:
-                    raise DataError(problem)
-                problems.append(problem)
+                _report(problem, problems)
                 continue
             cases[case_id] = SliceFiles(
                 case_id,
