@@ -11,9 +11,10 @@ from pytorch_lightning.loggers import WandbLogger
 from torch import nn
 
 from lightning_brats.inference import predict_logits
+from lightning_brats.labels import nested_region_codes, regions_to_labels
 from lightning_brats.losses import deep_supervision_loss
-from lightning_brats.metrics import RegionDice
-from lightning_brats.visualize import REGION_COLOUR_NAMES, comparison_picture
+from lightning_brats.metrics import RegionDice, region_dice
+from lightning_brats.visualize import case_figure, figure_to_array
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,9 @@ class SegmentationModule(pl.LightningModule):
         scheduler: partial LR scheduler, called with the optimiser, stepped per epoch; or ``None``.
         sliding_window_overlap: overlap of validation windows (fraction).
         sw_batch_size: windows (3D) or slices (2D) per validation forward pass.
-        num_val_images: cases per validation pictured in W&B.
-        display_modality: modality shown under the overlays.
+        num_val_images: cases per validation pictured in W&B (the picture ``eval.py`` writes).
+        display_modality: modality shown under the overlays, or a list of them: the first the
+            data has (default T1ce, else FLAIR, else the first channel).
         threshold: probability above which a voxel belongs to a region.
         name: the model's name in messages and logs (the ``model=`` config name).
         compile: run the network through ``torch.compile`` for training and validation
@@ -55,12 +57,13 @@ class SegmentationModule(pl.LightningModule):
         sliding_window_overlap: float = 0.5,
         sw_batch_size: int = 2,
         num_val_images: int = 2,
-        display_modality: str = "flair",
+        display_modality: str | list[str] = ("t1ce", "flair"),
         threshold: float = 0.5,
         name: str = "model",
         compile: bool = False,
     ) -> None:
         super().__init__()
+        display_modality = [display_modality] if isinstance(display_modality, str) else [str(m) for m in display_modality]
         # Only plain values go into the checkpoint's hyper-parameters, so it loads with
         # torch.load(weights_only=True); the full resolved config travels under CONFIG_KEY.
         self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"], logger=False)
@@ -99,7 +102,8 @@ class SegmentationModule(pl.LightningModule):
         self.modalities = list(modalities)
         self.region_names = list(region_names)
         self.patch_size = list(patch_size)
-        self.display_channel = modalities.index(self.hparams.display_modality) if self.hparams.display_modality in modalities else 0
+        shown = [m for m in self.hparams.display_modality if m in modalities]
+        self.display_channel = modalities.index(shown[0]) if shown else 0
         if self.val_dice is None:
             self.val_dice = RegionDice(len(self.region_names)).to(self.device)
 
@@ -167,16 +171,24 @@ class SegmentationModule(pl.LightningModule):
         self.val_dice.reset()
 
     def _log_picture(self, batch: Mapping, pred: torch.Tensor) -> None:
+        """Log :func:`~lightning_brats.visualize.case_figure` of one validation case to W&B."""
         wandb_loggers = [lg for lg in self.loggers if isinstance(lg, WandbLogger)]
         if not wandb_loggers or self.trainer.sanity_checking:
             return
-        picture = comparison_picture(
-            batch["image"][0].cpu().numpy(), batch["target"][0].cpu().numpy(), pred[0].cpu().numpy(), self.display_channel
+        dm = self.trainer.datamodule
+        truth = regions_to_labels(batch["target"][0].cpu().numpy(), dm.regions)
+        labels = regions_to_labels(pred[0].cpu().numpy(), dm.regions)
+        dice = region_dice(pred[:1], batch["target"][:1].bool())[0]
+        scores = ", ".join(f"{n.upper()} {d:.2f}" for n, d in zip(self.region_names, dice.tolist()))
+        case_id = batch["case_id"][0]
+        shown = self.modalities[self.display_channel] if self.modalities else ""
+        figure = case_figure(
+            batch["image"][0, self.display_channel].float().cpu().numpy(), truth, labels, dm.labels,
+            [code for _, code in nested_region_codes(dm.regions)], f"{case_id} epoch {self.current_epoch}: Dice {scores}", shown,
         )
-        colours = ", ".join(f"{name.upper()} {colour}" for name, colour in zip(self.region_names, REGION_COLOUR_NAMES))
-        caption = f"{batch['case_id'][0]} epoch {self.current_epoch}: ground truth | prediction ({colours})"
+        picture = figure_to_array(figure)
         for lg in wandb_loggers:
-            lg.log_image(key=f"val/overlay_{batch['case_id'][0]}", images=[picture], caption=[caption], step=self.global_step)
+            lg.log_image(key=f"val/case_{case_id}", images=[picture], caption=[f"{case_id} epoch {self.current_epoch}: {scores}"], step=self.global_step)
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=self.parameters())
@@ -200,13 +212,17 @@ class SegmentationModule(pl.LightningModule):
 def check_same_channels(trained: Mapping, wanted: Mapping) -> None:
     """Check that a network trained with data config ``trained`` suits data config ``wanted``.
 
+    Channels are compared by name and order: the modalities are the inputs, the region names
+    the outputs. The regions' label codes may differ (a BraTS 2020 model predicts the same WT,
+    TC and ET on BraTS 2023 files, whose ET code is 3, not 4).
+
     Args:
         trained: the checkpoint's resolved ``data`` config (``modalities``, ``regions``).
         wanted: the current ``data`` config.
 
     Raises:
-        ValueError: the modalities (input channels) or the regions (output channels) differ;
-            the message says which and how.
+        ValueError: the modalities (input channels) or the region names (output channels)
+            differ; the message says which and how.
     """
     problems = []
     if list(trained["modalities"]) != list(wanted["modalities"]):
@@ -214,11 +230,10 @@ def check_same_channels(trained: Mapping, wanted: Mapping) -> None:
             f"input channels: trained on data.modalities={list(trained['modalities'])} "
             f"({len(trained['modalities'])} channels), this run has {list(wanted['modalities'])} ({len(wanted['modalities'])})"
         )
-    if dict(trained["regions"]) != dict(wanted["regions"]):
+    if list(trained["regions"]) != list(wanted["regions"]):
         problems.append(
-            f"output channels: trained for data.regions={dict(trained['regions'])} "
-            f"({len(trained['regions'])} outputs), this run has {dict(wanted['regions'])} ({len(wanted['regions'])})"
+            f"output channels: trained for the regions {list(trained['regions'])} of data.regions "
+            f"({len(trained['regions'])} outputs), this run has {list(wanted['regions'])} ({len(wanted['regions'])})"
         )
     if problems:
         raise ValueError("the checkpoint does not fit this model: " + "; ".join(problems))
-

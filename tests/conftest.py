@@ -89,3 +89,50 @@ def real_datamodule(brats2018_root, cache_dir, tmp_path_factory):
     datamodule.prepare_data()
     datamodule.setup("fit")
     return datamodule
+
+
+@pytest.fixture(scope="session")
+def trained_brats_run(brats2018_root, cache_dir, tmp_path_factory):
+    """300 steps of the brats_cpu preset on the real cases (about 3 minutes here), trained once per
+    session: ``(run folder, final metrics)``; its ``checkpoints/last.ckpt`` serves the prediction tests."""
+    from lightning_brats.cli.train import train
+
+    out = tmp_path_factory.mktemp("brats_cpu_run")
+    cfg = compose_config(
+        ["experiment=brats_cpu", f"data.root={brats2018_root}", "logger=csv", "trainer.max_epochs=3",
+         "trainer.check_val_every_n_epoch=3", "validate_best=false", "trainer.max_time=null"],
+        out, cache_dir,
+    )
+    return out, train(cfg)
+
+
+def _train_on_phantoms(phantom_root: Path, out: Path, extra: list[str]) -> Path:
+    from lightning_brats.cli.train import train
+
+    cfg = compose_config(
+        ["data=sample", f"data.root={phantom_root}", "data.num_folds=4", "data.samples_per_epoch=4",
+         "data.patch_size=[32,32,32]", "trainer.max_epochs=1", "logger=csv", "model.net.base_filters=8", *extra],
+        out, out / "cache",
+    )
+    train(cfg)
+    return out / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="session")
+def phantom_checkpoint(phantom_root, tmp_path_factory) -> Path:
+    """A 3D U-Net checkpoint trained for one short epoch on the phantoms: 4 modalities, 3 regions."""
+    return _train_on_phantoms(phantom_root, tmp_path_factory.mktemp("ckpt_run"), [])
+
+
+@pytest.fixture(scope="session")
+def phantom_checkpoint_2d(phantom_root, tmp_path_factory) -> Path:
+    """A 2D U-Net checkpoint (axial slices) trained for one short epoch on the phantoms."""
+    return _train_on_phantoms(phantom_root, tmp_path_factory.mktemp("ckpt_run_2d"), ["model=unet2d", "data.sampling=2d", "model.net.depth=3"])
+
+
+def compose_tool_config(name: str, overrides: list[str], output_dir: Path) -> DictConfig:
+    """Compose ``conf/<name>.yaml`` (``predict`` or ``eval``) with outputs in ``output_dir``, CPU only."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(name, overrides=[f"paths.output_dir={output_dir}", "inference.device=cpu", *overrides])
+    return cfg

@@ -75,7 +75,7 @@ def test_wandb_offline_run_csv_and_checkpoint(phantom_root, tmp_path):
         assert key in logged
     assert [row["val/dice_mean"] for row in history if "val/dice_mean" in row][-1] == pytest.approx(metrics["val/dice_mean"])
     # the validation pictures: PNGs in the offline run, referenced from the history
-    pictures = [v for k, v in logged.items() if k.startswith("val/overlay_") and k.endswith("/filenames")]
+    pictures = [v for k, v in logged.items() if k.startswith("val/case_") and k.endswith("/filenames")]
     assert pictures and (run_file.parent / "files" / pictures[0][0]).is_file()
     with open(tmp_path / "csv" / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))

@@ -1,6 +1,6 @@
 """``lightning-brats <command> [hydra overrides]``: one entry point for the project's commands.
 
-Commands: ``train`` (same as ``lightning-brats-train``), ``check-data``.
+Commands: ``train``, ``predict``, ``eval`` (same as ``lightning-brats-{train,predict,eval}``), ``check-data``.
 """
 
 from __future__ import annotations
@@ -9,7 +9,12 @@ import sys
 
 
 def main() -> None:
-    commands = {"train": "lightning_brats.cli.train", "check-data": "lightning_brats.cli.check_data"}
+    commands = {
+        "train": "lightning_brats.cli.train",
+        "predict": "lightning_brats.cli.predict",
+        "eval": "lightning_brats.cli.eval",
+        "check-data": "lightning_brats.cli.check_data",
+    }
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         print(f"usage: lightning-brats {{{','.join(commands)}}} [overrides ...]   (add --help to a command for its options)")
         sys.exit(2)

@@ -10,6 +10,7 @@ per-slice TIFF files.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -153,9 +154,9 @@ class BratsLayout:
         if not root.is_dir():
             raise DataError(f"data root {root} does not exist or is not a folder; expected {self.describe()}")
         groups: dict[tuple[Path, str], dict[str, Path]] = {}
-        for path in sorted(root.rglob("*")):
-            if not path.is_file() or any(part.startswith(".") for part in path.relative_to(root).parts):
-                continue  # hidden files and folders (e.g. half-written temporary ones) are not cases
+        for path in walk(root):
+            if not path.is_file():
+                continue
             matched = self._match(path.name)
             if matched is None:
                 continue
@@ -182,6 +183,20 @@ class BratsLayout:
                 label = folder / self.label_files[case_id]
             cases[case_id] = CaseFiles(case_id, images, label)
         return [cases[k] for k in sorted(cases)]
+
+
+def walk(root: Path) -> list[Path]:
+    """Every file and folder under ``root``, sorted, following symlinked folders (datasets are often
+    linked together on clusters), skipping hidden ones (e.g. half-written temporary files).
+
+    Returns:
+        paths under ``root`` (files and folders), sorted.
+    """
+    found = []
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found.extend(Path(folder) / name for name in [*dirs, *files] if not name.startswith("."))
+    return sorted(found)
 
 
 def _report(problem: str, problems: list[str] | None) -> None:
@@ -212,13 +227,16 @@ def _read_nifti(path: Path, ndim: int = 3) -> tuple[np.ndarray, np.ndarray, np.n
     return data, img.affine, np.asarray(img.header.get_zooms()[:3], dtype=np.float64)
 
 
-def load_case(files: CaseFiles, modalities: Sequence[str], labels: Mapping[str, int] | None = None) -> LoadedCase:
+def load_case(
+    files: CaseFiles, modalities: Sequence[str], labels: Mapping[str, int] | None = None, read_label: bool = True
+) -> LoadedCase:
     """Load a case's modalities (in ``modalities`` order) and its label map.
 
     Args:
         files: the case's files, from :meth:`BratsLayout.find_cases`.
         modalities: the modality names to stack as channels, e.g. ``["flair", "t1", "t1ce", "t2"]``.
         labels: the dataset's label map (name -> code); label values outside it and 0 are errors.
+        read_label: ``False`` skips the label map even when the case has one (prediction).
 
     Returns:
         a :class:`LoadedCase` with ``image`` of shape ``(C, X, Y, Z)``.
@@ -228,7 +246,7 @@ def load_case(files: CaseFiles, modalities: Sequence[str], labels: Mapping[str, 
             affines differ between files; NaN or Inf voxels; unknown label values.
     """
     if isinstance(files, SliceFiles):
-        return _load_slices(files, modalities, labels)
+        return _load_slices(files, modalities, labels, read_label)
     arrays = []
     ref_path = ref_affine = ref_spacing = None
     stacks: dict[Path, tuple] = {}  # a 4D file is read once for all its channels
@@ -253,15 +271,15 @@ def load_case(files: CaseFiles, modalities: Sequence[str], labels: Mapping[str, 
             raise DataError(f"{path}: contains NaN or Inf voxels")
         arrays.append(data)
     label = None
-    if files.label is not None:
+    if files.label is not None and read_label:
         data, affine, _ = _read_nifti(files.label)
         _check_same_grid(files.label, data.shape, affine, ref_path, ref_shape, ref_affine)
-        _check_labels(files.label, data, labels)
+        check_label_values(files.label, data, labels)
         label = data.astype(np.uint8)
     return LoadedCase(files.case_id, np.stack(arrays), label, ref_affine, ref_spacing, files)
 
 
-def _check_labels(path: Path, data: np.ndarray, labels: Mapping[str, int] | None) -> None:
+def check_label_values(path: Path, data: np.ndarray, labels: Mapping[str, int] | None) -> None:
     """Raise :class:`DataError` naming ``path`` when ``data`` holds values outside 0 and ``labels``."""
     if labels is None:
         return
@@ -351,7 +369,7 @@ class MsdLayout:
         if not root.is_dir():
             raise DataError(f"data root {root} does not exist or is not a folder; expected {self.describe()}")
         cases: dict[str, CaseFiles] = {}
-        folders = [d for name in self.images_dirs for d in sorted(root.rglob(name)) if d.is_dir()]
+        folders = [d for name in self.images_dirs for d in walk(root) if d.name == name and d.is_dir()]
         if root.name in self.images_dirs:
             folders.append(root)
         for folder in folders:
@@ -429,8 +447,8 @@ class SliceLayout:
         if not root.is_dir():
             raise DataError(f"data root {root} does not exist or is not a folder; expected {self.describe()}")
         groups: dict[tuple[Path, str], dict[str, dict[int, Path]]] = {}
-        for path in sorted(root.rglob("*")):
-            if not path.is_file() or any(part.startswith(".") for part in path.relative_to(root).parts):
+        for path in walk(root):
+            if not path.is_file():
                 continue
             ext = next((e for e in self.extensions if path.name.lower().endswith(e)), None)
             match = ext and self._pattern.match(path.name[: -len(ext)])
@@ -478,7 +496,9 @@ def _read_image(path: Path) -> np.ndarray:
         raise DataError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
 
 
-def _load_slices(files: SliceFiles, modalities: Sequence[str], labels: Mapping[str, int] | None) -> LoadedCase:
+def _load_slices(
+    files: SliceFiles, modalities: Sequence[str], labels: Mapping[str, int] | None, read_label: bool = True
+) -> LoadedCase:
     """Stack a :class:`SliceFiles` case into ``image (C, H, W, S)`` and ``label (H, W, S)``."""
     missing = [m for m in modalities if m not in files.channels]
     if missing:
@@ -494,13 +514,13 @@ def _load_slices(files: SliceFiles, modalities: Sequence[str], labels: Mapping[s
             if files.channels[modality] >= data.shape[2]:
                 raise DataError(f"{path}: no channel {files.channels[modality]} for {modality!r} in shape {data.shape}")
         images.append(data)
-    for path in files.masks:
+    for path in files.masks if read_label else ():
         data = _read_image(path)
         if data.ndim == 3:  # some exports save masks as RGB: all channels equal
             data = data[..., 0]
         if data.shape != images[0].shape[:2]:
             raise DataError(f"{path}: shape {data.shape} differs from its slice image {images[0].shape[:2]}")
-        _check_labels(path, data, labels)
+        check_label_values(path, data, labels)
         masks.append(data)
     stack = np.stack(images, axis=-1).astype(np.float32)  # (H, W, C, S)
     image = np.stack([stack[:, :, files.channels[m]] for m in modalities])

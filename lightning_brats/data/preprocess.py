@@ -168,15 +168,19 @@ def preprocess_case(
     return image.astype(np.float32), label, record
 
 
-def restore_to_original(array: np.ndarray, record: Mapping, fill: float = 0) -> np.ndarray:
+def restore_to_original(array: np.ndarray, record: Mapping, fill: float = 0, order: int = 0) -> np.ndarray:
     """Put an array on the preprocessed grid back on the case's original grid.
 
-    Undoes the resampling (nearest neighbour, so label codes survive) and the crop.
+    Undoes the resampling and the crop. Label maps use nearest neighbour (``order=0``) so
+    their codes survive; probabilities use trilinear interpolation (``order=1``), as nnU-Net
+    resamples its softmax before taking labels, which avoids blocky outlines after training
+    at a coarser spacing.
 
     Args:
         array: ``(x, y, z)`` or ``(C, x, y, z)`` on the preprocessed grid.
         record: the case's preprocessing record (see :func:`preprocess_case`).
         fill: value outside the crop box.
+        order: 0 nearest neighbour, 1 trilinear (floating-point arrays only).
 
     Returns:
         ``(X, Y, Z)`` or ``(C, X, Y, Z)`` on the original grid, same dtype as ``array``.
@@ -185,7 +189,7 @@ def restore_to_original(array: np.ndarray, record: Mapping, fill: float = 0) -> 
     channels = array[None] if squeeze else array
     cropped_shape = tuple(record["cropped_shape"])
     if channels.shape[1:] != cropped_shape:
-        channels = resize(channels, cropped_shape, order=0).astype(array.dtype)
+        channels = resize(channels, cropped_shape, order=order).astype(array.dtype)
     out = np.full((channels.shape[0], *record["original_shape"]), fill, dtype=array.dtype)
     box = record["crop_box"]
     out[(slice(None), *(slice(a, b) for a, b in box))] = channels
@@ -193,8 +197,12 @@ def restore_to_original(array: np.ndarray, record: Mapping, fill: float = 0) -> 
 
 
 def atomic_save(path: Path, write) -> None:
-    """Write a file through a temporary name and rename it, so no reader sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    """Write a file through a temporary name and rename it, so no reader sees half a file.
+
+    The temporary file is hidden (a leading dot, so dataset readers skip it) and keeps the
+    file's extension (nibabel picks the format from it, e.g. ``.nii.gz``).
+    """
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     try:
         write(tmp)
         os.replace(tmp, path)

@@ -1,0 +1,166 @@
+"""``python eval.py`` / ``lightning-brats-eval``: score segmentations the way BraTS does.
+
+Either a folder of predictions (``predictions=``) against a labelled dataset root
+(``ground_truth=``, read with ``data=<release>``), or a checkpoint (``ckpt_path=``) that first
+predicts the dataset's cases. Writes ``metrics.csv`` (a row per case), ``summary.csv`` (statistics
+per metric and region), a picture per case and a Dice box plot, prints the summary and logs all
+of it to W&B (offline by default). See ``conf/eval.yaml``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+import lightning_brats  # noqa: F401  (registers resolvers)
+from lightning_brats.cli.train import CONFIG_DIR
+from lightning_brats.data.layouts import DataError, load_case
+from lightning_brats.data.preprocess import atomic_save
+from lightning_brats.evaluation import METRICS, STATISTICS, read_prediction, score_case, summarize, write_csv
+from lightning_brats.labels import nested_region_codes
+from lightning_brats.visualize import case_figure, dice_boxplot, figure_to_png
+
+log = logging.getLogger("lightning_brats.eval")
+
+
+def _data_config(cfg: DictConfig) -> dict:
+    """The release to read the ground truth with: the predicted data config, or ``cfg.data``."""
+    if not cfg.get("data"):
+        raise ValueError(
+            "eval.py needs the ground truth's release to read it: data=<name> (brats20, brats21, brats23, msd_task01, lgg), "
+            "or ckpt_path= to predict with a checkpoint (its data config is used)"
+        )
+    return {k: OmegaConf.to_container(cfg.data[k], resolve=True) for k in ("layout", "labels", "regions", "modalities")}
+
+
+def _predict_first(cfg: DictConfig) -> tuple[Path, dict]:
+    """Predict ``cfg.ground_truth``'s cases with ``cfg.ckpt_path`` into ``<output_dir>/predictions``."""
+    from lightning_brats.cli.predict import predict
+
+    predict_cfg = OmegaConf.create(
+        {
+            "ckpt_path": cfg.ckpt_path,
+            "input": cfg.ground_truth,
+            "files": None,
+            "case_id": None,
+            "output_dir": str(Path(cfg.output_dir) / "predictions"),
+            "overwrite": cfg.overwrite,
+            "save_probabilities": cfg.save_probabilities,
+            "inference": cfg.inference,
+            "data": cfg.get("data"),
+        }
+    )
+    result = predict(predict_cfg)
+    return result["output_dir"], result["data"]
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """Score every labelled case under ``cfg.ground_truth``.
+
+    Returns:
+        ``{"rows": per-case dicts, "summary": per (metric, region) dicts, "output_dir": Path}``.
+
+    Raises:
+        DataError: the ground truth holds no labelled case; a prediction is missing (unless
+            ``allow_missing=true``), unreadable, off-grid or holds unknown labels.
+        ValueError: neither ``predictions`` nor ``ckpt_path`` is given, or no release is known.
+    """
+    output_dir = Path(cfg.output_dir)
+    if cfg.get("ckpt_path"):
+        predictions, data = _predict_first(cfg)
+    elif cfg.get("predictions"):
+        predictions, data = Path(cfg.predictions), _data_config(cfg)
+    else:
+        raise ValueError("give predictions=<folder of <case>.nii.gz> or ckpt_path=<checkpoint> (predicts first)")
+    regions = {str(k): [int(c) for c in v] for k, v in data["regions"].items()}
+    labels = {str(k): int(v) for k, v in data["labels"].items()}
+    layout = hydra.utils.instantiate(data["layout"])
+    cases = [c for c in layout.find_cases(Path(cfg.ground_truth)) if c.label is not None]
+    if not cases:
+        raise DataError(f"no labelled cases under ground_truth={cfg.ground_truth} ({layout.describe()})")
+    missing = [c.case_id for c in cases if not (predictions / f"{c.case_id}.nii.gz").is_file()]
+    if missing and not cfg.allow_missing:
+        raise DataError(
+            f"{len(missing)} of {len(cases)} labelled cases have no prediction in {predictions} "
+            f"(expected <case>.nii.gz): {missing}; allow_missing=true scores them as empty"
+        )
+    shown = [m for m in cfg.display_modality if m in data["modalities"]][:1] or [data["modalities"][0]]
+    nesting = [code for _, code in nested_region_codes(regions)]
+    pictures = output_dir / "pictures"
+    if cfg.pictures:
+        pictures.mkdir(parents=True, exist_ok=True)
+    rows = []
+    with Progress(console=Console(stderr=True)) as progress:
+        task = progress.add_task(f"Scoring {len(cases)} cases", total=len(cases))
+        for files in cases:
+            case = load_case(files, shown, labels)
+            path = predictions / f"{files.case_id}.nii.gz"
+            prediction = np.zeros_like(case.label) if files.case_id in missing else read_prediction(path, case, labels)
+            row = {"case_id": files.case_id, "missing": files.case_id in missing, **score_case(prediction, case.label, regions, case.spacing)}
+            rows.append(row)
+            if cfg.pictures:
+                dice = ", ".join(f"{r.upper()} {row[f'dice_{r}']:.3f}" for r in regions)
+                figure = case_figure(case.image[0], case.label, prediction, labels, nesting, f"{files.case_id}: Dice {dice}", shown[0])
+                png = figure_to_png(figure)
+                atomic_save(pictures / f"{files.case_id}.png", lambda p, png=png: p.write_bytes(png))
+            progress.advance(task)
+    summary = summarize(rows, list(regions))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_csv(output_dir / "metrics.csv", rows, ["case_id", "missing", *[f"{m}_{r}" for m in METRICS for r in regions]])
+    write_csv(output_dir / "summary.csv", summary, ["metric", "region", "cases", *STATISTICS])
+    box = figure_to_png(dice_boxplot({r: [row[f"dice_{r}"] for row in rows] for r in regions}))
+    atomic_save(output_dir / "dice_boxplot.png", lambda p: p.write_bytes(box))
+    print_summary(summary, f"{len(rows)} cases of {cfg.ground_truth} ({len(missing)} missing, scored as empty)")
+    _log_to_wandb(cfg, rows, summary, output_dir)
+    log.info(f"Wrote metrics.csv, summary.csv, dice_boxplot.png and {'pictures/ ' if cfg.pictures else ''}to {output_dir}")
+    return {"rows": rows, "summary": summary, "output_dir": output_dir, "predictions": predictions}
+
+
+def print_summary(summary: list[dict], title: str, console: Console | None = None) -> None:
+    """The summary as a rich table: a row per metric and region, a column per statistic."""
+    table = Table(title=title)
+    for column in ("metric", "region", *STATISTICS):
+        table.add_column(column, justify="left" if column in ("metric", "region") else "right")
+    for row in summary:
+        table.add_row(row["metric"], row["region"], *("-" if math.isnan(row[s]) else f"{row[s]:.4g}" for s in STATISTICS))
+    (console or Console(width=120)).print(table)
+
+
+def _log_to_wandb(cfg: DictConfig, rows: list[dict], summary: list[dict], output_dir: Path) -> None:
+    """Per-case metrics as a W&B Table, the summary means and medians as numbers, the pictures as images."""
+    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
+    if not wandb_cfg or "_target_" not in wandb_cfg:
+        return
+    import wandb
+
+    logger = hydra.utils.instantiate(wandb_cfg)
+    try:
+        columns = list(rows[0])
+        logger.log_table("eval/metrics", columns=columns, data=[[row[c] for c in columns] for row in rows])
+        logger.log_table("eval/summary", columns=list(summary[0]), data=[list(s.values()) for s in summary])
+        numbers = {f"eval/{s['metric']}_{s['region']}_{stat}": s[stat] for s in summary for stat in ("mean", "median")}
+        logger.log_metrics({k: v for k, v in numbers.items() if not math.isnan(v)})
+        logger.log_image("eval/dice_boxplot", images=[str(output_dir / "dice_boxplot.png")])
+        pictures = sorted((output_dir / "pictures").glob("*.png"))
+        if pictures:
+            logger.log_image("eval/cases", images=[str(p) for p in pictures], caption=[p.stem for p in pictures])
+    finally:
+        wandb.finish()
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point."""
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""Scoring label maps like the BraTS challenge: per case and region, then summary statistics.
+
+Regions (WT, TC, ET) are scored, not labels: each is the set of voxels whose label is one of
+the region's codes in ``data.regions``. Per case and region: Dice, HD95 (mm), sensitivity,
+specificity and volumes (mL), with the BraTS empty-mask conventions of
+:func:`~lightning_brats.metrics.case_region_metrics`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from lightning_brats.data.layouts import DataError, LoadedCase, check_label_values
+from lightning_brats.data.preprocess import atomic_save
+from lightning_brats.metrics import case_region_metrics
+
+#: Per-region metrics, the column prefixes of ``metrics.csv`` (``dice_wt``, ``hd95_et``, ...).
+METRICS = ("dice", "hd95", "sensitivity", "specificity", "volume_pred_ml", "volume_true_ml")
+#: Statistics of ``summary.csv``, one column each.
+STATISTICS = ("mean", "std", "median", "q25", "q75")
+
+
+def score_case(
+    prediction: np.ndarray, truth: np.ndarray, regions: Mapping[str, Sequence[int]], spacing: Sequence[float]
+) -> dict[str, float]:
+    """Challenge metrics of one case for every region.
+
+    Args:
+        prediction: ``(X, Y, Z)`` predicted label map (release codes).
+        truth: ``(X, Y, Z)`` ground-truth label map, same grid.
+        regions: region name -> label codes, e.g. ``{"wt": [1, 2, 4], "tc": [1, 4], "et": [4]}``.
+        spacing: voxel size in mm (HD95 in mm, volumes in mL).
+
+    Returns:
+        ``{"<metric>_<region>": value}`` for every metric of :data:`METRICS`.
+    """
+    row = {}
+    for region, codes in regions.items():
+        scores = case_region_metrics(np.isin(prediction, codes), np.isin(truth, codes), spacing)
+        row.update({f"{metric}_{region}": float(scores[metric]) for metric in METRICS})
+    return row
+
+
+def read_prediction(path: Path, case: LoadedCase, labels: Mapping[str, int]) -> np.ndarray:
+    """Read a predicted label map and check it lies on the ground truth's grid with known labels.
+
+    Args:
+        path: ``<case>.nii.gz``.
+        case: the ground-truth case (its ``label``, ``affine`` and files).
+        labels: the release's label map (name -> code).
+
+    Returns:
+        ``(X, Y, Z)`` uint8 label map.
+
+    Raises:
+        DataError: the file is unreadable, its shape or affine differs from the ground truth's,
+            or it holds label values outside the release's; the message names the file.
+    """
+    try:
+        image = nib.load(str(path))
+        data = np.asanyarray(image.dataobj)
+    except Exception as exc:  # nibabel raises many types for corrupt files
+        raise DataError(f"{path}: cannot read NIfTI ({type(exc).__name__}: {exc})") from exc
+    truth_file = case.files.label if case.files is not None else "the ground truth"
+    if data.shape != case.label.shape:
+        raise DataError(f"{path}: shape {data.shape} differs from the ground truth {truth_file} {case.label.shape}")
+    if not np.allclose(image.affine, case.affine, atol=1e-3):
+        raise DataError(f"{path}: affine differs from the ground truth {truth_file}:\n{image.affine}\nvs\n{case.affine}")
+    if not np.all(np.equal(np.mod(data, 1), 0)):
+        raise DataError(f"{path}: holds non-integer values; expected a label map with codes {dict(labels)}")
+    check_label_values(path, data, labels)
+    return data.astype(np.uint8)
+
+
+def summarize(rows: Sequence[Mapping[str, float]], regions: Sequence[str]) -> list[dict]:
+    """Mean, standard deviation (n - 1), median, 25th and 75th percentile per metric and region.
+
+    Args:
+        rows: per-case rows of :func:`score_case`.
+        regions: region names, in output order.
+
+    Returns:
+        one dict per (metric, region): ``metric``, ``region``, ``cases`` and :data:`STATISTICS`.
+    """
+    summary = []
+    for metric in METRICS:
+        for region in regions:
+            values = np.asarray([row[f"{metric}_{region}"] for row in rows], dtype=np.float64)
+            stats = {
+                "mean": values.mean() if values.size else np.nan,
+                "std": values.std(ddof=1) if values.size > 1 else np.nan,
+                "median": np.median(values) if values.size else np.nan,
+                "q25": np.percentile(values, 25) if values.size else np.nan,
+                "q75": np.percentile(values, 75) if values.size else np.nan,
+            }
+            summary.append({"metric": metric, "region": region, "cases": int(values.size), **{k: float(v) for k, v in stats.items()}})
+    return summary
+
+
+def write_csv(path: Path, rows: Sequence[Mapping], columns: Sequence[str]) -> None:
+    """Write rows as CSV atomically (floats with 6 significant digits)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns))
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
+    atomic_save(path, lambda p: p.write_text(buffer.getvalue()))

@@ -1,0 +1,315 @@
+"""From a checkpoint to label maps on the original grid: load, preprocess, infer, post-process, write.
+
+The checkpoint carries the resolved ``data`` and ``model`` config of its training run
+(:data:`~lightning_brats.module.CONFIG_KEY`), so prediction repeats the training run's
+modalities and preprocessing (crop, normalisation, spacing) without being told. The files'
+release (layout, label codes, regions) may be replaced, e.g. a BraTS 2020 model predicting
+BraTS 2023 files, as long as the modalities and region names match the network's channels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import hydra
+import nibabel as nib
+import numpy as np
+import torch
+from torch import nn
+
+from lightning_brats.data.layouts import CaseFiles, DataError, LoadedCase, load_case
+from lightning_brats.data.preprocess import atomic_save, preprocess_case, restore_to_original
+from lightning_brats.inference import predict_probabilities
+from lightning_brats.labels import nested_region_codes, regions_to_labels, small_components_to
+from lightning_brats.module import CONFIG_KEY, check_same_channels
+
+log = logging.getLogger(__name__)
+
+#: Keys of a ``data`` config that describe the files' release rather than the network's input:
+#: these may be replaced at prediction time (``data=brats23``); the rest comes from the checkpoint.
+RELEASE_KEYS = ("layout", "labels", "regions")
+
+
+@dataclass
+class TrainedModel:
+    """A network restored from a checkpoint, with the data config it needs.
+
+    Attributes:
+        net: the network in eval mode, on ``device``.
+        data: the ``data`` config for prediction: the checkpoint's, with the release keys
+            (:data:`RELEASE_KEYS`) replaced when asked.
+        checkpoint: the checkpoint file.
+        device: where the network runs.
+    """
+
+    net: nn.Module
+    data: dict
+    checkpoint: Path
+    device: torch.device
+
+    @property
+    def modalities(self) -> list[str]:
+        """Input channels, in order."""
+        return list(self.data["modalities"])
+
+    @property
+    def regions(self) -> dict[str, list[int]]:
+        """Output channels (region name -> label codes of the files' release), in order."""
+        return {str(k): [int(c) for c in v] for k, v in self.data["regions"].items()}
+
+    @property
+    def patch_size(self) -> list[int]:
+        """Sliding-window size in voxels: 3 values for a 3D network, 2 (the slice) for a 2D one."""
+        dims = int(str(self.data.get("sampling", "3d"))[0])
+        return [int(p) for p in self.data["patch_size"]][:dims]
+
+
+def load_trained_model(ckpt_path: str | Path, release: Mapping | None = None, device: str = "auto") -> TrainedModel:
+    """Restore the network of a lightning-brats checkpoint for inference.
+
+    Args:
+        ckpt_path: a ``.ckpt`` written by ``train.py`` (read with ``torch.load(weights_only=True)``).
+        release: a ``data`` config (e.g. ``conf/data/brats23.yaml`` composed) whose
+            :data:`RELEASE_KEYS` replace the checkpoint's; ``None`` keeps the checkpoint's release.
+        device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
+
+    Raises:
+        FileNotFoundError: no file at ``ckpt_path``.
+        ValueError: the file is not a lightning-brats checkpoint (no stored config), or the
+            release's modalities or region names differ from the network's channels.
+    """
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path={path}: no such checkpoint file")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    stored = checkpoint.get(CONFIG_KEY)
+    if not stored:
+        raise ValueError(f"{path}: not a lightning-brats checkpoint (no '{CONFIG_KEY}' with the training config)")
+    data = copy.deepcopy(stored["data"])
+    if release:
+        wanted = {**data, **{k: release[k] for k in RELEASE_KEYS if k in release}}
+        wanted["modalities"] = list(release.get("modalities", data["modalities"]))
+        try:
+            check_same_channels(data, wanted)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
+        data = wanted
+    net = hydra.utils.instantiate(stored["model"]["net"])
+    prefix = "net."
+    state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    net.load_state_dict(state)
+    target = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    return TrainedModel(net.eval().to(target), data, path, target)
+
+
+@dataclass
+class PostProcessing:
+    """Small connected components of one region become the label of the region around it.
+
+    With ``region="et"`` this is the BraTS 2020/2021 rule of the winning entries (Isensee et al.
+    2021; Futrega et al. 2021, NVIDIA): enhancing-tumour islands below ``min_voxels`` become
+    necrosis (NCR), the label TC adds. Counted on the original grid (at 1 mm, voxels are mm^3).
+
+    Attributes:
+        region: the region whose small components are relabelled (the innermost one, ET).
+        min_voxels: components with fewer voxels are relabelled; 0 turns post-processing off.
+    """
+
+    region: str = "et"
+    min_voxels: int = 0
+
+    def apply(self, label: np.ndarray, regions: Mapping[str, Sequence[int]]) -> tuple[np.ndarray, int]:
+        """Relabel ``label`` ``(X, Y, Z)``; returns ``(label, voxels relabelled)``.
+
+        A dataset without ``region`` (e.g. the LGG set's single ``abnormality``) is left as it
+        is, with a warning naming the regions it has.
+        """
+        if self.min_voxels <= 0:
+            return label, 0
+        codes = nested_region_codes(regions)
+        names = [name for name, _ in codes]
+        if self.region not in names:
+            log.warning(f"no post-processing: postprocess.region={self.region!r} is not one of the regions {names}")
+            return label, 0
+        index = names.index(self.region)
+        replacement = codes[index - 1][1] if index > 0 else 0
+        return small_components_to(label, codes[index][1], replacement, self.min_voxels)
+
+
+@dataclass
+class CasePrediction:
+    """One case predicted on its original grid.
+
+    Attributes:
+        case_id: the case identifier.
+        label: ``(X, Y, Z)`` uint8 label map with the release's codes.
+        probabilities: ``(R, X, Y, Z)`` float32 per-region probabilities (before nesting).
+        case: the loaded input (image, affine, spacing, files).
+        seconds: wall time of loading, inference and post-processing.
+        relabelled_voxels: voxels changed by post-processing.
+    """
+
+    case_id: str
+    label: np.ndarray
+    probabilities: np.ndarray
+    case: LoadedCase = field(repr=False)
+    seconds: float = 0.0
+    relabelled_voxels: int = 0
+
+
+class Predictor:
+    """Segments whole cases with a trained model, the way the challenge scores them.
+
+    Per case: read the modalities, preprocess exactly as in training (from the checkpoint's
+    config), Gaussian-weighted sliding window (3D patches, or slice by slice for a 2D network)
+    with optional flip test-time augmentation, probabilities resampled back to the original
+    grid (trilinear) and un-cropped, thresholded per region, turned into labels with ET inside
+    TC inside WT (:func:`~lightning_brats.labels.regions_to_labels`), then post-processed.
+
+    Args:
+        model: from :func:`load_trained_model`.
+        overlap: fraction of overlap between sliding windows (nnU-Net: 0.5).
+        sw_batch_size: windows (3D) or slices (2D) per forward pass.
+        flip_tta: average all flip combinations (8 in 3D, 4 in 2D).
+        threshold: probability above which a voxel belongs to a region.
+        postprocess: small-component relabelling; ``None`` for none.
+        precision: ``"32"`` or ``"bf16"`` (autocast; about twice as fast on CPUs with AVX512-BF16).
+    """
+
+    def __init__(
+        self,
+        model: TrainedModel,
+        overlap: float = 0.5,
+        sw_batch_size: int = 2,
+        flip_tta: bool = True,
+        threshold: float = 0.5,
+        postprocess: PostProcessing | None = None,
+        precision: str = "32",
+    ) -> None:
+        if precision not in ("32", "bf16"):
+            raise ValueError(f"precision={precision!r}: expected '32' or 'bf16'")
+        self.model = model
+        self.overlap, self.sw_batch_size, self.flip_tta = overlap, sw_batch_size, flip_tta
+        self.threshold = threshold
+        self.postprocess = postprocess
+        self.precision = precision
+
+    def _autocast(self):
+        if self.precision == "bf16":
+            return torch.autocast(self.model.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def predict_case(self, files: CaseFiles) -> CasePrediction:
+        """Predict one case.
+
+        Raises:
+            DataError: a modality file is missing, corrupt or off-grid (the message names it).
+        """
+        start = time.perf_counter()
+        data = self.model.data
+        case = load_case(files, self.model.modalities, read_label=False)
+        image, _, record = preprocess_case(
+            case, data.get("spacing"), data.get("normalization", "zscore"), data.get("crop", "nonzero"), data.get("crop_size")
+        )
+        tensor = torch.from_numpy(image)[None].to(self.model.device)
+        with torch.no_grad(), self._autocast():
+            probs = predict_probabilities(
+                self.model.net, tensor, self.model.patch_size, self.overlap, self.sw_batch_size, self.flip_tta
+            )
+        probs = restore_to_original(probs[0].float().cpu().numpy(), record, fill=0.0, order=1)
+        label = regions_to_labels(probs > self.threshold, self.model.regions)
+        relabelled = 0
+        if self.postprocess is not None:
+            label, relabelled = self.postprocess.apply(label, self.model.regions)
+        return CasePrediction(files.case_id, label, probs, case, time.perf_counter() - start, relabelled)
+
+
+def reference_header(files: CaseFiles) -> nib.Nifti1Header | None:
+    """The NIfTI header of the case's first modality file (its geometry), or ``None`` for non-NIfTI input."""
+    first = next(iter(files.images.values()))
+    if first.is_file() and first.name.endswith((".nii", ".nii.gz")):
+        return nib.load(str(first)).header
+    return None
+
+
+def write_nifti(array: np.ndarray, case: LoadedCase, path: Path, description: str = "") -> None:
+    """Write ``array`` atomically as NIfTI with the input's affine and header geometry.
+
+    The header is copied from the case's first modality file (qform/sform codes, pixel
+    dimensions, units), so viewers overlay the output on the input; the data type follows
+    ``array``. Non-NIfTI inputs (TIFF slices) get a header made from the affine.
+
+    Args:
+        array: ``(X, Y, Z)`` or ``(X, Y, Z, R)``, on the case's original grid.
+        case: the case the array belongs to.
+        path: the output file (``.nii.gz`` or ``.nii``).
+        description: stored in the header's ``descrip`` (at most 80 characters).
+    """
+    header = reference_header(case.files)
+    header = None if header is None else header.copy()
+    image = nib.Nifti1Image(array, case.affine, header)
+    image.set_data_dtype(array.dtype)
+    if header is not None:  # the input's qform/sform codes with its affine (a code of 0 stays 0)
+        qform, sform = int(header["qform_code"]), int(header["sform_code"])
+        image.set_qform(case.affine, qform)
+        image.set_sform(case.affine, sform or (0 if qform else 2))  # both 0 would lose the affine
+    image.header["descrip"] = description[:80].encode()
+    atomic_save(path, lambda p: nib.save(image, str(p)))
+
+
+def output_paths(output_dir: Path, case_id: str) -> dict[str, Path]:
+    """Where a case's files go: ``label`` ``<case>.nii.gz`` and ``probabilities`` ``<case>_probabilities.nii.gz``."""
+    return {"label": output_dir / f"{case_id}.nii.gz", "probabilities": output_dir / f"{case_id}_probabilities.nii.gz"}
+
+
+def check_not_inputs(outputs: Sequence[Path], cases: Sequence[CaseFiles]) -> None:
+    """Refuse to write over any input file.
+
+    Raises:
+        ValueError: an output path is one of the cases' source files (names both).
+    """
+    sources = {p.resolve(): c.case_id for c in cases for p in c.sources()}
+    for out in outputs:
+        if out.resolve() in sources:
+            raise ValueError(f"output {out} would overwrite an input file of case {sources[out.resolve()]}; choose another output_dir")
+
+
+def files_from_paths(files: Mapping[str, str], modalities: Sequence[str], case_id: str | None = None) -> CaseFiles:
+    """A case given as explicit modality files (``files={flair: ..., t1: ..., ...}``).
+
+    Args:
+        files: modality name -> NIfTI path.
+        modalities: the modalities the network needs.
+        case_id: the output's name; default: what the file names share up to their last ``_``,
+            ``-`` or ``.`` (``BraTS20_Training_001_{flair,t1,t1ce,t2}.nii`` -> ``BraTS20_Training_001``),
+            or the name without extension when one file holds every modality.
+
+    Raises:
+        DataError: a needed modality is not given, or a given file does not exist.
+    """
+    missing = [m for m in modalities if m not in files]
+    if missing:
+        raise DataError(f"files= lacks modality {missing}: the model needs {list(modalities)}, got {sorted(files)}")
+    images = {m: Path(files[m]) for m in modalities}
+    for modality, path in images.items():
+        if not path.is_file():
+            raise DataError(f"files.{modality}={path}: no such file")
+    if case_id is None:
+        case_id = _shared_stem([p.name for p in images.values()])
+    return CaseFiles(case_id, images)
+
+
+def _shared_stem(names: Sequence[str]) -> str:
+    stems = [n[: -len(".nii.gz")] if n.endswith(".nii.gz") else Path(n).stem for n in names]
+    if len(set(stems)) == 1:
+        return stems[0]
+    prefix = os.path.commonprefix(stems)
+    cut = max(prefix.rfind(sep) for sep in "_-.")
+    return prefix[:cut] if cut > 0 else prefix or stems[0]
