@@ -192,3 +192,18 @@ def test_brats2018_model_predicts_the_brats2023_case_in_2023_codes(trained_brats
     label = np.asarray(img.dataobj)
     assert set(np.unique(label)) <= {0, 1, 2, 3}
     assert np.count_nonzero(label) > 1000  # it finds a tumour (>1 mL) in the 2023 case
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_held_out_cases_come_from_the_checkpoints_run_folder(trained_brats_run, tmp_path):
+    from lightning_brats.cli.eval import held_out_cases
+
+    run, _ = trained_brats_run
+    expected = json.loads((run / "splits.json").read_text())["folds"][0]["val"]
+    assert held_out_cases(run / "checkpoints" / "last.ckpt") == sorted(expected) and len(expected) == 4
+    (tmp_path / "checkpoints").mkdir()
+    moved = tmp_path / "checkpoints" / "last.ckpt"
+    moved.write_bytes((run / "checkpoints" / "last.ckpt").read_bytes())
+    with pytest.raises(DataError, match=rf"cases=held_out: no {tmp_path / 'splits.json'}"):
+        held_out_cases(moved)

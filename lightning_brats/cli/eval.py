@@ -41,7 +41,44 @@ def _data_config(cfg: DictConfig) -> dict:
     return {k: OmegaConf.to_container(cfg.data[k], resolve=True) for k in ("layout", "labels", "regions", "modalities")}
 
 
-def _predict_first(cfg: DictConfig) -> tuple[Path, dict]:
+def held_out_cases(ckpt_path: str | Path) -> list[str]:
+    """The validation cases of a checkpoint's fold, from ``splits.json`` in its run folder.
+
+    Args:
+        ckpt_path: ``<run>/checkpoints/<name>.ckpt`` as ``train.py`` writes it.
+
+    Raises:
+        DataError: the run folder has no ``splits.json``, or it lacks the checkpoint's fold.
+    """
+    import torch
+
+    from lightning_brats.data.datamodule import read_splits
+    from lightning_brats.module import CONFIG_KEY
+
+    path = Path(ckpt_path).resolve().parent.parent / "splits.json"
+    if not path.is_file():
+        raise DataError(f"cases=held_out: no {path} (train.py copies the folds there); list the cases instead: cases=[...]")
+    config = torch.load(ckpt_path, map_location="cpu", weights_only=True).get(CONFIG_KEY) or {}
+    fold = int(config.get("data", {}).get("fold", 0))
+    folds = read_splits(path)
+    if fold >= len(folds):
+        raise DataError(f"{path}: no fold {fold} (the checkpoint's data.fold)")
+    return sorted(folds[fold]["val"])
+
+
+def _selected_cases(cfg: DictConfig) -> list[str] | None:
+    """``cfg.cases`` as a list of case IDs (``held_out`` resolved), or ``None`` for all."""
+    cases = cfg.get("cases")
+    if not cases:
+        return None
+    if cases == "held_out":
+        if not cfg.get("ckpt_path"):
+            raise ValueError("cases=held_out needs ckpt_path= (the fold comes from the checkpoint's run folder)")
+        return held_out_cases(cfg.ckpt_path)
+    return [str(c) for c in cases]
+
+
+def _predict_first(cfg: DictConfig, cases: list[str] | None) -> tuple[Path, dict]:
     """Predict ``cfg.ground_truth``'s cases with ``cfg.ckpt_path`` into ``<output_dir>/predictions``."""
     from lightning_brats.cli.predict import predict
 
@@ -49,6 +86,7 @@ def _predict_first(cfg: DictConfig) -> tuple[Path, dict]:
         {
             "ckpt_path": cfg.ckpt_path,
             "input": cfg.ground_truth,
+            "cases": cases,
             "files": None,
             "case_id": None,
             "output_dir": str(Path(cfg.output_dir) / "predictions"),
@@ -69,13 +107,14 @@ def evaluate(cfg: DictConfig) -> dict:
         ``{"rows": per-case dicts, "summary": per (metric, region) dicts, "output_dir": Path}``.
 
     Raises:
-        DataError: the ground truth holds no labelled case; a prediction is missing (unless
-            ``allow_missing=true``), unreadable, off-grid or holds unknown labels.
+        DataError: the ground truth holds no labelled case (or not a listed one); a prediction
+            is missing (unless ``allow_missing=true``), unreadable, off-grid or holds unknown labels.
         ValueError: neither ``predictions`` nor ``ckpt_path`` is given, or no release is known.
     """
     output_dir = Path(cfg.output_dir)
+    selected = _selected_cases(cfg)
     if cfg.get("ckpt_path"):
-        predictions, data = _predict_first(cfg)
+        predictions, data = _predict_first(cfg, selected)
     elif cfg.get("predictions"):
         predictions, data = Path(cfg.predictions), _data_config(cfg)
     else:
@@ -84,6 +123,11 @@ def evaluate(cfg: DictConfig) -> dict:
     labels = {str(k): int(v) for k, v in data["labels"].items()}
     layout = hydra.utils.instantiate(data["layout"])
     cases = [c for c in layout.find_cases(Path(cfg.ground_truth)) if c.label is not None]
+    if selected is not None:
+        unknown = sorted(set(selected) - {c.case_id for c in cases})
+        if unknown:
+            raise DataError(f"cases={unknown} are not labelled cases under ground_truth={cfg.ground_truth}")
+        cases = [c for c in cases if c.case_id in set(selected)]
     if not cases:
         raise DataError(f"no labelled cases under ground_truth={cfg.ground_truth} ({layout.describe()})")
     missing = [c.case_id for c in cases if not (predictions / f"{c.case_id}.nii.gz").is_file()]

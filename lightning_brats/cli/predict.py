@@ -59,11 +59,13 @@ def build_predictor(cfg: DictConfig) -> Predictor:
 
 
 def find_input_cases(cfg: DictConfig, model: TrainedModel) -> list[CaseFiles]:
-    """The cases to predict: ``cfg.files`` (explicit modality files) or every case under ``cfg.input``.
+    """The cases to predict: ``cfg.files`` (explicit modality files) or the cases under ``cfg.input``
+    (all, or those listed in ``cfg.cases``).
 
     Raises:
         ValueError: neither or both of ``input`` and ``files`` are given.
-        DataError: ``input`` is not a folder or holds no case (the message names the layout).
+        DataError: ``input`` is not a folder or holds no case (the message names the layout), or
+            a listed case is not there.
     """
     if bool(cfg.get("input")) == bool(cfg.get("files")):
         raise ValueError("give one of input=<dataset root or case folder> or files={modality: path, ...}")
@@ -73,7 +75,15 @@ def find_input_cases(cfg: DictConfig, model: TrainedModel) -> list[CaseFiles]:
     if root.is_file():
         raise DataError(f"input={root} is a file; give its folder, or the modality files as files={{modality: path, ...}}")
     layout = hydra.utils.instantiate(model.data["layout"])
-    return layout.find_cases(root)
+    cases = layout.find_cases(root)
+    wanted = cfg.get("cases")
+    if wanted:
+        found = {c.case_id: c for c in cases}
+        unknown = sorted(set(wanted) - set(found))
+        if unknown:
+            raise DataError(f"cases={unknown} not found under {root} ({len(found)} cases there)")
+        cases = [found[c] for c in sorted(set(wanted))]
+    return cases
 
 
 def predict(cfg: DictConfig) -> dict:
