@@ -1,12 +1,81 @@
 """lightning-brats: brain-tumour segmentation experiments on multimodal MRI.
 
 Importing the package registers the OmegaConf resolvers the configs in ``conf/`` use:
-``${len:${data.modalities}}`` (input channels) and ``${len:${data.regions}}`` (outputs).
+
+- ``${len:${data.modalities}}`` (input channels) and ``${len:${data.regions}}`` (outputs);
+- ``${sweep_group:${task_name}}``: the W&B group shared by the jobs of one multirun (``-m``),
+  ``"<task_name>-<sweep folder name>"``, e.g. ``train-2026-01-31_12-00-00``; ``""`` (no group)
+  for a single run or when no Hydra app is running (the compose API without Hydra's config);
+- ``${override_tags:${tags}}``: ``tags`` followed by the job's command-line overrides
+  (``hydra.overrides.task``, e.g. ``model=unet2d``, ``data.fold=1``), duplicates dropped and
+  overrides longer than W&B's 64-character tag limit (mostly paths) left out;
+- ``${slurm_count:trainer.devices}``: a trainer count (nodes, GPUs per node) as a positive int for
+  the SLURM launcher (conf/hydra/launcher/slurm_multinode.yaml); 1 when the key is not set.
 """
 
-from omegaconf import OmegaConf
+from pathlib import Path
+
+from omegaconf import ListConfig, OmegaConf
 
 __version__ = "0.1.0"
 
+#: W&B refuses tags longer than this (``wandb.init`` raises ``ValueError``).
+WANDB_TAG_MAX_CHARS = 64
+
+
+def _hydra_config():
+    """Hydra's config of the running job, or ``None`` outside a Hydra app."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def sweep_group(prefix: str) -> str:
+    """``"<prefix>-<sweep folder name>"`` inside a Hydra multirun job, else ``""``."""
+    from hydra.types import RunMode
+
+    hydra_cfg = _hydra_config()
+    if hydra_cfg is None or hydra_cfg.mode != RunMode.MULTIRUN:
+        return ""
+    return f"{prefix}-{Path(str(hydra_cfg.sweep.dir)).name}"
+
+
+def override_tags(tags) -> ListConfig:
+    """``tags`` plus the job's command-line overrides that fit in a W&B tag (in order, no duplicates).
+
+    A ``ListConfig``, not a list: ``OmegaConf.resolve`` (``--cfg job --resolve``) refuses a plain list.
+    """
+    hydra_cfg = _hydra_config()
+    overrides = list(hydra_cfg.overrides.task) if hydra_cfg is not None else []
+    out: list[str] = []
+    for tag in [*(tags or []), *overrides]:
+        tag = str(tag)
+        if tag and len(tag) <= WANDB_TAG_MAX_CHARS and tag not in out:
+            out.append(tag)
+    return OmegaConf.create(out)
+
+
+def slurm_count(key: str, *, _root_) -> int:
+    """The value of ``key`` (e.g. ``trainer.devices``) in the composed config as a positive int.
+
+    Raises:
+        ValueError: the value is not a positive whole number (e.g. ``"auto"``); the message
+            names the key and the override that fixes it.
+    """
+    value = OmegaConf.select(_root_, key, default=1)
+    if isinstance(value, bool) or not str(value).isdigit() or int(value) < 1:
+        raise ValueError(
+            f"hydra/launcher=slurm_multinode sizes the SLURM job from {key}, which is {value!r}: "
+            f"pass a number, e.g. {key}=4 (trainer.devices = GPUs per node, trainer.num_nodes = nodes)"
+        )
+    return int(value)
+
+
 if not OmegaConf.has_resolver("len"):
     OmegaConf.register_new_resolver("len", lambda value: len(value))
+if not OmegaConf.has_resolver("sweep_group"):
+    OmegaConf.register_new_resolver("sweep_group", sweep_group)
+if not OmegaConf.has_resolver("override_tags"):
+    OmegaConf.register_new_resolver("override_tags", override_tags)
+if not OmegaConf.has_resolver("slurm_count"):
+    OmegaConf.register_new_resolver("slurm_count", slurm_count)

@@ -1,6 +1,7 @@
 """``lightning-brats <command> [hydra overrides]``: one entry point for the project's commands.
 
-Commands: ``train``, ``predict``, ``eval`` (same as ``lightning-brats-{train,predict,eval}``), ``check-data``.
+Commands: ``train``, ``predict``, ``eval`` (same as ``lightning-brats-{train,predict,eval}``), ``check-data``,
+``summarize <multirun dir>`` (a multirun's Dice per job and mean/std over folds).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ def main() -> None:
         "predict": "lightning_brats.cli.predict",
         "eval": "lightning_brats.cli.eval",
         "check-data": "lightning_brats.cli.check_data",
+        "summarize": "lightning_brats.cli.summarize",
     }
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         print(f"usage: lightning-brats {{{','.join(commands)}}} [overrides ...]   (add --help to a command for its options)")
