@@ -207,3 +207,27 @@ def test_held_out_cases_come_from_the_checkpoints_run_folder(trained_brats_run, 
     moved.write_bytes((run / "checkpoints" / "last.ckpt").read_bytes())
     with pytest.raises(DataError, match=rf"cases=held_out: no {tmp_path / 'splits.json'}"):
         held_out_cases(moved)
+
+
+@pytest.mark.real_data
+def test_2d_lgg_model_predicts_a_patient_as_nifti(lgg_root, cache_dir, tmp_path):
+    """The LGG TIFF slices (no NIfTI header) give a NIfTI label map of the patient's slice stack in
+    the mask's code (255), with the nominal spacing as its affine; ET post-processing does not apply."""
+    from lightning_brats.cli.train import train
+    from tests.conftest import compose_config
+
+    run = tmp_path / "run"
+    train(compose_config(
+        ["experiment=lgg_cpu", f"data.root={lgg_root}", "logger=csv", "data.samples_per_epoch=32", "data.patch_size=[64,64]",
+         "data.spacing=[4,4,1]", "model.net.base_filters=8", "model.net.depth=3", "trainer.max_epochs=1",
+         "trainer.check_val_every_n_epoch=1", "validate_best=false", "data.max_val_cases=1"],
+        run, cache_dir,
+    ))
+    patient = min(p for p in lgg_root.iterdir() if p.is_dir())
+    slices = len([p for p in patient.glob("*.tif") if not p.name.endswith("_mask.tif")])
+    result = _predict(run / "checkpoints" / "last.ckpt", tmp_path / "out", f"input={patient}", "inference.flip_tta=true")
+    assert result["cases"] == [patient.name]
+    img = nib.load(tmp_path / "out" / f"{patient.name}.nii.gz")
+    assert img.shape == (256, 256, slices)
+    np.testing.assert_allclose(img.header.get_zooms()[:3], (1.0, 1.0, 1.0))  # data=lgg's nominal spacing
+    assert set(np.unique(np.asarray(img.dataobj))) <= {0, 255}
