@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import WandbLogger
 from torch import nn
+from torchmetrics import MeanMetric
 
 from lightning_brats.inference import predict_logits
 from lightning_brats.labels import nested_region_codes, regions_to_labels
@@ -20,6 +21,9 @@ log = logging.getLogger(__name__)
 
 #: Key under which a checkpoint carries the run's resolved ``data`` and ``model`` config.
 CONFIG_KEY = "lightning_brats_config"
+
+#: Key under which a checkpoint carries the W&B run id, so that a resumed run continues that W&B run.
+WANDB_ID_KEY = "lightning_brats_wandb_run_id"
 
 
 class SegmentationModule(pl.LightningModule):
@@ -39,7 +43,8 @@ class SegmentationModule(pl.LightningModule):
         scheduler: partial LR scheduler, called with the optimiser, stepped per epoch; or ``None``.
         sliding_window_overlap: overlap of validation windows (fraction).
         sw_batch_size: windows (3D) or slices (2D) per validation forward pass.
-        num_val_images: cases per validation pictured in W&B (the picture ``eval.py`` writes).
+        num_val_images: cases per validation pictured in W&B (the picture ``eval.py`` writes); under
+            DDP the first of global rank 0's share of the cases.
         display_modality: modality shown under the overlays, or a list of them: the first the
             data has (default T1ce, else FLAIR, else the first channel).
         threshold: probability above which a voxel belongs to a region.
@@ -80,6 +85,9 @@ class SegmentationModule(pl.LightningModule):
         self.patch_size: list[int] = []
         self.display_channel = 0
         self.val_dice: RegionDice | None = None
+        # mean validation loss over cases, reduced over all processes by torchmetrics (Lightning's
+        # sync_dist mean divides an integer case count on gloo, wrong when counts differ)
+        self.val_loss = MeanMetric()
         self.run_config: dict | None = None
 
     def setup(self, stage: str) -> None:
@@ -151,29 +159,37 @@ class SegmentationModule(pl.LightningModule):
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits = self.compiled_net(batch["image"])
         loss = self.train_loss(logits, batch["target"])
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch["image"].shape[0])
+        # sync_dist: under DDP the logged loss is the mean over all processes' samples, not rank 0's
+        self.log(
+            "train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch["image"].shape[0], sync_dist=True
+        )
         return loss
 
     def validation_step(self, batch: Mapping, batch_idx: int) -> None:
         image, target = batch["image"], batch["target"]
         logits = predict_logits(self.compiled_net, image, self.patch_size, self.hparams.sliding_window_overlap, self.hparams.sw_batch_size)
-        self.log("val/loss", self.loss(logits, target), on_epoch=True, batch_size=1)
+        # reduced once at the epoch's end (sum of losses / sum of cases over the processes): no
+        # per-step collective, so processes may validate different numbers of cases
+        self.val_loss.update(self.loss(logits, target))
+        self.log("val/loss", self.val_loss, on_epoch=True, batch_size=1)
         pred = torch.sigmoid(logits) > self.hparams.threshold
         self.val_dice.update(pred, target)
         if batch_idx < self.hparams.num_val_images:
             self._log_picture(batch, pred)
 
     def on_validation_epoch_end(self) -> None:
+        # compute() sums the per-case Dice and the case counts over all processes, so every process
+        # holds the Dice of all validation cases; sync_dist then averages equal values
         dice = self.val_dice.compute().reshape(-1)  # torchmetrics squeezes a single region to 0-d
         for name, value in zip(self.region_names, dice):
-            self.log(f"val/dice_{name}", value.float())
-        self.log("val/dice_mean", dice.mean().float(), prog_bar=True)
+            self.log(f"val/dice_{name}", value.float(), sync_dist=True)
+        self.log("val/dice_mean", dice.mean().float(), prog_bar=True, sync_dist=True)
         self.val_dice.reset()
 
     def _log_picture(self, batch: Mapping, pred: torch.Tensor) -> None:
         """Log :func:`~lightning_brats.visualize.case_figure` of one validation case to W&B."""
         wandb_loggers = [lg for lg in self.loggers if isinstance(lg, WandbLogger)]
-        if not wandb_loggers or self.trainer.sanity_checking:
+        if not wandb_loggers or self.trainer.sanity_checking or not self.trainer.is_global_zero:
             return
         dm = self.trainer.datamodule
         truth = regions_to_labels(batch["target"][0].cpu().numpy(), dm.regions)
@@ -199,6 +215,9 @@ class SegmentationModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.run_config is not None:
             checkpoint[CONFIG_KEY] = self.run_config
+        wandb_ids = [lg.version for lg in self.loggers if isinstance(lg, WandbLogger) and lg.version]
+        if wandb_ids:  # global rank 0, the process that writes the checkpoint
+            checkpoint[WANDB_ID_KEY] = str(wandb_ids[0])
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Refuse a checkpoint trained for other channels or regions before its weights are loaded."""

@@ -3,19 +3,28 @@
 Follows lightning-hydra-template's ``src/train.py``: every object is built with
 ``hydra.utils.instantiate`` from its ``_target_``; ``main`` returns the value of
 ``optimized_metric`` so Hydra sweepers can optimise it.
+
+Multi-process training (``trainer=ddp``, ``trainer=ddp_cpu``) is Lightning's DDP: with its
+default launcher Lightning re-runs this command for ranks 1.. with ``hydra.run.dir`` set to
+rank 0's run folder, so a run has one folder. Resuming (``ckpt_path=...``) is Lightning's
+checkpoint restore; see :func:`resolve_ckpt_path` for ``ckpt_path=last``.
 """
 
 from __future__ import annotations
 
 import logging
+import pickle
+import re
 import shutil
 from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
-from omegaconf import DictConfig, OmegaConf
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 import lightning_brats  # noqa: F401  (registers the ${len:...} resolver)
+from lightning_brats.module import WANDB_ID_KEY
 
 log = logging.getLogger("lightning_brats.train")
 
@@ -30,8 +39,158 @@ def _instantiate_dict(cfg: DictConfig | None) -> list:
     return [hydra.utils.instantiate(c) for c in cfg.values() if isinstance(c, DictConfig) and "_target_" in c]
 
 
+#: Where ``ckpt_path=last`` looks, below ``paths.log_dir``: the last checkpoints of this task's single runs.
+LAST_CHECKPOINTS = "{task_name}/runs/*/checkpoints/last.ckpt"
+
+
+def resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    """The checkpoint ``trainer.fit`` resumes from, from ``cfg.ckpt_path``.
+
+    - unset, ``null`` or empty: none (train from the start). Under SLURM, Lightning itself then
+      resumes from the ``hpc_ckpt_<n>.ckpt`` it saved in ``trainer.default_root_dir`` (the run
+      folder) before a requeue.
+    - ``last``: the newest (by modification time) of ``<paths.log_dir>/<task_name>/runs/*/checkpoints/last.ckpt``,
+      i.e. the last epoch of this task's most recent single run. Lightning's own ``"last"`` looks
+      in this run's checkpoint folder, which Hydra has just created empty, and then only warns
+      and starts from scratch; here finding nothing is an error.
+    - ``hpc``: passed to Lightning (the newest ``hpc_ckpt_<n>.ckpt`` in ``trainer.default_root_dir``).
+    - anything else: a checkpoint file.
+
+    Every DDP process resolves ``last`` alike: the first checkpoint of this run is written only
+    after all processes have joined, which they do after resolving.
+
+    Raises:
+        FileNotFoundError: ``ckpt_path=last`` finds no checkpoint (the message names the pattern
+            searched), or the named checkpoint file does not exist.
+    """
+    value = cfg.get("ckpt_path")
+    if value is None or str(value).strip() == "":
+        return None
+    value = str(value)
+    if value == "hpc":
+        return value
+    if value == "last":
+        pattern = str(Path(cfg.paths.log_dir) / LAST_CHECKPOINTS.format(task_name=cfg.task_name))
+        found = [p for p in Path(cfg.paths.log_dir).glob(LAST_CHECKPOINTS.format(task_name=cfg.task_name)) if p.is_file()]
+        if not found:
+            raise FileNotFoundError(
+                f"ckpt_path=last: no checkpoint matches {pattern}; train without ckpt_path first, or pass "
+                "ckpt_path=/path/to/checkpoint.ckpt (check task_name and paths.log_dir / LIGHTNING_BRATS_ROOT)"
+            )
+        return str(max(found, key=lambda p: p.stat().st_mtime).resolve())
+    from lightning_fabric.utilities.cloud_io import get_filesystem
+
+    if not get_filesystem(value).exists(value):
+        raise FileNotFoundError(f"ckpt_path={value}: no such checkpoint file; pass an existing .ckpt or ckpt_path=last")
+    return value
+
+
+def _lightning_hpc_checkpoint(cfg: DictConfig, ckpt_path: str | None) -> str | None:
+    """The ``hpc_ckpt_<n>.ckpt`` Lightning resumes from: with ``ckpt_path="hpc"``, or by itself
+    under SLURM when ``ckpt_path`` is ``None`` (the newest in ``trainer.default_root_dir``)."""
+    from lightning_fabric.plugins.environments import SLURMEnvironment
+
+    root = cfg.trainer.get("default_root_dir")
+    if not root or (ckpt_path != "hpc" and not SLURMEnvironment.detect()):
+        return None
+    found = {int(m.group(1)): p for p in Path(root).glob("hpc_ckpt_*.ckpt") if (m := re.fullmatch(r"hpc_ckpt_(\d+)\.ckpt", p.name))}
+    return str(found[max(found)]) if found else None
+
+
+def read_wandb_run_id(ckpt_path: str) -> str | None:
+    """The W&B run id stored in a checkpoint by :class:`~lightning_brats.module.SegmentationModule`, or ``None``."""
+    from fsspec.implementations.local import LocalFileSystem
+    from lightning_fabric.utilities.cloud_io import get_filesystem
+
+    fs = get_filesystem(ckpt_path)
+    try:
+        if isinstance(fs, LocalFileSystem):  # memory-mapped: the weights are not read
+            checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+        else:
+            with fs.open(ckpt_path, "rb") as handle:
+                checkpoint = torch.load(handle, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:  # trainer.fit reports it properly
+        log.warning(f"Could not read the W&B run id from {ckpt_path}: {exc}")
+        return None
+    run_id = checkpoint.get(WANDB_ID_KEY)
+    return str(run_id) if run_id else None
+
+
+def continue_wandb_run(cfg: DictConfig, ckpt_path: str | None) -> str | None:
+    """Make the configured ``WandbLogger`` continue the W&B run of the checkpoint being resumed.
+
+    Sets ``id`` and ``resume="allow"`` on every ``logger.*`` entry whose ``_target_`` is a
+    ``WandbLogger`` and that has no ``id`` of its own. ``ckpt_path`` ``None`` under SLURM looks
+    at Lightning's requeue checkpoint (see :func:`resolve_ckpt_path`).
+
+    Returns:
+        the run id used, or ``None`` (no W&B logger, nothing resumed, or no id in the checkpoint).
+    """
+    wandb_cfgs = [
+        c for c in (cfg.get("logger") or {}).values()
+        if isinstance(c, DictConfig) and str(c.get("_target_", "")).endswith("WandbLogger") and not c.get("id")
+    ]
+    source = ckpt_path if ckpt_path not in (None, "hpc") else _lightning_hpc_checkpoint(cfg, ckpt_path)
+    if not wandb_cfgs or source is None:
+        return None
+    run_id = read_wandb_run_id(source)
+    if run_id is None:
+        _log_rank_zero(logging.WARNING, f"{source} holds no W&B run id ({WANDB_ID_KEY}): the resumed run starts a new W&B run")
+        return None
+    for wandb_cfg in wandb_cfgs:
+        with open_dict(wandb_cfg):
+            wandb_cfg.id = run_id
+            wandb_cfg.resume = "allow"
+    _log_rank_zero(logging.INFO, f"Continuing W&B run {run_id}")
+    return run_id
+
+
+def _log_rank_zero(level: int, message: str) -> None:
+    """Log once per run, not once per DDP process (the rank comes from the launcher's environment)."""
+    from pytorch_lightning.utilities import rank_zero_only
+
+    if getattr(rank_zero_only, "rank", 0) == 0:
+        log.log(level, message)
+
+
+def check_no_relaunch_in_multirun(trainer: pl.Trainer) -> None:
+    """Refuse Lightning's re-running DDP launcher inside a Hydra multirun (``-m``).
+
+    That launcher starts ranks 1.. by re-running this process's command line, which in a
+    multirun is the whole sweep: every extra process would run the sweep again (duplicate sweep
+    folders, and with a sampling sweeper such as Optuna other hyperparameters than rank 0's).
+    Processes started by SLURM (srun, e.g. Hydra's submitit launcher) or spawned are fine.
+
+    Raises:
+        ValueError: a multirun job would re-run the command line for more than one process.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+    launcher = getattr(trainer.strategy, "launcher", None)
+    if (
+        isinstance(launcher, _SubprocessScriptLauncher)
+        and launcher.num_processes > 1
+        and not launcher.cluster_environment.creates_processes_externally
+        and HydraConfig.initialized()
+        and HydraConfig.get().mode == RunMode.MULTIRUN
+    ):
+        raise ValueError(
+            f"trainer.devices={launcher.num_processes} in a Hydra multirun (-m): Lightning's DDP launcher re-runs the "
+            "command line for each extra process, which would re-run the whole sweep there. Run the sweep on SLURM "
+            "(hydra/launcher=submitit_slurm with tasks_per_node = trainer.devices: srun starts the processes), or "
+            "run each setting as its own single run"
+        )
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train (and validate the best checkpoint) as ``cfg`` says.
+
+    ``cfg.ckpt_path`` resumes a run exactly (see :func:`resolve_ckpt_path`): Lightning restores
+    the weights, optimiser, LR scheduler, epoch, global step, callbacks and the datamodule's
+    sampler state; the W&B logger continues the checkpoint's W&B run (:func:`continue_wandb_run`).
+    The resumed run writes into its own new run folder.
 
     Returns:
         the final callback metrics as floats (``val/dice_wt``, ``val/dice_mean``, ...).
@@ -39,8 +198,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     Raises:
         lightning_brats.data.layouts.DataError: ``data.root`` is missing or holds no cases
             (raised before any training).
+        FileNotFoundError: ``ckpt_path`` names no checkpoint (see :func:`resolve_ckpt_path`).
+        ValueError: DDP that re-runs the command line inside a Hydra multirun
+            (see :func:`check_no_relaunch_in_multirun`).
     """
     pl.seed_everything(cfg.seed, workers=True)
+    ckpt_path = resolve_ckpt_path(cfg)
+    if ckpt_path:
+        _log_rank_zero(logging.INFO, f"Resuming from {ckpt_path}")
     log.info(f"Instantiating datamodule <{cfg.data._target_}>")
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.check_root()  # fail before building anything heavy when the data root is wrong
@@ -54,12 +219,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     }
     model.run_config = {"data": resolved["data"], "model": resolved["model"]}
     callbacks = _instantiate_dict(cfg.get("callbacks"))
+    continue_wandb_run(cfg, ckpt_path)
     loggers = _instantiate_dict(cfg.get("logger"))
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    check_no_relaunch_in_multirun(trainer)
     for lg in trainer.loggers:
         lg.log_hyperparams(resolved)
     try:
-        trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path)
         if trainer.is_global_zero and datamodule.splits_path.exists():
             shutil.copy(datamodule.splits_path, Path(cfg.paths.output_dir) / "splits.json")
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -71,8 +238,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
             metrics["best_model_path"] = best
     finally:
         _finish_wandb(trainer)
-    log.info("Final metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
-    log.info(f"Run folder: {cfg.paths.output_dir}")
+    if trainer.is_global_zero:
+        log.info("Final metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+        log.info(f"Run folder: {cfg.paths.output_dir}")
     return metrics
 
 

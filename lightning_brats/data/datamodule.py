@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_brats.data.layouts import CaseFiles, DataError, Layout
@@ -97,10 +98,13 @@ class BratsDataModule(pl.LightningDataModule):
         regions: evaluated regions, name -> label codes (e.g. ``{wt: [1, 2, 4], ...}``).
         sampling: ``"3d"`` (patches) or ``"2d"`` (axial slices).
         patch_size: ``[x, y, z]`` voxels for 3D; the first two are the slice size for 2D.
-        batch_size: samples per training batch.
+        batch_size: samples per training step, all processes together (the GLOBAL batch). Under
+            DDP each of the ``W`` processes takes ``batch_size // W`` of them
+            (:attr:`rank_batch_size`); ``batch_size`` must be divisible by ``W``.
         spacing: target voxel size in mm (3 values) or ``None`` to keep the original.
         oversample_foreground: fraction of each batch centred on a tumour voxel.
-        samples_per_epoch: training samples per epoch.
+        samples_per_epoch: training samples per epoch, all processes together; an epoch is
+            ``samples_per_epoch // batch_size`` steps (a last incomplete batch is not drawn).
         num_folds, fold, seed: the case-level cross-validation split (see :func:`kfold_split`),
             saved as ``splits.json`` in the cache folder and reused while the labelled cases,
             seed and number of folds stay the same.
@@ -120,10 +124,21 @@ class BratsDataModule(pl.LightningDataModule):
         min_foreground_fraction: drop training cases (3D) or axial slices (2D) whose tumour
             voxels are a smaller share than this of the preprocessed case or slice; validation
             keeps every case. ``None`` or 0 keeps everything. The count dropped is logged.
+        prepare_data_per_node: ``False`` (default): only global rank 0 writes phantoms, the
+            preprocessing cache and ``splits.json`` (:meth:`prepare_data`), which suits a cache
+            folder every node sees (a shared file system); ``True``: local rank 0 of every node
+            does, for node-local cache folders. Other processes only read, after Lightning's barrier.
+
+    Under DDP (Lightning sets :attr:`trainer` before :meth:`setup`) every process draws its own
+    share of each global batch (see :class:`~lightning_brats.data.sampling.EpochSampler`) and the
+    validation cases are split across processes without repeating any (Lightning's
+    ``UnrepeatedDistributedSampler``; its default ``DistributedSampler`` would pad the last
+    processes with repeated cases, which would then count twice in the Dice).
 
     Raises:
         ValueError: an unknown ``sampling``, or one the layout does not support (the LGG
-            slices are 2D only); a ``patch_size`` with too few values.
+            slices are 2D only); a ``patch_size`` with too few values; ``samples_per_epoch``
+            smaller than ``batch_size``.
     """
 
     def __init__(
@@ -154,8 +169,10 @@ class BratsDataModule(pl.LightningDataModule):
         crop: str = "nonzero",
         crop_size: Sequence[int] | None = None,
         min_foreground_fraction: float | None = None,
+        prepare_data_per_node: bool = False,
     ) -> None:
         super().__init__()
+        self.prepare_data_per_node = prepare_data_per_node
         if sampling not in ("2d", "3d"):
             raise ValueError(f"data.sampling must be '2d' or '3d', got {sampling!r}")
         if sampling not in layout.sampling:
@@ -174,7 +191,13 @@ class BratsDataModule(pl.LightningDataModule):
         self.patch_size = [int(p) for p in patch_size][: self.spatial_dims]
         if len(self.patch_size) != self.spatial_dims:
             raise ValueError(f"data.patch_size={list(patch_size)} has fewer than {self.spatial_dims} values")
+        if samples_per_epoch < batch_size:
+            raise ValueError(
+                f"data.samples_per_epoch={samples_per_epoch} is smaller than data.batch_size={batch_size}: an epoch "
+                "would hold no training step; raise data.samples_per_epoch or lower data.batch_size"
+            )
         self.batch_size = batch_size
+        self.rank_batch_size = batch_size
         self.spacing = None if spacing is None else [float(s) for s in spacing]
         self.oversample_foreground = oversample_foreground
         self.samples_per_epoch = samples_per_epoch
@@ -204,7 +227,8 @@ class BratsDataModule(pl.LightningDataModule):
         self.train_ids: list[str] = []
         self.val_ids: list[str] = []
         self.train_set = self.val_set = None
-        self.train_sampler = EpochSampler(samples_per_epoch)
+        # whole global batches only, so that any process count dividing batch_size shares them evenly
+        self.train_sampler = EpochSampler(samples_per_epoch - samples_per_epoch % batch_size)
 
     @property
     def region_names(self) -> list[str]:
@@ -258,9 +282,32 @@ class BratsDataModule(pl.LightningDataModule):
         if not self.splits_file:
             self._write_splits(cases)
 
+    @property
+    def world_size(self) -> int:
+        """Processes training together: the trainer's ``world_size``, 1 without a trainer."""
+        trainer = getattr(self, "trainer", None)
+        return int(trainer.world_size) if trainer is not None else 1
+
     def setup(self, stage: str | None = None) -> None:
-        """Split by case and build the training and validation datasets from the cache."""
+        """Split by case and build the training and validation datasets from the cache.
+
+        Raises:
+            ValueError: ``data.batch_size`` is not divisible by the number of processes, or
+                there are fewer validation cases than processes.
+            DataError: the splits file does not match the cases.
+        """
+        world = self.world_size
+        if self.batch_size % world:
+            raise ValueError(
+                f"data.batch_size={self.batch_size} is the global batch size and must be divisible by the {world} "
+                f"processes (trainer.devices x trainer.num_nodes); set data.batch_size to a multiple of {world}, "
+                f"e.g. data.batch_size={world * max(1, round(self.batch_size / world))}"
+            )
+        self.rank_batch_size = self.batch_size // world
+        rank = int(self.trainer.global_rank) if world > 1 else 0
+        self.train_sampler = EpochSampler(self.train_sampler.samples_per_epoch, world, rank, self.train_sampler.epoch)
         if self.train_set is not None:
+            self._check_val_shards(world)
             return
         labelled = set(self._labelled_ids(self.find_cases()))
         folds = read_splits(self.splits_path)
@@ -291,11 +338,20 @@ class BratsDataModule(pl.LightningDataModule):
         if self.train_set.dropped:
             log.info(f"data.min_foreground_fraction={self.min_foreground_fraction}: {self.train_set.dropped}")
         self.val_set = WholeCaseDataset([self.cache.load(i) for i in val_ids], self.regions)
+        self._check_val_shards(world)
+
+    def _check_val_shards(self, world: int) -> None:
+        if world > 1 and len(self.val_set) < world:
+            raise ValueError(
+                f"{len(self.val_set)} validation cases cannot be shared by {world} processes (each needs at least "
+                f"one): raise data.max_val_cases, use fewer data.num_folds, or train on fewer processes"
+            )
 
     def train_dataloader(self) -> DataLoader:
+        """Batches of :attr:`rank_batch_size` samples: this process's share of each global batch."""
         return DataLoader(
             self.train_set,
-            batch_size=self.batch_size,
+            batch_size=self.rank_batch_size,
             sampler=self.train_sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
@@ -303,12 +359,20 @@ class BratsDataModule(pl.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=1, num_workers=min(self.num_workers, 1))
+        """Whole cases, one per batch; under DDP process ``r`` of ``W`` gets cases ``r, r + W, ...``."""
+        sampler = None
+        if self.world_size > 1:
+            sampler = UnrepeatedDistributedSampler(
+                self.val_set, num_replicas=self.world_size, rank=self.trainer.global_rank, shuffle=False
+            )
+        return DataLoader(self.val_set, batch_size=1, sampler=sampler, num_workers=min(self.num_workers, 1))
 
     def state_dict(self) -> dict:
+        """Saved in checkpoints by Lightning: the training sampler's epoch."""
         return {"train_sampler": self.train_sampler.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restored by Lightning on ``fit(ckpt_path=...)`` before the first epoch."""
         self.train_sampler.load_state_dict(state["train_sampler"])
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, DistributedSampler
 
 from lightning_brats.data.preprocess import CachedCase
 
@@ -99,24 +99,47 @@ def slice_foreground_fractions(label: np.ndarray) -> np.ndarray:
     return np.count_nonzero(label, axis=(0, 1)) / float(label.shape[0] * label.shape[1])
 
 
-class EpochSampler(Sampler):
+class EpochSampler(DistributedSampler):
     """Yields ``(epoch, index)`` keys for :class:`TrainingSampleDataset`, a new epoch per pass.
 
+    One epoch's keys are ``(epoch, 0) ... (epoch, samples_per_epoch - 1)`` over all processes:
+    process ``rank`` of ``num_replicas`` yields the indices ``rank, rank + num_replicas, ...``
+    in order, so with a per-process batch of ``B / num_replicas`` step ``k`` of every process
+    takes its share of global batch ``k`` (indices ``kB ... kB + B - 1``, nnU-Net's
+    oversampling positions intact), no two processes draw the same sample, and together they
+    draw exactly the samples of a single-process run.
+
+    A ``DistributedSampler`` (unshuffled, no padding), so that Lightning leaves it in place
+    under DDP instead of wrapping it in its ``DistributedSamplerWrapper``, which shuffles the
+    keys across the epoch and would mix the global batches. Lightning calls :meth:`set_epoch`
+    with its epoch counter before every training epoch (also after a resume), so the keys follow
+    the trainer's epoch; outside Lightning each pass moves on to the next epoch by itself.
+
     Args:
-        num_samples: samples per epoch.
+        samples_per_epoch: samples per epoch, all processes together.
+        num_replicas: processes sharing the epoch.
+        rank: this process's global rank.
+        epoch: the epoch of the first pass.
+
+    Raises:
+        ValueError: ``samples_per_epoch`` is not divisible by ``num_replicas`` (there is no
+            padding, which would draw samples twice), or ``rank`` is outside ``[0, num_replicas)``.
     """
 
-    def __init__(self, num_samples: int) -> None:
-        self.num_samples = num_samples
-        self.epoch = 0
+    def __init__(self, samples_per_epoch: int, num_replicas: int = 1, rank: int = 0, epoch: int = 0) -> None:
+        if samples_per_epoch % num_replicas:
+            raise ValueError(f"{samples_per_epoch} samples per epoch cannot be shared evenly by {num_replicas} processes")
+        super().__init__(range(samples_per_epoch), num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+        self.samples_per_epoch = samples_per_epoch
+        self.epoch = epoch
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch = self.epoch
         self.epoch += 1
-        return iter([(epoch, i) for i in range(self.num_samples)])
+        return iter([(epoch, i) for i in range(self.rank, self.samples_per_epoch, self.num_replicas)])
 
     def __len__(self) -> int:
-        return self.num_samples
+        return self.num_samples  # this process's share
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch}
@@ -144,7 +167,8 @@ class TrainingSampleDataset(Dataset):
         ValueError: a ``patch_size`` of neither 2 nor 3 values; the filter leaves nothing.
 
     Items (keyed by ``(epoch, index)`` from :class:`EpochSampler`) are dicts with
-    ``image`` ``(C, *patch_size)`` float32 and ``target`` ``(R, *patch_size)`` float32.
+    ``image`` ``(C, *patch_size)`` float32, ``target`` ``(R, *patch_size)`` float32 and
+    ``key`` ``(2,)`` int64, the ``(epoch, index)`` that drew the sample.
     """
 
     def __init__(
@@ -218,7 +242,11 @@ class TrainingSampleDataset(Dataset):
         target = labels_to_regions(label, self.regions)
         if self.augment is not None:
             image, target = self.augment(image, target, rng)
-        return {"image": torch.from_numpy(np.ascontiguousarray(image)), "target": torch.from_numpy(np.ascontiguousarray(target))}
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image)),
+            "target": torch.from_numpy(np.ascontiguousarray(target)),
+            "key": torch.tensor([epoch, index], dtype=torch.int64),
+        }
 
 
 @dataclass(frozen=True)
