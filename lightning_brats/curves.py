@@ -17,7 +17,8 @@ class TrainingCurves(pl.Callback):
 
     Records ``train/loss_epoch`` after each training epoch and ``val/loss`` and every
     ``val/dice_*`` after each validation (sanity checks excluded). Written by global rank 0 only,
-    atomically, also when training stops early (``max_time``, interruption).
+    atomically, also when training stops early (``max_time``, interruption). The history travels
+    in checkpoints (callback state), so a resumed run draws every epoch, not only its own.
 
     Args:
         dirpath: the run folder.
@@ -33,6 +34,12 @@ class TrainingCurves(pl.Callback):
             value = trainer.callback_metrics.get(key)
             if value is not None:
                 self.history.setdefault(key, []).append((trainer.current_epoch, float(value)))
+
+    def state_dict(self) -> dict:
+        return {"history": {key: [list(point) for point in points] for key, points in self.history.items()}}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = {key: [(int(e), float(v)) for e, v in points] for key, points in state_dict["history"].items()}
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._record(trainer, ["train/loss_epoch"])

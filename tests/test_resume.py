@@ -91,6 +91,9 @@ def test_two_epochs_then_resume_equals_three_straight(phantom_root, tmp_path):
     for state_a, state_b in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values()):
         torch.testing.assert_close(state_b["exp_avg_sq"], state_a["exp_avg_sq"], atol=1e-8, rtol=1e-5)
     assert a["lr_schedulers"] == b["lr_schedulers"]  # PolynomialLR continued, not restarted
+    # curves.png's history travels in the checkpoint: the resumed run has all three epochs
+    curves = next(v for k, v in b["callbacks"].items() if k.startswith("TrainingCurves"))
+    assert [epoch for epoch, _ in curves["history"]["train/loss_epoch"]] == [0, 1, 2]
     for key in ("val/dice_wt", "val/dice_tc", "val/dice_et", "val/dice_mean", "val/loss"):
         assert resumed[key] == pytest.approx(straight[key], abs=1e-6)
     # the sampler went on with epoch 2's samples, the ones the straight run drew in its third epoch
