@@ -41,16 +41,19 @@ def summarize(run: Path) -> dict:
 
 
 def main(runs: list[str]) -> None:
-    print("| overrides | wall (min) | epochs | steps | which | Dice WT | Dice TC | Dice ET | mean |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for run in runs:
-        s = summarize(Path(run))
+    summaries = [summarize(Path(run)) for run in runs]
+    # every region the runs logged (wt/tc/et for BraTS, abnormality for LGG), mean last
+    regions = sorted({k for s in summaries for k in s["last"] if k.startswith("val/dice_") and k != "val/dice_mean"})
+    names = " | ".join(f"Dice {k.removeprefix('val/dice_').upper()}" for k in regions)
+    print(f"| overrides | wall (min) | epochs | steps | which | {names} | mean |")
+    print("|---|---|---|---|---|" + "---|" * (len(regions) + 1))
+    for s in summaries:
         for which in ("best", "last"):
             r = s[which]
+            dice = " | ".join(f"{float(r[k]):.3f}" if r.get(k) else "" for k in regions)
             print(
                 f"| `{s['overrides']}` | {s['minutes']:.1f} | {s['epochs']} | {s['steps']} | {which} (epoch {r['epoch']}) "
-                f"| {float(r['val/dice_wt']):.3f} | {float(r['val/dice_tc']):.3f} | {float(r['val/dice_et']):.3f} "
-                f"| {float(r['val/dice_mean']):.3f} |"
+                f"| {dice} | {float(r['val/dice_mean']):.3f} |"
             )
 
 

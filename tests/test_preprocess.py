@@ -70,6 +70,17 @@ def test_cache_is_reused_and_redoes_only_missing_cases(brats2018_root, tmp_path)
     loaded = cache.load("Brats18_2013_11_1")
     assert isinstance(loaded.image, np.memmap) and loaded.image.shape[0] == 4
     assert json.loads((cache.path / "Brats18_2013_11_1.json").read_text())["original_shape"] == [240, 240, 155]
+    # the same root given relative to the working directory is the same source: nothing redone
+    import os
+
+    cwd = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        relative = BRATS20.find_cases("root")
+        assert str(relative[0].images["flair"]).startswith("root")
+        assert all(cache.is_cached(c) for c in relative)
+    finally:
+        os.chdir(cwd)
     # a different setting is a different cache folder
     assert PreprocessedCache(tmp_path / "cache", "x", MODALITIES, LABELS, [1, 1, 1]).path != cache.path
 

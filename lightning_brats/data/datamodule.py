@@ -106,7 +106,8 @@ class BratsDataModule(pl.LightningDataModule):
         samples_per_epoch: training samples per epoch, all processes together; an epoch is
             ``samples_per_epoch // batch_size`` steps (a last incomplete batch is not drawn).
         num_folds, fold, seed: the case-level cross-validation split (see :func:`kfold_split`),
-            saved as ``splits.json`` in the cache folder and reused while the labelled cases,
+            saved as ``splits_<k>folds_seed<seed>.json`` in the cache folder (copied into each run folder
+            as ``splits.json``) and reused while the labelled cases,
             seed and number of folds stay the same.
         splits_file: a user-supplied splits file (see :func:`read_splits`); ``data.fold`` picks
             one of its folds and ``num_folds``/``seed`` are then not used.
@@ -125,7 +126,7 @@ class BratsDataModule(pl.LightningDataModule):
             voxels are a smaller share than this of the preprocessed case or slice; validation
             keeps every case. ``None`` or 0 keeps everything. The count dropped is logged.
         prepare_data_per_node: ``False`` (default): only global rank 0 writes phantoms, the
-            preprocessing cache and ``splits.json`` (:meth:`prepare_data`), which suits a cache
+            preprocessing cache and the splits file (:meth:`prepare_data`), which suits a cache
             folder every node sees (a shared file system); ``True``: local rank 0 of every node
             does, for node-local cache folders. Other processes only read, after Lightning's barrier.
 
@@ -241,8 +242,12 @@ class BratsDataModule(pl.LightningDataModule):
 
     @property
     def splits_path(self) -> Path:
-        """The splits file in use: ``data.splits_file`` or ``splits.json`` in the cache folder."""
-        return Path(self.splits_file) if self.splits_file else self.cache.path / "splits.json"
+        """The splits file in use: ``data.splits_file``, or ``splits_<k>folds_seed<seed>.json`` in the
+        cache folder (named by what draws the folds: runs with other fold counts or seeds share the
+        cache but never rewrite each other's folds)."""
+        if self.splits_file:
+            return Path(self.splits_file)
+        return self.cache.path / f"splits_{self.num_folds}folds_seed{self.seed}.json"
 
     def _labelled_ids(self, cases: Sequence[CaseFiles]) -> list[str]:
         labelled = [c.case_id for c in cases if c.label is not None]
@@ -251,7 +256,7 @@ class BratsDataModule(pl.LightningDataModule):
         return labelled
 
     def _write_splits(self, cases: Sequence[CaseFiles]) -> None:
-        """Write ``splits.json`` unless one for the same cases, seed and folds is there (rank 0)."""
+        """Write the splits file (:attr:`splits_path`) unless one for the same cases, seed and folds is there (rank 0)."""
         ids = sorted(self._labelled_ids(cases))
         record = {"seed": self.seed, "num_folds": self.num_folds, "cases": ids}
         path = self.splits_path

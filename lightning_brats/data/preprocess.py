@@ -217,8 +217,10 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 
 def _source_stamp(files: CaseFiles) -> dict:
+    """Absolute path -> (size, mtime) of every source file: the same root given relative or
+    absolute must not look like changed sources (the cache folder's name uses the resolved root)."""
     paths = files.sources()
-    return {str(p): [p.stat().st_size, int(p.stat().st_mtime)] for p in paths}
+    return {str(p.absolute()): [p.stat().st_size, int(p.stat().st_mtime)] for p in paths}
 
 
 @dataclass
