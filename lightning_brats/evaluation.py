@@ -16,7 +16,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from lightning_brats.data.layouts import DataError, LoadedCase, check_label_values
+from lightning_brats.data.layouts import DataError, LoadedCase, check_label_values, check_same_grid
 from lightning_brats.data.preprocess import atomic_save
 from lightning_brats.metrics import case_region_metrics
 
@@ -68,10 +68,7 @@ def read_prediction(path: Path, case: LoadedCase, labels: Mapping[str, int]) -> 
     except Exception as exc:  # nibabel raises many types for corrupt files
         raise DataError(f"{path}: cannot read NIfTI ({type(exc).__name__}: {exc})") from exc
     truth_file = case.files.label if case.files is not None else "the ground truth"
-    if data.shape != case.label.shape:
-        raise DataError(f"{path}: shape {data.shape} differs from the ground truth {truth_file} {case.label.shape}")
-    if not np.allclose(image.affine, case.affine, atol=1e-3):
-        raise DataError(f"{path}: affine differs from the ground truth {truth_file}:\n{image.affine}\nvs\n{case.affine}")
+    check_same_grid(path, data.shape, image.affine, f"the ground truth {truth_file}", case.label.shape, case.affine)
     if not np.all(np.equal(np.mod(data, 1), 0)):
         raise DataError(f"{path}: holds non-integer values; expected a label map with codes {dict(labels)}")
     check_label_values(path, data, labels)

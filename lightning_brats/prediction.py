@@ -37,6 +37,16 @@ log = logging.getLogger(__name__)
 RELEASE_KEYS = ("layout", "labels", "regions")
 
 
+def release_of(data) -> dict:
+    """What ``predict.py`` and ``eval.py`` take from a composed ``data`` config (``data=<release>``):
+    the :data:`RELEASE_KEYS` and the ``modalities`` (to check them against the network), resolved
+    to plain containers; training keys (root, seed, cache) are left out."""
+    from omegaconf import OmegaConf
+
+    return {k: OmegaConf.to_container(data[k], resolve=True) if OmegaConf.is_config(data[k]) else data[k]
+            for k in (*RELEASE_KEYS, "modalities") if k in data}
+
+
 @dataclass
 class TrainedModel:
     """A network restored from a checkpoint, with the data config it needs.

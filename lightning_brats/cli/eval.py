@@ -26,6 +26,7 @@ from lightning_brats.data.layouts import DataError, load_case
 from lightning_brats.data.preprocess import atomic_save
 from lightning_brats.evaluation import METRICS, STATISTICS, read_prediction, score_case, summarize, write_csv
 from lightning_brats.labels import nested_region_codes
+from lightning_brats.prediction import release_of
 from lightning_brats.visualize import case_figure, dice_boxplot, figure_to_png
 
 log = logging.getLogger("lightning_brats.eval")
@@ -38,7 +39,7 @@ def _data_config(cfg: DictConfig) -> dict:
             "eval.py needs the ground truth's release to read it: data=<name> (brats20, brats21, brats23, msd_task01, lgg), "
             "or ckpt_path= to predict with a checkpoint (its data config is used)"
         )
-    return {k: OmegaConf.to_container(cfg.data[k], resolve=True) for k in ("layout", "labels", "regions", "modalities")}
+    return release_of(cfg.data)
 
 
 def held_out_cases(ckpt_path: str | Path) -> list[str]:
@@ -58,7 +59,8 @@ def held_out_cases(ckpt_path: str | Path) -> list[str]:
     path = Path(ckpt_path).resolve().parent.parent / "splits.json"
     if not path.is_file():
         raise DataError(f"cases=held_out: no {path} (train.py copies the folds there); list the cases instead: cases=[...]")
-    config = torch.load(ckpt_path, map_location="cpu", weights_only=True).get(CONFIG_KEY) or {}
+    # memory-mapped: only the stored config is read, not the weights
+    config = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True).get(CONFIG_KEY) or {}
     fold = int(config.get("data", {}).get("fold", 0))
     folds = read_splits(path)
     if fold >= len(folds):

@@ -33,6 +33,7 @@ from lightning_brats.prediction import (
     files_from_paths,
     load_trained_model,
     output_paths,
+    release_of,
     write_nifti,
 )
 
@@ -41,9 +42,7 @@ log = logging.getLogger("lightning_brats.predict")
 
 def build_predictor(cfg: DictConfig) -> Predictor:
     """The model of ``cfg.ckpt_path`` (release from ``cfg.data`` when given) with ``cfg.inference``'s settings."""
-    release = None
-    if cfg.get("data"):  # only these keys: the rest (root, seed, cache) belongs to training
-        release = {k: OmegaConf.to_container(cfg.data[k], resolve=True) for k in ("layout", "labels", "regions", "modalities") if k in cfg.data}
+    release = release_of(cfg.data) if cfg.get("data") else None
     inference = cfg.inference
     model = load_trained_model(cfg.ckpt_path, release, inference.device)
     post = inference.get("postprocess")

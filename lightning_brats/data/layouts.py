@@ -265,7 +265,7 @@ def load_case(
             data = stack[..., files.channels[modality]]
         if ref_path is None:
             ref_path, ref_affine, ref_spacing, ref_shape = path, affine, spacing, data.shape
-        _check_same_grid(path, data.shape, affine, ref_path, ref_shape, ref_affine)
+        check_same_grid(path, data.shape, affine, ref_path, ref_shape, ref_affine)
         data = data.astype(np.float32)
         if not np.isfinite(data).all():
             raise DataError(f"{path}: contains NaN or Inf voxels")
@@ -273,7 +273,7 @@ def load_case(
     label = None
     if files.label is not None and read_label:
         data, affine, _ = _read_nifti(files.label)
-        _check_same_grid(files.label, data.shape, affine, ref_path, ref_shape, ref_affine)
+        check_same_grid(files.label, data.shape, affine, ref_path, ref_shape, ref_affine)
         check_label_values(files.label, data, labels)
         label = data.astype(np.uint8)
     return LoadedCase(files.case_id, np.stack(arrays), label, ref_affine, ref_spacing, files)
@@ -289,7 +289,9 @@ def check_label_values(path: Path, data: np.ndarray, labels: Mapping[str, int] |
         raise DataError(f"{path}: unknown label values {unknown}; the dataset's label map is {dict(labels)}")
 
 
-def _check_same_grid(path, shape, affine, ref_path, ref_shape, ref_affine) -> None:
+def check_same_grid(path, shape, affine, ref_path, ref_shape, ref_affine) -> None:
+    """Raise :class:`DataError` naming ``path`` and ``ref_path`` when the shapes differ or the
+    ``(4, 4)`` affines differ by more than 1e-3 (mm)."""
     if shape != ref_shape:
         raise DataError(f"{path}: shape {shape} differs from {ref_path} {ref_shape}")
     if not np.allclose(affine, ref_affine, atol=1e-3):
