@@ -11,6 +11,7 @@ from pytorch_lightning.loggers import WandbLogger
 from torch import nn
 from torchmetrics import MeanMetric
 
+from lightning_brats.budget import PolyLRByProgress, training_progress
 from lightning_brats.inference import predict_logits
 from lightning_brats.labels import nested_region_codes, regions_to_labels
 from lightning_brats.losses import deep_supervision_loss
@@ -40,7 +41,10 @@ class SegmentationModule(pl.LightningModule):
         net: maps ``(B, C, *patch)`` to ``(B, R, *patch)`` logits.
         loss: maps ``(logits, target)`` to a scalar (e.g. :class:`~lightning_brats.losses.DiceBCELoss`).
         optimizer: partial ``torch.optim`` optimiser, called with the parameters.
-        scheduler: partial LR scheduler, called with the optimiser, stepped per epoch; or ``None``.
+        scheduler: partial LR scheduler, called with the optimiser; or ``None``. Stepped at its
+            ``interval`` attribute (``"step"`` for :class:`~lightning_brats.budget.PolyLRByProgress`,
+            whose ``progress`` this module sets from :func:`~lightning_brats.budget.training_progress`
+            after every optimiser step), else per epoch.
         sliding_window_overlap: overlap of validation windows (fraction).
         sw_batch_size: windows (3D) or slices (2D) per validation forward pass.
         num_val_images: cases per validation pictured in W&B (the picture ``eval.py`` writes); under
@@ -165,6 +169,16 @@ class SegmentationModule(pl.LightningModule):
         )
         return loss
 
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # Lightning steps "step"-interval LR schedulers right after this: give the budget schedules
+        # the progress reached with this step (Lightning counts it in global_step only after we return)
+        schedules = [c.scheduler for c in self.trainer.lr_scheduler_configs if isinstance(c.scheduler, PolyLRByProgress)]
+        if schedules:
+            progress = training_progress(self.trainer, steps_done=self.trainer.global_step + 1)
+            for schedule in schedules:
+                schedule.progress = progress
+
     def validation_step(self, batch: Mapping, batch_idx: int) -> None:
         image, target = batch["image"], batch["target"]
         logits = predict_logits(self.compiled_net, image, self.patch_size, self.hparams.sliding_window_overlap, self.hparams.sw_batch_size)
@@ -210,7 +224,8 @@ class SegmentationModule(pl.LightningModule):
         optimizer = self.optimizer_factory(params=self.parameters())
         if self.scheduler_factory is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer), "interval": "epoch"}}
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": getattr(scheduler, "interval", "epoch")}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.run_config is not None:

@@ -26,6 +26,7 @@ from torch import nn
 
 from lightning_brats.data.layouts import CaseFiles, DataError, LoadedCase, load_case
 from lightning_brats.data.preprocess import atomic_save, preprocess_case, restore_to_original
+from lightning_brats.hardware import inference_precision
 from lightning_brats.inference import predict_probabilities
 from lightning_brats.labels import nested_region_codes, regions_to_labels, small_components_to
 from lightning_brats.module import CONFIG_KEY, check_same_channels
@@ -190,7 +191,11 @@ class Predictor:
         flip_tta: average all flip combinations (8 in 3D, 4 in 2D).
         threshold: probability above which a voxel belongs to a region.
         postprocess: small-component relabelling; ``None`` for none.
-        precision: ``"32"`` or ``"bf16"`` (autocast, which halved the training step on a CPU with AVX512-BF16).
+        precision: ``"auto"`` (bf16 autocast where the device runs bf16 natively, else fp32; see
+            :func:`~lightning_brats.hardware.inference_precision`), ``"32"`` or ``"bf16"``.
+
+    Raises:
+        ValueError: an unknown ``precision``.
     """
 
     def __init__(
@@ -201,15 +206,13 @@ class Predictor:
         flip_tta: bool = True,
         threshold: float = 0.5,
         postprocess: PostProcessing | None = None,
-        precision: str = "32",
+        precision: str = "auto",
     ) -> None:
-        if precision not in ("32", "bf16"):
-            raise ValueError(f"precision={precision!r}: expected '32' or 'bf16'")
         self.model = model
         self.overlap, self.sw_batch_size, self.flip_tta = overlap, sw_batch_size, flip_tta
         self.threshold = threshold
         self.postprocess = postprocess
-        self.precision = precision
+        self.precision = inference_precision(precision, model.device)
 
     def _autocast(self):
         if self.precision == "bf16":

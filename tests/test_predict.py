@@ -154,7 +154,7 @@ def test_checkpoint_segments_held_out_real_cases_and_scores_them(trained_brats_r
     run, _ = trained_brats_run
     cfg = compose_tool_config(
         "eval", [f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", f"ground_truth={held_out_root}", "logger=csv",
-                 "save_probabilities=true", "inference.precision=bf16"],
+                 "save_probabilities=true"],
         tmp_path,
     )
     result = evaluate(cfg)

@@ -20,10 +20,22 @@ from lightning_brats.module import WANDB_ID_KEY
 from tests.conftest import compose_config
 
 # 1 step of 2 samples per epoch, validation of one case after the third epoch only; the LR
-# schedule is planned for 3 epochs in every run (a run stopped after 2 of them, then resumed)
+# schedule follows the planned steps (trainer.max_epochs), so the run stopped after 2 of 3 epochs
+# plans 3 too (StopAfterEpochs)
 TINY = ["data=sample", "data.num_folds=4", "data.max_val_cases=1", "data.patch_size=[32,32,32]", "data.batch_size=2",
         "data.samples_per_epoch=2", "model.net.base_filters=8", "model.sliding_window_overlap=0.25",
-        "model.scheduler.total_iters=3", "trainer.check_val_every_n_epoch=3", "validate_best=false"]
+        "trainer.check_val_every_n_epoch=3", "validate_best=false"]
+
+
+class StopAfterEpochs(pl.Callback):
+    """Stops training at the end of epoch ``epochs - 1``, as an interrupted run would have ended."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epochs - 1:
+            trainer.should_stop = True
 
 
 class KeyRecorder(pl.Callback):
@@ -74,7 +86,8 @@ def test_two_epochs_then_resume_equals_three_straight(phantom_root, tmp_path):
     straight = _run(phantom_root, tmp_path / "straight", ["trainer.max_epochs=3", "logger=csv"])
     # the first run of a task: logs/train/runs/<run>; stopped after 2 of its 3 planned epochs
     first_dir = tmp_path / "logs" / "train" / "runs" / "first"
-    _run(phantom_root, first_dir, ["trainer.max_epochs=2", "logger=wandb"])
+    _run(phantom_root, first_dir, ["trainer.max_epochs=3", "logger=wandb", "+callbacks.stop._target_=tests.test_resume.StopAfterEpochs",
+                                   "+callbacks.stop.epochs=2"])
     first = _load(first_dir / "checkpoints" / "last.ckpt")
     assert first["epoch"] == 1 and first["global_step"] == 2
     assert first["BratsDataModule"] == {"train_sampler": {"epoch": 2}}  # Lightning saved the datamodule's state
@@ -90,7 +103,7 @@ def test_two_epochs_then_resume_equals_three_straight(phantom_root, tmp_path):
         torch.testing.assert_close(b["state_dict"][name], value, atol=1e-6, rtol=1e-5, msg=name)
     for state_a, state_b in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values()):
         torch.testing.assert_close(state_b["exp_avg_sq"], state_a["exp_avg_sq"], atol=1e-8, rtol=1e-5)
-    assert a["lr_schedulers"] == b["lr_schedulers"]  # PolynomialLR continued, not restarted
+    assert a["lr_schedulers"] == b["lr_schedulers"]  # the LR schedule continued, not restarted
     # curves.png's history travels in the checkpoint: the resumed run has all three epochs
     curves = next(v for k, v in b["callbacks"].items() if k.startswith("TrainingCurves"))
     assert [epoch for epoch, _ in curves["history"]["train/loss_epoch"]] == [0, 1, 2]

@@ -25,6 +25,7 @@ from rich.progress import (
 import lightning_brats  # noqa: F401  (registers resolvers)
 from lightning_brats.cli.train import CONFIG_DIR
 from lightning_brats.data.layouts import CaseFiles, DataError
+from lightning_brats.hardware import configure_threads
 from lightning_brats.prediction import (
     PostProcessing,
     Predictor,
@@ -99,6 +100,7 @@ def predict(cfg: DictConfig) -> dict:
     """
     predictor = build_predictor(cfg)
     model = predictor.model
+    threads = configure_threads(num_workers=0)
     cases = find_input_cases(cfg, model)
     output_dir = Path(cfg.output_dir)
     planned = {c.case_id: output_paths(output_dir, c.case_id) for c in cases}
@@ -109,7 +111,8 @@ def predict(cfg: DictConfig) -> dict:
     log.info(
         f"{model.checkpoint}: {len(cases)} cases under {cfg.get('input') or 'files='}, {skipped} already predicted "
         f"in {output_dir} (overwrite=true redoes them); modalities {model.modalities}, regions {list(model.regions)}, "
-        f"window {model.patch_size}, flip TTA {'on' if predictor.flip_tta else 'off'}, device {model.device}"
+        f"window {model.patch_size}, flip TTA {'on' if predictor.flip_tta else 'off'}, device {model.device}, "
+        f"precision {predictor.precision} (inference.precision={cfg.inference.precision}), {threads} CPU threads"
     )
     seconds = []
     start = time.perf_counter()

@@ -24,6 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import lightning_brats  # noqa: F401  (registers the ${len:...} resolver)
+from lightning_brats.hardware import configure_threads, resolve_precision
 from lightning_brats.module import WANDB_ID_KEY
 
 log = logging.getLogger("lightning_brats.train")
@@ -184,6 +185,39 @@ def check_no_relaunch_in_multirun(trainer: pl.Trainer) -> None:
         )
 
 
+def choose_precision_and_threads(cfg: DictConfig) -> None:
+    """Resolve ``trainer.precision=auto`` for this machine and size PyTorch's CPU thread pool.
+
+    Writes the resolved precision back into ``cfg.trainer.precision`` (so the logged config and the
+    checkpoint say what ran) and logs the decision with its reason; see
+    :func:`~lightning_brats.hardware.resolve_precision` and :func:`~lightning_brats.hardware.configure_threads`.
+    """
+    precision, reason = resolve_precision(cfg.trainer.get("precision", "auto"), cfg.trainer.get("accelerator", "auto"))
+    with open_dict(cfg):
+        cfg.trainer.precision = precision
+    _log_rank_zero(logging.INFO, f"Precision {precision}: {reason}")
+    configure_threads(int(cfg.data.get("num_workers") or 0))
+
+
+def check_checkpoint_written(trainer: pl.Trainer) -> None:
+    """Fail a run that trained but left no checkpoint (a scheduler must not record it as a success).
+
+    Raises:
+        RuntimeError: no checkpoint callback saved anything (e.g. the run was stopped before its
+            first epoch ended); the message says how many steps ran.
+    """
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    if trainer.fast_dev_run or not trainer.is_global_zero:
+        return
+    checkpoints = [cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)]
+    if checkpoints and not any(cb.best_model_path or cb.last_model_path for cb in checkpoints):
+        raise RuntimeError(
+            f"training stopped after {trainer.global_step} steps without writing any checkpoint "
+            f"(dirpath {checkpoints[0].dirpath}); nothing of this run can be resumed or used"
+        )
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train (and validate the best checkpoint) as ``cfg`` says.
 
@@ -201,8 +235,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         FileNotFoundError: ``ckpt_path`` names no checkpoint (see :func:`resolve_ckpt_path`).
         ValueError: DDP that re-runs the command line inside a Hydra multirun
             (see :func:`check_no_relaunch_in_multirun`).
+        RuntimeError: training ended without writing a checkpoint (see :func:`check_checkpoint_written`).
     """
     pl.seed_everything(cfg.seed, workers=True)
+    choose_precision_and_threads(cfg)
     ckpt_path = resolve_ckpt_path(cfg)
     if ckpt_path:
         _log_rank_zero(logging.INFO, f"Resuming from {ckpt_path}")
@@ -229,6 +265,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path)
         if trainer.is_global_zero and datamodule.splits_path.exists():
             shutil.copy(datamodule.splits_path, Path(cfg.paths.output_dir) / "splits.json")
+        check_checkpoint_written(trainer)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
         if cfg.get("validate_best") and best:

@@ -1,0 +1,177 @@
+"""What the machine runs fast: the mixed precision to train and predict in, and the CPU threads to use.
+
+bf16 autocast halves a 3D U-Net step on a CPU with native bf16 instructions (AVX512-BF16 or
+AMX-BF16), but on a CPU without them PyTorch falls back to reference kernels (``slow_conv3d``
+and a scalar bf16 GEMM): one step of the ``brats_cpu`` U-Net took 113 s in bf16 against 3.3 s
+in fp32 on an AVX2-only EPYC. So a preset never names a precision; it says ``auto`` and
+:func:`resolve_precision` asks PyTorch what this CPU or GPU supports.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+
+log = logging.getLogger(__name__)
+
+#: The value of ``trainer.precision`` / ``inference.precision`` that asks this module to choose.
+AUTO = "auto"
+
+#: Environment variable that overrides the CPU's bf16 detection: ``0`` makes a CPU with native bf16
+#: choose fp32 (to reproduce what an AVX2-only machine runs, e.g. the test suite's slow path), ``1``
+#: claims native bf16.
+CPU_BF16_ENV = "LIGHTNING_BRATS_CPU_BF16"
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    """The CPU this process runs on, as PyTorch sees it.
+
+    Attributes:
+        name: the model name (``/proc/cpuinfo`` or PyTorch's), e.g. ``"AMD EPYC"``.
+        isa: the widest vector instruction set family: ``"AMX"``, ``"AVX512-BF16"``, ``"AVX-512"``,
+            ``"AVX2"`` or ``"other"``.
+        native_bf16: the CPU has bf16 arithmetic instructions (AVX512-BF16 or AMX-BF16), so
+            oneDNN runs bf16 convolutions natively.
+        threads: CPUs in this process's affinity mask (what it may run on).
+    """
+
+    name: str
+    isa: str
+    native_bf16: bool
+    threads: int
+
+    def describe(self) -> str:
+        """One line for logs and result tables, e.g. ``"AMD EPYC (AVX512-BF16), 2 threads"``."""
+        return f"{self.name} ({self.isa}), {self.threads} threads"
+
+
+def _capabilities() -> dict:
+    """PyTorch's CPU capability flags (``torch.cpu.get_capabilities()``, PyTorch >= 2.8), or the
+    same flags from its older private probes."""
+    get = getattr(torch.cpu, "get_capabilities", None)
+    if get is not None:
+        return dict(get())
+    probe = {
+        "avx2": "_is_avx2_supported",
+        "avx512_f": "_is_avx512_supported",
+        "avx512_bf16": "_is_avx512_bf16_supported",
+        "amx_tile": "_is_amx_tile_supported",
+    }
+    return {flag: bool(getattr(torch.cpu, fn, lambda: False)()) for flag, fn in probe.items()}
+
+
+def _cpu_model_name(caps: dict) -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return str(caps.get("cpu_name") or "unknown CPU")
+
+
+def cpu_info() -> CpuInfo:
+    """Describe this CPU (see :class:`CpuInfo`); ``$LIGHTNING_BRATS_CPU_BF16`` (``0``/``1``) overrides
+    :attr:`CpuInfo.native_bf16` and is then named in :attr:`CpuInfo.isa`."""
+    caps = _capabilities()
+    amx_bf16 = bool(caps.get("amx_bf16") or (caps.get("amx_tile") and "amx_bf16" not in caps))
+    avx512_bf16 = bool(caps.get("avx512_bf16"))
+    if amx_bf16:
+        isa = "AMX"
+    elif avx512_bf16:
+        isa = "AVX512-BF16"
+    elif caps.get("avx512_f"):
+        isa = "AVX-512"
+    elif caps.get("avx2"):
+        isa = "AVX2"
+    else:
+        isa = "other"
+    native_bf16 = amx_bf16 or avx512_bf16
+    forced = os.environ.get(CPU_BF16_ENV, "").strip()
+    if forced in ("0", "1"):
+        native_bf16 = forced == "1"
+        isa += f", {CPU_BF16_ENV}={forced}"
+    return CpuInfo(_cpu_model_name(caps), isa, native_bf16, available_cpus())
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask; ``os.cpu_count()`` where there is none)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def resolve_precision(requested: str | int, accelerator: str = "auto") -> tuple[str, str]:
+    """The Lightning precision to train with, and why.
+
+    ``requested`` other than ``"auto"`` is returned as given (an explicit value always wins).
+    ``"auto"``:
+
+    - on CUDA: ``"bf16-mixed"`` where the GPU supports bf16 (Ampere and newer), else ``"16-mixed"``;
+    - on a CPU: ``"bf16-mixed"`` only where the CPU has native bf16 instructions (AVX512-BF16 or
+      AMX-BF16, :func:`cpu_info`), else ``"32"``: without them PyTorch's bf16 convolutions fall
+      back to reference kernels, ~34x slower than fp32 for the ``brats_cpu`` U-Net.
+
+    Args:
+        requested: ``trainer.precision`` (``"auto"``, ``32``, ``"bf16-mixed"``, ...).
+        accelerator: ``trainer.accelerator`` (``"auto"``, ``"cpu"``, ``"gpu"``, ``"cuda"``);
+            ``"auto"`` means CUDA when a CUDA device is present.
+
+    Returns:
+        ``(precision, reason)``, e.g. ``("32", "AMD EPYC (AVX2), 2 threads has no native bf16")``.
+    """
+    if str(requested) != AUTO:
+        return str(requested), f"trainer.precision={requested} set explicitly"
+    on_cuda = str(accelerator) in ("gpu", "cuda") or (str(accelerator) == "auto" and torch.cuda.is_available())
+    if on_cuda:
+        name = torch.cuda.get_device_name() if torch.cuda.is_available() else "the GPU"
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return "bf16-mixed", f"{name} supports bf16"
+        return "16-mixed", f"{name} has no bf16 support"
+    cpu = cpu_info()
+    if cpu.native_bf16:
+        return "bf16-mixed", f"{cpu.describe()} runs bf16 natively"
+    return "32", f"{cpu.describe()} has no native bf16 (bf16 would run PyTorch's slow reference kernels)"
+
+
+def inference_precision(requested: str, device: torch.device) -> str:
+    """``inference.precision`` as ``"32"`` or ``"bf16"``; ``"auto"`` follows :func:`resolve_precision`
+    for ``device`` (bf16 where it runs natively, fp32 otherwise; fp16 GPUs predict in fp32).
+
+    Raises:
+        ValueError: ``requested`` is not ``"auto"``, ``"32"`` or ``"bf16"``.
+    """
+    requested = str(requested)
+    if requested not in (AUTO, "32", "bf16"):
+        raise ValueError(f"inference.precision={requested!r}: expected auto, 32 or bf16")
+    if requested != AUTO:
+        return requested
+    precision, _ = resolve_precision(AUTO, "cuda" if device.type == "cuda" else "cpu")
+    return "bf16" if precision == "bf16-mixed" else "32"
+
+
+def configure_threads(num_workers: int = 0, accelerator: str = "cpu") -> int:
+    """Give PyTorch's intra-op pool every CPU of this process's affinity but those the loader workers need.
+
+    Each DataLoader worker runs one thread of its own (PyTorch sets workers to 1 thread), so the
+    main process takes ``available_cpus() - num_workers`` threads, at least 1. On a GPU run the
+    main process mostly waits for the device, and the same rule holds.
+
+    Args:
+        num_workers: ``data.num_workers`` (DataLoader worker processes).
+        accelerator: only for the log line.
+
+    Returns:
+        the number of intra-op threads set.
+    """
+    cpus = available_cpus()
+    threads = max(1, cpus - max(0, int(num_workers)))
+    torch.set_num_threads(threads)
+    log.info(f"CPU threads: {threads} intra-op (of {cpus} CPUs in this process's affinity), {num_workers} loader workers")
+    return threads

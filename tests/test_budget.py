@@ -1,0 +1,101 @@
+"""A training budget the schedule knows: LR by progress, a fake clock for trainer.max_time, the final
+validation at the stop, the early-end warning and the missing-checkpoint error."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from types import SimpleNamespace
+from typing import ClassVar
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from lightning_brats.budget import PolyLRByProgress
+from lightning_brats.cli.train import check_checkpoint_written, train
+from tests.conftest import compose_config
+
+BASE_LR = 0.002  # conf/model/unet3d.yaml
+SECONDS_PER_STEP = 10.0
+
+
+def test_poly_lr_follows_progress():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
+    schedule = PolyLRByProgress(optimizer, power=0.9)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01)
+    for progress in (0.25, 0.5, 0.9, 1.0, 1.5):
+        schedule.progress = progress
+        schedule.step()
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01 * max(0.0, 1 - progress) ** 0.9)
+    floored = PolyLRByProgress(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.01), min_lr_fraction=0.1)
+    floored.progress = 1.0
+    floored.step()
+    assert floored.get_last_lr() == [pytest.approx(0.001)]
+
+
+class FakeClock(pl.Callback):
+    """Advances a fake monotonic clock by ``SECONDS_PER_STEP`` before every training step and records
+    the learning rate each step trains with (class attributes: one run at a time)."""
+
+    now: ClassVar[float] = 0.0
+    lrs: ClassVar[list[float]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        FakeClock.now += SECONDS_PER_STEP
+        FakeClock.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def _tiny(phantom_root, tmp_path, extra):
+    return compose_config(
+        ["data=sample", f"data.root={phantom_root}", "data.num_folds=4", "data.max_val_cases=1", "data.patch_size=[32,32,32]",
+         "data.batch_size=2", "data.samples_per_epoch=8", "model.net.base_filters=8", "model.net.depth=3",
+         "model.sliding_window_overlap=0.25", "logger=csv", "validate_best=false", "trainer.precision=32",
+         "+callbacks.clock._target_=tests.test_budget.FakeClock", *extra],
+        tmp_path, tmp_path / "cache",
+    )
+
+
+@pytest.mark.slow
+def test_time_budget_drives_the_schedule_and_ends_with_a_validation(phantom_root, tmp_path, monkeypatch, caplog):
+    """100 s of fake time at 10 s per step: the LR decays over 10 steps although 200 are planned, the
+    stopping step (mid-epoch, in no validation epoch) is validated and checkpointed, and the log says
+    how many steps ran."""
+    import pytorch_lightning.callbacks.timer as timer_module
+
+    FakeClock.now, FakeClock.lrs = 0.0, []
+    monkeypatch.setattr(timer_module, "time", SimpleNamespace(monotonic=lambda: FakeClock.now))
+    # 4 steps per epoch, 50 epochs planned = 200 steps; validation only every 100 epochs
+    cfg = _tiny(phantom_root, tmp_path, ["trainer.max_epochs=50", "trainer.check_val_every_n_epoch=100",
+                                         "trainer.max_time=00:00:01:40"])
+    with caplog.at_level(logging.WARNING, logger="lightning_brats.budget"):
+        metrics = train(cfg)
+    # step k (1-based) trains with the LR set after step k-1, when progress was (k-1) x 10 s / 100 s
+    expected = [BASE_LR * (1 - (k - 1) * SECONDS_PER_STEP / 100) ** 0.9 for k in range(1, 11)]
+    assert FakeClock.lrs == pytest.approx(expected)
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 10 and last["epoch"] == 2
+    (best,) = (tmp_path / "checkpoints").glob("epoch_*.ckpt")
+    assert torch.load(best, map_location="cpu", weights_only=True)["global_step"] == 10
+    with open(tmp_path / "csv" / "metrics.csv") as handle:
+        validated = [row for row in csv.DictReader(handle) if row.get("val/dice_mean")]
+    assert [int(row["step"]) for row in validated] == [9]  # Lightning logs the stopping step's index
+    assert "val/dice_mean" in metrics
+    assert "Training ended early: 10 of 200 planned steps (5%) ran, in 100 s (trainer.max_time=0:01:40 reached)" in caplog.text
+
+
+@pytest.mark.slow
+def test_without_a_time_budget_the_schedule_spans_the_planned_steps(phantom_root, tmp_path, caplog):
+    FakeClock.now, FakeClock.lrs = 0.0, []
+    cfg = _tiny(phantom_root, tmp_path, ["trainer.max_epochs=50", "trainer.max_steps=6", "trainer.check_val_every_n_epoch=1"])
+    with caplog.at_level(logging.WARNING, logger="lightning_brats.budget"):
+        train(cfg)
+    assert FakeClock.lrs == pytest.approx([BASE_LR * (1 - k / 6) ** 0.9 for k in range(6)])
+    assert "ended early" not in caplog.text
+
+
+def test_a_run_without_any_checkpoint_is_an_error(tmp_path):
+    trainer = pl.Trainer(callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt")], logger=False, enable_progress_bar=False)
+    with pytest.raises(RuntimeError, match=r"training stopped after 0 steps without writing any checkpoint \(dirpath .*ckpt\)"):
+        check_checkpoint_written(trainer)
