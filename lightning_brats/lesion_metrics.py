@@ -49,6 +49,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -263,16 +264,19 @@ def panoptic_scores(
     results = evaluator.evaluate(prediction, truth, voxelspacing=tuple(float(s) for s in spacing), verbose=False)
     row = {}
     for region, result in results.items():
-        hd95 = float(result.sq_hd95)
+        # to_dict() leaves out what panoptica cannot compute (recall without reference instances):
+        # NaN then, as in the challenge's parser
+        values = {k: float(v) for k, v in result.to_dict().items() if isinstance(v, (int, float))}
+        hd95 = values.get("sq_hd95", math.nan)
         row.update({
-            f"lesionwise_dice_{region}": float(result.sq_dsc),
-            f"lesionwise_hd95_{region}": PANOPTIC_HD95_INF_MM if np.isinf(hd95) else hd95,
+            f"lesionwise_dice_{region}": values.get("sq_dsc", math.nan),
+            f"lesionwise_hd95_{region}": PANOPTIC_HD95_INF_MM if math.isinf(hd95) else hd95,
             f"lesionwise_tp_{region}": int(result.tp),
             f"lesionwise_fp_{region}": int(result.fp),
             f"lesionwise_fn_{region}": int(result.fn),
-            f"lesionwise_precision_{region}": float(result.prec),
-            f"lesionwise_recall_{region}": float(result.rec),
-            f"lesionwise_f1_{region}": float(result.rq),
+            f"lesionwise_precision_{region}": values.get("prec", math.nan),
+            f"lesionwise_recall_{region}": values.get("rec", math.nan),
+            f"lesionwise_f1_{region}": values.get("rq", math.nan),
         })
     return row
 
