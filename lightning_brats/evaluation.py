@@ -3,7 +3,9 @@
 Regions (WT, TC, ET) are scored, not labels: each is the set of voxels whose label is one of
 the region's codes in ``data.regions``. Per case and region: Dice, HD95 (mm), sensitivity,
 specificity and volumes (mL), with the BraTS empty-mask conventions of
-:func:`~lightning_brats.metrics.case_region_metrics`.
+:func:`~lightning_brats.metrics.case_region_metrics` (the ``legacy`` definition, always computed),
+plus, for ``brats2023``/``brats2024``/``brats2025``, the lesion-wise scores and lesion counts of
+:mod:`lightning_brats.lesion_metrics`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 
 from lightning_brats.data.layouts import DataError, LoadedCase, check_label_values, check_same_grid
 from lightning_brats.data.preprocess import atomic_save
+from lightning_brats.lesion_metrics import metric_names, score_lesion_wise
 from lightning_brats.metrics import case_region_metrics
 
 #: Per-region metrics, the column prefixes of ``metrics.csv`` (``dice_wt``, ``hd95_et``, ...).
@@ -26,8 +29,22 @@ METRICS = ("dice", "hd95", "sensitivity", "specificity", "volume_pred_ml", "volu
 STATISTICS = ("mean", "std", "median", "q25", "q75")
 
 
+def case_metrics(definition: str = "legacy") -> tuple[str, ...]:
+    """Per-region metrics a definition scores: :data:`METRICS`, then its lesion-wise ones.
+
+    Raises:
+        ValueError: unknown definition.
+    """
+    return (*METRICS, *metric_names(definition))
+
+
 def score_case(
-    prediction: np.ndarray, truth: np.ndarray, regions: Mapping[str, Sequence[int]], spacing: Sequence[float]
+    prediction: np.ndarray,
+    truth: np.ndarray,
+    regions: Mapping[str, Sequence[int]],
+    spacing: Sequence[float],
+    definition: str = "legacy",
+    lesion_wise: Mapping | None = None,
 ) -> dict[str, float]:
     """Challenge metrics of one case for every region.
 
@@ -36,14 +53,20 @@ def score_case(
         truth: ``(X, Y, Z)`` ground-truth label map, same grid.
         regions: region name -> label codes, e.g. ``{"wt": [1, 2, 4], "tc": [1, 4], "et": [4]}``.
         spacing: voxel size in mm (HD95 in mm, volumes in mL).
+        definition: ``legacy``, ``brats2023``, ``brats2024`` or ``brats2025``.
+        lesion_wise: the data config's ``evaluation.lesion_wise`` (2023 and 2024 definitions).
 
     Returns:
-        ``{"<metric>_<region>": value}`` for every metric of :data:`METRICS`.
+        ``{"<metric>_<region>": value}`` for every metric of :func:`case_metrics`.
+
+    Raises:
+        ValueError: unknown definition or missing lesion-wise settings.
     """
     row = {}
     for region, codes in regions.items():
         scores = case_region_metrics(np.isin(prediction, codes), np.isin(truth, codes), spacing)
         row.update({f"{metric}_{region}": float(scores[metric]) for metric in METRICS})
+    row.update(score_lesion_wise(prediction, truth, regions, spacing, definition, lesion_wise))
     return row
 
 
@@ -75,20 +98,27 @@ def read_prediction(path: Path, case: LoadedCase, labels: Mapping[str, int]) -> 
     return data.astype(np.uint8)
 
 
-def summarize(rows: Sequence[Mapping[str, float]], regions: Sequence[str]) -> list[dict]:
+def summarize(
+    rows: Sequence[Mapping[str, float]], regions: Sequence[str], metrics: Sequence[str] = METRICS
+) -> list[dict]:
     """Mean, standard deviation (n - 1), median, 25th and 75th percentile per metric and region.
+
+    NaN values (``brats2025`` where a case has no instance of a region) are left out, as the
+    challenge's parser does; ``cases`` counts the values used.
 
     Args:
         rows: per-case rows of :func:`score_case`.
         regions: region names, in output order.
+        metrics: metric names, in output order (:func:`case_metrics`).
 
     Returns:
         one dict per (metric, region): ``metric``, ``region``, ``cases`` and :data:`STATISTICS`.
     """
     summary = []
-    for metric in METRICS:
+    for metric in metrics:
         for region in regions:
             values = np.asarray([row[f"{metric}_{region}"] for row in rows], dtype=np.float64)
+            values = values[~np.isnan(values)]
             stats = {
                 "mean": values.mean() if values.size else np.nan,
                 "std": values.std(ddof=1) if values.size > 1 else np.nan,

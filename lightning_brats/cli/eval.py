@@ -4,7 +4,9 @@ Either a folder of predictions (``predictions=``) against a labelled dataset roo
 (``ground_truth=``, read with ``data=<release>``), or a checkpoint (``ckpt_path=``) that first
 predicts the dataset's cases. Writes ``metrics.csv`` (a row per case), ``summary.csv`` (statistics
 per metric and region), a picture per case and a Dice box plot, prints the summary and logs all
-of it to W&B (offline by default). See ``conf/eval.yaml``.
+of it to W&B (offline by default). ``metrics=brats2023|brats2024|brats2025`` adds the lesion-wise
+scores and lesion counts of that year's leaderboard beside the legacy ones (default: the dataset's
+``data.evaluation.metrics``). See ``conf/eval.yaml``.
 """
 
 from __future__ import annotations
@@ -24,8 +26,16 @@ import lightning_brats  # noqa: F401  (registers resolvers)
 from lightning_brats.cli.train import CONFIG_DIR
 from lightning_brats.data.layouts import DataError, load_case
 from lightning_brats.data.preprocess import atomic_save
-from lightning_brats.evaluation import METRICS, STATISTICS, read_prediction, score_case, summarize, write_csv
+from lightning_brats.evaluation import (
+    STATISTICS,
+    case_metrics,
+    read_prediction,
+    score_case,
+    summarize,
+    write_csv,
+)
 from lightning_brats.labels import nested_region_codes
+from lightning_brats.lesion_metrics import check_settings
 from lightning_brats.prediction import release_of
 from lightning_brats.visualize import case_figure, dice_boxplot, figure_to_png
 
@@ -40,6 +50,23 @@ def _data_config(cfg: DictConfig) -> dict:
             "or ckpt_path= to predict with a checkpoint (its data config is used)"
         )
     return release_of(cfg.data)
+
+
+def metric_settings(cfg: DictConfig, data: dict) -> tuple[str, dict | None]:
+    """The metric definition to score with and the dataset's lesion-wise parameters.
+
+    ``cfg.metrics`` when given, else the dataset's ``evaluation.metrics`` (``data=``'s, else the
+    checkpoint's), else ``legacy``.
+
+    Raises:
+        ValueError: the definition is unknown or lacks its parameters (checked before scoring).
+    """
+    evaluation = cfg.data.get("evaluation") if cfg.get("data") else None
+    evaluation = OmegaConf.to_container(evaluation, resolve=True) if evaluation is not None else data.get("evaluation")
+    evaluation = evaluation or {}
+    definition = str(cfg.get("metrics") or evaluation.get("metrics") or "legacy")
+    check_settings(definition, evaluation.get("lesion_wise"), data["regions"])
+    return definition, evaluation.get("lesion_wise")
 
 
 def held_out_cases(ckpt_path: str | Path) -> list[str]:
@@ -122,6 +149,8 @@ def evaluate(cfg: DictConfig) -> dict:
     else:
         raise ValueError("give predictions=<folder of <case>.nii.gz> or ckpt_path=<checkpoint> (predicts first)")
     regions = {str(k): [int(c) for c in v] for k, v in data["regions"].items()}
+    definition, lesion_wise = metric_settings(cfg, data)
+    metrics = case_metrics(definition)
     labels = {str(k): int(v) for k, v in data["labels"].items()}
     layout = hydra.utils.instantiate(data["layout"])
     cases = [c for c in layout.find_cases(Path(cfg.ground_truth)) if c.label is not None]
@@ -150,7 +179,7 @@ def evaluate(cfg: DictConfig) -> dict:
             case = load_case(files, shown, labels)
             path = predictions / f"{files.case_id}.nii.gz"
             prediction = np.zeros_like(case.label) if files.case_id in missing else read_prediction(path, case, labels)
-            row = {"case_id": files.case_id, "missing": files.case_id in missing, **score_case(prediction, case.label, regions, case.spacing)}
+            row = {"case_id": files.case_id, "missing": files.case_id in missing, **score_case(prediction, case.label, regions, case.spacing, definition, lesion_wise)}
             rows.append(row)
             if cfg.pictures:
                 dice = ", ".join(f"{r.upper()} {row[f'dice_{r}']:.3f}" for r in regions)
@@ -158,16 +187,16 @@ def evaluate(cfg: DictConfig) -> dict:
                 png = figure_to_png(figure)
                 atomic_save(pictures / f"{files.case_id}.png", lambda p, png=png: p.write_bytes(png))
             progress.advance(task)
-    summary = summarize(rows, list(regions))
+    summary = summarize(rows, list(regions), metrics)
     output_dir.mkdir(parents=True, exist_ok=True)
-    write_csv(output_dir / "metrics.csv", rows, ["case_id", "missing", *[f"{m}_{r}" for m in METRICS for r in regions]])
+    write_csv(output_dir / "metrics.csv", rows, ["case_id", "missing", *[f"{m}_{r}" for m in metrics for r in regions]])
     write_csv(output_dir / "summary.csv", summary, ["metric", "region", "cases", *STATISTICS])
     box = figure_to_png(dice_boxplot({r: [row[f"dice_{r}"] for row in rows] for r in regions}))
     atomic_save(output_dir / "dice_boxplot.png", lambda p: p.write_bytes(box))
-    print_summary(summary, f"{len(rows)} cases of {cfg.ground_truth} ({len(missing)} missing, scored as empty)")
+    print_summary(summary, f"{len(rows)} cases of {cfg.ground_truth} ({len(missing)} missing, scored as empty), metrics={definition}")
     _log_to_wandb(cfg, rows, summary, output_dir)
     log.info(f"Wrote metrics.csv, summary.csv, dice_boxplot.png and {'pictures/ ' if cfg.pictures else ''}to {output_dir}")
-    return {"rows": rows, "summary": summary, "output_dir": output_dir, "predictions": predictions}
+    return {"rows": rows, "summary": summary, "output_dir": output_dir, "predictions": predictions, "metrics": definition}
 
 
 def print_summary(summary: list[dict], title: str, console: Console | None = None) -> None:
