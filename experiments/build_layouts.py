@@ -4,6 +4,7 @@ Usage:
     python experiments/build_layouts.py --source ../shared/data/brats2018 --out data/layouts/brats20 --release brats20
     python experiments/build_layouts.py --source ../shared/data/brats2018 --out data/layouts/brats21 --release brats21
     python experiments/build_layouts.py --source ../shared/data/brats2018 --out data/layouts/msd --release msd_task01
+    python experiments/build_layouts.py --source ../shared/data/brats2018 --out data/layouts/ped --release brats_ped
     # a subset: --cases Brats18_2013_11_1 Brats18_CBICA_ABM_1 (default: every case under --source)
 
 The source holds case folders ``<case>/<case>_{flair,t1,t1ce,t2,seg}.nii.gz`` with the BraTS
@@ -17,6 +18,15 @@ IDs (the first becomes ``BraTS20_Training_001``, ``BraTS2021_00001`` or ``BRATS_
 - ``brats21`` (``data=brats21``): ``BraTS2021_NNNNN/BraTS2021_NNNNN_{...}.nii.gz``, symlinks to the source files.
 - ``brats23`` (``data=brats23``): ``BraTS-GLI-NNNNN-000/BraTS-GLI-NNNNN-000-{t2f,t1n,t1c,t2w}.nii.gz`` symlinks
   and a converted ``-seg.nii.gz`` (ET 4 -> 3).
+- the 2023+ sub-challenges (``data=brats_men``, ``brats_met``, ``brats_ssa``, ``brats24_gli``, ``brats_ped``):
+  ``BraTS-<SUB>-NNNNN-000/BraTS-<SUB>-NNNNN-000-{t2f,t1n,t1c,t2w}.nii.gz`` symlinks and a relabelled
+  ``-seg.nii.gz``. MEN, MET and SSA get the 2023 codes (as ``brats23``). The source has no resection
+  cavity and no cyst, so NCR/NET is split in two at the median first-axis index of its voxels (the
+  half at or above it is :data:`SPLIT_CODES`'s second code): ``brats24_gli`` gets 1 NETC and 4 RC,
+  ED 2 SNFH, ET 3; ``brats_ped`` gets the 2024 paediatric codes, ET 1, NET 2 and CC 3 from NCR/NET,
+  ED 4. These label the real anatomy with stand-in classes: they test the label plumbing, not a model.
+- ``brats_men_rt`` (``data=brats_men_rt``): ``BraTS-MEN-RT-NNNN-1/BraTS-MEN-RT-NNNN-1_t1c.nii.gz``, a symlink
+  to T1ce alone, and ``_gtv.nii.gz``, the whole tumour as the single label 1.
 - ``msd_task01`` (``data=msd_task01``): ``Task01_BrainTumour/imagesTr/BRATS_NNN.nii.gz``, one 4D stack per case
   in MSD's channel order (FLAIR, T1w, t1gd, T2w), ``labelsTr/BRATS_NNN.nii.gz`` recoded to MSD's codes
   (BraTS 2 ED -> 1 edema, 1 NCR/NET -> 2 non-enhancing, 4 ET -> 3 enhancing) and ``dataset.json``.
@@ -49,6 +59,18 @@ BRATS_TO_MSD = {2: 1, 1: 2, 4: 3}
 #: our modality names -> MSD's, in MSD's channel order
 MSD_MODALITIES = {"flair": "FLAIR", "t1": "T1w", "t1ce": "t1gd", "t2": "T2w"}
 BRATS23_SUFFIXES = {"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w"}
+#: 2023+ sub-challenges in the 2023 file naming: case prefix and BraTS 2018-2021 codes -> the release's
+SUBCHALLENGES = {
+    "brats_men": ("BraTS-MEN", {1: 1, 2: 2, 4: 3}),
+    "brats_met": ("BraTS-MET", {1: 1, 2: 2, 4: 3}),
+    "brats_ssa": ("BraTS-SSA", {1: 1, 2: 2, 4: 3}),
+    "brats24_gli": ("BraTS-GLI", {1: 1, 2: 2, 4: 3}),
+    "brats_ped": ("BraTS-PED", {1: 2, 2: 4, 4: 1}),
+}
+#: releases whose NCR/NET (source code 1) is split in two: (code of the lower half, code of the upper half)
+SPLIT_CODES = {"brats24_gli": (1, 4), "brats_ped": (2, 3)}
+#: every release ``--release`` builds; :data:`RELEASES` are those read as WT/TC/ET with the source's regions
+ALL_RELEASES = [*RELEASES, *SUBCHALLENGES, "brats_men_rt"]
 
 
 def source_cases(source: Path, cases: Sequence[str] | None = None) -> list[str]:
@@ -96,8 +118,31 @@ def _gunzip(src: Path, dst: Path) -> None:
     _write(dst, write)
 
 
-def _recode(src: Path, dst: Path, mapping: dict[int, int]) -> None:
-    """A label file with its codes mapped (codes not in ``mapping`` become 0), same grid, uint8."""
+def split_code(label: np.ndarray, code: int) -> np.ndarray:
+    """The voxels of ``code`` at or above the median first-axis index of that code's voxels.
+
+    Args:
+        label: ``(X, Y, Z)`` label map.
+        code: the label to split.
+
+    Returns:
+        ``(X, Y, Z)`` bool mask (all false when ``code`` is absent).
+    """
+    where = label == code
+    if not where.any():
+        return where
+    xs = np.nonzero(where)[0]
+    upper = np.zeros_like(where)
+    upper[int(np.median(xs)):] = True
+    return where & upper
+
+
+def _recode(src: Path, dst: Path, mapping: dict[int, int], split: tuple[int, int] | None = None) -> None:
+    """A label file with its codes mapped (codes not in ``mapping`` become 0), same grid, uint8.
+
+    With ``split=(lower, upper)``, the source's NCR/NET (code 1) voxels get ``lower`` and those
+    :func:`split_code` selects get ``upper``.
+    """
     if dst.exists():
         return
     seg = nib.load(src)
@@ -108,6 +153,9 @@ def _recode(src: Path, dst: Path, mapping: dict[int, int]) -> None:
     out = np.zeros(label.shape, dtype=np.uint8)
     for old, new in mapping.items():
         out[label == old] = new
+    if split is not None:
+        out[label == 1] = split[0]
+        out[split_code(label, 1)] = split[1]
     header = seg.header.copy()
     header.set_data_dtype(np.uint8)
     _write(dst, lambda p: nib.save(nib.Nifti1Image(out, seg.affine, header), p))
@@ -142,8 +190,8 @@ def build(source: str | Path, out: str | Path, release: str, cases: Sequence[str
         ValueError: an unknown release, ``out`` inside ``source`` (or the reverse), or unexpected label codes.
     """
     source, out = Path(source).resolve(), Path(out).resolve()
-    if release not in RELEASES:
-        raise ValueError(f"--release {release!r}: expected one of {RELEASES}")
+    if release not in ALL_RELEASES:
+        raise ValueError(f"--release {release!r}: expected one of {ALL_RELEASES}")
     if out == source or source in out.parents or out in source.parents:
         raise ValueError(f"--out {out} and --source {source} must not contain each other (the source is read-only)")
     ids = source_cases(source, cases)
@@ -164,6 +212,16 @@ def build(source: str | Path, out: str | Path, release: str, cases: Sequence[str
             for modality, suffix in BRATS23_SUFFIXES.items():
                 _link(files[modality], out / new / f"{new}-{suffix}.nii.gz")
             _recode(files["seg"], out / new / f"{new}-seg.nii.gz", {1: 1, 2: 2, 4: 3})
+        elif release in SUBCHALLENGES:
+            prefix, mapping = SUBCHALLENGES[release]
+            new = f"{prefix}-{number:05d}-000"
+            for modality, suffix in BRATS23_SUFFIXES.items():
+                _link(files[modality], out / new / f"{new}-{suffix}.nii.gz")
+            _recode(files["seg"], out / new / f"{new}-seg.nii.gz", mapping, SPLIT_CODES.get(release))
+        elif release == "brats_men_rt":
+            new = f"BraTS-MEN-RT-{number:04d}-1"
+            _link(files["t1ce"], out / new / f"{new}_t1c.nii.gz")
+            _recode(files["seg"], out / new / f"{new}_gtv.nii.gz", {1: 1, 2: 1, 4: 1})
         else:
             new = f"BRATS_{number:03d}"
             task = out / "Task01_BrainTumour"
@@ -202,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", required=True, help="folder of BraTS 2018-style case folders (read only)")
     parser.add_argument("--out", required=True, help="folder to build the layout in (git-ignored or temporary)")
-    parser.add_argument("--release", required=True, choices=RELEASES)
+    parser.add_argument("--release", required=True, choices=ALL_RELEASES)
     parser.add_argument("--cases", nargs="*", default=None, help="source case IDs to use (default: all)")
     args = parser.parse_args(argv)
     pairs = build(args.source, args.out, args.release, args.cases)

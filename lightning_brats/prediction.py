@@ -28,14 +28,14 @@ from lightning_brats.data.layouts import CaseFiles, DataError, LoadedCase, load_
 from lightning_brats.data.preprocess import atomic_save, preprocess_case, restore_to_original
 from lightning_brats.hardware import inference_precision
 from lightning_brats.inference import predict_probabilities
-from lightning_brats.labels import nested_region_codes, regions_to_labels, small_components_to
+from lightning_brats.labels import region_tree, regions_to_labels, small_components_to
 from lightning_brats.module import CONFIG_KEY, check_same_channels
 
 log = logging.getLogger(__name__)
 
 #: Keys of a ``data`` config that describe the files' release rather than the network's input:
 #: these may be replaced at prediction time (``data=brats23``); the rest comes from the checkpoint.
-RELEASE_KEYS = ("layout", "labels", "regions")
+RELEASE_KEYS = ("layout", "labels", "regions", "postprocess")
 
 
 def release_of(data) -> dict:
@@ -139,19 +139,46 @@ class PostProcessing:
     def apply(self, label: np.ndarray, regions: Mapping[str, Sequence[int]]) -> tuple[np.ndarray, int]:
         """Relabel ``label`` ``(X, Y, Z)``; returns ``(label, voxels relabelled)``.
 
-        A dataset without ``region`` (e.g. the LGG set's single ``abnormality``) is left as it
-        is, with a warning naming the regions it has.
+        Small components of the code ``region`` adds become the code of the region enclosing it
+        (:func:`~lightning_brats.labels.region_tree`; background for an outermost region). A
+        dataset without ``region`` (e.g. the LGG set's single ``abnormality``) is left as it is,
+        with a warning naming the regions it has.
         """
         if self.min_voxels <= 0:
             return label, 0
-        codes = nested_region_codes(regions)
-        names = [name for name, _ in codes]
-        if self.region not in names:
-            log.warning(f"no post-processing: postprocess.region={self.region!r} is not one of the regions {names}")
+        nodes = {node.name: node for node in region_tree(regions)}
+        if self.region not in nodes:
+            log.warning(f"no post-processing: postprocess.region={self.region!r} is not one of the regions {list(nodes)}")
             return label, 0
-        index = names.index(self.region)
-        replacement = codes[index - 1][1] if index > 0 else 0
-        return small_components_to(label, codes[index][1], replacement, self.min_voxels)
+        node = nodes[self.region]
+        replacement = nodes[node.parent].code if node.parent else 0
+        return small_components_to(label, node.code, replacement, self.min_voxels)
+
+
+#: The rule for ``data`` configs without a ``postprocess`` key (brats20, brats21, brats23, msd_task01,
+#: lgg, and checkpoints trained before the key existed): the BraTS 2020/2021 winners' ET rule.
+DEFAULT_POSTPROCESS = {"region": "et", "min_voxels": 100}
+
+
+def postprocessing_for(data: Mapping, override: Mapping | None) -> PostProcessing | None:
+    """The post-processing of a dataset: its rule (``data.postprocess``), key by key overridden.
+
+    Args:
+        data: the ``data`` config; ``data["postprocess"]`` is ``{region, min_voxels}`` or ``None``
+            (none); without the key, :data:`DEFAULT_POSTPROCESS`.
+        override: ``inference.postprocess``: its non-null ``region`` and ``min_voxels`` replace
+            the dataset's (``min_voxels=0`` turns post-processing off); ``None`` turns it off.
+
+    Returns:
+        the rule to apply, or ``None`` for none.
+    """
+    if override is None:
+        return None
+    rule = dict(data["postprocess"] or {}) if "postprocess" in data else dict(DEFAULT_POSTPROCESS)
+    rule.update({k: v for k, v in dict(override).items() if v is not None})
+    if not rule.get("min_voxels"):
+        return None
+    return PostProcessing(str(rule.get("region") or "et"), int(rule["min_voxels"]))
 
 
 @dataclass

@@ -16,6 +16,15 @@ MODELS = sorted(p.stem for p in (Path(CONFIG_DIR) / "model").glob("*.yaml"))
 EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
 
 
+#: regions (output channels) and input channels of the data configs that differ from WT/TC/ET and 4 modalities
+CHANNELS = {
+    "lgg": (["abnormality"], 3),
+    "brats24_gli": (["wt", "tc", "et", "rc"], 4),
+    "brats_ped": (["wt", "tc", "et", "cc"], 4),
+    "brats_men_rt": (["gtv"], 1),
+}
+
+
 def _convs(net: nn.Module) -> list[nn.Module]:
     """The network's convolutions in registration order: the input layer first, the output head last."""
     return [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))]
@@ -33,12 +42,12 @@ def test_data_model_configs_instantiate(data, model, tmp_path):
     datamodule = hydra.utils.instantiate(cfg.data)
     module = hydra.utils.instantiate(cfg.model)
     assert datamodule.sampling == sampling
-    expected_regions = ["abnormality"] if data == "lgg" else ["wt", "tc", "et"]
+    expected_regions, channels = CHANNELS.get(data, (["wt", "tc", "et"], 4))
     assert datamodule.region_names == expected_regions
     assert module.net.spatial_dims == int(sampling[0])
     # input channels follow data.modalities, outputs the regions
     convs = _convs(module.net)
-    assert convs[0].in_channels == len(cfg.data.modalities) == (3 if data == "lgg" else 4)
+    assert convs[0].in_channels == len(cfg.data.modalities) == channels
     assert convs[-1].out_channels == len(expected_regions)
     if model == "swinunetr" and any(p % 32 for p in datamodule.patch_size):  # data=sample's 48^3
         with pytest.raises(ValueError, match=r"model=swinunetr: SwinUNETR needs every patch size to be a multiple of 32"):

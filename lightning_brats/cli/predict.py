@@ -27,13 +27,13 @@ from lightning_brats.cli.train import CONFIG_DIR
 from lightning_brats.data.layouts import CaseFiles, DataError
 from lightning_brats.hardware import configure_threads
 from lightning_brats.prediction import (
-    PostProcessing,
     Predictor,
     TrainedModel,
     check_not_inputs,
     files_from_paths,
     load_trained_model,
     output_paths,
+    postprocessing_for,
     release_of,
     write_nifti,
 )
@@ -42,18 +42,19 @@ log = logging.getLogger("lightning_brats.predict")
 
 
 def build_predictor(cfg: DictConfig) -> Predictor:
-    """The model of ``cfg.ckpt_path`` (release from ``cfg.data`` when given) with ``cfg.inference``'s settings."""
+    """The model of ``cfg.ckpt_path`` (release from ``cfg.data`` when given) with ``cfg.inference``'s settings;
+    post-processing is the dataset's rule (``data.postprocess``) with ``inference.postprocess``'s non-null keys
+    replacing it (:func:`~lightning_brats.prediction.postprocessing_for`)."""
     release = release_of(cfg.data) if cfg.get("data") else None
     inference = cfg.inference
     model = load_trained_model(cfg.ckpt_path, release, inference.device)
-    post = inference.get("postprocess")
     return Predictor(
         model,
         overlap=inference.overlap,
         sw_batch_size=inference.sw_batch_size,
         flip_tta=inference.flip_tta,
         threshold=inference.threshold,
-        postprocess=PostProcessing(post.region, int(post.min_voxels)) if post else None,
+        postprocess=postprocessing_for(model.data, inference.get("postprocess")),
         precision=str(inference.precision),
     )
 

@@ -129,8 +129,10 @@ class BratsDataModule(pl.LightningDataModule):
             preprocessing cache and the splits file (:meth:`prepare_data`), which suits a cache
             folder every node sees (a shared file system); ``True``: local rank 0 of every node
             does, for node-local cache folders. Other processes only read, after Lightning's barrier.
+        postprocess: the dataset's post-processing rule, ``{region, min_voxels}`` or ``None``,
+            read by prediction (:func:`~lightning_brats.prediction.postprocessing_for`), not by training.
         evaluation: the dataset's metric settings (``metrics``, ``lesion_wise``), read by ``eval.py``
-            (see :mod:`lightning_brats.lesion_metrics`); kept here, unused by the data pipeline.
+            (see :mod:`lightning_brats.lesion_metrics`), not by training.
 
     Under DDP (Lightning sets :attr:`trainer` before :meth:`setup`) every process draws its own
     share of each global batch (see :class:`~lightning_brats.data.sampling.EpochSampler`) and the
@@ -173,10 +175,10 @@ class BratsDataModule(pl.LightningDataModule):
         crop_size: Sequence[int] | None = None,
         min_foreground_fraction: float | None = None,
         prepare_data_per_node: bool = False,
+        postprocess: Mapping | None = None,
         evaluation: Mapping | None = None,
     ) -> None:
         super().__init__()
-        self.evaluation = evaluation
         self.prepare_data_per_node = prepare_data_per_node
         if sampling not in ("2d", "3d"):
             raise ValueError(f"data.sampling must be '2d' or '3d', got {sampling!r}")
@@ -218,6 +220,7 @@ class BratsDataModule(pl.LightningDataModule):
         self.splits_file = splits_file
         self.preprocess_workers = preprocess_workers
         self.min_foreground_fraction = min_foreground_fraction
+        self.postprocess, self.evaluation = postprocess, evaluation
         self.cache = PreprocessedCache(
             cache_dir,
             self.root.resolve().name,
