@@ -27,6 +27,7 @@ from lightning_brats.data.preprocess import atomic_save
 from lightning_brats.evaluation import METRICS, STATISTICS, read_prediction, score_case, summarize, write_csv
 from lightning_brats.labels import nested_region_codes
 from lightning_brats.prediction import release_of
+from lightning_brats.report import write_report
 from lightning_brats.visualize import case_figure, dice_boxplot, figure_to_png
 
 log = logging.getLogger("lightning_brats.eval")
@@ -166,6 +167,7 @@ def evaluate(cfg: DictConfig) -> dict:
     atomic_save(output_dir / "dice_boxplot.png", lambda p: p.write_bytes(box))
     print_summary(summary, f"{len(rows)} cases of {cfg.ground_truth} ({len(missing)} missing, scored as empty)")
     _log_to_wandb(cfg, rows, summary, output_dir)
+    write_report(output_dir)  # report.html: summary, box plot, a sortable row and picture per case
     log.info(f"Wrote metrics.csv, summary.csv, dice_boxplot.png and {'pictures/ ' if cfg.pictures else ''}to {output_dir}")
     return {"rows": rows, "summary": summary, "output_dir": output_dir, "predictions": predictions}
 
