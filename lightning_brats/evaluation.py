@@ -138,3 +138,53 @@ def write_csv(path: Path, rows: Sequence[Mapping], columns: Sequence[str]) -> No
     for row in rows:
         writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
     atomic_save(path, lambda p: p.write_text(buffer.getvalue()))
+
+
+#: Columns :func:`read_csv` keeps as text (case IDs such as ``"001"`` must not become numbers).
+TEXT_COLUMNS = ("case_id", "metric", "region")
+
+
+def read_csv(path: Path, text_columns: Sequence[str] = TEXT_COLUMNS) -> list[dict]:
+    """Read a CSV written by :func:`write_csv` (``metrics.csv``, ``summary.csv``) back into rows.
+
+    Values of ``text_columns`` stay strings; ``True``/``False`` become bools; other values become
+    floats where they parse (``nan`` and an empty cell become NaN) and stay strings otherwise.
+
+    Args:
+        path: the CSV file.
+        text_columns: columns never converted.
+
+    Returns:
+        one dict per row, keys in the header's order.
+
+    Raises:
+        DataError: the file is missing, has no header, or a row has more or fewer cells than the
+            header; the message names the file (and the line).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file (eval.py writes metrics.csv and summary.csv into its output folder)")
+    with open(path, newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if not header:
+            raise DataError(f"{path}: empty file, expected a header line")
+        rows = []
+        for line, cells in enumerate(reader, start=2):
+            if not cells:
+                continue
+            if len(cells) != len(header):
+                raise DataError(f"{path}, line {line}: {len(cells)} cells for {len(header)} columns {header}")
+            rows.append({k: v if k in text_columns else _parse_cell(v) for k, v in zip(header, cells)})
+    return rows
+
+
+def _parse_cell(text: str) -> float | bool | str:
+    if text in ("True", "False"):
+        return text == "True"
+    if text == "":
+        return float("nan")
+    try:
+        return float(text)
+    except ValueError:
+        return text

@@ -37,6 +37,7 @@ from lightning_brats.evaluation import (
 from lightning_brats.labels import nested_region_codes
 from lightning_brats.lesion_metrics import check_settings
 from lightning_brats.prediction import release_of
+from lightning_brats.report import write_report
 from lightning_brats.visualize import case_figure, dice_boxplot, figure_to_png
 
 log = logging.getLogger("lightning_brats.eval")
@@ -195,6 +196,7 @@ def evaluate(cfg: DictConfig) -> dict:
     atomic_save(output_dir / "dice_boxplot.png", lambda p: p.write_bytes(box))
     print_summary(summary, f"{len(rows)} cases of {cfg.ground_truth} ({len(missing)} missing, scored as empty), metrics={definition}")
     _log_to_wandb(cfg, rows, summary, output_dir)
+    write_report(output_dir)  # report.html: summary, box plot, a sortable row and picture per case
     log.info(f"Wrote metrics.csv, summary.csv, dice_boxplot.png and {'pictures/ ' if cfg.pictures else ''}to {output_dir}")
     return {"rows": rows, "summary": summary, "output_dir": output_dir, "predictions": predictions, "metrics": definition}
 
