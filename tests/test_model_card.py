@@ -89,3 +89,24 @@ def test_training_run_writes_model_card(phantom_root, tmp_path):
     hparams = yaml.safe_load((tmp_path / "csv" / "hparams.yaml").read_text())
     assert hparams["card/parameters"] == parameters and hparams["card/cases"] == 8
     assert hparams["card/steps"] == steps and hparams["card/synthetic_data"] is True
+
+
+@pytest.mark.slow
+def test_eval_with_checkpoint_appends_to_its_card(phantom_checkpoint, phantom_root, tmp_path):
+    from lightning_brats.cli.eval import evaluate
+    from tests.conftest import compose_tool_config
+
+    card = phantom_checkpoint.parent.parent / "model_card.md"
+    before = card.read_text()
+    assert "## Evaluation" not in before
+    cfg = compose_tool_config(
+        "eval", [f"ckpt_path={phantom_checkpoint}", f"ground_truth={phantom_root}", "cases=[BraTS20_Training_001]",
+                 "logger=csv", "pictures=false", "overwrite=true"],
+        tmp_path,
+    )
+    result = evaluate(cfg)
+    after = card.read_text()
+    assert after.startswith(before.rstrip("\n")) and "## Evaluation " in after
+    dice_wt = result["rows"][0]["dice_wt"]  # one case: the mean is that case's Dice
+    assert f"| dice | wt | 1 | {dice_wt:.4f} |" in after
+    assert f"1 cases of `{phantom_root}`" in after
