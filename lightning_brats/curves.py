@@ -17,7 +17,8 @@ class TrainingCurves(pl.Callback):
 
     Records ``train/loss_epoch`` after each training epoch and ``val/loss`` and every
     ``val/dice_*`` after each validation (sanity checks excluded). Written by global rank 0 only,
-    atomically, also when training stops early (``max_time``, interruption). The history travels
+    atomically, also when training stops early (``max_time``, interruption), and attached to every
+    logger that holds files (:func:`~lightning_brats.callbacks.publish.log_file`). The history travels
     in checkpoints (callback state), so a resumed run draws every epoch, not only its own.
 
     Args:
@@ -52,6 +53,10 @@ class TrainingCurves(pl.Callback):
         if trainer.is_global_zero and self.history:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             atomic_save(self.path, self.draw)
+            # every logger that holds files or images gets it too (W&B files, MLflow artifacts, TensorBoard)
+            from lightning_brats.callbacks.publish import log_file
+
+            log_file(trainer.loggers, self.path, step=trainer.global_step)
 
     def draw(self, path: Path) -> None:
         """Two panels: losses (left), validation Dice per region (right), against epochs; PNG at ``path``."""

@@ -13,10 +13,8 @@ from torchmetrics import MeanMetric
 
 from lightning_brats.budget import PolyLRByProgress, training_progress
 from lightning_brats.inference import predict_logits
-from lightning_brats.labels import nested_region_codes, regions_to_labels
 from lightning_brats.losses import deep_supervision_loss
-from lightning_brats.metrics import RegionDice, region_dice
-from lightning_brats.visualize import case_figure, figure_to_array
+from lightning_brats.metrics import RegionDice
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +45,9 @@ class SegmentationModule(pl.LightningModule):
             after every optimiser step), else per epoch.
         sliding_window_overlap: overlap of validation windows (fraction).
         sw_batch_size: windows (3D) or slices (2D) per validation forward pass.
-        num_val_images: cases per validation pictured in W&B (the picture ``eval.py`` writes); under
-            DDP the first of global rank 0's share of the cases.
+        num_val_images: cases per validation pictured (the picture ``eval.py`` writes) by
+            :class:`~lightning_brats.callbacks.pictures.ValidationPictures` in every logger that holds
+            images; under DDP the first of global rank 0's share of the cases.
         display_modality: modality shown under the overlays, or a list of them: the first the
             data has (default T1ce, else FLAIR, else the first channel).
         threshold: probability above which a voxel belongs to a region.
@@ -179,7 +178,9 @@ class SegmentationModule(pl.LightningModule):
             for schedule in schedules:
                 schedule.progress = progress
 
-    def validation_step(self, batch: Mapping, batch_idx: int) -> None:
+    def validation_step(self, batch: Mapping, batch_idx: int) -> dict[str, torch.Tensor]:
+        """Whole-case validation; returns ``{"pred": (B, R, *spatial) bool}`` for callbacks
+        (:class:`~lightning_brats.callbacks.pictures.ValidationPictures` pictures it)."""
         image, target = batch["image"], batch["target"]
         logits = predict_logits(self.compiled_net, image, self.patch_size, self.hparams.sliding_window_overlap, self.hparams.sw_batch_size)
         # reduced once at the epoch's end (sum of losses / sum of cases over the processes): no
@@ -188,8 +189,7 @@ class SegmentationModule(pl.LightningModule):
         self.log("val/loss", self.val_loss, on_epoch=True, batch_size=1)
         pred = torch.sigmoid(logits) > self.hparams.threshold
         self.val_dice.update(pred, target)
-        if batch_idx < self.hparams.num_val_images:
-            self._log_picture(batch, pred)
+        return {"pred": pred}
 
     def on_validation_epoch_end(self) -> None:
         # compute() sums the per-case Dice and the case counts over all processes, so every process
@@ -199,26 +199,6 @@ class SegmentationModule(pl.LightningModule):
             self.log(f"val/dice_{name}", value.float(), sync_dist=True)
         self.log("val/dice_mean", dice.mean().float(), prog_bar=True, sync_dist=True)
         self.val_dice.reset()
-
-    def _log_picture(self, batch: Mapping, pred: torch.Tensor) -> None:
-        """Log :func:`~lightning_brats.visualize.case_figure` of one validation case to W&B."""
-        wandb_loggers = [lg for lg in self.loggers if isinstance(lg, WandbLogger)]
-        if not wandb_loggers or self.trainer.sanity_checking or not self.trainer.is_global_zero:
-            return
-        dm = self.trainer.datamodule
-        truth = regions_to_labels(batch["target"][0].cpu().numpy(), dm.regions)
-        labels = regions_to_labels(pred[0].cpu().numpy(), dm.regions)
-        dice = region_dice(pred[:1], batch["target"][:1].bool())[0]
-        scores = ", ".join(f"{n.upper()} {d:.2f}" for n, d in zip(self.region_names, dice.tolist()))
-        case_id = batch["case_id"][0]
-        shown = self.modalities[self.display_channel] if self.modalities else ""
-        figure = case_figure(
-            batch["image"][0, self.display_channel].float().cpu().numpy(), truth, labels, dm.labels,
-            [code for _, code in nested_region_codes(dm.regions)], f"{case_id} epoch {self.current_epoch}: Dice {scores}", shown,
-        )
-        picture = figure_to_array(figure)
-        for lg in wandb_loggers:
-            lg.log_image(key=f"val/case_{case_id}", images=[picture], caption=[f"{case_id} epoch {self.current_epoch}: {scores}"], step=self.global_step)
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=self.parameters())

@@ -24,7 +24,7 @@ def test_help_lists_config_groups_and_options():
         "data: brats20, brats21, brats23, lgg, msd_task01, sample",
         "model: attention_unet2d, attention_unet3d, nnunet2d, nnunet3d, resunet2d, resunet3d, segresnet, swinunetr, unet2d, unet3d",
         "experiment: brats_cpu, brats_cpu_2d, lgg_cpu",
-        "logger: csv, wandb",
+        "logger: csv, many, mlflow, tensorboard, wandb",
     ):
         assert line in out
 

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 import lightning_brats  # noqa: F401  (registers resolvers)
-from lightning_brats.cli.train import CONFIG_DIR
+from lightning_brats.configs import CONFIG_PATH
 from lightning_brats.data.layouts import DataError, load_case
 
 
@@ -89,7 +89,7 @@ def print_report(report: DatasetReport, datamodule, console: Console) -> None:
         console.print("[bold green]no problems found[/bold green]")
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="check_data")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="check_data")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point; exits with status 1 when a problem was found."""
     datamodule = hydra.utils.instantiate(cfg.data)

@@ -23,7 +23,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 import lightning_brats  # noqa: F401  (registers resolvers)
-from lightning_brats.cli.train import CONFIG_DIR
+from lightning_brats.configs import CONFIG_PATH
 from lightning_brats.data.layouts import DataError, load_case
 from lightning_brats.data.preprocess import atomic_save
 from lightning_brats.evaluation import (
@@ -195,6 +195,10 @@ def evaluate(cfg: DictConfig) -> dict:
     box = figure_to_png(dice_boxplot({r: [row[f"dice_{r}"] for row in rows] for r in regions}))
     atomic_save(output_dir / "dice_boxplot.png", lambda p: p.write_bytes(box))
     print_summary(summary, f"{len(rows)} cases of {cfg.ground_truth} ({len(missing)} missing, scored as empty), metrics={definition}")
+    if cfg.get("ckpt_path"):  # the checkpoint's run keeps a record of every evaluation in its model card
+        from lightning_brats.callbacks.model_card import append_evaluation
+
+        append_evaluation(cfg.ckpt_path, summary, f"{len(rows)} cases of `{cfg.ground_truth}` ({len(missing)} missing); outputs `{output_dir}`")
     _log_to_wandb(cfg, rows, summary, output_dir)
     write_report(output_dir)  # report.html: summary, box plot, a sortable row and picture per case
     log.info(f"Wrote metrics.csv, summary.csv, dice_boxplot.png and {'pictures/ ' if cfg.pictures else ''}to {output_dir}")
@@ -233,7 +237,7 @@ def _log_to_wandb(cfg: DictConfig, rows: list[dict], summary: list[dict], output
         wandb.finish()
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point."""
     evaluate(cfg)

@@ -23,7 +23,7 @@ from rich.progress import (
 )
 
 import lightning_brats  # noqa: F401  (registers resolvers)
-from lightning_brats.cli.train import CONFIG_DIR
+from lightning_brats.configs import CONFIG_PATH
 from lightning_brats.data.layouts import CaseFiles, DataError
 from lightning_brats.hardware import configure_threads
 from lightning_brats.prediction import (
@@ -152,7 +152,7 @@ def predict(cfg: DictConfig) -> dict:
     }
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="predict")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point."""
     predict(cfg)

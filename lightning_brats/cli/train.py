@@ -29,8 +29,8 @@ from lightning_brats.module import WANDB_ID_KEY
 
 log = logging.getLogger("lightning_brats.train")
 
-#: The repository's ``conf/`` folder (the package is used from a checkout or an editable install).
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+# The configs: the checkout's conf/ or the installed package's (see lightning_brats/configs.py).
+from lightning_brats.configs import CONFIG_DIR, CONFIG_PATH  # noqa: F401  (CONFIG_DIR: for tests and tools)
 
 
 def _instantiate_dict(cfg: DictConfig | None) -> list:
@@ -291,7 +291,7 @@ def _finish_wandb(trainer: pl.Trainer) -> None:
         wandb.finish()
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``cfg.optimized_metric`` for sweepers."""
     metrics = train(cfg)
