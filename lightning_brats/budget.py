@@ -91,9 +91,9 @@ def _parse_duration(duration: str | timedelta | dict | None) -> str | timedelta 
 class TrainingBudget(Timer):
     """Lightning's :class:`~pytorch_lightning.callbacks.Timer` for ``trainer.max_time``, plus:
 
-    - when anything stops training early (the time budget, a signal, another callback), the
-      stopping step is validated once more (``check_val_every_n_epoch`` would otherwise skip it),
-      so the best and last checkpoints see the end of the budget;
+    - the last step is validated, whatever ends training (the time budget, ``max_steps`` mid-epoch,
+      the last epoch when ``check_val_every_n_epoch`` does not divide ``max_epochs``, a signal,
+      another callback), so the best checkpoint sees the end of the budget;
     - at the end, a warning when fewer steps ran than were planned, naming both counts and why.
 
     It takes the Timer's place (Lightning then ignores its own ``max_time``), so its elapsed
@@ -117,8 +117,11 @@ class TrainingBudget(Timer):
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args, **kwargs) -> None:
         super().on_train_batch_end(trainer, *args, **kwargs)
+        planned = planned_steps(trainer)
+        if planned and trainer.global_step >= planned:
+            trainer.should_stop = True  # the last planned step (max_steps mid-epoch, or the last epoch's last batch)
         if trainer.should_stop and trainer.fit_loop._can_stop_early and trainer.check_val_every_n_epoch is not None:
-            # Lightning validates on an early stop only in an epoch that validates anyway
+            # Lightning validates on a stop only in an epoch that validates anyway
             trainer.check_val_every_n_epoch = 1
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -95,6 +95,19 @@ def test_without_a_time_budget_the_schedule_spans_the_planned_steps(phantom_root
     assert "ended early" not in caplog.text
 
 
+@pytest.mark.slow
+def test_the_last_planned_step_is_validated(phantom_root, tmp_path):
+    """max_steps ends training mid-epoch 1, in an epoch that would not validate (every 3 epochs):
+    the last step is validated anyway, and the best checkpoint can be that step."""
+    FakeClock.now, FakeClock.lrs = 0.0, []
+    cfg = _tiny(phantom_root, tmp_path, ["trainer.max_epochs=50", "trainer.max_steps=6", "trainer.check_val_every_n_epoch=3"])
+    train(cfg)
+    with open(tmp_path / "csv" / "metrics.csv") as handle:
+        validated = [int(row["step"]) for row in csv.DictReader(handle) if row.get("val/dice_mean")]
+    assert validated == [5]  # the 6th step (Lightning logs its 0-based index)
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 6
+
+
 def test_a_run_without_any_checkpoint_is_an_error(tmp_path):
     trainer = pl.Trainer(callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt")], logger=False, enable_progress_bar=False)
     with pytest.raises(RuntimeError, match=r"training stopped after 0 steps without writing any checkpoint \(dirpath .*ckpt\)"):

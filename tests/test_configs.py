@@ -8,7 +8,7 @@ import hydra
 import pytest
 from torch import nn
 
-from lightning_brats.cli.train import CONFIG_DIR
+from lightning_brats.cli.train import CONFIG_DIR, choose_precision_and_threads
 from tests.conftest import compose_config
 
 DATA = sorted(p.stem for p in (Path(CONFIG_DIR) / "data").glob("*.yaml"))
@@ -68,6 +68,8 @@ def test_experiments_compose(experiment, tmp_path):
     cfg = compose_config([f"experiment={experiment}", "data.root=/x"], tmp_path)
     hydra.utils.instantiate(cfg.data)
     hydra.utils.instantiate(cfg.model)
+    choose_precision_and_threads(cfg)  # as train.py does: trainer.precision=auto is ours, not Lightning's
+    assert cfg.trainer.precision in ("32", "bf16-mixed")
     hydra.utils.instantiate(cfg.trainer)
 
 
