@@ -1,7 +1,8 @@
 """``lightning-brats <command> [hydra overrides]``: one entry point for the project's commands.
 
 Commands: ``train``, ``predict``, ``eval`` (same as ``lightning-brats-{train,predict,eval}``), ``check-data``,
-``summarize <multirun dir>`` (a multirun's Dice per job and mean/std over folds).
+``summarize <multirun dir>`` (a multirun's Dice per job and mean/std over folds), ``export`` (a
+checkpoint's network as ONNX or TorchScript with its preprocessing metadata).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ def main() -> None:
         "eval": "lightning_brats.cli.eval",
         "check-data": "lightning_brats.cli.check_data",
         "summarize": "lightning_brats.cli.summarize",
+        "export": "lightning_brats.cli.export",
     }
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         print(f"usage: lightning-brats {{{','.join(commands)}}} [overrides ...]   (add --help to a command for its options)")
