@@ -5,6 +5,11 @@ The checkpoint carries the resolved ``data`` and ``model`` config of its trainin
 modalities and preprocessing (crop, normalisation, spacing) without being told. The files'
 release (layout, label codes, regions) may be replaced, e.g. a BraTS 2020 model predicting
 BraTS 2023 files, as long as the modalities and region names match the network's channels.
+
+Several models (the folds of a cross-validation, a multirun's jobs, exported files) predict as
+one ensemble: their probabilities, each after its own flip TTA, are averaged before
+thresholding, as nnU-Net (Isensee et al. 2021) and NVIDIA's BraTS 2021 entry (Futrega et al.
+2021) ensemble their folds.
 """
 
 from __future__ import annotations
@@ -37,6 +42,17 @@ log = logging.getLogger(__name__)
 #: these may be replaced at prediction time (``data=brats23``); the rest comes from the checkpoint.
 RELEASE_KEYS = ("layout", "labels", "regions", "postprocess")
 
+#: Keys of a ``data`` config that set the preprocessing (the arguments of
+#: :func:`~lightning_brats.data.preprocess.preprocess_case`).
+PREPROCESSING_KEYS = ("spacing", "normalization", "crop", "crop_size")
+
+#: What a model needs from its ``data`` config to segment a case: the release, its channels,
+#: the sliding window and the preprocessing (an exported model's metadata holds these).
+INFERENCE_KEYS = (*RELEASE_KEYS, "modalities", "sampling", "patch_size", *PREPROCESSING_KEYS)
+
+#: What the models of an ensemble must share: channels in and out, label codes, preprocessing.
+ENSEMBLE_KEYS = ("modalities", "regions", "labels", *PREPROCESSING_KEYS)
+
 
 def release_of(data) -> dict:
     """What ``predict.py`` and ``eval.py`` take from a composed ``data`` config (``data=<release>``):
@@ -48,15 +64,22 @@ def release_of(data) -> dict:
             for k in (*RELEASE_KEYS, "modalities") if k in data}
 
 
+def preprocessing_of(data: Mapping) -> dict:
+    """The :data:`PREPROCESSING_KEYS` of a ``data`` config with their defaults, as keyword
+    arguments of :func:`~lightning_brats.data.preprocess.preprocess_case`."""
+    defaults = {"spacing": None, "normalization": "zscore", "crop": "nonzero", "crop_size": None}
+    return {k: data.get(k, default) for k, default in defaults.items()}
+
+
 @dataclass
 class TrainedModel:
-    """A network restored from a checkpoint, with the data config it needs.
+    """A network restored from a checkpoint (or an exported file), with the data config it needs.
 
     Attributes:
-        net: the network in eval mode, on ``device``.
+        net: the network in eval mode, on ``device``: maps ``(N, C, *patch)`` to ``(N, R, *patch)`` logits.
         data: the ``data`` config for prediction: the checkpoint's, with the release keys
             (:data:`RELEASE_KEYS`) replaced when asked.
-        checkpoint: the checkpoint file.
+        checkpoint: the checkpoint file (or the exported ``.onnx`` / ``.pt`` file).
         device: where the network runs.
     """
 
@@ -103,21 +126,108 @@ def load_trained_model(ckpt_path: str | Path, release: Mapping | None = None, de
     stored = checkpoint.get(CONFIG_KEY)
     if not stored:
         raise ValueError(f"{path}: not a lightning-brats checkpoint (no '{CONFIG_KEY}' with the training config)")
-    data = copy.deepcopy(stored["data"])
-    if release:
-        wanted = {**data, **{k: release[k] for k in RELEASE_KEYS if k in release}}
-        wanted["modalities"] = list(release.get("modalities", data["modalities"]))
-        try:
-            check_same_channels(data, wanted)
-        except ValueError as exc:
-            raise ValueError(f"{path}: {exc}") from exc
-        data = wanted
+    data = with_release(copy.deepcopy(stored["data"]), release, path)
     net = hydra.utils.instantiate(stored["model"]["net"])
     prefix = "net."
     state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     net.load_state_dict(state)
-    target = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    target = resolve_device(device)
     return TrainedModel(net.eval().to(target), data, path, target)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; any other value as ``torch.device``."""
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+
+
+def with_release(data: dict, release: Mapping | None, path: Path) -> dict:
+    """``data`` with the :data:`RELEASE_KEYS` (and modalities) of ``release`` when given.
+
+    Raises:
+        ValueError: the release's modalities or region names differ from the network's
+            channels (the message starts with ``path``).
+    """
+    if not release:
+        return data
+    wanted = {**data, **{k: release[k] for k in RELEASE_KEYS if k in release}}
+    wanted["modalities"] = list(release.get("modalities", data["modalities"]))
+    try:
+        check_same_channels(data, wanted)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+    return wanted
+
+
+def _comparable(value):
+    """Mappings as lists of items (their order is the channel order), sequences as lists."""
+    if isinstance(value, Mapping):
+        return [(str(k), _comparable(v)) for k, v in value.items()]
+    if isinstance(value, (list, tuple)):
+        return [_comparable(v) for v in value]
+    return value
+
+
+def check_ensemble(models: Sequence[TrainedModel]) -> None:
+    """Check that models can be averaged: same :data:`ENSEMBLE_KEYS` (modalities, regions,
+    label codes, preprocessing) as the first. Their networks, patch sizes and dimensionality
+    may differ (nnU-Net ensembles its 2D and 3D configurations).
+
+    Raises:
+        ValueError: names the first model that differs, the setting, and both values.
+    """
+    first = models[0]
+    for model in models[1:]:
+        for key in ENSEMBLE_KEYS:
+            ours, theirs = _comparable(first.data.get(key)), _comparable(model.data.get(key))
+            if ours != theirs:
+                raise ValueError(
+                    f"{model.checkpoint}: data.{key}={model.data.get(key)} differs from data.{key}={first.data.get(key)} "
+                    f"of {first.checkpoint}; the models of an ensemble must share {', '.join(ENSEMBLE_KEYS)} "
+                    "(their probabilities are averaged voxel by voxel)"
+                )
+
+
+def multirun_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The best checkpoint of every job of a multirun (``python train.py -m ...``).
+
+    A job is a folder holding ``.hydra/overrides.yaml`` (as for ``lightning-brats summarize``);
+    its best checkpoint is the ``checkpoints/epoch_*.ckpt`` that ``ModelCheckpoint`` keeps
+    (``conf/callbacks/default.yaml``: ``save_top_k: 1`` by ``val/dice_mean``; ``last.ckpt`` is
+    not it).
+
+    Args:
+        run_dir: ``logs/<task>/multiruns/<date>_<time>``.
+
+    Returns:
+        one path per job, in job order (2 before 10).
+
+    Raises:
+        FileNotFoundError: ``run_dir`` is not a folder, holds no job, or a job has no single
+            best checkpoint (the message names the job folder and what is there).
+    """
+    from lightning_brats.cli.summarize import find_job_dirs
+
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"run_dir={root}: no such folder (expected logs/<task>/multiruns/<date>_<time>)")
+    jobs = find_job_dirs(root)
+    if not jobs:
+        raise FileNotFoundError(
+            f"run_dir={root}: no job folder (none has .hydra/overrides.yaml); pass the folder of a multirun "
+            "(python train.py -m ...), such as logs/train/multiruns/<date>_<time>"
+        )
+    found = []
+    for job in jobs:
+        best = sorted((job / "checkpoints").glob("epoch_*.ckpt"))
+        if len(best) != 1:
+            there = sorted(p.name for p in (job / "checkpoints").glob("*.ckpt"))
+            raise FileNotFoundError(
+                f"run_dir={root}: job {job.relative_to(root)} has {len(best)} best checkpoints "
+                f"checkpoints/epoch_*.ckpt (expected 1; found {there or 'no checkpoint'}); "
+                "give the checkpoints explicitly: ckpt_path=[a.ckpt,b.ckpt,...]"
+            )
+        found.append(best[0])
+    return found
 
 
 @dataclass
@@ -203,7 +313,7 @@ class CasePrediction:
 
 
 class Predictor:
-    """Segments whole cases with a trained model, the way the challenge scores them.
+    """Segments whole cases with a trained model (or an ensemble), the way the challenge scores them.
 
     Per case: read the modalities, preprocess exactly as in training (from the checkpoint's
     config), Gaussian-weighted sliding window (3D patches, or slice by slice for a 2D network)
@@ -211,8 +321,14 @@ class Predictor:
     grid (trilinear) and un-cropped, thresholded per region, turned into labels with ET inside
     TC inside WT (:func:`~lightning_brats.labels.regions_to_labels`), then post-processed.
 
+    With several models, each runs its own sliding window (its patch size, 2D or 3D) and TTA on
+    the same preprocessed case, and their probabilities are averaged before the threshold
+    (nnU-Net's fold ensemble; Futrega et al. 2021 for BraTS).
+
     Args:
-        model: from :func:`load_trained_model`.
+        model: from :func:`load_trained_model` or
+            :func:`~lightning_brats.export.load_exported_model`, or a list of them (an
+            ensemble; checked with :func:`check_ensemble`, which raises ``ValueError``).
         overlap: fraction of overlap between sliding windows (nnU-Net: 0.5).
         sw_batch_size: windows (3D) or slices (2D) per forward pass.
         flip_tta: average all flip combinations (8 in 3D, 4 in 2D).
@@ -227,7 +343,7 @@ class Predictor:
 
     def __init__(
         self,
-        model: TrainedModel,
+        model: TrainedModel | Sequence[TrainedModel],
         overlap: float = 0.5,
         sw_batch_size: int = 2,
         flip_tta: bool = True,
@@ -235,11 +351,15 @@ class Predictor:
         postprocess: PostProcessing | None = None,
         precision: str = "auto",
     ) -> None:
-        self.model = model
+        self.models = [model] if isinstance(model, TrainedModel) else list(model)
+        if not self.models:
+            raise ValueError("Predictor needs at least one model")
+        check_ensemble(self.models)
+        self.model = self.models[0]  # its data config serves all: the models agree on it
         self.overlap, self.sw_batch_size, self.flip_tta = overlap, sw_batch_size, flip_tta
         self.threshold = threshold
         self.postprocess = postprocess
-        self.precision = inference_precision(precision, model.device)
+        self.precision = inference_precision(precision, self.model.device)
 
     def _autocast(self):
         if self.precision == "bf16":
@@ -255,15 +375,15 @@ class Predictor:
         start = time.perf_counter()
         data = self.model.data
         case = load_case(files, self.model.modalities, read_label=False)
-        image, _, record = preprocess_case(
-            case, data.get("spacing"), data.get("normalization", "zscore"), data.get("crop", "nonzero"), data.get("crop_size")
-        )
-        tensor = torch.from_numpy(image)[None].to(self.model.device)
-        with torch.no_grad(), self._autocast():
-            probs = predict_probabilities(
-                self.model.net, tensor, self.model.patch_size, self.overlap, self.sw_batch_size, self.flip_tta
-            )
-        probs = restore_to_original(probs[0].float().cpu().numpy(), record, fill=0.0, order=1)
+        image, _, record = preprocess_case(case, **preprocessing_of(data))
+        total = None
+        for model in self.models:
+            tensor = torch.from_numpy(image)[None].to(model.device)
+            with torch.no_grad(), self._autocast():
+                probs = predict_probabilities(model.net, tensor, model.patch_size, self.overlap, self.sw_batch_size, self.flip_tta)
+            probs = probs[0].float().cpu()
+            total = probs if total is None else total + probs
+        probs = restore_to_original((total / len(self.models)).numpy(), record, fill=0.0, order=1)
         label = regions_to_labels(probs > self.threshold, self.model.regions)
         relabelled = 0
         if self.postprocess is not None:

@@ -102,19 +102,35 @@ def _selected_cases(cfg: DictConfig) -> list[str] | None:
     if not cases:
         return None
     if cases == "held_out":
-        if not cfg.get("ckpt_path"):
+        from lightning_brats.cli.predict import model_files
+
+        checkpoints, exported = model_files(cfg) if _has_model(cfg) else ([], [])
+        if len(checkpoints) + len(exported) > 1:
+            raise ValueError(
+                f"cases=held_out with an ensemble of {len(checkpoints) + len(exported)} models: every fold was trained on "
+                "the others' held-out cases, so no case is held out from the ensemble; score it on cases no fold "
+                "trained on (cases=[...] of a separate test set)"
+            )
+        if not checkpoints:
             raise ValueError("cases=held_out needs ckpt_path= (the fold comes from the checkpoint's run folder)")
-        return held_out_cases(cfg.ckpt_path)
+        return held_out_cases(checkpoints[0])
     return [str(c) for c in cases]
 
 
+def _has_model(cfg: DictConfig) -> bool:
+    """Whether ``cfg`` names a model to predict with (``ckpt_path``, ``run_dir`` or ``exported``)."""
+    return any(cfg.get(key) for key in ("ckpt_path", "run_dir", "exported"))
+
+
 def _predict_first(cfg: DictConfig, cases: list[str] | None) -> tuple[Path, dict]:
-    """Predict ``cfg.ground_truth``'s cases with ``cfg.ckpt_path`` into ``<output_dir>/predictions``."""
+    """Predict ``cfg.ground_truth``'s cases with ``cfg``'s model(s) into ``<output_dir>/predictions``."""
     from lightning_brats.cli.predict import predict
 
     predict_cfg = OmegaConf.create(
         {
-            "ckpt_path": cfg.ckpt_path,
+            "ckpt_path": cfg.get("ckpt_path"),
+            "run_dir": cfg.get("run_dir"),
+            "exported": cfg.get("exported"),
             "input": cfg.ground_truth,
             "cases": cases,
             "files": None,
@@ -139,16 +155,20 @@ def evaluate(cfg: DictConfig) -> dict:
     Raises:
         DataError: the ground truth holds no labelled case (or not a listed one); a prediction
             is missing (unless ``allow_missing=true``), unreadable, off-grid or holds unknown labels.
-        ValueError: neither ``predictions`` nor ``ckpt_path`` is given, or no release is known.
+        ValueError: neither ``predictions`` nor a model (``ckpt_path``, ``run_dir``, ``exported``) is
+            given, no release is known, or ``cases=held_out`` with an ensemble.
     """
     output_dir = Path(cfg.output_dir)
     selected = _selected_cases(cfg)
-    if cfg.get("ckpt_path"):
+    if _has_model(cfg):
         predictions, data = _predict_first(cfg, selected)
     elif cfg.get("predictions"):
         predictions, data = Path(cfg.predictions), _data_config(cfg)
     else:
-        raise ValueError("give predictions=<folder of <case>.nii.gz> or ckpt_path=<checkpoint> (predicts first)")
+        raise ValueError(
+            "give predictions=<folder of <case>.nii.gz> or a model to predict first: ckpt_path=<checkpoint> "
+            "(or a list: an ensemble), run_dir=<multirun folder> or exported=<file.onnx|file.pt>"
+        )
     regions = {str(k): [int(c) for c in v] for k, v in data["regions"].items()}
     definition, lesion_wise = metric_settings(cfg, data)
     metrics = case_metrics(definition)

@@ -1,6 +1,7 @@
 """``python predict.py`` / ``lightning-brats-predict``: a checkpoint -> NIfTI label maps on the input grid.
 
-See ``conf/predict.yaml`` for the options and :mod:`lightning_brats.prediction` for the steps.
+Several checkpoints (``ckpt_path=[a.ckpt,b.ckpt]``, or ``run_dir=`` a multirun's best ones) or
+exported files (``exported=model.onnx``) predict as one ensemble. See ``conf/predict.yaml`` for the options and :mod:`lightning_brats.prediction` for the steps.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import hydra
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -32,6 +33,7 @@ from lightning_brats.prediction import (
     check_not_inputs,
     files_from_paths,
     load_trained_model,
+    multirun_checkpoints,
     output_paths,
     postprocessing_for,
     release_of,
@@ -41,20 +43,53 @@ from lightning_brats.prediction import (
 log = logging.getLogger("lightning_brats.predict")
 
 
+def _as_list(value) -> list[str]:
+    """``None`` -> ``[]``, one path -> ``[path]``, a list -> its paths."""
+    if not value:
+        return []
+    return [str(v) for v in value] if isinstance(value, (list, tuple, ListConfig)) else [str(value)]
+
+
+def model_files(cfg: DictConfig) -> tuple[list[Path], list[Path]]:
+    """``(checkpoints, exported files)`` that ``cfg`` names: ``ckpt_path`` (one or a list), the
+    best checkpoint of every job of ``run_dir``, and ``exported`` (one or a list).
+
+    Raises:
+        ValueError: none is given.
+        FileNotFoundError: ``run_dir`` holds no job or a job without its best checkpoint.
+    """
+    checkpoints = [Path(p) for p in _as_list(cfg.get("ckpt_path"))]
+    if cfg.get("run_dir"):
+        checkpoints += multirun_checkpoints(cfg.run_dir)
+    exported = [Path(p) for p in _as_list(cfg.get("exported"))]
+    if not checkpoints and not exported:
+        raise ValueError(
+            "give a model: ckpt_path=<checkpoint> (several for an ensemble: ckpt_path=[a.ckpt,b.ckpt]), "
+            "run_dir=<multirun folder> (the best checkpoint of every job) or exported=<file.onnx|file.pt>"
+        )
+    return checkpoints, exported
+
+
 def build_predictor(cfg: DictConfig) -> Predictor:
-    """The model of ``cfg.ckpt_path`` (release from ``cfg.data`` when given) with ``cfg.inference``'s settings;
-    post-processing is the dataset's rule (``data.postprocess``) with ``inference.postprocess``'s non-null keys
-    replacing it (:func:`~lightning_brats.prediction.postprocessing_for`)."""
+    """The model(s) ``cfg`` names (:func:`model_files`; release from ``cfg.data`` when given) with
+    ``cfg.inference``'s settings; several models predict as an ensemble. Post-processing is the dataset's
+    rule (``data.postprocess``) with ``inference.postprocess``'s non-null keys replacing it
+    (:func:`~lightning_brats.prediction.postprocessing_for`)."""
     release = release_of(cfg.data) if cfg.get("data") else None
     inference = cfg.inference
-    model = load_trained_model(cfg.ckpt_path, release, inference.device)
+    checkpoints, exported = model_files(cfg)
+    models = [load_trained_model(path, release, inference.device) for path in checkpoints]
+    if exported:
+        from lightning_brats.export import load_exported_model
+
+        models += [load_exported_model(path, release, inference.device) for path in exported]
     return Predictor(
-        model,
+        models,
         overlap=inference.overlap,
         sw_batch_size=inference.sw_batch_size,
         flip_tta=inference.flip_tta,
         threshold=inference.threshold,
-        postprocess=postprocessing_for(model.data, inference.get("postprocess")),
+        postprocess=postprocessing_for(models[0].data, inference.get("postprocess")),
         precision=str(inference.precision),
     )
 
@@ -109,10 +144,11 @@ def predict(cfg: DictConfig) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
     todo = [c for c in cases if cfg.overwrite or not planned[c.case_id]["label"].exists()]
     skipped = len(cases) - len(todo)
+    sources = ", ".join(str(m.checkpoint) for m in predictor.models)
     log.info(
-        f"{model.checkpoint}: {len(cases)} cases under {cfg.get('input') or 'files='}, {skipped} already predicted "
+        f"{sources}{f' (ensemble of {len(predictor.models)})' if len(predictor.models) > 1 else ''}: {len(cases)} cases under {cfg.get('input') or 'files='}, {skipped} already predicted "
         f"in {output_dir} (overwrite=true redoes them); modalities {model.modalities}, regions {list(model.regions)}, "
-        f"window {model.patch_size}, flip TTA {'on' if predictor.flip_tta else 'off'}, device {model.device}, "
+        f"window {[m.patch_size for m in predictor.models]}, flip TTA {'on' if predictor.flip_tta else 'off'}, device {model.device}, "
         f"precision {predictor.precision} (inference.precision={cfg.inference.precision}), {threads} CPU threads"
     )
     seconds = []

@@ -1,0 +1,107 @@
+"""Fold ensembles in predict.py and eval.py: the mean of the models' probabilities, the best
+checkpoint of every job of a multirun, refusals (models that disagree, cases=held_out).
+
+The two models are the session's phantom checkpoints, a 3D and a 2D U-Net trained on the same
+data and preprocessing (nnU-Net ensembles its 2D and 3D configurations the same way)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from lightning_brats.cli.eval import evaluate
+from lightning_brats.cli.predict import model_files, predict
+from lightning_brats.module import CONFIG_KEY
+from lightning_brats.prediction import Predictor, load_trained_model, multirun_checkpoints
+from tests.conftest import compose_tool_config
+
+
+def _changed(ckpt: Path, folder: Path, **data) -> Path:
+    """A copy of ``ckpt`` whose stored data config has ``data`` changed (the weights unchanged)."""
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    checkpoint[CONFIG_KEY]["data"].update(data)
+    path = folder / f"{'_'.join(data)}.ckpt"
+    torch.save(checkpoint, path)
+    return path
+
+
+def test_ensemble_is_the_mean_of_each_models_probabilities(phantom_checkpoint, phantom_checkpoint_2d, phantom_root, tmp_path):
+    case = min(p for p in phantom_root.iterdir() if p.is_dir())
+    out = tmp_path / "out"
+    result = predict(compose_tool_config(
+        "predict",
+        [f"ckpt_path=[{phantom_checkpoint},{phantom_checkpoint_2d}]", f"input={case}", f"output_dir={out}",
+         "save_probabilities=true", "inference.flip_tta=true", "inference.postprocess.min_voxels=0",
+         "inference.overlap=0.25", "inference.sw_batch_size=8"],
+        tmp_path,
+    ))
+    assert result["predicted"] == 1
+    ensemble = np.moveaxis(np.asarray(nib.load(out / f"{case.name}_probabilities.nii.gz").dataobj), -1, 0)
+    # each model alone, with its own window (3D patches, 2D slices) and flip TTA (8 and 4 flips)
+    single = []
+    for ckpt in (phantom_checkpoint, phantom_checkpoint_2d):
+        model = load_trained_model(ckpt, device="cpu")
+        files = hydra.utils.instantiate(model.data["layout"]).find_cases(case)[0]
+        single.append(Predictor(model, overlap=0.25, sw_batch_size=8, flip_tta=True).predict_case(files).probabilities)
+    assert np.abs(single[0] - single[1]).max() > 0.05  # two different models
+    mean = (single[0] + single[1]) / 2
+    np.testing.assert_allclose(ensemble, mean, atol=1e-6)
+    # thresholded after averaging: WT is where the mean WT probability exceeds 0.5
+    label = np.asarray(nib.load(out / f"{case.name}.nii.gz").dataobj)
+    np.testing.assert_array_equal(label > 0, mean[0] > 0.5)
+    assert (label > 0).any()
+
+
+def test_models_that_disagree_are_refused_naming_the_first_that_differs(phantom_checkpoint, phantom_root, tmp_path):
+    case = min(p for p in phantom_root.iterdir() if p.is_dir())
+    minmax = _changed(phantom_checkpoint, tmp_path, normalization="minmax")
+    coarse = _changed(phantom_checkpoint, tmp_path, spacing=[2.0, 2.0, 2.0])
+    models = f"ckpt_path=[{phantom_checkpoint},{phantom_checkpoint},{coarse},{minmax}]"
+    with pytest.raises(ValueError, match=rf"{coarse}: data.spacing=\[2.0, 2.0, 2.0\] differs from data.spacing=None of {phantom_checkpoint}; "
+                       r"the models of an ensemble must share modalities, regions, labels, spacing"):
+        predict(compose_tool_config("predict", [models, f"input={case}"], tmp_path))
+    regions = _changed(phantom_checkpoint, tmp_path, regions={"wt": [1, 2, 4], "et": [4], "tc": [1, 4]})
+    with pytest.raises(ValueError, match=rf"{regions}: data.regions=.*differs"):
+        predict(compose_tool_config("predict", [f"ckpt_path=[{phantom_checkpoint},{regions}]", f"input={case}"], tmp_path))
+    with pytest.raises(ValueError, match=r"give a model: ckpt_path=<checkpoint> \(several for an ensemble"):
+        predict(compose_tool_config("predict", [f"input={case}"], tmp_path))
+
+
+def _multirun(folder: Path, jobs: dict[str, Path | None]) -> Path:
+    """A multirun folder as Hydra and train.py leave it: ``<job>/.hydra/overrides.yaml`` and
+    ``<job>/checkpoints/{epoch_*.ckpt,last.ckpt}`` (``None``: a job that never validated)."""
+    for job, best in jobs.items():
+        (folder / job / ".hydra").mkdir(parents=True)
+        (folder / job / ".hydra" / "overrides.yaml").write_text(f"- data.fold={job}\n")
+        (folder / job / "checkpoints").mkdir()
+        (folder / job / "checkpoints" / "last.ckpt").write_bytes(b"not the best")
+        if best is not None:
+            (folder / job / "checkpoints" / f"epoch_00{job[-1]}.ckpt").symlink_to(best)
+    return folder
+
+
+def test_run_dir_takes_the_best_checkpoint_of_every_job(phantom_checkpoint, phantom_checkpoint_2d, tmp_path):
+    root = _multirun(tmp_path / "multirun", {"2": phantom_checkpoint_2d, "10": phantom_checkpoint, "0": phantom_checkpoint})
+    found = multirun_checkpoints(root)
+    assert found == [root / "0/checkpoints/epoch_000.ckpt", root / "2/checkpoints/epoch_002.ckpt", root / "10/checkpoints/epoch_000.ckpt"]
+    cfg = compose_tool_config("predict", [f"run_dir={root}", f"ckpt_path={phantom_checkpoint}"], tmp_path)
+    assert model_files(cfg) == ([phantom_checkpoint, *found], [])
+    broken = _multirun(tmp_path / "broken", {"0": phantom_checkpoint, "1": None})
+    with pytest.raises(FileNotFoundError, match=r"job 1 has 0 best checkpoints checkpoints/epoch_\*.ckpt .*found \['last.ckpt'\]"):
+        multirun_checkpoints(broken)
+    with pytest.raises(FileNotFoundError, match=r"no job folder"):
+        multirun_checkpoints(tmp_path / "broken" / "0" / "checkpoints")
+
+
+def test_eval_refuses_held_out_cases_for_an_ensemble(phantom_checkpoint, phantom_checkpoint_2d, phantom_root, tmp_path):
+    root = _multirun(tmp_path / "multirun", {"0": phantom_checkpoint, "1": phantom_checkpoint_2d})
+    for models in (f"ckpt_path=[{phantom_checkpoint},{phantom_checkpoint_2d}]", f"run_dir={root}"):
+        cfg = compose_tool_config("eval", [models, f"ground_truth={phantom_root}", "cases=held_out", "logger=csv"], tmp_path)
+        with pytest.raises(ValueError, match=r"cases=held_out with an ensemble of 2 models: every fold was trained on the others'"):
+            evaluate(cfg)
+    assert not (tmp_path / "predictions").exists()  # refused before predicting anything
