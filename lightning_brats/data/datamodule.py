@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from lightning_brats.data.layouts import CaseFiles, DataError, Layout
 from lightning_brats.data.preprocess import CachedCase, PreprocessedCache, atomic_save
 from lightning_brats.data.sampling import Augmentation, EpochSampler, TrainingSampleDataset
+from lightning_brats.data.settings import PreprocessingSettings
 from lightning_brats.data.splits import make_splits, read_splits
 from lightning_brats.labels import labels_to_regions
 
@@ -75,8 +76,9 @@ class BratsDataModule(pl.LightningDataModule):
         notice: a message printed when the data are prepared (e.g. "these are synthetic").
         max_val_cases: validate on at most this many cases of the fold (``None``: all).
         preprocess_workers: processes preprocessing cases in parallel (on the first use only).
-        normalization, crop, crop_size: preprocessing options (see
-            :func:`~lightning_brats.data.preprocess.preprocess_case`).
+        normalization, crop, crop_size: preprocessing options; with ``modalities`` and ``spacing``
+            they make :attr:`preprocessing` (:class:`~lightning_brats.data.settings.PreprocessingSettings`,
+            where their defaults and checks live).
         min_foreground_fraction: drop training cases (3D) or axial slices (2D) whose tumour
             voxels are a smaller share than this of the preprocessed case or slice; validation
             keeps every case. ``None`` or 0 keeps everything. The count dropped is logged.
@@ -98,7 +100,8 @@ class BratsDataModule(pl.LightningDataModule):
     Raises:
         ValueError: an unknown ``sampling``, or one the layout does not support (the LGG
             slices are 2D only); a ``patch_size`` with too few values; ``samples_per_epoch``
-            smaller than ``batch_size``.
+            smaller than ``batch_size``; invalid preprocessing settings (see
+            :class:`~lightning_brats.data.settings.PreprocessingSettings`).
     """
 
     def __init__(
@@ -111,7 +114,7 @@ class BratsDataModule(pl.LightningDataModule):
         sampling: str = "3d",
         patch_size: Sequence[int] = (128, 128, 128),
         batch_size: int = 2,
-        spacing: Sequence[float] | None = None,
+        spacing: Sequence[float] | None = PreprocessingSettings.spacing,
         oversample_foreground: float = 0.33,
         samples_per_epoch: int = 500,
         num_folds: int = 5,
@@ -125,9 +128,9 @@ class BratsDataModule(pl.LightningDataModule):
         max_val_cases: int | None = None,
         splits_file: str | None = None,
         preprocess_workers: int = 1,
-        normalization: str = "zscore",
-        crop: str = "nonzero",
-        crop_size: Sequence[int] | None = None,
+        normalization: str = PreprocessingSettings.normalization,
+        crop: str = PreprocessingSettings.crop,
+        crop_size: Sequence[int] | None = PreprocessingSettings.crop_size,
         min_foreground_fraction: float | None = None,
         prepare_data_per_node: bool = False,
         postprocess: Mapping | None = None,
@@ -145,7 +148,9 @@ class BratsDataModule(pl.LightningDataModule):
             )
         self.root = Path(root)
         self.layout = layout
-        self.modalities = list(modalities)
+        #: what the cache, validation and (through the checkpoint's data config) prediction preprocess with
+        self.preprocessing = PreprocessingSettings(modalities, spacing, normalization, crop, crop_size)
+        self.modalities = list(self.preprocessing.modalities)
         self.labels = {str(k): int(v) for k, v in labels.items()}
         self.regions = {str(k): [int(v) for v in vs] for k, vs in regions.items()}
         self.sampling = sampling
@@ -160,7 +165,6 @@ class BratsDataModule(pl.LightningDataModule):
             )
         self.batch_size = batch_size
         self.rank_batch_size = batch_size
-        self.spacing = None if spacing is None else [float(s) for s in spacing]
         self.oversample_foreground = oversample_foreground
         self.samples_per_epoch = samples_per_epoch
         self.num_folds, self.fold, self.seed = num_folds, fold, seed
@@ -179,12 +183,8 @@ class BratsDataModule(pl.LightningDataModule):
         self.cache = PreprocessedCache(
             cache_dir,
             self.root.resolve().name,
-            self.modalities,
+            self.preprocessing,
             self.labels,
-            self.spacing,
-            normalization,
-            crop,
-            crop_size,
             source={"root": str(self.root.resolve()), "layout": layout.describe()},
         )
         self.train_ids: list[str] = []
