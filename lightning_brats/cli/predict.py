@@ -26,6 +26,7 @@ import lightning_brats  # noqa: F401  (registers resolvers)
 from lightning_brats.configs import CONFIG_PATH
 from lightning_brats.data.layouts import CaseFiles, DataError
 from lightning_brats.hardware import configure_threads
+from lightning_brats.inference import InferenceSettings
 from lightning_brats.prediction import (
     Predictor,
     TrainedModel,
@@ -46,17 +47,9 @@ def build_predictor(cfg: DictConfig) -> Predictor:
     post-processing is the dataset's rule (``data.postprocess``) with ``inference.postprocess``'s non-null keys
     replacing it (:func:`~lightning_brats.prediction.postprocessing_for`)."""
     release = release_of(cfg.data) if cfg.get("data") else None
-    inference = cfg.inference
-    model = load_trained_model(cfg.ckpt_path, release, inference.device)
-    return Predictor(
-        model,
-        overlap=inference.overlap,
-        sw_batch_size=inference.sw_batch_size,
-        flip_tta=inference.flip_tta,
-        threshold=inference.threshold,
-        postprocess=postprocessing_for(model.data, inference.get("postprocess")),
-        precision=str(inference.precision),
-    )
+    settings = InferenceSettings.from_config(cfg.inference)
+    model = load_trained_model(cfg.ckpt_path, release, settings.device)
+    return Predictor(model, settings, postprocessing_for(model.data, settings.postprocess))
 
 
 def find_input_cases(cfg: DictConfig, model: TrainedModel) -> list[CaseFiles]:
@@ -112,7 +105,7 @@ def predict(cfg: DictConfig) -> dict:
     log.info(
         f"{model.checkpoint}: {len(cases)} cases under {cfg.get('input') or 'files='}, {skipped} already predicted "
         f"in {output_dir} (overwrite=true redoes them); modalities {model.modalities}, regions {list(model.regions)}, "
-        f"window {model.patch_size}, flip TTA {'on' if predictor.flip_tta else 'off'}, device {model.device}, "
+        f"window {model.patch_size}, flip TTA {'on' if predictor.settings.flip_tta else 'off'}, device {model.device}, "
         f"precision {predictor.precision} (inference.precision={cfg.inference.precision}), {threads} CPU threads"
     )
     seconds = []
