@@ -1,12 +1,91 @@
-"""Whole-case inference: Gaussian sliding window (3D) or slice by slice (2D)."""
+"""Whole-case inference: Gaussian sliding window (3D) or slice by slice (2D), and its settings."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from monai.inferers import sliding_window_inference
 from torch import nn
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How a network segments whole cases: one object for validation, ``predict.py`` and ``eval.py``.
+
+    Built from the ``inference`` config group (``conf/inference/default.yaml``, composed into
+    ``train.yaml``, ``predict.py`` and ``eval.py`` alike) by :meth:`from_config`; the values live
+    in that file only. Validation in training reads ``overlap``, ``sw_batch_size`` and
+    ``threshold``, so the validation Dice is measured the way cases are predicted; it never flips
+    (``flip_tta`` would make every validation 8 times slower in 3D) and runs at the trainer's
+    device and precision. The Gaussian-weighted sliding window follows nnU-Net (Isensee et al. 2021)
+    through MONAI's ``sliding_window_inference``.
+
+    Attributes:
+        overlap: fraction of overlap between neighbouring windows, in [0, 1) (nnU-Net: 0.5).
+        sw_batch_size: windows (3D) or slices (2D) per forward pass (memory against speed; the
+            result does not depend on it).
+        flip_tta: average the prediction over all flips (8 in 3D, 4 in 2D); prediction only.
+        threshold: probability above which a voxel belongs to a region, in (0, 1).
+        postprocess: ``{region, min_voxels}`` keys replacing the dataset's post-processing, or
+            ``None`` for none (see :func:`~lightning_brats.prediction.postprocessing_for`).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ... (prediction only).
+        precision: ``"auto"``, ``"32"`` or ``"bf16"`` (prediction only; see
+            :func:`~lightning_brats.hardware.inference_precision`).
+
+    Raises:
+        ValueError: an ``overlap``, ``sw_batch_size`` or ``threshold`` out of range (the message
+            names the ``inference.`` key).
+    """
+
+    overlap: float
+    sw_batch_size: int
+    flip_tta: bool
+    threshold: float
+    postprocess: Mapping | None
+    device: str
+    precision: str
+
+    def __post_init__(self) -> None:
+        if not 0 <= float(self.overlap) < 1:
+            raise ValueError(f"inference.overlap={self.overlap}: expected a fraction in [0, 1)")
+        if int(self.sw_batch_size) < 1:
+            raise ValueError(f"inference.sw_batch_size={self.sw_batch_size}: expected at least 1")
+        if not 0 < float(self.threshold) < 1:
+            raise ValueError(f"inference.threshold={self.threshold}: expected a probability in (0, 1)")
+        postprocess = None if self.postprocess is None else {str(k): v for k, v in dict(self.postprocess).items()}
+        for name, value in (("overlap", float(self.overlap)), ("sw_batch_size", int(self.sw_batch_size)),
+                            ("flip_tta", bool(self.flip_tta)), ("threshold", float(self.threshold)),
+                            ("postprocess", postprocess), ("device", str(self.device)), ("precision", str(self.precision))):
+            object.__setattr__(self, name, value)
+
+    @classmethod
+    def from_config(cls, config: Mapping) -> InferenceSettings:
+        """The settings of an ``inference`` config (``cfg.inference``, or the plain dict a checkpoint's
+        model config holds).
+
+        Raises:
+            ValueError: a key missing or not a setting (names it), or a value out of range.
+        """
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(config):
+            config = OmegaConf.to_container(config, resolve=True)
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown, missing = sorted(set(config) - set(names)), [n for n in names if n not in config]
+        if unknown or missing:
+            raise ValueError(
+                f"the inference config {'has unknown keys ' + str(unknown) if unknown else ''}"
+                f"{' and ' if unknown and missing else ''}{'lacks ' + str(missing) if missing else ''}: "
+                f"expected exactly {names} (conf/inference/default.yaml)"
+            )
+        return cls(**{n: config[n] for n in names})
+
+    def as_dict(self) -> dict:
+        """Plain values (for checkpoints' hyper-parameters, which must load with ``weights_only=True``)."""
+        return dataclasses.asdict(self)
 
 
 def predict_logits(

@@ -107,6 +107,22 @@ def nested_region_codes(regions: Mapping[str, Sequence[int]]) -> list[tuple[str,
     return [(node.name, node.code) for node in region_tree(regions)]
 
 
+def labels_to_regions(label: np.ndarray, regions: Mapping[str, Sequence[int]]) -> np.ndarray:
+    """Convert a label map to one binary mask per region (the training targets).
+
+    A voxel belongs to a region when its code is one of the region's codes, so nested regions
+    overlap (a BraTS ET voxel is also in TC and WT). :func:`regions_to_labels` is the inverse.
+
+    Args:
+        label: ``(...)`` integer label map (e.g. BraTS codes 1, 2, 4).
+        regions: region name -> label codes, e.g. ``{"wt": [1, 2, 4], "tc": [1, 4], "et": [4]}``.
+
+    Returns:
+        ``(R, ...)`` float32 masks in the order of ``regions``.
+    """
+    return np.stack([np.isin(label, list(codes)) for codes in regions.values()]).astype(np.float32)
+
+
 def regions_to_labels(masks: np.ndarray, regions: Mapping[str, Sequence[int]]) -> np.ndarray:
     """Turn binary region masks into a label map, enforcing the region forest.
 
@@ -117,7 +133,7 @@ def regions_to_labels(masks: np.ndarray, regions: Mapping[str, Sequence[int]]) -
     parent (RC beside WT, CC beside ET) both claim a voxel, the one listed later in
     ``regions`` wins, as later regions overwrite earlier ones in nnU-Net's
     ``regions_class_order``. For label maps whose codes all belong to some region, this is
-    the inverse of :func:`~lightning_brats.data.sampling.labels_to_regions`.
+    the inverse of :func:`labels_to_regions`.
 
     Args:
         masks: ``(R, X, Y, Z)`` binary masks in the order of ``regions``.

@@ -12,7 +12,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from lightning_brats.budget import PolyLRByProgress, training_progress
-from lightning_brats.inference import predict_logits
+from lightning_brats.inference import InferenceSettings, predict_logits
 from lightning_brats.losses import deep_supervision_loss
 from lightning_brats.metrics import RegionDice
 
@@ -43,14 +43,15 @@ class SegmentationModule(pl.LightningModule):
             ``interval`` attribute (``"step"`` for :class:`~lightning_brats.budget.PolyLRByProgress`,
             whose ``progress`` this module sets from :func:`~lightning_brats.budget.training_progress`
             after every optimiser step), else per epoch.
-        sliding_window_overlap: overlap of validation windows (fraction).
-        sw_batch_size: windows (3D) or slices (2D) per validation forward pass.
+        inference: the ``inference`` config (``inference: ${inference}`` in ``conf/model/unet3d.yaml``)
+            or an :class:`~lightning_brats.inference.InferenceSettings`: validation uses its
+            ``overlap``, ``sw_batch_size`` and ``threshold``, as ``predict.py`` does (no flip TTA).
+            Kept as :attr:`inference`.
         num_val_images: cases per validation pictured (the picture ``eval.py`` writes) by
             :class:`~lightning_brats.callbacks.pictures.ValidationPictures` in every logger that holds
             images; under DDP the first of global rank 0's share of the cases.
         display_modality: modality shown under the overlays, or a list of them: the first the
             data has (default T1ce, else FLAIR, else the first channel).
-        threshold: probability above which a voxel belongs to a region.
         name: the model's name in messages and logs (the ``model=`` config name).
         compile: run the network through ``torch.compile`` for training and validation
             (the checkpoint keeps the plain network's weights).
@@ -61,20 +62,22 @@ class SegmentationModule(pl.LightningModule):
         net: nn.Module,
         loss: nn.Module,
         optimizer: Callable,
+        inference: Mapping | InferenceSettings,
         scheduler: Callable | None = None,
-        sliding_window_overlap: float = 0.5,
-        sw_batch_size: int = 2,
         num_val_images: int = 2,
         display_modality: str | list[str] = ("t1ce", "flair"),
-        threshold: float = 0.5,
         name: str = "model",
         compile: bool = False,
     ) -> None:
         super().__init__()
         display_modality = [display_modality] if isinstance(display_modality, str) else [str(m) for m in display_modality]
+        settings = inference if isinstance(inference, InferenceSettings) else InferenceSettings.from_config(inference)
+        inference = settings.as_dict()  # plain values in the hyper-parameters
         # Only plain values go into the checkpoint's hyper-parameters, so it loads with
         # torch.load(weights_only=True); the full resolved config travels under CONFIG_KEY.
         self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"], logger=False)
+        #: validation's sliding window and threshold (the ``inference`` config group)
+        self.inference = settings
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.net = net
@@ -182,12 +185,12 @@ class SegmentationModule(pl.LightningModule):
         """Whole-case validation; returns ``{"pred": (B, R, *spatial) bool}`` for callbacks
         (:class:`~lightning_brats.callbacks.pictures.ValidationPictures` pictures it)."""
         image, target = batch["image"], batch["target"]
-        logits = predict_logits(self.compiled_net, image, self.patch_size, self.hparams.sliding_window_overlap, self.hparams.sw_batch_size)
+        logits = predict_logits(self.compiled_net, image, self.patch_size, self.inference.overlap, self.inference.sw_batch_size)
         # reduced once at the epoch's end (sum of losses / sum of cases over the processes): no
         # per-step collective, so processes may validate different numbers of cases
         self.val_loss.update(self.loss(logits, target))
         self.log("val/loss", self.val_loss, on_epoch=True, batch_size=1)
-        pred = torch.sigmoid(logits) > self.hparams.threshold
+        pred = torch.sigmoid(logits) > self.inference.threshold
         self.val_dice.update(pred, target)
         return {"pred": pred}
 

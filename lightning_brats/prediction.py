@@ -2,7 +2,9 @@
 
 The checkpoint carries the resolved ``data`` and ``model`` config of its training run
 (:data:`~lightning_brats.module.CONFIG_KEY`), so prediction repeats the training run's
-modalities and preprocessing (crop, normalisation, spacing) without being told. The files'
+modalities and preprocessing (crop, normalisation, spacing) without being told: both read
+:class:`~lightning_brats.data.settings.PreprocessingSettings` from that ``data`` config, and a
+checkpoint whose preprocessing this version cannot reproduce is refused. The files'
 release (layout, label codes, regions) may be replaced, e.g. a BraTS 2020 model predicting
 BraTS 2023 files, as long as the modalities and region names match the network's channels.
 
@@ -31,8 +33,9 @@ from torch import nn
 
 from lightning_brats.data.layouts import CaseFiles, DataError, LoadedCase, load_case
 from lightning_brats.data.preprocess import atomic_save, preprocess_case, restore_to_original
+from lightning_brats.data.settings import PreprocessingSettings
 from lightning_brats.hardware import inference_precision
-from lightning_brats.inference import predict_probabilities
+from lightning_brats.inference import InferenceSettings, predict_probabilities
 from lightning_brats.labels import region_tree, regions_to_labels, small_components_to
 from lightning_brats.module import CONFIG_KEY, check_same_channels
 
@@ -64,13 +67,6 @@ def release_of(data) -> dict:
             for k in (*RELEASE_KEYS, "modalities") if k in data}
 
 
-def preprocessing_of(data: Mapping) -> dict:
-    """The :data:`PREPROCESSING_KEYS` of a ``data`` config with their defaults, as keyword
-    arguments of :func:`~lightning_brats.data.preprocess.preprocess_case`."""
-    defaults = {"spacing": None, "normalization": "zscore", "crop": "nonzero", "crop_size": None}
-    return {k: data.get(k, default) for k, default in defaults.items()}
-
-
 @dataclass
 class TrainedModel:
     """A network restored from a checkpoint (or an exported file), with the data config it needs.
@@ -92,6 +88,12 @@ class TrainedModel:
     def modalities(self) -> list[str]:
         """Input channels, in order."""
         return list(self.data["modalities"])
+
+    @property
+    def preprocessing(self) -> PreprocessingSettings:
+        """The training run's preprocessing, from the checkpoint's ``data`` config (the release keys
+        :data:`RELEASE_KEYS` a release replaces do not take part in it)."""
+        return PreprocessingSettings.from_data(self.data)
 
     @property
     def regions(self) -> dict[str, list[int]]:
@@ -116,8 +118,11 @@ def load_trained_model(ckpt_path: str | Path, release: Mapping | None = None, de
 
     Raises:
         FileNotFoundError: no file at ``ckpt_path``.
-        ValueError: the file is not a lightning-brats checkpoint (no stored config), or the
-            release's modalities or region names differ from the network's channels.
+        ValueError: the file is not a lightning-brats checkpoint (no stored config); its
+            preprocessing cannot be reproduced by this version (an unknown ``data.normalization``
+            or ``data.crop``, or a ``data`` key this version does not know; the message names the
+            checkpoint and the key, see :meth:`~lightning_brats.data.settings.PreprocessingSettings.from_data`);
+            or the release's modalities or region names differ from the network's channels.
     """
     path = Path(ckpt_path)
     if not path.is_file():
@@ -126,7 +131,9 @@ def load_trained_model(ckpt_path: str | Path, release: Mapping | None = None, de
     stored = checkpoint.get(CONFIG_KEY)
     if not stored:
         raise ValueError(f"{path}: not a lightning-brats checkpoint (no '{CONFIG_KEY}' with the training config)")
-    data = with_release(copy.deepcopy(stored["data"]), release, path)
+    data = copy.deepcopy(stored["data"])
+    PreprocessingSettings.from_data(data, source=f"checkpoint {path}")  # refuses what this version cannot reproduce
+    data = with_release(data, release, path)
     net = hydra.utils.instantiate(stored["model"]["net"])
     prefix = "net."
     state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
@@ -329,37 +336,30 @@ class Predictor:
         model: from :func:`load_trained_model` or
             :func:`~lightning_brats.export.load_exported_model`, or a list of them (an
             ensemble; checked with :func:`check_ensemble`, which raises ``ValueError``).
-        overlap: fraction of overlap between sliding windows (nnU-Net: 0.5).
-        sw_batch_size: windows (3D) or slices (2D) per forward pass.
-        flip_tta: average all flip combinations (8 in 3D, 4 in 2D).
-        threshold: probability above which a voxel belongs to a region.
-        postprocess: small-component relabelling; ``None`` for none.
-        precision: ``"auto"`` (bf16 autocast where the device runs bf16 natively, else fp32; see
-            :func:`~lightning_brats.hardware.inference_precision`), ``"32"`` or ``"bf16"``.
+        settings: the ``inference`` config's settings (:class:`~lightning_brats.inference.InferenceSettings`):
+            sliding-window ``overlap`` and ``sw_batch_size``, ``flip_tta`` (all flip combinations,
+            8 in 3D, 4 in 2D), ``threshold`` and ``precision`` (``"auto"``: bf16 autocast where the
+            device runs bf16 natively, else fp32; see :func:`~lightning_brats.hardware.inference_precision`).
+        postprocess: small-component relabelling; ``None`` for none (see :func:`postprocessing_for`).
 
     Raises:
-        ValueError: an unknown ``precision``.
+        ValueError: an unknown ``settings.precision``.
     """
 
     def __init__(
         self,
         model: TrainedModel | Sequence[TrainedModel],
-        overlap: float = 0.5,
-        sw_batch_size: int = 2,
-        flip_tta: bool = True,
-        threshold: float = 0.5,
+        settings: InferenceSettings,
         postprocess: PostProcessing | None = None,
-        precision: str = "auto",
     ) -> None:
         self.models = [model] if isinstance(model, TrainedModel) else list(model)
         if not self.models:
             raise ValueError("Predictor needs at least one model")
         check_ensemble(self.models)
         self.model = self.models[0]  # its data config serves all: the models agree on it
-        self.overlap, self.sw_batch_size, self.flip_tta = overlap, sw_batch_size, flip_tta
-        self.threshold = threshold
+        self.settings = settings
         self.postprocess = postprocess
-        self.precision = inference_precision(precision, self.model.device)
+        self.precision = inference_precision(settings.precision, self.model.device)
 
     def _autocast(self):
         if self.precision == "bf16":
@@ -373,18 +373,21 @@ class Predictor:
             DataError: a modality file is missing, corrupt or off-grid (the message names it).
         """
         start = time.perf_counter()
-        data = self.model.data
-        case = load_case(files, self.model.modalities, read_label=False)
-        image, _, record = preprocess_case(case, **preprocessing_of(data))
+        preprocessing = self.model.preprocessing
+        case = load_case(files, preprocessing.modalities, read_label=False)
+        image, _, record = preprocess_case(case, preprocessing)
         total = None
         for model in self.models:
             tensor = torch.from_numpy(image)[None].to(model.device)
             with torch.no_grad(), self._autocast():
-                probs = predict_probabilities(model.net, tensor, model.patch_size, self.overlap, self.sw_batch_size, self.flip_tta)
+                probs = predict_probabilities(
+                    model.net, tensor, model.patch_size, self.settings.overlap, self.settings.sw_batch_size,
+                    self.settings.flip_tta,
+                )
             probs = probs[0].float().cpu()
             total = probs if total is None else total + probs
         probs = restore_to_original((total / len(self.models)).numpy(), record, fill=0.0, order=1)
-        label = regions_to_labels(probs > self.threshold, self.model.regions)
+        label = regions_to_labels(probs > self.settings.threshold, self.model.regions)
         relabelled = 0
         if self.postprocess is not None:
             label, relabelled = self.postprocess.apply(label, self.model.regions)

@@ -153,3 +153,13 @@ def compose_tool_config(name: str, overrides: list[str], output_dir: Path) -> Di
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(name, overrides=[f"paths.output_dir={output_dir}", "inference.device=cpu", *overrides])
     return cfg
+
+
+def inference_settings(**overrides):
+    """The default ``inference`` config (``conf/inference/default.yaml``) on the CPU, with ``overrides``."""
+    from omegaconf import OmegaConf
+
+    from lightning_brats.inference import InferenceSettings
+
+    config = OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / "inference" / "default.yaml"))
+    return InferenceSettings.from_config({**config, "device": "cpu", **overrides})

@@ -51,7 +51,7 @@ def _tiny(phantom_root, tmp_path, extra):
     return compose_config(
         ["data=sample", f"data.root={phantom_root}", "data.num_folds=4", "data.max_val_cases=1", "data.patch_size=[32,32,32]",
          "data.batch_size=2", "data.samples_per_epoch=8", "model.net.base_filters=8", "model.net.depth=3",
-         "model.sliding_window_overlap=0.25", "logger=csv", "validate_best=false", "trainer.precision=32",
+         "inference.overlap=0.25", "logger=csv", "validate_best=false", "trainer.precision=32",
          "+callbacks.clock._target_=tests.test_budget.FakeClock", *extra],
         tmp_path, tmp_path / "cache",
     )

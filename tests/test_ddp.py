@@ -27,7 +27,7 @@ from tests.conftest import REPO, compose_config
 SLURM_VARS = ("SLURM_NTASKS", "SLURM_NTASKS_PER_NODE", "SLURM_NNODES", "SLURM_JOB_NAME", "SLURM_JOB_ID",
               "SLURM_NODELIST", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NODEID")
 TINY = ["data=sample", "data.num_folds=2", "data.max_val_cases=3", "data.patch_size=[32,32,32]", "data.batch_size=4",
-        "data.samples_per_epoch=8", "model.net.base_filters=8", "model.sliding_window_overlap=0.25"]
+        "data.samples_per_epoch=8", "model.net.base_filters=8", "inference.overlap=0.25"]
 
 
 def _rank() -> int:
@@ -157,8 +157,8 @@ def _per_case_validation(cfg, ckpt: Path) -> tuple[torch.Tensor, torch.Tensor]:
     with torch.no_grad():
         for item in datamodule.val_set:
             image, target = item["image"][None], item["target"][None]
-            logits = predict_logits(model.net, image, model.patch_size, model.hparams.sliding_window_overlap, model.hparams.sw_batch_size)
-            dice.append(region_dice(torch.sigmoid(logits) > model.hparams.threshold, target.bool())[0])
+            logits = predict_logits(model.net, image, model.patch_size, model.inference.overlap, model.inference.sw_batch_size)
+            dice.append(region_dice(torch.sigmoid(logits) > model.inference.threshold, target.bool())[0])
             loss.append(model.loss(logits, target))
     assert len(dice) == 3
     return torch.stack(dice), torch.stack(loss)

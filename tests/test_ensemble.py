@@ -18,7 +18,7 @@ from lightning_brats.cli.eval import evaluate
 from lightning_brats.cli.predict import model_files, predict
 from lightning_brats.module import CONFIG_KEY
 from lightning_brats.prediction import Predictor, load_trained_model, multirun_checkpoints
-from tests.conftest import compose_tool_config
+from tests.conftest import compose_tool_config, inference_settings
 
 
 def _changed(ckpt: Path, folder: Path, **data) -> Path:
@@ -37,7 +37,7 @@ def test_ensemble_is_the_mean_of_each_models_probabilities(phantom_checkpoint, p
         "predict",
         [f"ckpt_path=[{phantom_checkpoint},{phantom_checkpoint_2d}]", f"input={case}", f"output_dir={out}",
          "save_probabilities=true", "inference.flip_tta=true", "inference.postprocess.min_voxels=0",
-         "inference.overlap=0.25", "inference.sw_batch_size=8"],
+         "inference.overlap=0.25", "inference.sw_batch_size=8", "inference.precision=32"],
         tmp_path,
     ))
     assert result["predicted"] == 1
@@ -47,7 +47,7 @@ def test_ensemble_is_the_mean_of_each_models_probabilities(phantom_checkpoint, p
     for ckpt in (phantom_checkpoint, phantom_checkpoint_2d):
         model = load_trained_model(ckpt, device="cpu")
         files = hydra.utils.instantiate(model.data["layout"]).find_cases(case)[0]
-        single.append(Predictor(model, overlap=0.25, sw_batch_size=8, flip_tta=True).predict_case(files).probabilities)
+        single.append(Predictor(model, inference_settings(precision="32", overlap=0.25, sw_batch_size=8, flip_tta=True)).predict_case(files).probabilities)
     assert np.abs(single[0] - single[1]).max() > 0.05  # two different models
     mean = (single[0] + single[1]) / 2
     np.testing.assert_allclose(ensemble, mean, atol=1e-6)

@@ -21,7 +21,7 @@ from lightning_brats.cli.predict import predict
 from lightning_brats.export import ExportError, export_model, load_exported_model, read_metadata, sidecar_path
 from lightning_brats.module import CONFIG_KEY
 from lightning_brats.prediction import Predictor, load_trained_model
-from tests.conftest import compose_config, compose_tool_config
+from tests.conftest import compose_config, compose_tool_config, inference_settings
 from tests.test_model_zoo import VARIANTS
 
 
@@ -81,7 +81,7 @@ def test_exported_probabilities_match_the_checkpoints_on_a_real_case(exported, b
     def probabilities(model):
         # 2 mm: the phantoms' voxel size the network was trained at, and a quick test
         model.data["spacing"] = [2.0, 2.0, 2.0]
-        return Predictor(model, overlap=0.25, sw_batch_size=8, flip_tta=False).predict_case(case).probabilities
+        return Predictor(model, inference_settings(precision="32", overlap=0.25, sw_batch_size=8, flip_tta=False)).predict_case(case).probabilities
 
     reference = probabilities(load_trained_model(exported["ckpt"], device="cpu"))
     assert reference.shape == (3, 240, 240, 155) and reference.std() > 1e-3  # not a constant output
@@ -97,11 +97,11 @@ def test_exported_files_run_other_window_sizes_and_flip_tta(exported, phantom_ro
     case = hydra.utils.instantiate(model.data["layout"]).find_cases(case_dir)[0]
     for patch, tta in (([48, 40, 32], True), ([24, 32, 16], False)):
         model.data["patch_size"] = patch
-        reference = Predictor(model, overlap=0.25, flip_tta=tta, sw_batch_size=4).predict_case(case).probabilities
+        reference = Predictor(model, inference_settings(precision="32", overlap=0.25, flip_tta=tta, sw_batch_size=4)).predict_case(case).probabilities
         for fmt in ("onnx", "torchscript")[: 1 if tta else 2]:
             other = load_exported_model(exported[fmt], device="cpu")
             other.data["patch_size"] = patch
-            assert np.abs(Predictor(other, overlap=0.25, flip_tta=tta, sw_batch_size=4).predict_case(case).probabilities - reference).max() < 1e-4
+            assert np.abs(Predictor(other, inference_settings(precision="32", overlap=0.25, flip_tta=tta, sw_batch_size=4)).predict_case(case).probabilities - reference).max() < 1e-4
 
 
 def test_predict_py_runs_an_exported_file_like_the_checkpoint(exported, phantom_root, tmp_path):
@@ -113,14 +113,14 @@ def test_predict_py_runs_an_exported_file_like_the_checkpoint(exported, phantom_
         labels = {}
         for name, source in (("onnx", f"exported={exported['onnx']}"), ("pt", f"exported={exported['torchscript']}")):
             out = tmp_path / name
-            predict(compose_tool_config("predict", [source, f"input={case}", f"output_dir={out}", "inference.flip_tta=false"], out))
+            predict(compose_tool_config("predict", [source, f"input={case}", f"output_dir={out}", "inference.flip_tta=false", "inference.precision=32"], out))
             labels[name] = np.asarray(nib.load(out / f"{case.name}.nii.gz").dataobj)
         with pytest.raises(ValueError, match=r"model.onnx: the checkpoint does not fit this model: input channels"):
             predict(compose_tool_config("predict", [f"exported={exported['onnx']}", f"input={case}", "data=lgg"], tmp_path))
     finally:
         exported["ckpt"].with_suffix(".moved").rename(exported["ckpt"])
     out = tmp_path / "ckpt"
-    predict(compose_tool_config("predict", [f"ckpt_path={exported['ckpt']}", f"input={case}", f"output_dir={out}", "inference.flip_tta=false"], out))
+    predict(compose_tool_config("predict", [f"ckpt_path={exported['ckpt']}", f"input={case}", f"output_dir={out}", "inference.flip_tta=false", "inference.precision=32"], out))
     reference = np.asarray(nib.load(out / f"{case.name}.nii.gz").dataobj)
     assert (reference > 0).any()
     np.testing.assert_array_equal(labels["onnx"], reference)

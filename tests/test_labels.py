@@ -6,8 +6,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from lightning_brats.data.sampling import labels_to_regions
-from lightning_brats.labels import nested_region_codes, regions_to_labels, small_components_to
+from lightning_brats.labels import (
+    labels_to_regions,
+    nested_region_codes,
+    regions_to_labels,
+    small_components_to,
+)
 
 BRATS20 = {"wt": [1, 2, 4], "tc": [1, 4], "et": [4]}
 BRATS23 = {"wt": [1, 2, 3], "tc": [1, 3], "et": [3]}

@@ -14,9 +14,14 @@ from lightning_brats.data.preprocess import (
     preprocess_case,
     restore_to_original,
 )
+from lightning_brats.data.settings import PreprocessingSettings
 from tests.test_layouts import BRATS20, LABELS, MODALITIES, _copy_case
 
 pytestmark = pytest.mark.real_data
+
+
+def _settings(**options) -> PreprocessingSettings:
+    return PreprocessingSettings(MODALITIES, **options)
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +30,7 @@ def real_case(brats2018_root):
 
 
 def test_crop_and_zscore(real_case):
-    image, label, record = preprocess_case(real_case, spacing=None)
+    image, label, record = preprocess_case(real_case, _settings())
     box = np.asarray(record["crop_box"])
     assert image.shape[1:] == label.shape == tuple(box[:, 1] - box[:, 0])
     assert image.shape[1:] < real_case.image.shape[1:]
@@ -35,7 +40,7 @@ def test_crop_and_zscore(real_case):
 
 
 def test_round_trip_puts_crop_back_voxel_for_voxel(real_case):
-    _, label, record = preprocess_case(real_case, spacing=None)
+    _, label, record = preprocess_case(real_case, _settings())
     restored = restore_to_original(label, record)
     assert restored.shape == real_case.label.shape
     np.testing.assert_array_equal(restored, real_case.label)
@@ -43,7 +48,7 @@ def test_round_trip_puts_crop_back_voxel_for_voxel(real_case):
 
 
 def test_resampled_round_trip_keeps_the_tumour(real_case):
-    _, label, record = preprocess_case(real_case, spacing=[2.0, 2.0, 2.0])
+    _, label, record = preprocess_case(real_case, _settings(spacing=[2.0, 2.0, 2.0]))
     assert record["preprocessed_spacing"] == [2.0, 2.0, 2.0]
     assert all(abs(n - c / 2) <= 0.5 for n, c in zip(label.shape, record["cropped_shape"]))
     restored = restore_to_original(label, record)
@@ -58,7 +63,7 @@ def test_cache_is_reused_and_redoes_only_missing_cases(brats2018_root, tmp_path)
     for name in ("Brats18_2013_11_1", "Brats18_CBICA_ABM_1"):
         _copy_case(brats2018_root / name, root)
     cases = BRATS20.find_cases(root)
-    cache = PreprocessedCache(tmp_path / "cache", "x", MODALITIES, LABELS, [2, 2, 2])
+    cache = PreprocessedCache(tmp_path / "cache", "x", _settings(spacing=[2, 2, 2]), LABELS)
     cache.ensure(cases)
     first = {p.name: p.stat().st_mtime_ns for p in cache.path.iterdir()}
     (cache.path / "Brats18_CBICA_ABM_1.json").unlink()  # as if interrupted before the record
@@ -82,13 +87,13 @@ def test_cache_is_reused_and_redoes_only_missing_cases(brats2018_root, tmp_path)
     finally:
         os.chdir(cwd)
     # a different setting is a different cache folder
-    assert PreprocessedCache(tmp_path / "cache", "x", MODALITIES, LABELS, [1, 1, 1]).path != cache.path
+    assert PreprocessedCache(tmp_path / "cache", "x", _settings(spacing=[1, 1, 1]), LABELS).path != cache.path
 
 
 def test_failing_case_leaves_cached_cases_intact(brats2018_root, tmp_path):
     root = tmp_path / "root"
     _copy_case(brats2018_root / "Brats18_2013_11_1", root)
-    cache = PreprocessedCache(tmp_path / "cache", "x", MODALITIES, LABELS, [2, 2, 2])
+    cache = PreprocessedCache(tmp_path / "cache", "x", _settings(spacing=[2, 2, 2]), LABELS)
     cache.ensure(BRATS20.find_cases(root))
     before = {p.name: p.read_bytes() for p in cache.path.iterdir()}
     bad = _copy_case(brats2018_root / "Brats18_2013_20_1", root) / "Brats18_2013_20_1_t1.nii.gz"
@@ -105,9 +110,9 @@ def test_parallel_preprocessing_equals_serial_and_names_a_bad_file(brats2018_roo
     for name in ("Brats18_2013_11_1", "Brats18_CBICA_ABM_1", "Brats18_TCIA02_135_1"):
         _copy_case(brats2018_root / name, root)
     cases = BRATS20.find_cases(root)
-    serial = PreprocessedCache(tmp_path / "serial", "x", MODALITIES, LABELS, [2, 2, 2])
+    serial = PreprocessedCache(tmp_path / "serial", "x", _settings(spacing=[2, 2, 2]), LABELS)
     serial.ensure(cases, workers=1)
-    parallel = PreprocessedCache(tmp_path / "parallel", "x", MODALITIES, LABELS, [2, 2, 2])
+    parallel = PreprocessedCache(tmp_path / "parallel", "x", _settings(spacing=[2, 2, 2]), LABELS)
     parallel.ensure(cases, workers=2)
     for case in cases:
         a, b = serial.load(case.case_id), parallel.load(case.case_id)
@@ -123,7 +128,7 @@ def test_parallel_preprocessing_equals_serial_and_names_a_bad_file(brats2018_roo
 
 
 def test_minmax_normalization_scales_brain_to_unit_range(real_case):
-    image, _, _ = preprocess_case(real_case, spacing=None, normalization="minmax")
+    image, _, _ = preprocess_case(real_case, _settings(normalization="minmax"))
     brain = np.any(real_case.image != 0, axis=0)[tuple(slice(a, b) for a, b in nonzero_bbox(real_case.image))]
     for channel in image:
         assert channel[brain].min() == pytest.approx(0.0) and channel[brain].max() == pytest.approx(1.0)
@@ -131,7 +136,7 @@ def test_minmax_normalization_scales_brain_to_unit_range(real_case):
 
 
 def test_center_crop_has_the_size_and_goes_back_in_place(real_case):
-    image, label, record = preprocess_case(real_case, spacing=None, crop="center", crop_size=[128, 128, 128])
+    image, label, record = preprocess_case(real_case, _settings(crop="center", crop_size=[128, 128, 128]))
     assert image.shape == (4, 128, 128, 128) and record["crop_box"] == [[56, 184], [56, 184], [13, 141]]
     restored = restore_to_original(label, record)
     inside = tuple(slice(a, b) for a, b in record["crop_box"])
@@ -139,13 +144,9 @@ def test_center_crop_has_the_size_and_goes_back_in_place(real_case):
     assert not restored.sum() - restored[inside].sum()
 
 
-def test_bad_preprocessing_options_are_errors_naming_the_setting(real_case):
-    with pytest.raises(ValueError, match="data.normalization='percentile': expected one of"):
-        preprocess_case(real_case, None, normalization="percentile")
-    with pytest.raises(ValueError, match="data.crop=center needs data.crop_size"):
-        preprocess_case(real_case, None, crop="center")
-    with pytest.raises(ValueError, match="data.crop='random': expected 'nonzero' or 'center'"):
-        preprocess_case(real_case, None, crop="random")
+def test_case_with_other_channels_than_the_settings_is_refused(real_case):
+    with pytest.raises(ValueError, match=r"4 channels, the preprocessing expects data.modalities=\['flair'\]"):
+        preprocess_case(real_case, PreprocessingSettings(["flair"]))
 
 
 def test_preprocessing_options_key_the_cache(tmp_path):

@@ -23,7 +23,7 @@ from torch import nn
 
 from lightning_brats.cli.train import CONFIG_DIR, train
 from lightning_brats.data.layouts import load_case
-from lightning_brats.data.sampling import labels_to_regions
+from lightning_brats.labels import labels_to_regions
 from tests.conftest import REPO, compose_config
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))

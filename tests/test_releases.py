@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from lightning_brats.data.layouts import load_case
-from lightning_brats.data.sampling import labels_to_regions
+from lightning_brats.labels import labels_to_regions
 from tests.conftest import compose_config
 
 pytestmark = pytest.mark.real_data

@@ -23,7 +23,7 @@ from tests.conftest import compose_config
 # schedule follows the planned steps (trainer.max_epochs), so the run stopped after 2 of 3 epochs
 # plans 3 too (StopAfterEpochs)
 TINY = ["data=sample", "data.num_folds=4", "data.max_val_cases=1", "data.patch_size=[32,32,32]", "data.batch_size=2",
-        "data.samples_per_epoch=2", "model.net.base_filters=8", "model.sliding_window_overlap=0.25",
+        "data.samples_per_epoch=2", "model.net.base_filters=8", "inference.overlap=0.25",
         "trainer.check_val_every_n_epoch=3", "validate_best=false"]
 
 

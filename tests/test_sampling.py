@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_brats.data.datamodule import kfold_split
 from lightning_brats.data.sampling import Augmentation, TrainingSampleDataset, crop_or_pad, patch_start
+from lightning_brats.data.splits import kfold_split
 
 
 def test_kfold_split_is_reproducible_disjoint_and_complete():
@@ -97,7 +97,7 @@ def test_spatial_augmentation_keeps_binary_nested_targets(real_datamodule, patch
 def test_splits_json_is_written_next_to_the_cache_and_reproducible(real_datamodule):
     import json
 
-    from lightning_brats.data.datamodule import make_splits
+    from lightning_brats.data.splits import make_splits
 
     stored = json.loads(real_datamodule.splits_path.read_text())
     assert real_datamodule.splits_path.parent == real_datamodule.cache.path

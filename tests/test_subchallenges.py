@@ -20,8 +20,7 @@ import pytest
 
 from lightning_brats.cli.train import CONFIG_DIR
 from lightning_brats.data.layouts import load_case
-from lightning_brats.data.sampling import labels_to_regions
-from lightning_brats.labels import RegionNode, region_tree, regions_to_labels
+from lightning_brats.labels import RegionNode, labels_to_regions, region_tree, regions_to_labels
 from lightning_brats.prediction import PostProcessing, postprocessing_for
 from tests.conftest import REPO, compose_config
 

@@ -200,7 +200,7 @@ class ModelCard(pl.Callback):
                 "loss": model.get("loss", {}).get("_target_"),
                 "optimizer": {k: v for k, v in model.get("optimizer", {}).items() if k != "_partial_"},
                 "scheduler": {k: v for k, v in (model.get("scheduler") or {}).items() if k != "_partial_"} or None,
-                "threshold": pl_module.hparams.get("threshold"),
+                "threshold": pl_module.inference.threshold,
             },
             "training": {
                 "steps": trainer.global_step,

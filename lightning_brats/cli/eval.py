@@ -81,7 +81,7 @@ def held_out_cases(ckpt_path: str | Path) -> list[str]:
     """
     import torch
 
-    from lightning_brats.data.datamodule import read_splits
+    from lightning_brats.data.splits import read_splits
     from lightning_brats.module import CONFIG_KEY
 
     path = Path(ckpt_path).resolve().parent.parent / "splits.json"

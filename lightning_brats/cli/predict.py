@@ -27,6 +27,7 @@ import lightning_brats  # noqa: F401  (registers resolvers)
 from lightning_brats.configs import CONFIG_PATH
 from lightning_brats.data.layouts import CaseFiles, DataError
 from lightning_brats.hardware import configure_threads
+from lightning_brats.inference import InferenceSettings
 from lightning_brats.prediction import (
     Predictor,
     TrainedModel,
@@ -76,22 +77,14 @@ def build_predictor(cfg: DictConfig) -> Predictor:
     rule (``data.postprocess``) with ``inference.postprocess``'s non-null keys replacing it
     (:func:`~lightning_brats.prediction.postprocessing_for`)."""
     release = release_of(cfg.data) if cfg.get("data") else None
-    inference = cfg.inference
+    settings = InferenceSettings.from_config(cfg.inference)
     checkpoints, exported = model_files(cfg)
-    models = [load_trained_model(path, release, inference.device) for path in checkpoints]
+    models = [load_trained_model(path, release, settings.device) for path in checkpoints]
     if exported:
         from lightning_brats.export import load_exported_model
 
-        models += [load_exported_model(path, release, inference.device) for path in exported]
-    return Predictor(
-        models,
-        overlap=inference.overlap,
-        sw_batch_size=inference.sw_batch_size,
-        flip_tta=inference.flip_tta,
-        threshold=inference.threshold,
-        postprocess=postprocessing_for(models[0].data, inference.get("postprocess")),
-        precision=str(inference.precision),
-    )
+        models += [load_exported_model(path, release, settings.device) for path in exported]
+    return Predictor(models, settings, postprocessing_for(models[0].data, settings.postprocess))
 
 
 def find_input_cases(cfg: DictConfig, model: TrainedModel) -> list[CaseFiles]:
@@ -148,7 +141,7 @@ def predict(cfg: DictConfig) -> dict:
     log.info(
         f"{sources}{f' (ensemble of {len(predictor.models)})' if len(predictor.models) > 1 else ''}: {len(cases)} cases under {cfg.get('input') or 'files='}, {skipped} already predicted "
         f"in {output_dir} (overwrite=true redoes them); modalities {model.modalities}, regions {list(model.regions)}, "
-        f"window {[m.patch_size for m in predictor.models]}, flip TTA {'on' if predictor.flip_tta else 'off'}, device {model.device}, "
+        f"window {[m.patch_size for m in predictor.models]}, flip TTA {'on' if predictor.settings.flip_tta else 'off'}, device {model.device}, "
         f"precision {predictor.precision} (inference.precision={cfg.inference.precision}), {threads} CPU threads"
     )
     seconds = []

@@ -15,56 +15,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightning_brats.data.layouts import CaseFiles, DataError, Layout
 from lightning_brats.data.preprocess import CachedCase, PreprocessedCache, atomic_save
-from lightning_brats.data.sampling import Augmentation, EpochSampler, TrainingSampleDataset, labels_to_regions
+from lightning_brats.data.sampling import Augmentation, EpochSampler, TrainingSampleDataset
+from lightning_brats.data.settings import PreprocessingSettings
+from lightning_brats.data.splits import make_splits, read_splits
+from lightning_brats.labels import labels_to_regions
 
 log = logging.getLogger(__name__)
-
-
-def kfold_split(case_ids: Sequence[str], num_folds: int, fold: int, seed: int) -> tuple[list[str], list[str]]:
-    """Split cases into training and validation for one fold.
-
-    The sorted case IDs are shuffled with ``seed`` and cut into ``num_folds`` near-equal
-    folds; fold ``fold`` validates, the rest train. The same seed gives the same folds on
-    any machine, and no case is on both sides.
-
-    Raises:
-        ValueError: ``fold`` is outside ``[0, num_folds)`` or there are fewer cases than folds.
-    """
-    if not 0 <= fold < num_folds:
-        raise ValueError(f"data.fold={fold} is outside [0, {num_folds}) for data.num_folds={num_folds}")
-    if len(case_ids) < num_folds:
-        raise ValueError(f"{len(case_ids)} cases cannot make data.num_folds={num_folds} folds")
-    ordered = sorted(case_ids)
-    permuted = [ordered[i] for i in np.random.default_rng(seed).permutation(len(ordered))]
-    folds = np.array_split(np.arange(len(permuted)), num_folds)
-    val = sorted(permuted[i] for i in folds[fold])
-    train = sorted(set(ordered) - set(val))
-    return train, val
-
-
-def make_splits(case_ids: Sequence[str], num_folds: int, seed: int) -> list[dict[str, list[str]]]:
-    """All folds of :func:`kfold_split`, as nnU-Net's ``splits_final.json``: ``[{"train": [...], "val": [...]}, ...]``."""
-    return [dict(zip(("train", "val"), kfold_split(case_ids, num_folds, k, seed))) for k in range(num_folds)]
-
-
-def read_splits(path: str | Path) -> list[dict[str, list[str]]]:
-    """Read a splits file: a list of ``{"train": [...], "val": [...]}`` (nnU-Net's format) or our
-    ``{"seed": ..., "num_folds": ..., "folds": [...]}``.
-
-    Raises:
-        DataError: the file is missing, not JSON, or a fold lacks ``train``/``val`` lists.
-    """
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: cannot read splits ({exc})") from exc
-    folds = data["folds"] if isinstance(data, dict) and "folds" in data else data
-    if not isinstance(folds, list) or not all(
-        isinstance(f, dict) and isinstance(f.get("train"), list) and isinstance(f.get("val"), list) for f in folds
-    ):
-        raise DataError(f"{path}: expected a list of {{\"train\": [...], \"val\": [...]}} folds")
-    return folds
 
 
 class WholeCaseDataset(Dataset):
@@ -105,11 +61,11 @@ class BratsDataModule(pl.LightningDataModule):
         oversample_foreground: fraction of each batch centred on a tumour voxel.
         samples_per_epoch: training samples per epoch, all processes together; an epoch is
             ``samples_per_epoch // batch_size`` steps (a last incomplete batch is not drawn).
-        num_folds, fold, seed: the case-level cross-validation split (see :func:`kfold_split`),
+        num_folds, fold, seed: the case-level cross-validation split (see :func:`~lightning_brats.data.splits.kfold_split`),
             saved as ``splits_<k>folds_seed<seed>.json`` in the cache folder (copied into each run folder
             as ``splits.json``) and reused while the labelled cases,
             seed and number of folds stay the same.
-        splits_file: a user-supplied splits file (see :func:`read_splits`); ``data.fold`` picks
+        splits_file: a user-supplied splits file (see :func:`~lightning_brats.data.splits.read_splits`); ``data.fold`` picks
             one of its folds and ``num_folds``/``seed`` are then not used.
         augment: training augmentation settings (see :class:`~lightning_brats.data.sampling.Augmentation`:
             ``flip``, ``intensity``, ``spatial_prob``, ``rotate_deg``, ``scale``), or ``None``/``False`` for none.
@@ -120,8 +76,9 @@ class BratsDataModule(pl.LightningDataModule):
         notice: a message printed when the data are prepared (e.g. "these are synthetic").
         max_val_cases: validate on at most this many cases of the fold (``None``: all).
         preprocess_workers: processes preprocessing cases in parallel (on the first use only).
-        normalization, crop, crop_size: preprocessing options (see
-            :func:`~lightning_brats.data.preprocess.preprocess_case`).
+        normalization, crop, crop_size: preprocessing options; with ``modalities`` and ``spacing``
+            they make :attr:`preprocessing` (:class:`~lightning_brats.data.settings.PreprocessingSettings`,
+            where their defaults and checks live).
         min_foreground_fraction: drop training cases (3D) or axial slices (2D) whose tumour
             voxels are a smaller share than this of the preprocessed case or slice; validation
             keeps every case. ``None`` or 0 keeps everything. The count dropped is logged.
@@ -143,7 +100,8 @@ class BratsDataModule(pl.LightningDataModule):
     Raises:
         ValueError: an unknown ``sampling``, or one the layout does not support (the LGG
             slices are 2D only); a ``patch_size`` with too few values; ``samples_per_epoch``
-            smaller than ``batch_size``.
+            smaller than ``batch_size``; invalid preprocessing settings (see
+            :class:`~lightning_brats.data.settings.PreprocessingSettings`).
     """
 
     def __init__(
@@ -156,7 +114,7 @@ class BratsDataModule(pl.LightningDataModule):
         sampling: str = "3d",
         patch_size: Sequence[int] = (128, 128, 128),
         batch_size: int = 2,
-        spacing: Sequence[float] | None = None,
+        spacing: Sequence[float] | None = PreprocessingSettings.spacing,
         oversample_foreground: float = 0.33,
         samples_per_epoch: int = 500,
         num_folds: int = 5,
@@ -170,9 +128,9 @@ class BratsDataModule(pl.LightningDataModule):
         max_val_cases: int | None = None,
         splits_file: str | None = None,
         preprocess_workers: int = 1,
-        normalization: str = "zscore",
-        crop: str = "nonzero",
-        crop_size: Sequence[int] | None = None,
+        normalization: str = PreprocessingSettings.normalization,
+        crop: str = PreprocessingSettings.crop,
+        crop_size: Sequence[int] | None = PreprocessingSettings.crop_size,
         min_foreground_fraction: float | None = None,
         prepare_data_per_node: bool = False,
         postprocess: Mapping | None = None,
@@ -190,7 +148,9 @@ class BratsDataModule(pl.LightningDataModule):
             )
         self.root = Path(root)
         self.layout = layout
-        self.modalities = list(modalities)
+        #: what the cache, validation and (through the checkpoint's data config) prediction preprocess with
+        self.preprocessing = PreprocessingSettings(modalities, spacing, normalization, crop, crop_size)
+        self.modalities = list(self.preprocessing.modalities)
         self.labels = {str(k): int(v) for k, v in labels.items()}
         self.regions = {str(k): [int(v) for v in vs] for k, vs in regions.items()}
         self.sampling = sampling
@@ -205,7 +165,6 @@ class BratsDataModule(pl.LightningDataModule):
             )
         self.batch_size = batch_size
         self.rank_batch_size = batch_size
-        self.spacing = None if spacing is None else [float(s) for s in spacing]
         self.oversample_foreground = oversample_foreground
         self.samples_per_epoch = samples_per_epoch
         self.num_folds, self.fold, self.seed = num_folds, fold, seed
@@ -224,12 +183,8 @@ class BratsDataModule(pl.LightningDataModule):
         self.cache = PreprocessedCache(
             cache_dir,
             self.root.resolve().name,
-            self.modalities,
+            self.preprocessing,
             self.labels,
-            self.spacing,
-            normalization,
-            crop,
-            crop_size,
             source={"root": str(self.root.resolve()), "layout": layout.describe()},
         )
         self.train_ids: list[str] = []

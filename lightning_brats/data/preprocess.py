@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +26,9 @@ import torch.nn.functional as F
 from rich.progress import Progress
 
 from lightning_brats.data.layouts import CaseFiles, LoadedCase, load_case
+
+if TYPE_CHECKING:  # settings.py imports this module's NORMALIZATIONS and CROPS
+    from lightning_brats.data.settings import PreprocessingSettings
 
 #: Bump when the preprocessing code changes what it writes: old caches are then not reused.
 PREPROCESS_VERSION = 1
@@ -82,6 +86,9 @@ def minmax_in_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 #: ``data.normalization`` options: name -> function ``(image (C, X, Y, Z), brain mask) -> image``.
 NORMALIZATIONS = {"zscore": zscore_in_mask, "minmax": minmax_in_mask}
 
+#: ``data.crop`` options: the brain's bounding box, or a fixed-size box in the middle of the grid.
+CROPS = ("nonzero", "center")
+
 
 def center_box(shape: Sequence[int], size: Sequence[int]) -> np.ndarray:
     """``(3, 2)`` ``[start, stop)`` box of ``size`` voxels centred in ``shape`` (clipped to the volume)."""
@@ -108,47 +115,39 @@ def resize(array: np.ndarray, shape: Sequence[int], order: int) -> np.ndarray:
     return out[0].numpy()
 
 
-def preprocess_case(
-    case: LoadedCase,
-    spacing: Sequence[float] | None,
-    normalization: str = "zscore",
-    crop: str = "nonzero",
-    crop_size: Sequence[int] | None = None,
-) -> tuple[np.ndarray, np.ndarray | None, dict]:
+def preprocess_case(case: LoadedCase, settings: PreprocessingSettings) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """Crop, normalise and optionally resample one case.
 
     Args:
-        case: the case on its original grid (image ``(C, X, Y, Z)``).
-        spacing: target voxel size in mm (3 values), or ``None`` to keep the original.
-        normalization: ``"zscore"`` (nnU-Net's, inside the brain) or ``"minmax"`` (to [0, 1]
-            inside the brain), see :data:`NORMALIZATIONS`.
-        crop: ``"nonzero"`` (bounding box of the brain) or ``"center"`` (a box of ``crop_size``
-            voxels in the middle of the original grid, as in many BraTS notebooks).
-        crop_size: ``(x, y, z)`` voxels for ``crop="center"``.
+        case: the case on its original grid (image ``(C, X, Y, Z)``, channels in the order of
+            ``settings.modalities``).
+        settings: the preprocessing (:class:`~lightning_brats.data.settings.PreprocessingSettings`:
+            target ``spacing`` in mm or ``None`` to keep the original; ``normalization``, see
+            :data:`NORMALIZATIONS`; ``crop`` ``"nonzero"`` (bounding box of the brain) or ``"center"``
+            (a box of ``crop_size`` voxels in the middle of the original grid, as in many BraTS notebooks)).
 
     Raises:
-        ValueError: an unknown ``normalization`` or ``crop``, or ``crop="center"`` without a size.
+        ValueError: the case has another number of channels than ``settings.modalities``.
 
     Returns:
         ``(image (C, x, y, z) float32, label (x, y, z) uint8 or None, record)`` where the
         record holds ``original_shape``, ``affine``, ``spacing`` (original, mm), ``crop_box``
         (``(3, 2)`` voxels), ``cropped_shape`` and ``preprocessed_spacing``.
     """
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(f"data.normalization={normalization!r}: expected one of {sorted(NORMALIZATIONS)}")
-    if crop == "nonzero":
-        box = nonzero_bbox(case.image)
-    elif crop == "center":
-        if crop_size is None or len(crop_size) != 3:
-            raise ValueError(f"data.crop=center needs data.crop_size with 3 values (voxels), got {crop_size}")
-        box = center_box(case.image.shape[1:], crop_size)
+    if case.image.shape[0] != len(settings.modalities):
+        raise ValueError(
+            f"case {case.case_id}: {case.image.shape[0]} channels, the preprocessing expects data.modalities="
+            f"{list(settings.modalities)}"
+        )
+    if settings.crop == "center":
+        box = center_box(case.image.shape[1:], settings.crop_size)
     else:
-        raise ValueError(f"data.crop={crop!r}: expected 'nonzero' or 'center'")
+        box = nonzero_bbox(case.image)
     window = tuple(slice(int(a), int(b)) for a, b in box)
     image = case.image[(slice(None), *window)]
-    image = NORMALIZATIONS[normalization](image, np.any(image != 0, axis=0))
+    image = NORMALIZATIONS[settings.normalization](image, np.any(image != 0, axis=0))
     label = None if case.label is None else case.label[window]
-    new_spacing = case.spacing if spacing is None else np.asarray(spacing, dtype=np.float64)
+    new_spacing = case.spacing if settings.spacing is None else np.asarray(settings.spacing, dtype=np.float64)
     shape = target_shape(image.shape[1:], case.spacing, new_spacing)
     if shape != image.shape[1:]:
         image = resize(image, shape, order=1)
@@ -251,38 +250,33 @@ class PreprocessedCache:
     Args:
         cache_dir: parent folder of all caches.
         name: a readable prefix for the folder (e.g. the data root's name).
-        modalities: modality names stacked as channels, in this order.
+        preprocessing: the modalities stacked as channels and the preprocessing
+            (:class:`~lightning_brats.data.settings.PreprocessingSettings`, see :func:`preprocess_case`).
         labels: the release's label map (name -> code), checked while reading.
-        spacing, normalization, crop, crop_size: the preprocessing (see :func:`preprocess_case`).
         source: what identifies the data (e.g. root folder and layout); part of the fingerprint.
+
+    The fingerprint is the SHA-256 of the JSON of :attr:`settings`: :data:`PREPROCESS_VERSION`,
+    the preprocessing settings, ``labels`` and ``source``.
     """
 
     def __init__(
         self,
         cache_dir: str | Path,
         name: str,
-        modalities: Sequence[str],
+        preprocessing: PreprocessingSettings,
         labels: Mapping[str, int] | None,
-        spacing: Sequence[float] | None = None,
-        normalization: str = "zscore",
-        crop: str = "nonzero",
-        crop_size: Sequence[int] | None = None,
         source: Mapping | None = None,
     ) -> None:
-        self.modalities = list(modalities)
+        self.preprocessing = preprocessing
+        self.modalities = list(preprocessing.modalities)
         self.labels = None if labels is None else dict(labels)
-        self.spacing = None if spacing is None else [float(v) for v in spacing]
-        self.options = {
-            "normalization": normalization,
-            "crop": crop,
-            "crop_size": None if crop_size is None else [int(v) for v in crop_size],
-        }
+        record = preprocessing.as_record()
         self.settings = {
             "version": PREPROCESS_VERSION,
-            "modalities": self.modalities,
+            "modalities": record.pop("modalities"),
             "labels": self.labels,
-            "spacing": self.spacing,
-            **self.options,
+            "spacing": record.pop("spacing"),
+            **record,
             **(source or {}),
         }
         blob = json.dumps(self.settings, sort_keys=True, default=str).encode()
@@ -349,7 +343,7 @@ class PreprocessedCache:
 
     def _write(self, files: CaseFiles) -> None:
         case = load_case(files, self.modalities, self.labels)
-        image, label, record = preprocess_case(case, self.spacing, **self.options)
+        image, label, record = preprocess_case(case, self.preprocessing)
         record["source"] = _source_stamp(files)
         image_path, label_path, record_path = self._files(files.case_id)
         atomic_save(image_path, lambda p: _save_npy(p, image))

@@ -16,19 +16,7 @@ import torch
 from torch.utils.data import Dataset, DistributedSampler
 
 from lightning_brats.data.preprocess import CachedCase
-
-
-def labels_to_regions(label: np.ndarray, regions: Mapping[str, Sequence[int]]) -> np.ndarray:
-    """Convert a label map to one binary mask per region.
-
-    Args:
-        label: ``(...)`` integer label map (e.g. BraTS codes 1, 2, 4).
-        regions: region name -> label codes, e.g. ``{"wt": [1, 2, 4], "tc": [1, 4], "et": [4]}``.
-
-    Returns:
-        ``(R, ...)`` float32 masks in the order of ``regions``.
-    """
-    return np.stack([np.isin(label, list(codes)) for codes in regions.values()]).astype(np.float32)
+from lightning_brats.labels import labels_to_regions
 
 
 def crop_or_pad(array: np.ndarray, start: Sequence[int], size: Sequence[int]) -> np.ndarray:
@@ -153,7 +141,7 @@ class TrainingSampleDataset(Dataset):
 
     Args:
         cases: the training cases (image ``(C, x, y, z)``, label ``(x, y, z)``).
-        regions: region name -> label codes (see :func:`labels_to_regions`).
+        regions: region name -> label codes (see :func:`~lightning_brats.labels.labels_to_regions`).
         patch_size: ``(px, py, pz)`` for 3D patches or ``(px, py)`` for 2D axial slices (voxels).
         batch_size: the batch size, which fixes the oversampled positions in each batch.
         oversample_foreground: fraction ``p`` of each batch centred on a tumour voxel.
