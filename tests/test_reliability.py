@@ -1,0 +1,161 @@
+"""Faults a long run meets (issue 13): SIGTERM, kill -9, a non-finite loss, corrupt or foreign
+checkpoints, a damaged or shared preprocessing cache. Processes are real where the fault is a process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from tests.conftest import REPO
+
+# a small 3D U-Net on the session's phantoms (8 cases of 64 x 64 x 48, 4 folds): 20 steps of 2 patches
+# per epoch, validation of one case
+TINY = ["data=sample", "data.num_folds=4", "data.max_val_cases=1", "data.patch_size=[32,32,32]", "data.batch_size=2",
+        "data.samples_per_epoch=40", "model.net.base_filters=4", "model.sliding_window_overlap=0",
+        "validate_best=false", "trainer.accelerator=cpu"]
+STEPS_PER_EPOCH = 40 // 2
+
+
+class StepMarker(pl.Callback):
+    """Appends the global step to ``path`` after every training step, then sleeps ``sleep_s`` seconds
+    (so that a test can signal the process while an epoch is still running)."""
+
+    def __init__(self, path: str, sleep_s: float = 0.0) -> None:
+        self.path, self.sleep_s = Path(path), sleep_s
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        with open(self.path, "a") as handle:
+            handle.write(f"{trainer.global_step}\n")
+        time.sleep(self.sleep_s)
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _args(phantom_root: Path, root: Path, run: str, extra: list[str], logger: str = "csv") -> list[str]:
+    return [sys.executable, "train.py", *TINY, f"logger={logger}", f"data.root={phantom_root}", f"paths.root_dir={root}",
+            f"paths.cache_dir={root / 'cache'}", f"hydra.run.dir={root / 'logs' / 'train' / 'runs' / run}", *extra]
+
+
+def _steps(marker: Path) -> list[int]:
+    return [int(line) for line in marker.read_text().split()] if marker.is_file() else []
+
+
+def _start_and_wait(args: list[str], marker: Path, log: Path, min_step: int = 1, timeout: float = 600) -> subprocess.Popen:
+    """Start ``args`` with output to ``log``; return once ``marker`` says ``min_step`` steps are done."""
+    with open(log, "w") as handle:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(args, cwd=REPO, env=_env(), stdout=handle, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
+    while not (_steps(marker) and _steps(marker)[-1] >= min_step):
+        if proc.poll() is not None:
+            pytest.fail(f"train.py ended early with status {proc.returncode}:\n{log.read_text()[-4000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"no step after {timeout} s:\n{log.read_text()[-4000:]}")
+        time.sleep(0.2)
+    return proc
+
+
+def _load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _no_temporary_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if ".tmp" in p.name or p.name.startswith("."))
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_exits_143_and_resumes(phantom_root, tmp_path):
+    marker = tmp_path / "step.txt"
+    marker_cb = ["+callbacks.marker._target_=tests.test_reliability.StepMarker", f"+callbacks.marker.path={marker}"]
+    proc = _start_and_wait(_args(phantom_root, tmp_path, "first", [*marker_cb, "+callbacks.marker.sleep_s=0.5",
+                                                                   "trainer.max_epochs=1"]),
+                           marker, tmp_path / "first.log")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=300) == 143  # a scheduler sees a killed run, not a success
+    output = (tmp_path / "first.log").read_text()
+    checkpoints = tmp_path / "logs" / "train" / "runs" / "first" / "checkpoints"
+    assert "SIGTERM: saved" in output and str(checkpoints / "last.ckpt") in output
+    saved = _load(checkpoints / "last.ckpt")
+    # mid-epoch: at least the step the marker saw, and not the end of the epoch
+    assert saved["epoch"] == 0 and 1 <= saved["global_step"] < STEPS_PER_EPOCH
+    assert saved["state_dict"] and saved["optimizer_states"]
+    assert _no_temporary_files(checkpoints) == []
+
+    marker.unlink()
+    resumed = subprocess.run(_args(phantom_root, tmp_path, "second", ["ckpt_path=last", "trainer.max_epochs=1", *marker_cb]),
+                             cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600, check=False)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert f"Resuming from {(checkpoints / 'last.ckpt').resolve()}" in resumed.stdout + resumed.stderr
+    final = _load(tmp_path / "logs" / "train" / "runs" / "second" / "checkpoints" / "last.ckpt")
+    # the step counter went on from the saved step, and the epoch ended after the steps it had left
+    assert _steps(marker) == list(range(saved["global_step"] + 1, STEPS_PER_EPOCH + 1))
+    assert final["epoch"] == 0 and final["global_step"] == STEPS_PER_EPOCH
+
+
+@pytest.mark.slow
+def test_kill_9_mid_epoch_then_ckpt_path_last_continues(phantom_root, tmp_path):
+    marker = tmp_path / "step.txt"
+    marker_cb = ["+callbacks.marker._target_=tests.test_reliability.StepMarker", f"+callbacks.marker.path={marker}"]
+    proc = _start_and_wait(_args(phantom_root, tmp_path, "first", [*marker_cb, "+callbacks.marker.sleep_s=0.3",
+                                                                   "trainer.max_epochs=2"], logger="wandb"),
+                           marker, tmp_path / "first.log", min_step=STEPS_PER_EPOCH + 2)  # in the second epoch
+    proc.kill()
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    checkpoints = tmp_path / "logs" / "train" / "runs" / "first" / "checkpoints"
+    assert _no_temporary_files(checkpoints) == []
+    for path in checkpoints.glob("*.ckpt"):  # every file under a final name is whole
+        assert _load(path)["global_step"] == STEPS_PER_EPOCH, path
+    last = _load(checkpoints / "last.ckpt")
+    assert last["epoch"] == 0 and last["global_step"] == STEPS_PER_EPOCH
+    run_id = last["lightning_brats_wandb_run_id"]
+
+    marker.unlink()
+    resumed = subprocess.run(_args(phantom_root, tmp_path, "second", ["ckpt_path=last", "trainer.max_epochs=2", *marker_cb],
+                                   logger="wandb"), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600, check=False)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    # the second epoch again from its first step (the killed steps are lost), then done
+    assert _steps(marker) == list(range(STEPS_PER_EPOCH + 1, 2 * STEPS_PER_EPOCH + 1))
+    final = _load(tmp_path / "logs" / "train" / "runs" / "second" / "checkpoints" / "last.ckpt")
+    assert final["epoch"] == 1 and final["global_step"] == 2 * STEPS_PER_EPOCH
+    assert final["lightning_brats_wandb_run_id"] == run_id  # the W&B run continues
+    assert list((tmp_path / "logs" / "train" / "runs" / "second").glob(f"wandb/offline-run-*-{run_id}"))
+
+
+_ATOMIC_WRITER = """
+import sys, torch
+from lightning_brats.checkpoints import AtomicCheckpointIO
+AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.full((int(sys.argv[2]),), 2.0)}}, sys.argv[1])
+"""
+
+
+def test_a_checkpoint_killed_while_written_leaves_the_old_file_whole(tmp_path):
+    """kill -9 while a (96 MiB) checkpoint is written over an older one: the final name holds a
+    whole checkpoint, the old one unless the rename had already happened, never a truncated file."""
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {"w": torch.full((4,), 1.0)}}, path)
+    numel = 24 * 2**20
+    proc = subprocess.Popen([sys.executable, "-c", _ATOMIC_WRITER, str(path), str(numel)], cwd=REPO, env=_env())
+    temporary = tmp_path / f".last.ckpt.tmp-{proc.pid}"
+    deadline = time.monotonic() + 120
+    while not temporary.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    seen_temporary = temporary.exists()
+    proc.kill()
+    proc.wait(timeout=60)
+    weights = _load(path)["state_dict"]["w"]
+    if seen_temporary and weights.numel() == 4:  # killed before the rename: the old checkpoint
+        assert torch.equal(weights, torch.full((4,), 1.0))
+    else:  # the writer had finished: the new checkpoint, whole
+        assert torch.equal(weights, torch.full((numel,), 2.0))
+    assert seen_temporary or proc.returncode == 0
+    assert [p.name for p in tmp_path.iterdir() if p.name != temporary.name] == ["last.ckpt"]
