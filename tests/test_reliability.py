@@ -3,6 +3,8 @@ checkpoints, a damaged or shared preprocessing cache. Processes are real where t
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import signal
 import subprocess
@@ -14,7 +16,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from tests.conftest import REPO
+from tests.conftest import REPO, compose_config
 
 # a small 3D U-Net on the session's phantoms (8 cases of 64 x 64 x 48, 4 folds): 20 steps of 2 patches
 # per epoch, validation of one case
@@ -159,3 +161,58 @@ def test_a_checkpoint_killed_while_written_leaves_the_old_file_whole(tmp_path):
         assert torch.equal(weights, torch.full((numel,), 2.0))
     assert seen_temporary or proc.returncode == 0
     assert [p.name for p in tmp_path.iterdir() if p.name != temporary.name] == ["last.ckpt"]
+
+
+class PoisonBatch(pl.Callback):
+    """Puts a NaN into the first image of the batch at global step ``step`` and records that batch's
+    case IDs in ``path`` (one JSON list)."""
+
+    def __init__(self, step: int, path: str) -> None:
+        self.step, self.path = step, Path(path)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step and not self.path.exists():
+            batch["image"][0, 0, 0, 0, 0] = float("nan")
+            self.path.write_text(json.dumps(list(batch["case_id"])))
+
+
+def _train_poisoned(phantom_root: Path, out: Path, extra: list[str]) -> dict:
+    from lightning_brats.cli.train import train
+
+    # 2 epochs of 4 steps; the NaN goes into the second step of the second epoch (global step 5)
+    cfg = compose_config([*TINY, "logger=csv", f"data.root={phantom_root}", "data.samples_per_epoch=8",
+                          "trainer.max_epochs=2", "trainer.log_every_n_steps=1", "+callbacks.poison._target_=tests.test_reliability.PoisonBatch",
+                          "+callbacks.poison.step=5", f"+callbacks.poison.path={out / 'poisoned.json'}", *extra],
+                         out, out / "cache")
+    return train(cfg)
+
+
+@pytest.mark.slow
+def test_a_nan_loss_stops_naming_step_epoch_and_cases(phantom_root, tmp_path):
+    from lightning_brats.module import NonFiniteLossError
+
+    with pytest.raises(NonFiniteLossError) as info:
+        _train_poisoned(phantom_root, tmp_path, [])
+    cases = json.loads((tmp_path / "poisoned.json").read_text())
+    message = str(info.value)
+    assert "non-finite" in message and "global step 5, epoch 1, batch 1" in message
+    assert str(cases) in message and "model.skip_nonfinite=true" in message
+    # the last good checkpoint, the end of epoch 0, is whole and untouched
+    last = _load(tmp_path / "checkpoints" / "last.ckpt")
+    assert last["epoch"] == 0 and last["global_step"] == 4
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
+    assert _no_temporary_files(tmp_path / "checkpoints") == []
+
+
+@pytest.mark.slow
+def test_skip_nonfinite_skips_and_counts_the_batch(phantom_root, tmp_path):
+    _train_poisoned(phantom_root, tmp_path, ["model.skip_nonfinite=true"])
+    last = _load(tmp_path / "checkpoints" / "last.ckpt")
+    # 8 batches (Lightning counts 8 steps), one without gradients: AdamW updated every weight 7 times
+    assert last["epoch"] == 1 and last["global_step"] == 8
+    assert {int(s["step"]) for s in last["optimizer_states"][0]["state"].values()} == {7}
+    assert last["lightning_brats_nonfinite_skipped"] == 1
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
+    with open(tmp_path / "csv" / "metrics.csv") as handle:
+        skipped = [float(r["train/nonfinite_skipped"]) for r in csv.DictReader(handle) if r.get("train/nonfinite_skipped")]
+    assert skipped and set(skipped) == {1.0}  # the running count, logged from the skipped step on
