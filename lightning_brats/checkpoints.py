@@ -74,6 +74,11 @@ def load_checkpoint(
     if fs.size(path_str) == 0:
         raise CheckpointError(f"{path_str}: empty file (0 bytes), not a checkpoint; it was probably cut off while written")
     local = Path(path_str).is_file()
+    if local and not zipfile.is_zipfile(path_str):  # torch.save has written zip archives since PyTorch 1.6
+        raise CheckpointError(
+            f"{path_str}: not a readable PyTorch checkpoint, the file is truncated or corrupt (not the zip archive "
+            f"torch.save writes; {fs.size(path_str)} bytes)"
+        )
     try:
         if local:
             checkpoint = torch.load(path_str, map_location=map_location, weights_only=True, mmap=mmap)
@@ -81,7 +86,9 @@ def load_checkpoint(
             with fs.open(path_str, "rb") as handle:
                 checkpoint = torch.load(handle, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        # torch's explanation spans lines; the one naming the refused global is the useful one
+        reason = next((line for line in lines if line.startswith("WeightsUnpickler error")), lines[0])
         if "weights only" in str(exc).lower() or "weights_only" in str(exc):
             raise CheckpointError(
                 f"{path_str}: holds Python objects other than tensors and plain values, refused "
@@ -106,8 +113,8 @@ def load_checkpoint(
         )
     if require_config and not checkpoint.get(CONFIG_KEY):
         raise CheckpointError(
-            f"{path_str}: a Lightning checkpoint but not one of lightning-brats (no '{CONFIG_KEY}' with the training "
-            "config), e.g. another project's; use a .ckpt written by this project's train.py"
+            f"{path_str}: not a lightning-brats checkpoint (no '{CONFIG_KEY}' with the training config; e.g. another "
+            "project's Lightning checkpoint); use a .ckpt written by this project's train.py"
         )
     return checkpoint
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lightning_brats.checkpoints import load_checkpoint
 from lightning_brats.data.layouts import CaseFiles, DataError, LoadedCase, load_case
 from lightning_brats.data.preprocess import atomic_save, preprocess_case, restore_to_original
 from lightning_brats.inference import predict_probabilities
@@ -85,23 +86,23 @@ def load_trained_model(ckpt_path: str | Path, release: Mapping | None = None, de
     """Restore the network of a lightning-brats checkpoint for inference.
 
     Args:
-        ckpt_path: a ``.ckpt`` written by ``train.py`` (read with ``torch.load(weights_only=True)``).
+        ckpt_path: a ``.ckpt`` written by ``train.py`` (read by
+            :func:`~lightning_brats.checkpoints.load_checkpoint`, ``weights_only=True``).
         release: a ``data`` config (e.g. ``conf/data/brats23.yaml`` composed) whose
             :data:`RELEASE_KEYS` replace the checkpoint's; ``None`` keeps the checkpoint's release.
         device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
 
     Raises:
         FileNotFoundError: no file at ``ckpt_path``.
-        ValueError: the file is not a lightning-brats checkpoint (no stored config), or the
-            release's modalities or region names differ from the network's channels.
+        lightning_brats.checkpoints.CheckpointError: (a ``ValueError``) the file is empty,
+            truncated, not a PyTorch file, a plain state dict or another project's checkpoint.
+        ValueError: the release's modalities or region names differ from the network's channels.
     """
     path = Path(ckpt_path)
     if not path.is_file():
         raise FileNotFoundError(f"ckpt_path={path}: no such checkpoint file")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    stored = checkpoint.get(CONFIG_KEY)
-    if not stored:
-        raise ValueError(f"{path}: not a lightning-brats checkpoint (no '{CONFIG_KEY}' with the training config)")
+    checkpoint = load_checkpoint(path)  # weights_only=True; a clear CheckpointError for a corrupt or foreign file
+    stored = checkpoint[CONFIG_KEY]
     data = copy.deepcopy(stored["data"])
     if release:
         wanted = {**data, **{k: release[k] for k in RELEASE_KEYS if k in release}}

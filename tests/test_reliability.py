@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -216,3 +217,75 @@ def test_skip_nonfinite_skips_and_counts_the_batch(phantom_root, tmp_path):
     with open(tmp_path / "csv" / "metrics.csv") as handle:
         skipped = [float(r["train/nonfinite_skipped"]) for r in csv.DictReader(handle) if r.get("train/nonfinite_skipped")]
     assert skipped and set(skipped) == {1.0}  # the running count, logged from the skipped step on
+
+
+class Foreign:
+    """An object that ``weights_only=True`` refuses (not an allow-listed type)."""
+
+
+def _bad_checkpoints(good: Path, folder: Path) -> dict[str, tuple[Path, str]]:
+    """Broken or foreign variants of the real checkpoint ``good``: name -> (file, expected words)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    data = good.read_bytes()
+    checkpoint = _load(good)
+    files = {
+        "truncated": (data[: len(data) // 2], "truncated or corrupt"),
+        "empty": (b"", "empty file (0 bytes)"),
+        "text": (b"model weights: see the wiki\n", "truncated or corrupt"),
+    }
+    out = {}
+    for name, (content, words) in files.items():
+        (folder / f"{name}.ckpt").write_bytes(content)
+        out[name] = (folder / f"{name}.ckpt", words)
+    torch.save(checkpoint["state_dict"], folder / "state_dict.ckpt")  # what torch.save(model.state_dict()) gives
+    out["state_dict"] = (folder / "state_dict.ckpt", "a plain PyTorch state dict")
+    foreign = {k: v for k, v in checkpoint.items() if not k.startswith("lightning_brats")}
+    torch.save({**foreign, "hyper_parameters": {"num_classes": 10}}, folder / "other_project.ckpt")
+    out["other_project"] = (folder / "other_project.ckpt", "not a lightning-brats checkpoint")
+    torch.save({**checkpoint, "extra": Foreign()}, folder / "pickled_object.ckpt")
+    out["pickled_object"] = (folder / "pickled_object.ckpt", "never load a checkpoint from an untrusted source")
+    return out
+
+
+@pytest.mark.slow
+def test_corrupt_or_foreign_checkpoints_give_one_clear_error(phantom_checkpoint, phantom_root, tmp_path):
+    from lightning_brats.checkpoints import CheckpointError, load_checkpoint
+    from lightning_brats.cli.eval import held_out_cases
+    from lightning_brats.cli.train import resolve_ckpt_path, train
+    from lightning_brats.prediction import load_trained_model
+
+    assert load_checkpoint(phantom_checkpoint)["global_step"] > 0  # the good one loads
+    (tmp_path / "splits.json").write_text(json.dumps([{"train": [], "val": ["a"]}]))  # held_out's run folder
+    for name, (path, words) in _bad_checkpoints(phantom_checkpoint, tmp_path / "checkpoints").items():
+        for read in (load_trained_model, held_out_cases):  # predict.py and eval.py
+            with pytest.raises(CheckpointError, match=re.escape(words)) as info:
+                read(path)
+            assert str(info.value).startswith(f"{path}: "), (name, read)
+        cfg = compose_config([*TINY, "logger=csv", f"data.root={phantom_root}", f"ckpt_path={path}"], tmp_path / name)
+        with pytest.raises(CheckpointError, match=re.escape(words)):  # train.py, before anything is built
+            resolve_ckpt_path(cfg)
+        if name == "truncated":  # and the whole of train(): nothing preprocessed, no run folder content
+            with pytest.raises(CheckpointError, match=re.escape(words)):
+                train(cfg)
+            assert not (tmp_path / name / "checkpoints").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tool", ["train", "predict", "eval"])
+def test_the_clis_name_a_truncated_checkpoint_in_one_message(tool, phantom_checkpoint, phantom_root, tmp_path):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(phantom_checkpoint.read_bytes()[:5000])
+    case = min(p for p in phantom_root.iterdir() if p.is_dir())
+    args = {
+        "train": ["train.py", *TINY, "logger=csv", f"data.root={phantom_root}", f"paths.root_dir={tmp_path}"],
+        "predict": ["predict.py", f"input={case}", f"paths.root_dir={tmp_path}", "inference.device=cpu"],
+        "eval": ["eval.py", f"ground_truth={phantom_root}", f"paths.root_dir={tmp_path}", "inference.device=cpu"],
+    }[tool]
+    proc = subprocess.run([sys.executable, *args, f"ckpt_path={bad}"], cwd=REPO, env=_env(), capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert proc.returncode != 0
+    # Hydra echoes the overrides, then the (short) traceback ends in our one message
+    lines = [line for line in proc.stderr.splitlines() if str(bad) in line and not line.startswith("Error executing job")]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].startswith(f"lightning_brats.checkpoints.CheckpointError: {bad}: ") and "truncated or corrupt" in lines[0]
+    assert "torch/serialization.py" not in proc.stderr  # no frame from deep in torch
