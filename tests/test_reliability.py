@@ -289,3 +289,80 @@ def test_the_clis_name_a_truncated_checkpoint_in_one_message(tool, phantom_check
     assert len(lines) == 1, proc.stderr[-3000:]
     assert lines[0].startswith(f"lightning_brats.checkpoints.CheckpointError: {bad}: ") and "truncated or corrupt" in lines[0]
     assert "torch/serialization.py" not in proc.stderr  # no frame from deep in torch
+
+
+def _phantom_cache(phantom_root: Path, cache_dir: Path):
+    from lightning_brats.data.preprocess import PreprocessedCache
+    from tests.test_layouts import BRATS20, LABELS, MODALITIES
+
+    return PreprocessedCache(cache_dir, "phantoms", MODALITIES, LABELS, [2, 2, 2]), BRATS20.find_cases(phantom_root)
+
+
+def test_a_cache_entry_damaged_after_the_fact_is_found_and_rebuilt(phantom_root, tmp_path):
+    import numpy as np
+
+    cache, cases = _phantom_cache(phantom_root, tmp_path / "cache")
+    cache.ensure(cases, log=lambda m: None)
+    truncated, replaced = cases[1].case_id, cases[2].case_id
+    image = cache.path / f"{truncated}_image.npy"
+    whole = image.read_bytes()
+    image.write_bytes(whole[: len(whole) // 2])  # e.g. a disk filled while copying the cache
+    label = cache.path / f"{replaced}_label.npy"
+    np.save(label, np.zeros((4, 4, 4), np.uint8))  # a readable .npy, but not the one the record describes
+    before = {p.name: p.stat().st_mtime_ns for p in cache.path.glob("*.npy")}
+    messages: list[str] = []
+    cache.ensure(cases, log=messages.append)
+    damaged = [m for m in messages if m.startswith("Cache entry of case")]
+    assert len(damaged) == 2
+    assert damaged[0] == (f"Cache entry of case {truncated} is damaged: {image} is truncated "
+                          f"({len(whole) // 2} of {len(whole)} bytes); rebuilding it")
+    assert damaged[1].startswith(f"Cache entry of case {replaced} is damaged: {label} holds uint8[4, 4, 4], its record says uint8[")
+    assert any(m.startswith("Preprocessed 2 cases") for m in messages)
+    assert image.read_bytes() == whole  # rebuilt to what it was
+    after = {p.name: p.stat().st_mtime_ns for p in cache.path.glob("*.npy")}
+    untouched = [c.case_id for c in cases if c.case_id not in (truncated, replaced)]
+    assert all(after[f"{c}_image.npy"] == before[f"{c}_image.npy"] for c in untouched)
+    fresh, _ = _phantom_cache(phantom_root, tmp_path / "fresh")
+    fresh.ensure([cases[2]], log=lambda m: None)
+    np.testing.assert_array_equal(cache.load(replaced).label, fresh.load(replaced).label)
+
+
+_PREPROCESS_WORKER = """
+import sys, time
+from pathlib import Path
+from tests.test_reliability import _phantom_cache
+cache, cases = _phantom_cache(Path(sys.argv[1]), Path(sys.argv[2]))
+Path(sys.argv[3] + ".ready").write_text("")
+while not Path(sys.argv[3] + ".go").exists():
+    time.sleep(0.005)
+cache.ensure(cases, log=lambda m: print(m, flush=True))
+"""
+
+
+def test_two_processes_preprocessing_into_one_cache_both_finish_and_write_each_case_once(phantom_root, tmp_path):
+    import numpy as np
+
+    sync = [tmp_path / "a", tmp_path / "b"]
+    procs = [subprocess.Popen([sys.executable, "-c", _PREPROCESS_WORKER, str(phantom_root), str(tmp_path / "cache"), str(s)],
+                              cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for s in sync]
+    deadline = time.monotonic() + 120
+    while not all(Path(f"{s}.ready").exists() for s in sync):  # both imported and ready: start them together
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
+        time.sleep(0.01)
+    for s in sync:
+        Path(f"{s}.go").write_text("")
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    text = "\n".join(outputs)
+    # one process preprocessed all 8 cases while the other waited, then reused them
+    assert text.count("Preprocessed 8 cases") == 1
+    assert sum(line.startswith("Preprocessed ") and " cases in " in line for line in text.splitlines()) == 1
+    assert text.count("Waiting for another process preprocessing into") == 1
+    assert text.count("all 8 cases present, reused") == 1
+    cache, cases = _phantom_cache(phantom_root, tmp_path / "cache")
+    assert all(cache.problem(c) is None for c in cases)
+    fresh, _ = _phantom_cache(phantom_root, tmp_path / "fresh")
+    fresh.ensure(cases, log=lambda m: None)
+    for case in cases:
+        np.testing.assert_array_equal(cache.load(case.case_id).image, fresh.load(case.case_id).image)
+        np.testing.assert_array_equal(cache.load(case.case_id).label, fresh.load(case.case_id).label)
