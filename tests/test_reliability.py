@@ -395,3 +395,48 @@ def test_deterministic_cpu_runs_give_bit_identical_weights_with_0_and_2_workers(
         assert torch.equal(workers[name], value), name
     # the comparison can fail: another seed gives other weights
     assert not all(torch.equal(other_seed[name], value) for name, value in first.items())
+
+
+_QUOTA_WRITER = """
+import resource, signal, sys, torch
+from lightning_brats.checkpoints import AtomicCheckpointIO
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing
+resource.setrlimit(resource.RLIMIT_FSIZE, (2**20, 2**20))  # a 1 MiB quota for every file this process writes
+try:
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.zeros(2**20)}}, sys.argv[1])
+except OSError as exc:
+    print(exc)
+    sys.exit(3)
+"""
+
+
+def test_a_full_disk_while_writing_a_checkpoint_names_it_and_keeps_the_old_one(tmp_path):
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(4)}}, path)
+    proc = subprocess.run([sys.executable, "-c", _QUOTA_WRITER, str(path)], cwd=REPO, env=_env(), capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert proc.stdout.strip().startswith(f"[Errno 27] could not write checkpoint {path}: File too large")
+    assert torch.equal(_load(path)["state_dict"]["w"], torch.ones(4))  # the previous checkpoint, whole
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left behind
+
+
+def test_sigterm_checkpoint_leaves_slurm_and_other_exceptions_to_lightning(tmp_path, monkeypatch):
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    from lightning_brats.callbacks import SigtermCheckpoint
+
+    callback = SigtermCheckpoint(str(tmp_path))
+    plain = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, default_root_dir=tmp_path)
+    assert not callback.slurm_requeues(plain)
+    callback.on_exception(plain, None, RuntimeError("not a signal"))
+    for name, value in {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "train", "SLURM_JOB_ID": "7", "SLURM_NODELIST": "n1",
+                        "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NNODES": "1",
+                        "SLURM_NTASKS_PER_NODE": "1"}.items():
+        monkeypatch.setenv(name, value)
+    slurm = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, default_root_dir=tmp_path)
+    assert callback.slurm_requeues(slurm)
+    exception = SIGTERMException()
+    callback.on_exception(slurm, None, exception)  # Lightning's requeue path: no checkpoint, status unchanged
+    assert exception.code is None
+    assert list(tmp_path.glob("*.ckpt")) == []
