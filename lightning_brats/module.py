@@ -65,7 +65,9 @@ class SegmentationModule(pl.LightningModule):
             :class:`NonFiniteLossError`. A model setting rather than a ``trainer.`` one: the
             training step decides, and ``trainer.*`` keys are passed to Lightning's ``Trainer``
             as they are. Under DDP the processes agree (one reduced flag per step), so all skip
-            or all stop.
+            or all stop; as Lightning refuses a ``None`` step there, they run a backward of zero
+            and drop the gradients (with an fp16 ``GradScaler``: set them to inf so the scaler
+            skips the step; that branch is untested, it needs a GPU).
     """
 
     def __init__(
@@ -178,12 +180,30 @@ class SegmentationModule(pl.LightningModule):
         loss = self.train_loss(logits, batch["target"])
         if not self._all_finite(loss):
             self._on_nonfinite_loss(loss, batch, batch_idx)  # raises, or counts the batch to skip
-            return None  # Lightning: no backward, no gradients
+            if self.trainer.world_size == 1:
+                return None  # Lightning: no backward, no gradients
+            # DDP refuses None: every process runs a backward of zero (so the gradient all-reduce
+            # completes), then on_after_backward drops the gradients
+            self._drop_gradients = True
+            return sum((p * 0).sum() for p in self.parameters() if p.requires_grad)
         # sync_dist: under DDP the logged loss is the mean over all processes' samples, not rank 0's
         self.log(
             "train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch["image"].shape[0], sync_dist=True
         )
         return loss
+
+    def on_after_backward(self) -> None:
+        """After the zero backward of a skipped DDP step: no gradients, so the optimiser changes nothing."""
+        if not getattr(self, "_drop_gradients", False):
+            return
+        self._drop_gradients = False
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        for param in self.parameters():
+            if param.grad is not None:
+                if scaler is not None:  # fp16 GradScaler needs gradients: inf makes it skip the step, as on overflow
+                    param.grad.fill_(float("inf"))
+                else:
+                    param.grad = None
 
     def _all_finite(self, loss: torch.Tensor) -> bool:
         """Whether the loss is finite on every process (one reduced flag under DDP, so all agree)."""

@@ -165,25 +165,27 @@ def test_a_checkpoint_killed_while_written_leaves_the_old_file_whole(tmp_path):
 
 
 class PoisonBatch(pl.Callback):
-    """Puts a NaN into the first image of the batch at global step ``step`` and records that batch's
-    case IDs in ``path`` (one JSON list)."""
+    """Puts a NaN into the first image of the batch at global step ``step`` (on global rank ``rank``
+    only, when given) and records that batch's case IDs in ``path`` (one JSON list)."""
 
-    def __init__(self, step: int, path: str) -> None:
-        self.step, self.path = step, Path(path)
+    def __init__(self, step: int, path: str, rank: int | None = None) -> None:
+        self.step, self.path, self.rank = step, Path(path), rank
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.rank is not None and trainer.global_rank != self.rank:
+            return
         if trainer.global_step == self.step and not self.path.exists():
             batch["image"][0, 0, 0, 0, 0] = float("nan")
             self.path.write_text(json.dumps(list(batch["case_id"])))
 
 
-def _train_poisoned(phantom_root: Path, out: Path, extra: list[str]) -> dict:
+def _train_poisoned(phantom_root: Path, out: Path, extra: list[str], step: int = 5) -> dict:
     from lightning_brats.cli.train import train
 
-    # 2 epochs of 4 steps; the NaN goes into the second step of the second epoch (global step 5)
+    # 2 epochs of 4 steps; the NaN goes into the second step of the second epoch (global step 5) by default
     cfg = compose_config([*TINY, "logger=csv", f"data.root={phantom_root}", "data.samples_per_epoch=8",
                           "trainer.max_epochs=2", "trainer.log_every_n_steps=1", "+callbacks.poison._target_=tests.test_reliability.PoisonBatch",
-                          "+callbacks.poison.step=5", f"+callbacks.poison.path={out / 'poisoned.json'}", *extra],
+                          f"+callbacks.poison.step={step}", f"+callbacks.poison.path={out / 'poisoned.json'}", *extra],
                          out, out / "cache")
     return train(cfg)
 
@@ -440,3 +442,18 @@ def test_sigterm_checkpoint_leaves_slurm_and_other_exceptions_to_lightning(tmp_p
     callback.on_exception(slurm, None, exception)  # Lightning's requeue path: no checkpoint, status unchanged
     assert exception.code is None
     assert list(tmp_path.glob("*.ckpt")) == []
+
+
+@pytest.mark.slow
+def test_skip_nonfinite_under_ddp_skips_on_every_process(phantom_root, tmp_path):
+    """A NaN on rank 1 only: rank 0 (finite loss) skips the same step, so no process waits for a
+    gradient all-reduce the other never joins (that would hang until the 2-minute timeout)."""
+    _train_poisoned(phantom_root, tmp_path, [
+        "model.skip_nonfinite=true", "trainer=ddp_cpu", "+trainer.strategy.start_method=spawn", "data.batch_size=4",
+        "+callbacks.poison.rank=1", "data.max_val_cases=2", "+trainer.enable_progress_bar=false", "~callbacks.progress_bar",
+        "+trainer.strategy.timeout._target_=datetime.timedelta", "+trainer.strategy.timeout.seconds=120"], step=2)
+    last = _load(tmp_path / "checkpoints" / "last.ckpt")
+    # 2 epochs of 8 samples in global batches of 4: 4 steps, one without gradients on both processes
+    assert last["global_step"] == 4
+    assert {int(s["step"]) for s in last["optimizer_states"][0]["state"].values()} == {3}
+    assert last["lightning_brats_nonfinite_skipped"] == 1
