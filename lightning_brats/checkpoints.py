@@ -19,6 +19,7 @@ leaves truncated.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import zipfile
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from fsspec.implementations.local import LocalFileSystem
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning_fabric.utilities.cloud_io import get_filesystem
 
@@ -124,6 +126,8 @@ def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
 
     The temporary file is ``.<name>.tmp-<pid>`` beside ``path`` (same file system, so the rename
     is atomic); it is flushed and ``fsync``-ed before the rename and removed when writing fails.
+    A process killed while writing (``kill -9``) leaves that hidden temporary file, never a
+    partial file under the final name.
 
     Raises:
         OSError: the folder is missing or unwritable, or the disk is full; the message names
@@ -154,11 +158,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__}.save_checkpoint takes no storage_options, got {storage_options!r}")
         fs = get_filesystem(path)
-        if type(fs).__name__ != "LocalFileSystem":
+        if not isinstance(fs, LocalFileSystem):
             super().save_checkpoint(checkpoint, path)
             return
-        import io
-
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
         fs.makedirs(str(Path(path).parent), exist_ok=True)
