@@ -24,6 +24,13 @@ CONFIG_KEY = "lightning_brats_config"
 #: Key under which a checkpoint carries the W&B run id, so that a resumed run continues that W&B run.
 WANDB_ID_KEY = "lightning_brats_wandb_run_id"
 
+#: Key under which a checkpoint carries how many training batches were skipped for a non-finite loss.
+SKIPPED_KEY = "lightning_brats_nonfinite_skipped"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss was NaN or infinite; the message names the step, the epoch and the batch's cases."""
+
 
 class SegmentationModule(pl.LightningModule):
     """Region segmentation (one sigmoid output per region, e.g. WT, TC, ET).
@@ -55,6 +62,16 @@ class SegmentationModule(pl.LightningModule):
         name: the model's name in messages and logs (the ``model=`` config name).
         compile: run the network through ``torch.compile`` for training and validation
             (the checkpoint keeps the plain network's weights).
+        skip_nonfinite: on a NaN or infinite training loss, skip the batch (no backward; the
+            gradients stay ``None``, so the optimiser leaves every weight and its state as they
+            were; Lightning still counts the step in ``global_step``) and count it
+            (``train/nonfinite_skipped``, kept in checkpoints) instead of stopping with
+            :class:`NonFiniteLossError`. A model setting rather than a ``trainer.`` one: the
+            training step decides, and ``trainer.*`` keys are passed to Lightning's ``Trainer``
+            as they are. Under DDP the processes agree (one reduced flag per step), so all skip
+            or all stop; as Lightning refuses a ``None`` step there, they run a backward of zero
+            and drop the gradients (with an fp16 ``GradScaler``: set them to inf so the scaler
+            skips the step; that branch is untested, it needs a GPU).
     """
 
     def __init__(
@@ -68,6 +85,7 @@ class SegmentationModule(pl.LightningModule):
         display_modality: str | list[str] = ("t1ce", "flair"),
         name: str = "model",
         compile: bool = False,
+        skip_nonfinite: bool = False,
     ) -> None:
         super().__init__()
         display_modality = [display_modality] if isinstance(display_modality, str) else [str(m) for m in display_modality]
@@ -95,6 +113,7 @@ class SegmentationModule(pl.LightningModule):
         # sync_dist mean divides an integer case count on gloo, wrong when counts differ)
         self.val_loss = MeanMetric()
         self.run_config: dict | None = None
+        self.nonfinite_skipped = 0
 
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule
@@ -162,9 +181,17 @@ class SegmentationModule(pl.LightningModule):
             for lg in self.loggers:
                 lg.log_hyperparams(info)
 
-    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         logits = self.compiled_net(batch["image"])
         loss = self.train_loss(logits, batch["target"])
+        if not self._all_finite(loss):
+            self._on_nonfinite_loss(loss, batch, batch_idx)  # raises, or counts the batch to skip
+            if self.trainer.world_size == 1:
+                return None  # Lightning: no backward, no gradients
+            # DDP refuses None: every process runs a backward of zero (so the gradient all-reduce
+            # completes), then on_after_backward drops the gradients
+            self._drop_gradients = True
+            return sum((p * 0).sum() for p in self.parameters() if p.requires_grad)
         # sync_dist: under DDP the logged loss is the mean over all processes' samples, not rank 0's
         self.log(
             "train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch["image"].shape[0], sync_dist=True
@@ -180,6 +207,51 @@ class SegmentationModule(pl.LightningModule):
             progress = training_progress(self.trainer, steps_done=self.trainer.global_step + 1)
             for schedule in schedules:
                 schedule.progress = progress
+
+    def on_after_backward(self) -> None:
+        """After the zero backward of a skipped DDP step: no gradients, so the optimiser changes nothing."""
+        if not getattr(self, "_drop_gradients", False):
+            return
+        self._drop_gradients = False
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        for param in self.parameters():
+            if param.grad is not None:
+                if scaler is not None:  # fp16 GradScaler needs gradients: inf makes it skip the step, as on overflow
+                    param.grad.fill_(float("inf"))
+                else:
+                    param.grad = None
+
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        """Whether the loss is finite on every process (one reduced flag under DDP, so all agree)."""
+        bad = (~torch.isfinite(loss.detach())).float()
+        if self._trainer is not None and self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce(bad, reduce_op="sum")
+        return not bool(bad > 0)
+
+    def _on_nonfinite_loss(self, loss: torch.Tensor, batch: Mapping, batch_idx: int) -> None:
+        """Stop with :class:`NonFiniteLossError`, or skip the batch (``skip_nonfinite``) and count it.
+
+        Raises:
+            NonFiniteLossError: ``skip_nonfinite`` is off; the message names the global step,
+                the epoch, the batch index, this process's loss and the case IDs of its batch.
+        """
+        cases = list(batch.get("case_id", [])) or ["(not in the batch)"]
+        keys = batch["key"].tolist() if "key" in batch else []
+        rank = f", rank {self.global_rank}" if self.trainer.world_size > 1 else ""
+        which = "non-finite" if not torch.isfinite(loss) else "finite here, non-finite on another process"
+        where = (
+            f"training loss {loss.item()} ({which}) at global step {self.global_step}, epoch {self.current_epoch}, "
+            f"batch {batch_idx}{rank}; cases in the batch: {cases}, sample keys (epoch, index): {keys}"
+        )
+        if not self.hparams.skip_nonfinite:
+            raise NonFiniteLossError(
+                f"{where}. The last checkpoint written (checkpoints/last.ckpt) is from before this step. Check these "
+                "cases (lightning-brats check-data), try trainer.precision=32 or a lower model.optimizer.lr, or set "
+                "model.skip_nonfinite=true to skip such batches"
+            )
+        self.nonfinite_skipped += 1
+        log.warning(f"Skipped batch with {where}; {self.nonfinite_skipped} skipped so far (model.skip_nonfinite=true)")
+        self.log("train/nonfinite_skipped", float(self.nonfinite_skipped), on_step=True, on_epoch=False, batch_size=1)
 
     def validation_step(self, batch: Mapping, batch_idx: int) -> dict[str, torch.Tensor]:
         """Whole-case validation; returns ``{"pred": (B, R, *spatial) bool}`` for callbacks
@@ -213,12 +285,14 @@ class SegmentationModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.run_config is not None:
             checkpoint[CONFIG_KEY] = self.run_config
+        checkpoint[SKIPPED_KEY] = self.nonfinite_skipped
         wandb_ids = [lg.version for lg in self.loggers if isinstance(lg, WandbLogger) and lg.version]
         if wandb_ids:  # global rank 0, the process that writes the checkpoint
             checkpoint[WANDB_ID_KEY] = str(wandb_ids[0])
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Refuse a checkpoint trained for other channels or regions before its weights are loaded."""
+        self.nonfinite_skipped = int(checkpoint.get(SKIPPED_KEY, 0))
         stored = checkpoint.get(CONFIG_KEY)
         if stored and self.run_config:
             check_same_channels(stored["data"], self.run_config["data"])

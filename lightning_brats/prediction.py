@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lightning_brats.checkpoints import load_checkpoint
 from lightning_brats.data.layouts import CaseFiles, DataError, LoadedCase, load_case
 from lightning_brats.data.preprocess import atomic_save, preprocess_case, restore_to_original
 from lightning_brats.data.settings import PreprocessingSettings
@@ -111,26 +112,27 @@ def load_trained_model(ckpt_path: str | Path, release: Mapping | None = None, de
     """Restore the network of a lightning-brats checkpoint for inference.
 
     Args:
-        ckpt_path: a ``.ckpt`` written by ``train.py`` (read with ``torch.load(weights_only=True)``).
+        ckpt_path: a ``.ckpt`` written by ``train.py`` (read by
+            :func:`~lightning_brats.checkpoints.load_checkpoint`, ``weights_only=True``).
         release: a ``data`` config (e.g. ``conf/data/brats23.yaml`` composed) whose
             :data:`RELEASE_KEYS` replace the checkpoint's; ``None`` keeps the checkpoint's release.
         device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
 
     Raises:
         FileNotFoundError: no file at ``ckpt_path``.
-        ValueError: the file is not a lightning-brats checkpoint (no stored config); its
-            preprocessing cannot be reproduced by this version (an unknown ``data.normalization``
-            or ``data.crop``, or a ``data`` key this version does not know; the message names the
-            checkpoint and the key, see :meth:`~lightning_brats.data.settings.PreprocessingSettings.from_data`);
-            or the release's modalities or region names differ from the network's channels.
+        lightning_brats.checkpoints.CheckpointError: (a ``ValueError``) the file is empty,
+            truncated, not a PyTorch file, a plain state dict or another project's checkpoint.
+        ValueError: its preprocessing cannot be reproduced by this version (an unknown
+            ``data.normalization`` or ``data.crop``, or a ``data`` key this version does not know; the
+            message names the checkpoint and the key, see
+            :meth:`~lightning_brats.data.settings.PreprocessingSettings.from_data`); or the release's
+            modalities or region names differ from the network's channels.
     """
     path = Path(ckpt_path)
     if not path.is_file():
         raise FileNotFoundError(f"ckpt_path={path}: no such checkpoint file")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    stored = checkpoint.get(CONFIG_KEY)
-    if not stored:
-        raise ValueError(f"{path}: not a lightning-brats checkpoint (no '{CONFIG_KEY}' with the training config)")
+    checkpoint = load_checkpoint(path)  # weights_only=True; a clear CheckpointError for a corrupt or foreign file
+    stored = checkpoint[CONFIG_KEY]
     data = copy.deepcopy(stored["data"])
     PreprocessingSettings.from_data(data, source=f"checkpoint {path}")  # refuses what this version cannot reproduce
     data = with_release(data, release, path)

@@ -16,7 +16,7 @@ import torch
 from omegaconf import open_dict
 
 from lightning_brats.cli.train import resolve_ckpt_path, train
-from lightning_brats.module import WANDB_ID_KEY
+from lightning_brats.module import CONFIG_KEY, WANDB_ID_KEY
 from tests.conftest import compose_config
 
 # 1 step of 2 samples per epoch, validation of one case after the third epoch only; the LR
@@ -128,7 +128,7 @@ def test_ckpt_path_last_takes_the_newest_run_and_names_where_it_looked(tmp_path)
     for i, name in enumerate(["2024-01-02_00-00-00", "2024-01-01_00-00-00"]):  # mtime, not the name, decides
         path = tmp_path / "logs" / "train" / "runs" / name / "checkpoints" / "last.ckpt"
         path.parent.mkdir(parents=True)
-        path.write_bytes(b"")
+        torch.save({"state_dict": {}, CONFIG_KEY: {"data": {}}}, path)  # the smallest checkpoint resolve accepts
         os.utime(path, (time.time() + 10 * i, time.time() + 10 * i))
     assert resolve_ckpt_path(cfg) == str(path.resolve())
     with open_dict(cfg):

@@ -140,3 +140,21 @@ def test_user_splits_with_unknown_case_names_the_file(brats2018_root, cache_dir,
     datamodule, path = _datamodule_with_splits(brats2018_root, cache_dir, tmp_path, splits)
     with pytest.raises(DataError, match=rf"{path}: cases \['Brats18_NOPE'\] are not labelled cases"):
         datamodule.setup("fit")
+
+
+def test_each_sample_names_the_case_it_was_cut_from():
+    from lightning_brats.data.preprocess import CachedCase
+
+    label = np.zeros((16, 16, 16), np.uint8)
+    label[6:10, 6:10, 6:10] = 1
+    # every voxel of case "c<v>" holds v, so a patch's values say which case it came from
+    cases = [CachedCase(f"c{v}", np.full((2, 16, 16, 16), float(v), np.float32), label, {}) for v in (1, 2, 3)]
+    dataset = TrainingSampleDataset(cases, {"wt": [1]}, (8, 8, 8), batch_size=2, oversample_foreground=0.5)
+    seen = set()
+    for index in range(30):
+        item = dataset[(0, index)]
+        assert item["case_id"] == f"c{int(item['image'].max())}" == f"c{int(item['image'].min())}"
+        seen.add(item["case_id"])
+    assert seen == {"c1", "c2", "c3"}
+    batch = torch.utils.data.default_collate([dataset[(0, 0)], dataset[(0, 1)]])
+    assert isinstance(batch["case_id"], list) and len(batch["case_id"]) == 2

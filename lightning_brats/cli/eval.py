@@ -78,9 +78,10 @@ def held_out_cases(ckpt_path: str | Path) -> list[str]:
 
     Raises:
         DataError: the run folder has no ``splits.json``, or it lacks the checkpoint's fold.
+        lightning_brats.checkpoints.CheckpointError: a corrupt or foreign checkpoint (see
+            :func:`~lightning_brats.checkpoints.load_checkpoint`).
     """
-    import torch
-
+    from lightning_brats.checkpoints import load_checkpoint
     from lightning_brats.data.splits import read_splits
     from lightning_brats.module import CONFIG_KEY
 
@@ -88,7 +89,7 @@ def held_out_cases(ckpt_path: str | Path) -> list[str]:
     if not path.is_file():
         raise DataError(f"cases=held_out: no {path} (train.py copies the folds there); list the cases instead: cases=[...]")
     # memory-mapped: only the stored config is read, not the weights
-    config = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True).get(CONFIG_KEY) or {}
+    config = load_checkpoint(ckpt_path, mmap=True)[CONFIG_KEY]
     fold = int(config.get("data", {}).get("fold", 0))
     folds = read_splits(path)
     if fold >= len(folds):

@@ -13,14 +13,12 @@ checkpoint restore; see :func:`resolve_ckpt_path` for ``ckpt_path=last``.
 from __future__ import annotations
 
 import logging
-import pickle
 import re
 import shutil
 from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
-import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import lightning_brats  # noqa: F401  (registers the ${len:...} resolver)
@@ -63,6 +61,8 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     Raises:
         FileNotFoundError: ``ckpt_path=last`` finds no checkpoint (the message names the pattern
             searched), or the named checkpoint file does not exist.
+        lightning_brats.checkpoints.CheckpointError: the checkpoint is corrupt or foreign (see
+            :func:`check_checkpoint`).
     """
     value = cfg.get("ckpt_path")
     if value is None or str(value).strip() == "":
@@ -78,12 +78,29 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
                 f"ckpt_path=last: no checkpoint matches {pattern}; train without ckpt_path first, or pass "
                 "ckpt_path=/path/to/checkpoint.ckpt (check task_name and paths.log_dir / LIGHTNING_BRATS_ROOT)"
             )
-        return str(max(found, key=lambda p: p.stat().st_mtime).resolve())
+        return check_checkpoint(str(max(found, key=lambda p: p.stat().st_mtime).resolve()))
     from lightning_fabric.utilities.cloud_io import get_filesystem
 
     if not get_filesystem(value).exists(value):
         raise FileNotFoundError(f"ckpt_path={value}: no such checkpoint file; pass an existing .ckpt or ckpt_path=last")
-    return value
+    return check_checkpoint(value)
+
+
+def check_checkpoint(path: str) -> str:
+    """``path`` once :func:`~lightning_brats.checkpoints.load_checkpoint` has read it (memory-mapped,
+    ``weights_only=True``), so that a corrupt or foreign checkpoint stops the run before anything is built.
+    Files on remote file systems are checked when Lightning restores them (see
+    :class:`~lightning_brats.callbacks.AtomicCheckpoints`), not downloaded twice.
+
+    Raises:
+        lightning_brats.checkpoints.CheckpointError: the file is empty, truncated, not a PyTorch
+            file, a plain state dict or another project's checkpoint; the message names it.
+    """
+    from lightning_brats.checkpoints import load_checkpoint
+
+    if Path(path).is_file():
+        load_checkpoint(path, mmap=True)
+    return path
 
 
 def _lightning_hpc_checkpoint(cfg: DictConfig, ckpt_path: str | None) -> str | None:
@@ -99,20 +116,14 @@ def _lightning_hpc_checkpoint(cfg: DictConfig, ckpt_path: str | None) -> str | N
 
 
 def read_wandb_run_id(ckpt_path: str) -> str | None:
-    """The W&B run id stored in a checkpoint by :class:`~lightning_brats.module.SegmentationModule`, or ``None``."""
-    from fsspec.implementations.local import LocalFileSystem
-    from lightning_fabric.utilities.cloud_io import get_filesystem
+    """The W&B run id stored in a checkpoint by :class:`~lightning_brats.module.SegmentationModule`, or ``None``.
 
-    fs = get_filesystem(ckpt_path)
-    try:
-        if isinstance(fs, LocalFileSystem):  # memory-mapped: the weights are not read
-            checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-        else:
-            with fs.open(ckpt_path, "rb") as handle:
-                checkpoint = torch.load(handle, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:  # trainer.fit reports it properly
-        log.warning(f"Could not read the W&B run id from {ckpt_path}: {exc}")
-        return None
+    Raises:
+        lightning_brats.checkpoints.CheckpointError: a corrupt or foreign checkpoint.
+    """
+    from lightning_brats.checkpoints import load_checkpoint
+
+    checkpoint = load_checkpoint(ckpt_path, mmap=True)  # memory-mapped: the weights are not read
     run_id = checkpoint.get(WANDB_ID_KEY)
     return str(run_id) if run_id else None
 

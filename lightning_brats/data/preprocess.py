@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 import torch.nn.functional as F
+from filelock import FileLock, Timeout
 from rich.progress import Progress
 
 from lightning_brats.data.layouts import CaseFiles, LoadedCase, load_case
@@ -215,6 +216,42 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         np.save(handle, array)
 
 
+def _npy_entry(path: Path) -> dict:
+    """What the record keeps about a written ``.npy``: shape, dtype and size in bytes."""
+    array = np.load(path, mmap_mode="r")
+    return {"shape": list(array.shape), "dtype": str(array.dtype), "bytes": path.stat().st_size}
+
+
+def _npy_problem(path: Path, expected: Mapping | None) -> str | None:
+    """Why the ``.npy`` at ``path`` is unusable, or ``None``.
+
+    Reads only the header: the file must be as long as its header says (``header + prod(shape) *
+    itemsize`` bytes) and, when the record has an entry (``expected``, see :func:`_npy_entry`), of
+    the recorded shape, dtype and size. Entries written before records kept sizes are checked
+    against their header alone.
+    """
+    if not path.exists():
+        return f"{path} is missing"
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(handle)
+            offset = handle.tell()
+    except (ValueError, OSError, EOFError) as exc:
+        return f"{path} has no readable .npy header ({exc})"
+    needed = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if size < needed:
+        return f"{path} is truncated ({size} of {needed} bytes)"
+    if expected is not None:
+        if list(shape) != list(expected["shape"]) or str(dtype) != expected["dtype"]:
+            return f"{path} holds {dtype}{list(shape)}, its record says {expected['dtype']}{expected['shape']}"
+        if size != int(expected["bytes"]):
+            return f"{path} has {size} bytes, its record says {expected['bytes']}"
+    return None
+
+
 def _source_stamp(files: CaseFiles) -> dict:
     """Absolute path -> (size, mtime) of every source file: the same root given relative or
     absolute must not look like changed sources (the cache folder's name uses the resolved root)."""
@@ -246,6 +283,10 @@ class PreprocessedCache:
     ``<case>_image.npy``, ``<case>_label.npy`` and ``<case>.json`` (written last; a case
     whose record is missing or whose source files changed is redone). Each file is
     written atomically, so an interrupted run never leaves a half-written case behind.
+    The record keeps each array's shape, dtype and size: an array file damaged later
+    (truncated, replaced) is found by :meth:`problem` and rebuilt, with a message. One process
+    at a time works on a cache folder (a ``filelock`` lock on ``<folder>/.lock``, released
+    by the OS when its holder dies); others wait for it and then reuse what it wrote.
 
     Args:
         cache_dir: parent folder of all caches.
@@ -287,18 +328,41 @@ class PreprocessedCache:
         return (self.path / f"{case_id}_image.npy", self.path / f"{case_id}_label.npy", self.path / f"{case_id}.json")
 
     def is_cached(self, files: CaseFiles) -> bool:
-        """Whether the case is complete in the cache and its source files are unchanged."""
+        """Whether the case is complete and whole in the cache and its source files are unchanged."""
+        return self.problem(files) is None
+
+    def problem(self, files: CaseFiles) -> str | None:
+        """Why the case must be (re)built, or ``None`` when its cache entry is usable.
+
+        ``"not cached"`` for a case never written or whose record is missing (an interrupted
+        write); otherwise a sentence naming the damaged file: an unreadable record, changed
+        sources, a missing array, or an array file whose size or shape disagrees with its
+        ``.npy`` header and the record (truncated or replaced after it was written).
+        """
         image, label, record = self._files(files.case_id)
-        if not (record.exists() and image.exists()):
-            return False
+        if not record.exists():
+            return "not cached"
         try:
             stored = json.loads(record.read_text())
-        except json.JSONDecodeError:
-            return False
-        return stored.get("source") == _source_stamp(files) and (label.exists() or not stored["has_label"])
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            return f"{record} is unreadable ({exc})"
+        if stored.get("source") != _source_stamp(files):
+            return "not cached"  # the sources changed: a new version of the case, not damage
+        arrays = stored.get("arrays", {})
+        for name, path in (("image", image), ("label", label)):
+            if name == "label" and not stored.get("has_label"):
+                continue
+            problem = _npy_problem(path, arrays.get(name))
+            if problem:
+                return problem
+        return None
 
     def ensure(self, cases: Sequence[CaseFiles], log=print, workers: int = 1) -> None:
         """Preprocess every case not yet cached, with a progress bar and a summary line.
+
+        Runs while holding the cache folder's lock: a second process started on the same
+        cache waits (saying so), then finds the cases written and reuses them. Damaged entries
+        (see :meth:`problem`) are rebuilt and named in ``log``.
 
         Args:
             workers: processes working on cases in parallel (``spawn``ed, one torch thread each);
@@ -309,10 +373,29 @@ class PreprocessedCache:
                 cached, by this call or earlier ones, are left intact.
         """
         self.path.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(self.path / ".lock")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log(f"Waiting for another process preprocessing into {self.path} (lock {lock.lock_file})")
+            lock.acquire()
+        try:
+            self._ensure_locked(cases, log, workers)
+        finally:
+            lock.release()
+
+    def _ensure_locked(self, cases: Sequence[CaseFiles], log, workers: int) -> None:
+        """:meth:`ensure` while holding the cache's lock."""
         settings_file = self.path / "settings.json"
         if not settings_file.exists():
             atomic_save(settings_file, lambda p: p.write_text(json.dumps(self.settings, indent=2, default=str)))
-        todo = [c for c in cases if not self.is_cached(c)]
+        todo = []
+        for case in cases:
+            problem = self.problem(case)
+            if problem is not None:
+                todo.append(case)
+                if problem != "not cached":
+                    log(f"Cache entry of case {case.case_id} is damaged: {problem}; rebuilding it")
         if not todo:
             log(f"Preprocessed cache {self.path}: all {len(cases)} cases present, reused")
             return
@@ -346,9 +429,12 @@ class PreprocessedCache:
         image, label, record = preprocess_case(case, self.preprocessing)
         record["source"] = _source_stamp(files)
         image_path, label_path, record_path = self._files(files.case_id)
+        record_path.unlink(missing_ok=True)  # the record goes last: until then the entry reads as not cached
         atomic_save(image_path, lambda p: _save_npy(p, image))
+        record["arrays"] = {"image": _npy_entry(image_path)}
         if label is not None:
             atomic_save(label_path, lambda p: _save_npy(p, label))
+            record["arrays"]["label"] = _npy_entry(label_path)
         atomic_save(record_path, lambda p: p.write_text(json.dumps(record, indent=1)))
 
     def load(self, case_id: str) -> CachedCase:

@@ -156,7 +156,8 @@ class TrainingSampleDataset(Dataset):
 
     Items (keyed by ``(epoch, index)`` from :class:`EpochSampler`) are dicts with
     ``image`` ``(C, *patch_size)`` float32, ``target`` ``(R, *patch_size)`` float32 and
-    ``key`` ``(2,)`` int64, the ``(epoch, index)`` that drew the sample.
+    ``key`` ``(2,)`` int64, the ``(epoch, index)`` that drew the sample, and ``case_id`` (str),
+    the case the sample was cut from (a batch holds a list of them; messages about a batch name them).
     """
 
     def __init__(
@@ -234,6 +235,7 @@ class TrainingSampleDataset(Dataset):
             "image": torch.from_numpy(np.ascontiguousarray(image)),
             "target": torch.from_numpy(np.ascontiguousarray(target)),
             "key": torch.tensor([epoch, index], dtype=torch.int64),
+            "case_id": case.case_id,
         }
 
 

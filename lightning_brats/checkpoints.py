@@ -1,0 +1,174 @@
+"""Reading and writing checkpoints safely: one loader that validates, one atomic writer.
+
+:func:`load_checkpoint` is the only place a checkpoint is read (``train.py ckpt_path=``,
+``predict.py``, ``eval.py``, and Lightning's own restore through :class:`AtomicCheckpointIO`).
+It always reads with ``torch.load(weights_only=True)``: tensors and plain Python values only,
+never arbitrary pickled objects, so a checkpoint cannot run code when it is loaded. A checkpoint
+from an untrusted source must never be loaded with ``weights_only=False``.
+
+:class:`AtomicCheckpointIO` writes every checkpoint to a temporary file in the target folder,
+flushes it to disk and renames it over the final name (``os.replace``), so a process killed
+while writing (``kill -9``, out of memory, a node failure) leaves the previous checkpoint
+intact and never a truncated file under a final name. Lightning 2.6's own writer
+(``lightning_fabric.utilities.cloud_io._atomic_save``) goes through an fsspec transaction whose
+temporary file lies in the system temp folder (``tempfile.mkstemp()``); when that is another
+file system than the run folder (``/tmp`` on a node's local disk, runs on NFS or Lustre: the
+usual cluster setup) the commit is ``shutil.move``, a copy onto the final name, which a kill
+leaves truncated.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from fsspec.implementations.local import LocalFileSystem
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning_fabric.utilities.cloud_io import get_filesystem
+
+from lightning_brats.module import CONFIG_KEY
+
+#: Added to every message about a checkpoint that ``weights_only=True`` refused.
+UNTRUSTED_NOTE = (
+    "checkpoints are read with torch.load(weights_only=True); never load a checkpoint from an untrusted source "
+    "with weights_only=False, which can run arbitrary code"
+)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is unreadable or not a lightning-brats checkpoint; the message names the file."""
+
+
+def load_checkpoint(
+    path: str | os.PathLike, *, mmap: bool = False, map_location: Any = "cpu", require_config: bool = True
+) -> dict[str, Any]:
+    """Read and validate a checkpoint written by ``train.py``.
+
+    Args:
+        path: a local path or an fsspec URL (``s3://...``) of a ``.ckpt``.
+        mmap: memory-map the tensors (local files only): cheap when only the stored config or
+            the W&B run id is wanted.
+        map_location: as for ``torch.load`` (default: every tensor on the CPU).
+        require_config: also require the training config lightning-brats stores under
+            :data:`~lightning_brats.module.CONFIG_KEY` (``False`` accepts any Lightning checkpoint).
+
+    Returns:
+        the checkpoint dict (``state_dict``, ``epoch``, ``global_step``, ..., ``lightning_brats_config``).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        CheckpointError: the file is empty, truncated or not a PyTorch file; it holds objects that
+            ``weights_only=True`` refuses; it is not a dict with a ``state_dict`` (e.g. a plain
+            PyTorch state dict); or, with ``require_config``, it lacks lightning-brats' config (a
+            checkpoint of another project). The message names the file and, for the first cases,
+            quotes torch's own one-line reason.
+    """
+    path_str = str(path)
+    fs = get_filesystem(path_str)
+    if not fs.exists(path_str) or fs.isdir(path_str):
+        raise FileNotFoundError(f"{path_str}: no such checkpoint file")
+    if fs.size(path_str) == 0:
+        raise CheckpointError(f"{path_str}: empty file (0 bytes), not a checkpoint; it was probably cut off while written")
+    local = Path(path_str).is_file()
+    if local and not zipfile.is_zipfile(path_str):  # torch.save has written zip archives since PyTorch 1.6
+        raise CheckpointError(
+            f"{path_str}: not a readable PyTorch checkpoint, the file is truncated or corrupt (not the zip archive "
+            f"torch.save writes; {fs.size(path_str)} bytes)"
+        )
+    try:
+        if local:
+            checkpoint = torch.load(path_str, map_location=map_location, weights_only=True, mmap=mmap)
+        else:
+            with fs.open(path_str, "rb") as handle:
+                checkpoint = torch.load(handle, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        # torch's explanation spans lines; the one naming the refused global is the useful one
+        reason = next((line for line in lines if line.startswith("WeightsUnpickler error")), lines[0])
+        if "weights only" in str(exc).lower() or "weights_only" in str(exc):
+            raise CheckpointError(
+                f"{path_str}: holds Python objects other than tensors and plain values, refused "
+                f"({reason}); {UNTRUSTED_NOTE}"
+            ) from None
+        raise CheckpointError(f"{path_str}: not a readable PyTorch checkpoint ({reason})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{path_str}: not a readable PyTorch checkpoint, the file is truncated or corrupt ({reason})"
+        ) from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"{path_str}: holds a {type(checkpoint).__name__}, not a checkpoint dict written by train.py")
+    if "state_dict" not in checkpoint:
+        if checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+            raise CheckpointError(
+                f"{path_str}: a plain PyTorch state dict ({len(checkpoint)} tensors), not a Lightning checkpoint "
+                "written by train.py (which also holds the training config); use a .ckpt from a run's checkpoints/ folder"
+            )
+        raise CheckpointError(
+            f"{path_str}: not a Lightning checkpoint (no 'state_dict'; keys: {sorted(map(str, checkpoint))[:8]})"
+        )
+    if require_config and not checkpoint.get(CONFIG_KEY):
+        raise CheckpointError(
+            f"{path_str}: not a lightning-brats checkpoint (no '{CONFIG_KEY}' with the training config; e.g. another "
+            "project's Lightning checkpoint); use a .ckpt written by this project's train.py"
+        )
+    return checkpoint
+
+
+def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
+
+    The temporary file is ``.<name>.tmp-<pid>`` beside ``path`` (same file system, so the rename
+    is atomic); it is flushed and ``fsync``-ed before the rename and removed when writing fails.
+    A process killed while writing (``kill -9``) leaves that hidden temporary file, never a
+    partial file under the final name.
+
+    Raises:
+        OSError: the folder is missing or unwritable, or the disk is full; the message names
+            ``path`` (the final file is then untouched).
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OSError(exc.errno, f"could not write checkpoint {path}: {exc.strerror or exc}") from exc
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's ``TorchCheckpointIO`` with an atomic local write and a validating read.
+
+    Saving: local paths through :func:`atomic_write_bytes`; other file systems (``s3://``, ...)
+    through Lightning's own writer. Loading: :func:`load_checkpoint` (``weights_only=True``,
+    a clear error naming the file for a corrupt or foreign checkpoint).
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__}.save_checkpoint takes no storage_options, got {storage_options!r}")
+        fs = get_filesystem(path)
+        if not isinstance(fs, LocalFileSystem):
+            super().save_checkpoint(checkpoint, path)
+            return
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        fs.makedirs(str(Path(path).parent), exist_ok=True)
+        atomic_write_bytes(buffer.getvalue(), path)
+
+    def load_checkpoint(
+        self, path: Any, map_location: Callable | Any = "cpu", weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        if weights_only is False:
+            raise CheckpointError(f"{path}: refusing weights_only=False; {UNTRUSTED_NOTE}")
+        return load_checkpoint(path, map_location=map_location if map_location is not None else "cpu")
