@@ -25,6 +25,7 @@ VARIANTS = [
     ("nnunet3d", 3, ["model.net.depth=4", "model.net.base_filters=8"]),
     ("segresnet", 3, ["model.net.init_filters=8"]),
     ("swinunetr", 3, ["model.net.feature_size=12"]),
+    ("dynunet", 3, ["model.net.filters=[8,16,32,64]"]),
 ]
 NAMES = [v[0] for v in VARIANTS]
 
@@ -72,6 +73,24 @@ def test_deep_supervision_outputs_and_weighted_loss(name, tmp_path):
     assert deep_supervision_loss(base, 2)(out, blocky).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+def test_dynunet_deep_supervision_heads_at_their_scales_and_weighted_loss(tmp_path):
+    """DynUNet (NVIDIA's BraTS 2021 network) returns its 2 lower heads where they are computed (1/2 and
+    1/4 of the patch), not upsampled; the loss weighs full, half and quarter scale 4/7, 2/7, 1/7."""
+    module = _module("dynunet", ["model.net.filters=[8,16,32,64]"], tmp_path)
+    assert module.net.num_outputs == 3
+    out = module.net(torch.randn(2, 4, 32, 32, 32))
+    assert [tuple(o.shape) for o in out] == [(2, 3, 32, 32, 32), (2, 3, 16, 16, 16), (2, 3, 8, 8, 8)]
+    target = (torch.rand(2, 3, 8, 8, 8) > 0.7).float()
+    # a target blocky at 4 voxels: nearest downsampling to 16^3 and 8^3 equals max-pooling it
+    blocky = target.repeat_interleave(4, 2).repeat_interleave(4, 3).repeat_interleave(4, 4)
+    pool = torch.nn.functional.max_pool3d
+    base = DiceBCELoss()
+    expected = 4 / 7 * base(out[0], blocky) + 2 / 7 * base(out[1], pool(blocky, 2)) + 1 / 7 * base(out[2], target)
+    assert module.train_loss(out, blocky).item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(Exception, match=r"deep_supr_num=3 must be in \[1, 2\] for 4 stages"):
+        _module("dynunet", ["model.net.filters=[8,16,32,64]", "model.net.deep_supr_num=3"], tmp_path)
+
+
 @pytest.mark.parametrize(
     "name,patch,message",
     [
@@ -80,6 +99,8 @@ def test_deep_supervision_outputs_and_weighted_loss(name, tmp_path):
         ("unet3d", [48, 40, 36], r"model=unet3d: plain U-Net, 3D, depth 4 \(2\*\*\(depth-1\) = 8\).*offending sizes \[36\].*nearest valid patch size: \[48, 40, 40\]"),
         ("segresnet", [48, 48, 44], r"model=segresnet: SegResNet .*multiple of 8.*nearest valid patch size: \[48, 48, 48\]"),
         ("attention_unet2d", [64, 64, 64], r"model=attention_unet2d: .*is 2D but the patch size \[64, 64, 64\] has 3 dimensions"),
+        ("dynunet", [48, 48, 40], r"model=dynunet: DynUNet \(4 downsamplings\) needs every patch size to be a multiple of 16 of at least 32.*offending sizes \[40\].*nearest valid patch size: \[48, 48, 48\]"),
+        ("dynunet", [16, 32, 32], r"model=dynunet: DynUNet .*offending sizes \[16\]\); nearest valid patch size: \[32, 32, 32\]"),
     ],
 )
 def test_unsuitable_patch_is_refused_naming_model_size_and_nearest(name, patch, message, tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from monai.networks import nets
 
 from lightning_brats.models.layers import ACTIVATIONS, NORMS, check_patch_size, layer_spec
@@ -107,3 +108,94 @@ class SwinUNETR(nets.SwinUNETR):
     def check_patch_size(self, patch_size: Sequence[int]) -> None:
         """Raise ``ValueError`` naming SwinUNETR, the size and the nearest valid one."""
         check_patch_size("SwinUNETR", patch_size, 3, self.divisor, minimum=64)
+
+
+class DynUNet(nets.DynUNet):
+    """MONAI's DynUNet, the network of NVIDIA's BraTS 2021 entry (Futrega et al., "Optimized U-Net for
+    Brain Tumor Segmentation", arXiv:2110.03352), 3D, isotropic.
+
+    One stage per entry of ``filters``: the first keeps the resolution, every further one halves it
+    with a strided convolution (``len(filters) - 1`` downsamplings), each stage two
+    conv-norm-activation blocks (residual with ``res_block``), transposed-convolution upsampling.
+
+    With ``deep_supervision`` the training-mode output is a list, full resolution first, then the
+    ``deep_supr_num`` heads of the decoder stages below it at their own scales
+    ``(B, out_channels, *spatial / 2**k)``, k = 1 .. deep_supr_num, the convention of
+    :class:`~lightning_brats.models.UNet` that :func:`~lightning_brats.losses.deep_supervision_loss`
+    expects (targets are downsampled to each head, as NVIDIA's loss does). MONAI's own forward would
+    upsample the heads to full size and stack them; this one returns them where they are computed.
+    In eval mode the output is the full-resolution logits only.
+
+    Args:
+        in_channels: input channels (modalities).
+        out_channels: output channels (one logit per region).
+        filters: filters per stage (the paper: 64, 96, 128, 192, 256, 384, 512).
+        kernel_size: convolution kernel size in every stage (the paper: 3).
+        norm: ``"instance"`` (the paper's), ``"batch"`` or ``"group"``.
+        activation: see :data:`~lightning_brats.models.layers.ACTIVATIONS` (the paper: leaky ReLU 0.01).
+        deep_supervision: also return the lower decoder heads in training.
+        deep_supr_num: how many (the paper: 2); at most ``len(filters) - 2``.
+        res_block: residual blocks (the paper tried them and kept plain ones).
+        dropout: dropout probability (``None`` for none).
+
+    Input ``(B, C, X, Y, Z)`` with every size a multiple of ``2 ** (len(filters) - 1)`` and at least
+    twice that, so the bottleneck keeps 2 voxels per axis (NVIDIA's ``--min_fmap 2``; instance norm
+    needs more than one voxel).
+
+    Raises:
+        ValueError: fewer than 3 filters, or ``deep_supr_num`` outside ``[1, len(filters) - 2]``
+            with deep supervision.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        filters: Sequence[int] = (64, 96, 128, 192, 256, 384, 512),
+        kernel_size: int = 3,
+        norm: str = "instance",
+        activation: str = "leakyrelu",
+        deep_supervision: bool = True,
+        deep_supr_num: int = 2,
+        res_block: bool = False,
+        dropout: float | None = None,
+    ) -> None:
+        filters = [int(f) for f in filters]
+        if len(filters) < 3:
+            raise ValueError(f"DynUNet needs at least 3 filters (stages), got {filters}")
+        if deep_supervision and not 1 <= deep_supr_num <= len(filters) - 2:
+            raise ValueError(
+                f"deep_supr_num={deep_supr_num} must be in [1, {len(filters) - 2}] for {len(filters)} stages"
+            )
+        strides = [1] + [2] * (len(filters) - 1)
+        super().__init__(
+            spatial_dims=3,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            kernel_size=[kernel_size] * len(filters),
+            strides=strides,
+            upsample_kernel_size=strides[1:],
+            filters=filters,
+            dropout=dropout,
+            norm_name=layer_spec(NORMS, norm, "norm"),
+            act_name=layer_spec(ACTIVATIONS, activation, "activation"),
+            deep_supervision=deep_supervision,
+            deep_supr_num=deep_supr_num,
+            res_block=res_block,
+        )
+        self.spatial_dims = 3
+        self.divisor = 2 ** (len(filters) - 1)
+        self.num_outputs = 1 + deep_supr_num if deep_supervision else 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        out = self.output_block(self.skip_layers(x))
+        if self.training and self.deep_supervision:
+            # the skip layers wrote each supervised decoder stage's head output into self.heads
+            return [out, *self.heads[: self.num_outputs - 1]]
+        return out
+
+    def check_patch_size(self, patch_size: Sequence[int]) -> None:
+        """Raise ``ValueError`` naming DynUNet, the size and the nearest valid one."""
+        check_patch_size(
+            f"DynUNet ({len(self.filters) - 1} downsamplings)", patch_size, 3, self.divisor, minimum=2 * self.divisor
+        )
