@@ -22,7 +22,7 @@ from tests.conftest import REPO, compose_config
 # a small 3D U-Net on the session's phantoms (8 cases of 64 x 64 x 48, 4 folds): 20 steps of 2 patches
 # per epoch, validation of one case
 TINY = ["data=sample", "data.num_folds=4", "data.max_val_cases=1", "data.patch_size=[32,32,32]", "data.batch_size=2",
-        "data.samples_per_epoch=40", "model.net.base_filters=4", "model.sliding_window_overlap=0",
+        "data.samples_per_epoch=40", "model.net.base_filters=4", "inference.overlap=0",
         "validate_best=false", "trainer.accelerator=cpu"]
 STEPS_PER_EPOCH = 40 // 2
 
