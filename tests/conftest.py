@@ -153,3 +153,32 @@ def compose_tool_config(name: str, overrides: list[str], output_dir: Path) -> Di
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(name, overrides=[f"paths.output_dir={output_dir}", "inference.device=cpu", *overrides])
     return cfg
+
+
+# --- slow tests: whatever trains is marked slow, so `pytest -m "not slow"` stays under a minute ---------
+
+#: Fixtures that train a model (in-process or through ``train.py``): a test using one, directly or
+#: through another fixture, trains and must be marked ``slow``.
+TRAINING_FIXTURES = frozenset({"trained_brats_run", "phantom_checkpoint", "phantom_checkpoint_2d", "fold_multirun"})
+
+
+def pytest_collection_modifyitems(config, items):
+    """Refuse the session when a test needing a training fixture is not marked ``slow``."""
+    unmarked = [item.nodeid for item in items
+                if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())) and item.get_closest_marker("slow") is None]
+    if unmarked:
+        raise pytest.UsageError("these tests use a training fixture but are not marked @pytest.mark.slow: "
+                                + ", ".join(unmarked))
+
+
+@pytest.fixture(autouse=True)
+def _only_slow_tests_train(request, monkeypatch):
+    """A test not marked ``slow`` that reaches ``Trainer.fit`` in this process fails, naming itself
+    (``train.py`` subprocesses are not seen here: mark those by hand)."""
+    if request.node.get_closest_marker("slow") is None:
+        import pytorch_lightning as pl
+
+        def refuse(*args, **kwargs):
+            pytest.fail(f"{request.node.nodeid} trains (Trainer.fit) but is not marked @pytest.mark.slow", pytrace=False)
+
+        monkeypatch.setattr(pl.Trainer, "fit", refuse)

@@ -101,6 +101,7 @@ def test_norm_activation_and_dropout_are_config_values(tmp_path):
         _module("nnunet3d", ["model.net.depth=3"], tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 @pytest.mark.parametrize("name", NAMES)
 def test_variant_trains_one_step_on_real_cases(name, brats2018_root, cache_dir, tmp_path, caplog):
@@ -138,6 +139,7 @@ def test_compile_matches_eager_and_checkpoints_plain_weights(tmp_path):
         ("~data.regions.et", r"output channels: trained for the regions \['wt', 'tc', 'et'\] of data.regions \(3 outputs\), this run has \['wt', 'tc'\] \(2\)"),
     ],
 )
+@pytest.mark.slow
 def test_checkpoint_for_other_channels_or_regions_is_refused(phantom_checkpoint, phantom_root, override, message, tmp_path):
     cfg = compose_config(
         ["data=sample", f"data.root={phantom_root}", "data.num_folds=4", "data.samples_per_epoch=4",

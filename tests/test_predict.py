@@ -71,6 +71,7 @@ def test_flip_tta_averages_every_flip(dims):
     assert tta.shape == (1, 3, 16, 12, 6) and 0 <= tta.min() and tta.max() <= 1
 
 
+@pytest.mark.slow
 def test_predict_case_folder_on_the_input_grid_then_skip_and_overwrite(phantom_checkpoint, phantom_root, tmp_path):
     case = min(p for p in phantom_root.iterdir() if p.is_dir())
     result = _predict(phantom_checkpoint, tmp_path / "out", f"input={case}", "save_probabilities=true", "inference.flip_tta=false")
@@ -90,6 +91,7 @@ def test_predict_case_folder_on_the_input_grid_then_skip_and_overwrite(phantom_c
     assert forced["predicted"] == 1
 
 
+@pytest.mark.slow
 def test_2d_checkpoint_predicts_explicit_files_slice_by_slice(phantom_checkpoint_2d, phantom_root, tmp_path):
     case = sorted(p for p in phantom_root.iterdir() if p.is_dir())[1]
     files = ",".join(f"{m}:{case / f'{case.name}_{m}.nii.gz'}" for m in MODALITIES)
@@ -100,6 +102,7 @@ def test_2d_checkpoint_predicts_explicit_files_slice_by_slice(phantom_checkpoint
     assert set(np.unique(np.asarray(img.dataobj))) <= {0, 1, 2, 4}
 
 
+@pytest.mark.slow
 def test_predict_never_overwrites_an_input_file(phantom_checkpoint, phantom_root, tmp_path):
     case = min(p for p in phantom_root.iterdir() if p.is_dir())
     inputs = tmp_path / "inputs"
@@ -114,6 +117,7 @@ def test_predict_never_overwrites_an_input_file(phantom_checkpoint, phantom_root
     assert (inputs / "scan.nii.gz").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_predict_input_errors(phantom_checkpoint, phantom_root, tmp_path):
     case = min(p for p in phantom_root.iterdir() if p.is_dir())
     with pytest.raises(ValueError, match=r"give one of input="):
@@ -209,6 +213,7 @@ def test_held_out_cases_come_from_the_checkpoints_run_folder(trained_brats_run, 
         held_out_cases(moved)
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_2d_lgg_model_predicts_a_patient_as_nifti(lgg_root, cache_dir, tmp_path):
     """The LGG TIFF slices (no NIfTI header) give a NIfTI label map of the patient's slice stack in

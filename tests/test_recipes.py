@@ -176,6 +176,7 @@ def _small(cfg) -> list[str]:
     return ["data.spacing=[4,4,4]", f"data.patch_size={patch}"]
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_trains_a_fast_dev_run_step(experiment, data_root, cache_dir, tmp_path, caplog):

@@ -18,6 +18,7 @@ from tests.conftest import REPO, compose_config
 from tests.wandb_records import logged_config, logged_history
 
 
+@pytest.mark.slow
 def test_help_lists_config_groups_and_options():
     out = subprocess.run([sys.executable, "train.py", "--help"], cwd=REPO, capture_output=True, text=True, check=True).stdout
     for line in (
@@ -29,6 +30,7 @@ def test_help_lists_config_groups_and_options():
         assert line in out
 
 
+@pytest.mark.slow
 def test_cli_fast_dev_run_on_generated_phantoms(tmp_path):
     """``python train.py`` on the embedded default writes phantoms and says they are synthetic."""
     proc = subprocess.run(
@@ -48,6 +50,7 @@ def test_missing_data_root_fails_before_training(tmp_path):
         train(cfg)
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 @pytest.mark.parametrize("sampling,model", [("3d", "unet3d"), ("2d", "unet2d")])
 def test_fast_dev_run_on_real_cases(brats2018_root, cache_dir, tmp_path, sampling, model):
@@ -61,6 +64,7 @@ def test_fast_dev_run_on_real_cases(brats2018_root, cache_dir, tmp_path, samplin
     assert 0.0 <= metrics["val/dice_mean"] <= 1.0
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_csv_and_checkpoint(phantom_root, tmp_path):
     cfg = compose_config(
         ["data=sample", f"data.root={phantom_root}", "data.num_folds=4", "data.samples_per_epoch=4",
@@ -101,6 +105,7 @@ def test_wandb_offline_run_csv_and_checkpoint(phantom_root, tmp_path):
         assert len(picture.convert("RGB").getcolors(maxcolors=100000)) > 20  # axes, lines and labels, not a blank
 
 
+@pytest.mark.slow
 def test_last_checkpoint_follows_every_epoch(phantom_root, tmp_path):
     """last.ckpt is the latest epoch even when validation did not run or did not improve."""
     cfg = compose_config(
