@@ -14,6 +14,7 @@ from omegaconf import DictConfig, open_dict
 
 import lightning_brats  # noqa: F401
 from lightning_brats.cli.train import CONFIG_DIR
+from lightning_brats.data.layouts import BratsLayout
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("LIGHTNING_BRATS_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -182,3 +183,37 @@ def _only_slow_tests_train(request, monkeypatch):
             pytest.fail(f"{request.node.nodeid} trains (Trainer.fit) but is not marked @pytest.mark.slow", pytrace=False)
 
         monkeypatch.setattr(pl.Trainer, "fit", refuse)
+
+
+# --- shared BraTS constants and helpers (import them from here, never from another test module) -----
+
+#: The four MRI sequences of BraTS 2018-2021, in the file-suffix order of the configs.
+BRATS_MODALITIES = ["flair", "t1", "t1ce", "t2"]
+#: BraTS 2018-2021 label codes: 1 necrosis/non-enhancing core, 2 oedema, 4 enhancing tumour.
+BRATS20_LABELS = {"ncr_net": 1, "ed": 2, "et": 4}
+#: The three nested evaluation regions in each release's label codes (MSD Task01: 1 oedema,
+#: 2 non-enhancing tumour, 3 enhancing tumour).
+BRATS20_REGIONS = {"wt": [1, 2, 4], "tc": [1, 4], "et": [4]}
+BRATS23_REGIONS = {"wt": [1, 2, 3], "tc": [1, 3], "et": [3]}
+MSD_REGIONS = {"wt": [1, 2, 3], "tc": [2, 3], "et": [3]}
+#: The BraTS 2018-2020 file layout: ``<case>/<case>_<suffix>.nii.gz``.
+BRATS20_LAYOUT = BratsLayout({m: f"_{m}" for m in BRATS_MODALITIES}, "_seg", [".nii.gz", ".nii"])
+#: Real BraTS 2018 cases the release-layout tests rebuild in other layouts.
+SOURCE_CASES = ["Brats18_2013_11_1", "Brats18_CBICA_ABM_1"]
+
+
+def copy_case(src: Path, dst_root: Path) -> Path:
+    """Symlink a real case folder into ``dst_root`` (the shared data are never modified); the new folder."""
+    dst = dst_root / src.name
+    dst.mkdir(parents=True)
+    for f in src.iterdir():
+        (dst / f.name).symlink_to(f)
+    return dst
+
+
+def real_label(root: Path, case: str):
+    """The ``(X, Y, Z)`` label map of a real BraTS 2018 case, as stored (codes 0, 1, 2, 4)."""
+    import nibabel as nib
+    import numpy as np
+
+    return np.asarray(nib.load(root / case / f"{case}_seg.nii.gz").dataobj)

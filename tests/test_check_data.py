@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from lightning_brats.cli.check_data import check_dataset
-from tests.conftest import REPO, compose_config
-from tests.test_layouts import _copy_case
+from tests.conftest import REPO, compose_config, copy_case
 
 pytestmark = pytest.mark.real_data
 
@@ -21,13 +20,13 @@ pytestmark = pytest.mark.real_data
 def mixed_root(brats2018_root, tmp_path):
     """One good case, one missing its T2, one with a truncated FLAIR, one without labels."""
     root = tmp_path / "root"
-    _copy_case(brats2018_root / "Brats18_CBICA_ABM_1", root)
-    (_copy_case(brats2018_root / "Brats18_CBICA_ALU_1", root) / "Brats18_CBICA_ALU_1_t2.nii.gz").unlink()
-    bad = _copy_case(brats2018_root / "Brats18_CBICA_AME_1", root) / "Brats18_CBICA_AME_1_flair.nii.gz"
+    copy_case(brats2018_root / "Brats18_CBICA_ABM_1", root)
+    (copy_case(brats2018_root / "Brats18_CBICA_ALU_1", root) / "Brats18_CBICA_ALU_1_t2.nii.gz").unlink()
+    bad = copy_case(brats2018_root / "Brats18_CBICA_AME_1", root) / "Brats18_CBICA_AME_1_flair.nii.gz"
     data = bad.read_bytes()
     bad.unlink()
     bad.write_bytes(data[:2000])
-    (_copy_case(brats2018_root / "Brats18_CBICA_AQN_1", root) / "Brats18_CBICA_AQN_1_seg.nii.gz").unlink()
+    (copy_case(brats2018_root / "Brats18_CBICA_AQN_1", root) / "Brats18_CBICA_AQN_1_seg.nii.gz").unlink()
     return root
 
 

@@ -66,9 +66,16 @@ def test_modalities_subset_changes_input_channels(tmp_path):
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiments_compose(experiment, tmp_path):
     cfg = compose_config([f"experiment={experiment}", "data.root=/x"], tmp_path)
-    hydra.utils.instantiate(cfg.data)
-    hydra.utils.instantiate(cfg.model)
-    hydra.utils.instantiate(cfg.trainer)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    net = hydra.utils.instantiate(cfg.model).net
+    # precision=auto is resolved by train.py from the machine (tests/test_hardware.py)
+    trainer = hydra.utils.instantiate(cfg.trainer, logger=False, precision=32)
+    # the recipe's data reach the network: one input channel per modality, a 2D or 3D network by sampling
+    assert list(datamodule.modalities) == list(cfg.data.modalities)
+    first = _convs(net)[0]
+    assert first.in_channels == len(cfg.data.modalities)
+    assert first.weight.dim() - 2 == int(cfg.data.sampling[0])
+    assert trainer.max_steps == cfg.trainer.get("max_steps", -1)
 
 
 def test_model_dimension_must_match_sampling(tmp_path):

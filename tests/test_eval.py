@@ -16,13 +16,12 @@ from scipy import ndimage
 from lightning_brats.cli.eval import evaluate
 from lightning_brats.data.layouts import DataError
 from lightning_brats.metrics import EMPTY_HD95_MM, case_region_metrics
-from tests.conftest import compose_tool_config
+from tests.conftest import BRATS20_REGIONS, compose_tool_config
 from tests.wandb_records import logged_history
 
 pytestmark = pytest.mark.real_data
 
 CASES = ["Brats18_2013_11_1", "Brats18_CBICA_ABM_1", "Brats18_TCIA02_135_1"]
-REGIONS = {"wt": [1, 2, 4], "tc": [1, 4], "et": [4]}
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +63,7 @@ def test_identical_predictions_score_perfectly_and_pictures_are_written(gt_root,
     assert [r["case_id"] for r in rows] == CASES
     for row, case in zip(rows, CASES):
         truth = np.asarray(_seg(gt_root, case).dataobj)
-        for region, codes in REGIONS.items():
+        for region, codes in BRATS20_REGIONS.items():
             assert float(row[f"dice_{region}"]) == 1.0 and float(row[f"hd95_{region}"]) == 0.0
             assert float(row[f"sensitivity_{region}"]) == 1.0 and float(row[f"specificity_{region}"]) == 1.0
             # 1 mm voxels: 1000 voxels per mL
@@ -91,7 +90,7 @@ def test_scores_match_the_metric_and_summary_matches_the_rows(gt_root, tmp_path)
         else:
             pred = np.where(truth == 4, 1, truth)  # no ET predicted where there is ET
         _write(tmp_path / "pred", case, pred, seg)
-        expected[case] = {r: case_region_metrics(np.isin(pred, c), np.isin(truth, c), (1.0, 1.0, 1.0)) for r, c in REGIONS.items()}
+        expected[case] = {r: case_region_metrics(np.isin(pred, c), np.isin(truth, c), (1.0, 1.0, 1.0)) for r, c in BRATS20_REGIONS.items()}
     _run(gt_root, tmp_path / "pred", tmp_path / "out", "pictures=false")
     rows = _read_csv(tmp_path / "out" / "metrics.csv")
     for row in rows:

@@ -4,6 +4,7 @@ it supports, refuses patch sizes it cannot take, and trains one step on the real
 from __future__ import annotations
 
 import logging
+import math
 
 import hydra
 import pytest
@@ -116,7 +117,9 @@ def test_variant_trains_one_step_on_real_cases(name, brats2018_root, cache_dir, 
     assert cfg.trainer.precision == "auto"
     with caplog.at_level(logging.INFO, logger="lightning_brats.module"):
         metrics = train(cfg)
-    assert 0.0 <= metrics["val/dice_mean"] <= 1.0 and metrics["train/loss"] > 0
+    regions = [metrics[f"val/dice_{r}"] for r in ("wt", "tc", "et")]
+    assert all(0.0 <= d <= 1.0 for d in regions) and math.isfinite(metrics["train/loss"])
+    assert metrics["val/dice_mean"] == pytest.approx(sum(regions) / 3, abs=1e-6)  # the mean of its regions
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"model={name}:")]
     patch = list(cfg.data.patch_size)
     assert f"input [{cfg.data.batch_size}, 4, {', '.join(map(str, patch))}] -> output [{cfg.data.batch_size}, 3, " in line

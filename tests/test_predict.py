@@ -19,9 +19,7 @@ from lightning_brats.cli.eval import evaluate
 from lightning_brats.cli.predict import predict
 from lightning_brats.data.layouts import DataError
 from lightning_brats.inference import flip_axes_combinations, predict_probabilities
-from tests.conftest import compose_tool_config
-
-MODALITIES = ["flair", "t1", "t1ce", "t2"]
+from tests.conftest import BRATS_MODALITIES, compose_tool_config
 
 
 def _predict(ckpt: Path, out: Path, *overrides: str) -> dict:
@@ -94,7 +92,7 @@ def test_predict_case_folder_on_the_input_grid_then_skip_and_overwrite(phantom_c
 @pytest.mark.slow
 def test_2d_checkpoint_predicts_explicit_files_slice_by_slice(phantom_checkpoint_2d, phantom_root, tmp_path):
     case = sorted(p for p in phantom_root.iterdir() if p.is_dir())[1]
-    files = ",".join(f"{m}:{case / f'{case.name}_{m}.nii.gz'}" for m in MODALITIES)
+    files = ",".join(f"{m}:{case / f'{case.name}_{m}.nii.gz'}" for m in BRATS_MODALITIES)
     result = _predict(phantom_checkpoint_2d, tmp_path, f"files={{{files}}}", "inference.flip_tta=true")
     # the case is named by what the file names share
     assert result["cases"] == [case.name]
@@ -107,11 +105,11 @@ def test_predict_never_overwrites_an_input_file(phantom_checkpoint, phantom_root
     case = min(p for p in phantom_root.iterdir() if p.is_dir())
     inputs = tmp_path / "inputs"
     inputs.mkdir()
-    for m in MODALITIES:  # the FLAIR file is named like the output would be
+    for m in BRATS_MODALITIES:  # the FLAIR file is named like the output would be
         name = "scan.nii.gz" if m == "flair" else f"scan_{m}.nii.gz"
         (inputs / name).write_bytes((case / f"{case.name}_{m}.nii.gz").read_bytes())
     before = (inputs / "scan.nii.gz").read_bytes()
-    files = ",".join(f"{m}:{inputs / ('scan.nii.gz' if m == 'flair' else f'scan_{m}.nii.gz')}" for m in MODALITIES)
+    files = ",".join(f"{m}:{inputs / ('scan.nii.gz' if m == 'flair' else f'scan_{m}.nii.gz')}" for m in BRATS_MODALITIES)
     with pytest.raises(ValueError, match=rf"output {inputs / 'scan.nii.gz'} would overwrite an input file of case scan"):
         _predict(phantom_checkpoint, inputs, f"files={{{files}}}", "case_id=scan")
     assert (inputs / "scan.nii.gz").read_bytes() == before

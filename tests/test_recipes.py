@@ -24,15 +24,13 @@ from torch import nn
 from lightning_brats.cli.train import CONFIG_DIR, train
 from lightning_brats.data.layouts import load_case
 from lightning_brats.data.sampling import labels_to_regions
-from tests.conftest import REPO, compose_config
+from tests.conftest import BRATS20_REGIONS, BRATS_MODALITIES, REPO, compose_config
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
 SEEDS = [e for e in EXPERIMENTS if e.startswith("seed_")]
 
 #: 5 source cases: the 5-fold recipes need at least as many cases as folds
 SOURCE_CASES = ["Brats18_2013_11_1", "Brats18_CBICA_ABM_1", "Brats18_CBICA_AME_1", "Brats18_TCIA02_135_1", "Brats18_TCIA10_637_1"]
-BRATS_REGIONS = {"wt": [1, 2, 4], "tc": [1, 4], "et": [4]}
-MODALITIES = ["flair", "t1", "t1ce", "t2"]
 
 
 def _build_layouts_module():
@@ -72,9 +70,9 @@ def _convs(net: nn.Module) -> list[nn.Module]:
 # the seed-system recipes hold their seed system's settings (no data needed)
 
 SEED_SETTINGS = {
-    "seed_2d_brats20": {"data": "brats20", "model": "unet2d", "sampling": "2d", "modalities": MODALITIES,
-                        "regions": BRATS_REGIONS},
-    "seed_3d_msd": {"data": "msd_task01", "model": "unet3d", "sampling": "3d", "modalities": MODALITIES,
+    "seed_2d_brats20": {"data": "brats20", "model": "unet2d", "sampling": "2d", "modalities": BRATS_MODALITIES,
+                        "regions": BRATS20_REGIONS},
+    "seed_3d_msd": {"data": "msd_task01", "model": "unet3d", "sampling": "3d", "modalities": BRATS_MODALITIES,
                     "regions": {"wt": [1, 2, 3], "tc": [2, 3], "et": [3]}, "num_folds": 5, "fold": 0},
     "seed_3d_brats21_3mod": {"data": "brats21", "model": "unet3d", "sampling": "3d", "modalities": ["flair", "t1ce", "t2"],
                              "crop": "center", "crop_size": [128, 128, 128], "patch_size": [128, 128, 128]},
@@ -132,10 +130,10 @@ def test_built_layout_reads_like_the_source(release, data_root, brats2018_root, 
     for files in cases[:2]:
         src = sources[files.case_id]
         case = load_case(files, datamodule.modalities, datamodule.labels)
-        images = np.stack([nib.load(brats2018_root / src / f"{src}_{m}.nii.gz").get_fdata(dtype=np.float32) for m in MODALITIES])
+        images = np.stack([nib.load(brats2018_root / src / f"{src}_{m}.nii.gz").get_fdata(dtype=np.float32) for m in BRATS_MODALITIES])
         label = np.asarray(nib.load(brats2018_root / src / f"{src}_seg.nii.gz").dataobj)
         np.testing.assert_array_equal(case.image, images)
-        np.testing.assert_array_equal(labels_to_regions(case.label, datamodule.regions), labels_to_regions(label, BRATS_REGIONS))
+        np.testing.assert_array_equal(labels_to_regions(case.label, datamodule.regions), labels_to_regions(label, BRATS20_REGIONS))
     if release == "brats21":  # symlinks into the source, nothing copied
         assert all(p.is_symlink() and brats2018_root.resolve() in p.resolve().parents for p in cases[0].sources())
     if release == "brats20":  # Kaggle's uncompressed .nii
@@ -194,6 +192,8 @@ def test_experiment_trains_a_fast_dev_run_step(experiment, data_root, cache_dir,
     dice = {f"val/dice_{r}" for r in [*regions, "mean"]}
     assert {"train/loss", *dice} <= set(metrics), sorted(metrics)
     assert all(0.0 <= metrics[k] <= 1.0 for k in dice) and math.isfinite(metrics["train/loss"])
+    per_region = [metrics[k] for k in sorted(dice) if k != "val/dice_mean"]
+    assert metrics["val/dice_mean"] == pytest.approx(sum(per_region) / len(per_region), abs=1e-6)
     # the recipe's modalities reach the network's input channels, in the configured patch
     channels, patch = len(cfg.data.modalities), list(cfg.data.patch_size)[: int(cfg.data.sampling[0])]
     assert f"input {[2, channels, *patch]} -> output {[2, len(regions), *patch]}" in caplog.text

@@ -23,13 +23,11 @@ from lightning_brats.data.layouts import load_case
 from lightning_brats.data.sampling import labels_to_regions
 from lightning_brats.labels import RegionNode, region_tree, regions_to_labels
 from lightning_brats.prediction import PostProcessing, postprocessing_for
-from tests.conftest import REPO, compose_config
+from tests.conftest import BRATS_MODALITIES, REPO, SOURCE_CASES, compose_config
 
 SUBCHALLENGES = ["brats24_gli", "brats_men", "brats_men_rt", "brats_met", "brats_ped", "brats_ssa"]
 GLI24 = {"wt": [1, 2, 3], "tc": [1, 3], "et": [3], "rc": [4]}
 PED = {"wt": [1, 2, 3, 4], "tc": [1, 2, 3], "et": [1], "cc": [3]}
-SOURCE_CASES = ["Brats18_2013_11_1", "Brats18_CBICA_ABM_1"]
-MODALITIES = ["flair", "t1", "t1ce", "t2"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -41,15 +39,15 @@ def _data(name: str, tmp_path: Path, *overrides: str):
 
 
 EXPECTED = {  # labels, regions (network outputs), modalities, metrics, dilation, min_volume
-    "brats24_gli": ({"netc": 1, "snfh": 2, "et": 3, "rc": 4}, GLI24, MODALITIES, "brats2024", 3,
+    "brats24_gli": ({"netc": 1, "snfh": 2, "et": 3, "rc": 4}, GLI24, BRATS_MODALITIES, "brats2024", 3,
                     {"wt": 20, "tc": 20, "et": 10, "netc": 20, "snfh": 20, "rc": 10}),
-    "brats_men": ({"ncr_net": 1, "ed": 2, "et": 3}, {"wt": [1, 2, 3], "tc": [1, 3], "et": [3]}, MODALITIES, "brats2023", 1,
+    "brats_men": ({"ncr_net": 1, "ed": 2, "et": 3}, {"wt": [1, 2, 3], "tc": [1, 3], "et": [3]}, BRATS_MODALITIES, "brats2023", 1,
                   {"wt": 50, "tc": 50, "et": 50}),
-    "brats_met": ({"ncr_net": 1, "ed": 2, "et": 3}, {"wt": [1, 2, 3], "tc": [1, 3], "et": [3]}, MODALITIES, "brats2023", 1,
+    "brats_met": ({"ncr_net": 1, "ed": 2, "et": 3}, {"wt": [1, 2, 3], "tc": [1, 3], "et": [3]}, BRATS_MODALITIES, "brats2023", 1,
                   {"wt": 2, "tc": 2, "et": 2}),
-    "brats_ssa": ({"ncr_net": 1, "ed": 2, "et": 3}, {"wt": [1, 2, 3], "tc": [1, 3], "et": [3]}, MODALITIES, "brats2023", 3,
+    "brats_ssa": ({"ncr_net": 1, "ed": 2, "et": 3}, {"wt": [1, 2, 3], "tc": [1, 3], "et": [3]}, BRATS_MODALITIES, "brats2023", 3,
                   {"wt": 50, "tc": 50, "et": 50}),
-    "brats_ped": ({"et": 1, "net": 2, "cc": 3, "ed": 4}, PED, MODALITIES, "brats2024", 5,
+    "brats_ped": ({"et": 1, "net": 2, "cc": 3, "ed": 4}, PED, BRATS_MODALITIES, "brats2024", 5,
                   {"wt": 10, "tc": 10, "et": 10, "net": 10, "cc": 10, "ed": 10}),
     "brats_men_rt": ({"gtv": 1}, {"gtv": [1]}, ["t1ce"], "brats2023", 1, {"gtv": 50}),
 }
@@ -275,3 +273,5 @@ def test_brats24_gli_trains_a_fast_dev_run_step(built, cache_dir, tmp_path):
     dice = {f"val/dice_{r}" for r in ["wt", "tc", "et", "rc", "mean"]}
     assert dice <= set(metrics), sorted(metrics)
     assert all(0.0 <= metrics[k] <= 1.0 for k in dice) and math.isfinite(metrics["train/loss"])
+    per_region = [metrics[k] for k in sorted(dice) if k != "val/dice_mean"]
+    assert metrics["val/dice_mean"] == pytest.approx(sum(per_region) / len(per_region), abs=1e-6)
