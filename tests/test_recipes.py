@@ -2,17 +2,19 @@
 its own release's layout, and the seed-system recipes hold the settings they reproduce.
 
 The BraTS 2020/2021/2023 and MSD Task01 layouts are built in temporary folders from the shared
-BraTS 2018 cases by ``experiments/build_layouts.py`` (which is tested here too); LGG recipes read
+BraTS 2018 cases by ``lightning_brats.data.release_layouts`` (which is tested here too); LGG recipes read
 the shared LGG patients as they are. Runs are shrunk to 4 mm voxels, small patches and batches of 2.
 """
 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import logging
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import hydra
@@ -22,6 +24,7 @@ import pytest
 from torch import nn
 
 from lightning_brats.cli.train import CONFIG_DIR, train
+from lightning_brats.data import release_layouts
 from lightning_brats.data.layouts import load_case
 from lightning_brats.data.sampling import labels_to_regions
 from tests.conftest import BRATS20_REGIONS, BRATS_MODALITIES, REPO, compose_config
@@ -33,14 +36,6 @@ SEEDS = [e for e in EXPERIMENTS if e.startswith("seed_")]
 SOURCE_CASES = ["Brats18_2013_11_1", "Brats18_CBICA_ABM_1", "Brats18_CBICA_AME_1", "Brats18_TCIA02_135_1", "Brats18_TCIA10_637_1"]
 
 
-def _build_layouts_module():
-    spec = importlib.util.spec_from_file_location("build_layouts", REPO / "experiments" / "build_layouts.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-build_layouts = _build_layouts_module()
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +46,11 @@ def data_root(brats2018_root, lgg_root, tmp_path_factory):
     def root(data: str) -> Path:
         if data == "lgg":
             return lgg_root
-        if data not in build_layouts.RELEASES:
+        if data not in release_layouts.RELEASES:
             pytest.fail(f"no real data for data={data}: add a builder to tests/test_recipes.py::data_root")
         if data not in built:
             out = tmp_path_factory.mktemp(f"layout_{data}")
-            build_layouts.build(brats2018_root, out, data, SOURCE_CASES)
+            release_layouts.build(brats2018_root, out, data, SOURCE_CASES)
             built[data] = out
         return built[data]
 
@@ -113,11 +108,11 @@ def _plain(value):
 
 
 # ---------------------------------------------------------------------------------------------
-# experiments/build_layouts.py
+# lightning_brats.data.release_layouts (experiments/build_layouts.py)
 
 
 @pytest.mark.real_data
-@pytest.mark.parametrize("release", build_layouts.RELEASES)
+@pytest.mark.parametrize("release", release_layouts.RELEASES)
 def test_built_layout_reads_like_the_source(release, data_root, brats2018_root, tmp_path):
     """The built release finds every case, with the source's images and WT/TC/ET regions."""
     root = data_root(release)
@@ -149,17 +144,24 @@ def test_built_layout_reads_like_the_source(release, data_root, brats2018_root, 
 @pytest.mark.real_data
 def test_build_layouts_cli_and_refusals(brats2018_root, tmp_path, capsys):
     out = tmp_path / "brats21"
-    build_layouts.main(["--source", str(brats2018_root), "--out", str(out), "--release", "brats21",
+    release_layouts.main(["--source", str(brats2018_root), "--out", str(out), "--release", "brats21",
                         "--cases", SOURCE_CASES[0]])
     assert "brats21: 1 cases" in capsys.readouterr().out
     assert sorted(p.name for p in (out / "BraTS2021_00001").iterdir()) == [
         f"BraTS2021_00001_{p}.nii.gz" for p in ["flair", "seg", "t1", "t1ce", "t2"]
     ]
-    build_layouts.build(brats2018_root, out, "brats21", SOURCE_CASES[:1])  # a re-run keeps what is there
+    release_layouts.build(brats2018_root, out, "brats21", SOURCE_CASES[:1])  # a re-run keeps what is there
+    # experiments/build_layouts.py: the same command line, a thin wrapper
+    wrapper = subprocess.run([sys.executable, "experiments/build_layouts.py", "--source", str(brats2018_root), "--out",
+                              str(tmp_path / "men_rt"), "--release", "brats_men_rt", "--cases", SOURCE_CASES[0]],
+                             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, check=False)
+    assert wrapper.returncode == 0, wrapper.stderr[-2000:]
+    assert "brats_men_rt: 1 cases" in wrapper.stdout
+    assert (tmp_path / "men_rt" / "BraTS-MEN-RT-0001-1" / "BraTS-MEN-RT-0001-1_gtv.nii.gz").is_file()
     with pytest.raises(ValueError, match="must not contain each other"):
-        build_layouts.build(brats2018_root, brats2018_root / "layouts", "brats21")
+        release_layouts.build(brats2018_root, brats2018_root / "layouts", "brats21")
     with pytest.raises(FileNotFoundError, match="no labelled case folders"):
-        build_layouts.build(brats2018_root, tmp_path / "x", "brats21", ["Brats18_nonexistent"])
+        release_layouts.build(brats2018_root, tmp_path / "x", "brats21", ["Brats18_nonexistent"])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,13 +3,12 @@
 (RC beside WT, CC beside ET, a lone GTV) turned back into labels, and post-processing per dataset.
 
 The real-data tests read layouts built in temporary folders from shared BraTS 2018 cases by
-``experiments/build_layouts.py``, relabelled to each release's codes; the expected labels are worked
+``lightning_brats.data.release_layouts``, relabelled to each release's codes; the expected labels are worked
 out here from the BraTS 2018 codes (1 NCR/NET, 2 ED, 4 ET), not taken from the builder.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
@@ -19,11 +18,12 @@ import numpy as np
 import pytest
 
 from lightning_brats.cli.train import CONFIG_DIR
+from lightning_brats.data import release_layouts
 from lightning_brats.data.layouts import load_case
 from lightning_brats.data.sampling import labels_to_regions
 from lightning_brats.labels import RegionNode, region_tree, regions_to_labels
 from lightning_brats.prediction import PostProcessing, postprocessing_for
-from tests.conftest import BRATS_MODALITIES, REPO, SOURCE_CASES, compose_config
+from tests.conftest import BRATS_MODALITIES, SOURCE_CASES, compose_config
 
 SUBCHALLENGES = ["brats24_gli", "brats_men", "brats_men_rt", "brats_met", "brats_ped", "brats_ssa"]
 GLI24 = {"wt": [1, 2, 3], "tc": [1, 3], "et": [3], "rc": [4]}
@@ -189,14 +189,6 @@ def test_small_enhancing_islands_take_the_label_of_the_region_around_them():
 # every config reads a layout built from real cases
 
 
-def _build_layouts_module():
-    spec = importlib.util.spec_from_file_location("build_layouts", REPO / "experiments" / "build_layouts.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-build_layouts = _build_layouts_module()
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +199,7 @@ def built(brats2018_root, tmp_path_factory):
     def root(data: str, n: int = 1) -> Path:
         if (data, n) not in roots:
             roots[(data, n)] = tmp_path_factory.mktemp(f"layout_{data}")
-            build_layouts.build(brats2018_root, roots[(data, n)], data, SOURCE_CASES[:n])
+            release_layouts.build(brats2018_root, roots[(data, n)], data, SOURCE_CASES[:n])
         return roots[(data, n)]
 
     return root
