@@ -44,6 +44,7 @@ def test_report_lists_cases_counts_and_every_problem(mixed_root, brats2018_root,
     assert any("Brats18_CBICA_AME_1_flair.nii.gz: cannot read NIfTI" in p for p in report.problems)
 
 
+@pytest.mark.slow
 def test_cli_prints_table_and_exits_1_on_problems(mixed_root, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "lightning_brats.cli", "check-data", "data=brats20", f"data.root={mixed_root}",

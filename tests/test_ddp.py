@@ -100,7 +100,7 @@ def test_ddp_config_is_lightning_ddp_with_slurm_requeue(tmp_path, monkeypatch, n
     assert cfg.trainer.devices == "auto" and cfg.trainer.num_nodes == 1 and cfg.trainer.sync_batchnorm is True
     cpu = compose_config(["trainer=ddp_cpu"], tmp_path)
     assert cpu.trainer.devices == 2 and cpu.trainer.sync_batchnorm is False  # torch's SyncBatchNorm is GPU-only
-    trainer = hydra.utils.instantiate(cpu.trainer, logger=False)
+    trainer = hydra.utils.instantiate(cpu.trainer, logger=False, precision=32)  # train.py resolves precision=auto
     assert isinstance(trainer.strategy, DDPStrategy) and trainer.world_size == 2
     assert isinstance(trainer.strategy.cluster_environment, LightningEnvironment)
 

@@ -54,6 +54,7 @@ def _read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.slow
 def test_identical_predictions_score_perfectly_and_pictures_are_written(gt_root, tmp_path):
     for case in CASES:
         seg = _seg(gt_root, case)
@@ -76,6 +77,7 @@ def test_identical_predictions_score_perfectly_and_pictures_are_written(gt_root,
         assert picture.format == "PNG"
 
 
+@pytest.mark.slow
 def test_scores_match_the_metric_and_summary_matches_the_rows(gt_root, tmp_path):
     """Eroded, shifted and ET-less predictions: every cell equals case_region_metrics, every
     summary statistic equals NumPy's over metrics.csv."""
@@ -110,6 +112,7 @@ def test_scores_match_the_metric_and_summary_matches_the_rows(gt_root, tmp_path)
     assert not (tmp_path / "out" / "pictures").exists()
 
 
+@pytest.mark.slow
 def test_missing_prediction_is_an_error_unless_allowed(gt_root, tmp_path):
     seg = _seg(gt_root, CASES[0])
     _write(tmp_path / "pred", CASES[0], np.asarray(seg.dataobj), seg)
@@ -149,6 +152,7 @@ def test_bad_prediction_file_is_named(gt_root, tmp_path, problem, message):
     assert str(bad) in str(error.value)
 
 
+@pytest.mark.slow
 def test_eval_logs_tables_and_summary_to_wandb_offline(gt_root, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     for case in CASES[:2]:

@@ -35,7 +35,13 @@ def _module(name: str, overrides: list[str], tmp_path, extra: list[str] = ()):
     return hydra.utils.instantiate(cfg.model)
 
 
-@pytest.mark.parametrize("name,dims,overrides", VARIANTS, ids=NAMES)
+#: variants whose forward and backward pass takes several CPU-seconds: run with the slow tests
+HEAVY = {"resunet3d", "attention_unet3d", "segresnet", "swinunetr"}
+
+
+@pytest.mark.parametrize(
+    "name,dims,overrides", [pytest.param(*v, marks=pytest.mark.slow) if v[0] in HEAVY else v for v in VARIANTS], ids=NAMES
+)
 def test_variant_forward_backward_and_shapes(name, dims, overrides, tmp_path):
     module = _module(name, overrides, tmp_path)
     net = module.net

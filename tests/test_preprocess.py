@@ -100,6 +100,7 @@ def test_failing_case_leaves_cached_cases_intact(brats2018_root, tmp_path):
     assert {p.name: p.read_bytes() for p in cache.path.iterdir()} == before
 
 
+@pytest.mark.slow
 def test_parallel_preprocessing_equals_serial_and_names_a_bad_file(brats2018_root, tmp_path):
     root = tmp_path / "root"
     for name in ("Brats18_2013_11_1", "Brats18_CBICA_ABM_1", "Brats18_TCIA02_135_1"):

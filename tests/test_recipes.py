@@ -111,6 +111,7 @@ def _plain(value):
 # lightning_brats.data.release_layouts (experiments/build_layouts.py)
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 @pytest.mark.parametrize("release", release_layouts.RELEASES)
 def test_built_layout_reads_like_the_source(release, data_root, brats2018_root, tmp_path):

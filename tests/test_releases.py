@@ -80,6 +80,7 @@ def _assert_reads_like_reference(data: str, root: Path, ids: list[str], referenc
         np.testing.assert_array_equal(labels_to_regions(case.label, datamodule.regions), regions)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "data,build", [("brats20", _build_brats20), ("brats21", _build_brats21), ("brats23", _build_brats23)]
 )
@@ -135,6 +136,7 @@ def _build_msd(source: Path, root: Path, channel_order: list[str], with_json: bo
     return ids
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "channel_order,with_json",
     [(BRATS_MODALITIES, True), (["t2", "t1ce", "flair", "t1"], True), (BRATS_MODALITIES, False)],

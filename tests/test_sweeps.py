@@ -148,6 +148,7 @@ def _fake_job(root: Path, name: str, overrides: list[str], dice: dict[str, float
     (job / "csv" / "metrics.csv").write_text("\n".join(lines) + "\n")
 
 
+@pytest.mark.slow
 def test_summarize_groups_models_over_folds(tmp_path):
     expected = {}
     for num, (model, fold) in enumerate((m, f) for m in ("unet2d", "unet3d") for f in range(3)):
@@ -182,6 +183,7 @@ def test_summarize_groups_models_over_folds(tmp_path):
     assert math.isnan(summarize_multirun(tmp_path / "lone").groups[0]["val/dice_mean_std"])
 
 
+@pytest.mark.slow
 def test_summarize_names_a_folder_without_finished_jobs(tmp_path):
     with pytest.raises(SummaryError, match=rf"{tmp_path} holds no job folder"):
         summarize_multirun(tmp_path)
