@@ -6,12 +6,10 @@ import subprocess
 import sys
 
 import hydra
-import nibabel as nib
-import numpy as np
 import pytest
 
 from lightning_brats.cli.check_data import check_dataset
-from tests.conftest import REPO, compose_config, copy_case
+from tests.conftest import REPO, compose_config, copy_case, real_label
 
 pytestmark = pytest.mark.real_data
 
@@ -35,7 +33,7 @@ def test_report_lists_cases_counts_and_every_problem(mixed_root, brats2018_root,
     report = check_dataset(hydra.utils.instantiate(cfg.data))
     assert [r["case_id"] for r in report.rows] == ["Brats18_CBICA_ABM_1", "Brats18_CBICA_AQN_1"]
     good = report.rows[0]
-    label = np.asarray(nib.load(brats2018_root / "Brats18_CBICA_ABM_1" / "Brats18_CBICA_ABM_1_seg.nii.gz").dataobj)
+    label = real_label(brats2018_root, "Brats18_CBICA_ABM_1")
     assert good["label_voxels"] == {"ncr_net": int((label == 1).sum()), "ed": int((label == 2).sum()), "et": int((label == 4).sum())}
     assert good["shape"] == (240, 240, 155) and good["spacing"] == (1.0, 1.0, 1.0)
     assert report.rows[1]["label_voxels"] is None

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import nibabel as nib
 import numpy as np
 import pytest
 
 from lightning_brats.data.release_layouts import LABEL_CODES
 from lightning_brats.data.sampling import labels_to_regions
 from lightning_brats.labels import nested_region_codes, regions_to_labels, small_components_to
-from tests.conftest import BRATS20_REGIONS, BRATS23_REGIONS, MSD_REGIONS
+from tests.conftest import BRATS20_REGIONS, BRATS23_REGIONS, MSD_REGIONS, real_label
 
 
 def test_codes_follow_the_configured_regions():
@@ -25,7 +24,7 @@ def test_codes_follow_the_configured_regions():
 @pytest.mark.parametrize("regions,release", [(BRATS20_REGIONS, "brats20"), (BRATS23_REGIONS, "brats23"), (MSD_REGIONS, "msd_task01")])
 def test_real_label_maps_round_trip(brats2018_root, regions, release):
     codes = LABEL_CODES[release]  # BraTS 2018 code -> the release's, as the layout builder writes them
-    label = np.asarray(nib.load(brats2018_root / "Brats18_CBICA_ABM_1" / "Brats18_CBICA_ABM_1_seg.nii.gz").dataobj)
+    label = real_label(brats2018_root, "Brats18_CBICA_ABM_1")
     release = np.zeros_like(label, dtype=np.uint8)
     for brats18, code in codes.items():  # the same anatomy in each release's codes
         release[label == brats18] = code

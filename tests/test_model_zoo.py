@@ -12,7 +12,7 @@ import torch
 
 from lightning_brats.cli.train import train
 from lightning_brats.losses import DiceBCELoss, deep_supervision_loss, deep_supervision_weights
-from tests.conftest import compose_config
+from tests.conftest import BRATS_MODALITIES, compose_config
 
 # (model config, spatial dims, small-size overrides for unit tests)
 VARIANTS = [
@@ -92,7 +92,7 @@ def test_deep_supervision_outputs_and_weighted_loss(name, tmp_path):
 def test_unsuitable_patch_is_refused_naming_model_size_and_nearest(name, patch, message, tmp_path):
     module = _module(name, [], tmp_path)
     with pytest.raises(ValueError, match=message):
-        module.configure_for(["wt", "tc", "et"], patch, ["flair", "t1", "t1ce", "t2"])
+        module.configure_for(["wt", "tc", "et"], patch, BRATS_MODALITIES)
 
 
 def test_norm_activation_and_dropout_are_config_values(tmp_path):

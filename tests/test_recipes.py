@@ -27,7 +27,7 @@ from lightning_brats.cli.train import CONFIG_DIR, train
 from lightning_brats.data import release_layouts
 from lightning_brats.data.layouts import load_case
 from lightning_brats.data.sampling import labels_to_regions
-from tests.conftest import BRATS20_REGIONS, BRATS_MODALITIES, REPO, compose_config
+from tests.conftest import BRATS20_REGIONS, BRATS_MODALITIES, REPO, compose_config, real_label
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
 SEEDS = [e for e in EXPERIMENTS if e.startswith("seed_")]
@@ -127,7 +127,7 @@ def test_built_layout_reads_like_the_source(release, data_root, brats2018_root, 
         src = sources[files.case_id]
         case = load_case(files, datamodule.modalities, datamodule.labels)
         images = np.stack([nib.load(brats2018_root / src / f"{src}_{m}.nii.gz").get_fdata(dtype=np.float32) for m in BRATS_MODALITIES])
-        label = np.asarray(nib.load(brats2018_root / src / f"{src}_seg.nii.gz").dataobj)
+        label = real_label(brats2018_root, src)
         np.testing.assert_array_equal(case.image, images)
         np.testing.assert_array_equal(labels_to_regions(case.label, datamodule.regions), labels_to_regions(label, BRATS20_REGIONS))
     if release == "brats21":  # symlinks into the source, nothing copied

@@ -14,7 +14,7 @@ import pytest
 from lightning_brats.data import release_layouts
 from lightning_brats.data.layouts import load_case
 from lightning_brats.data.sampling import labels_to_regions
-from tests.conftest import BRATS20_REGIONS, BRATS_MODALITIES, SOURCE_CASES, compose_config
+from tests.conftest import BRATS20_REGIONS, BRATS_MODALITIES, SOURCE_CASES, compose_config, real_label
 
 pytestmark = pytest.mark.real_data
 
@@ -61,7 +61,7 @@ def reference(brats2018_root):
     out = {}
     for src_id in SOURCE_CASES:
         images = np.stack([nib.load(brats2018_root / src_id / f"{src_id}_{m}.nii.gz").get_fdata(dtype=np.float32) for m in BRATS_MODALITIES])
-        label = np.asarray(nib.load(brats2018_root / src_id / f"{src_id}_seg.nii.gz").dataobj)
+        label = real_label(brats2018_root, src_id)
         out[src_id] = (images, labels_to_regions(label, BRATS20_REGIONS))
     return out
 

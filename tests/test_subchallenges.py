@@ -23,7 +23,7 @@ from lightning_brats.data.layouts import load_case
 from lightning_brats.data.sampling import labels_to_regions
 from lightning_brats.labels import RegionNode, region_tree, regions_to_labels
 from lightning_brats.prediction import PostProcessing, postprocessing_for
-from tests.conftest import BRATS_MODALITIES, SOURCE_CASES, compose_config
+from tests.conftest import BRATS_MODALITIES, SOURCE_CASES, compose_config, real_label
 
 SUBCHALLENGES = ["brats24_gli", "brats_men", "brats_men_rt", "brats_met", "brats_ped", "brats_ssa"]
 GLI24 = {"wt": [1, 2, 3], "tc": [1, 3], "et": [3], "rc": [4]}
@@ -237,7 +237,7 @@ def test_subchallenge_layout_reads_the_relabelled_real_case(name, built, brats20
     images = np.stack([nib.load(brats2018_root / src / f"{src}_{m}.nii.gz").get_fdata(dtype=np.float32)
                        for m in EXPECTED[name][2]])
     np.testing.assert_array_equal(case.image, images)
-    expected = _expected_label(np.asarray(nib.load(brats2018_root / src / f"{src}_seg.nii.gz").dataobj), name)
+    expected = _expected_label(real_label(brats2018_root, src), name)
     np.testing.assert_array_equal(case.label, expected)
     assert set(np.unique(case.label)) == {0, *EXPECTED[name][0].values()}  # every label of the release occurs
     # regions as the release defines them, and back to the very same labels
