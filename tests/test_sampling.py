@@ -128,6 +128,7 @@ def _datamodule_with_splits(brats2018_root, cache_dir, tmp_path, splits):
     return datamodule, path
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_user_splits_file_is_used(brats2018_root, cache_dir, tmp_path):
     ids = sorted(p.name for p in brats2018_root.iterdir())
@@ -137,6 +138,7 @@ def test_user_splits_file_is_used(brats2018_root, cache_dir, tmp_path):
     assert datamodule.val_ids == ids[17:] and datamodule.train_ids == ids[:17]
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_user_splits_with_unknown_case_names_the_file(brats2018_root, cache_dir, tmp_path):
     from lightning_brats.data.layouts import DataError

@@ -222,6 +222,7 @@ def _expected_label(source: np.ndarray, release: str) -> np.ndarray:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 @pytest.mark.parametrize("name", SUBCHALLENGES)
 def test_subchallenge_layout_reads_the_relabelled_real_case(name, built, brats2018_root, tmp_path):
