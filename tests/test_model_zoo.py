@@ -35,8 +35,9 @@ def _module(name: str, overrides: list[str], tmp_path, extra: list[str] = ()):
     return hydra.utils.instantiate(cfg.model)
 
 
-#: variants whose forward and backward pass takes several CPU-seconds: run with the slow tests
-HEAVY = {"resunet3d", "attention_unet3d", "segresnet", "swinunetr"}
+#: 3D variants, whose forward and backward pass takes several CPU-seconds: run with the slow tests
+#: (tests/test_models.py keeps a small 3D U-Net's in the fast ones)
+HEAVY = {"unet3d", "resunet3d", "attention_unet3d", "nnunet3d", "segresnet", "swinunetr"}
 
 
 @pytest.mark.parametrize(

@@ -152,17 +152,22 @@ def test_build_layouts_cli_and_refusals(brats2018_root, tmp_path, capsys):
         f"BraTS2021_00001_{p}.nii.gz" for p in ["flair", "seg", "t1", "t1ce", "t2"]
     ]
     release_layouts.build(brats2018_root, out, "brats21", SOURCE_CASES[:1])  # a re-run keeps what is there
-    # experiments/build_layouts.py: the same command line, a thin wrapper
+    with pytest.raises(ValueError, match="must not contain each other"):
+        release_layouts.build(brats2018_root, brats2018_root / "layouts", "brats21")
+    with pytest.raises(FileNotFoundError, match="no labelled case folders"):
+        release_layouts.build(brats2018_root, tmp_path / "x", "brats21", ["Brats18_nonexistent"])
+
+
+@pytest.mark.slow  # a Python process of its own
+@pytest.mark.real_data
+def test_build_layouts_script_is_a_thin_wrapper(brats2018_root, tmp_path):
+    """``python experiments/build_layouts.py``: the same command line as the package's builder."""
     wrapper = subprocess.run([sys.executable, "experiments/build_layouts.py", "--source", str(brats2018_root), "--out",
                               str(tmp_path / "men_rt"), "--release", "brats_men_rt", "--cases", SOURCE_CASES[0]],
                              cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, check=False)
     assert wrapper.returncode == 0, wrapper.stderr[-2000:]
     assert "brats_men_rt: 1 cases" in wrapper.stdout
     assert (tmp_path / "men_rt" / "BraTS-MEN-RT-0001-1" / "BraTS-MEN-RT-0001-1_gtv.nii.gz").is_file()
-    with pytest.raises(ValueError, match="must not contain each other"):
-        release_layouts.build(brats2018_root, brats2018_root / "layouts", "brats21")
-    with pytest.raises(FileNotFoundError, match="no labelled case folders"):
-        release_layouts.build(brats2018_root, tmp_path / "x", "brats21", ["Brats18_nonexistent"])
 
 
 # ---------------------------------------------------------------------------------------------
