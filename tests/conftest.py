@@ -198,6 +198,9 @@ BRATS23_REGIONS = {"wt": [1, 2, 3], "tc": [1, 3], "et": [3]}
 MSD_REGIONS = {"wt": [1, 2, 3], "tc": [2, 3], "et": [3]}
 #: The BraTS 2018-2020 file layout: ``<case>/<case>_<suffix>.nii.gz``.
 BRATS20_LAYOUT = BratsLayout({m: f"_{m}" for m in BRATS_MODALITIES}, "_seg", [".nii.gz", ".nii"])
+#: BraTS's HD95 for a region present in only one of prediction and truth: the diagonal of the
+#: 240 x 240 x 155 1-mm volume, sqrt(240^2 + 240^2 + 155^2) = 373.13 mm.
+BRATS_HD95_PENALTY_MM = round((240**2 + 240**2 + 155**2) ** 0.5, 2)
 #: Real BraTS 2018 cases the release-layout tests rebuild in other layouts.
 SOURCE_CASES = ["Brats18_2013_11_1", "Brats18_CBICA_ABM_1"]
 

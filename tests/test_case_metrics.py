@@ -12,7 +12,7 @@ import torch
 from scipy.spatial import cKDTree
 
 from lightning_brats.metrics import case_region_metrics
-from tests.conftest import real_label
+from tests.conftest import BRATS_HD95_PENALTY_MM, real_label
 
 CASE = "Brats18_CBICA_ABM_1"
 
@@ -94,8 +94,7 @@ def test_empty_mask_conventions():
     blob[2:5, 2:5, 2:5] = True
     both = case_region_metrics(empty, empty, (1, 1, 1))
     assert both["dice"] == 1.0 and both["hd95"] == 0.0 and both["sensitivity"] == 1.0 and both["specificity"] == 1.0
-    # BraTS's penalty: the diagonal of the 240 x 240 x 155 1-mm volume, 373.13 mm
-    penalty = round(math.sqrt(240**2 + 240**2 + 155**2), 2)
+    penalty = BRATS_HD95_PENALTY_MM  # the diagonal of the 240 x 240 x 155 1-mm volume
     missed = case_region_metrics(empty, blob, (1, 1, 1))
     assert missed["dice"] == 0.0 and missed["hd95"] == penalty and missed["sensitivity"] == 0.0
     spurious = case_region_metrics(blob, empty, (1, 1, 1))

@@ -15,8 +15,8 @@ from scipy import ndimage
 
 from lightning_brats.cli.eval import evaluate
 from lightning_brats.data.layouts import DataError
-from lightning_brats.metrics import EMPTY_HD95_MM, case_region_metrics
-from tests.conftest import BRATS20_REGIONS, compose_tool_config
+from lightning_brats.metrics import case_region_metrics
+from tests.conftest import BRATS20_REGIONS, BRATS_HD95_PENALTY_MM, compose_tool_config
 from tests.wandb_records import logged_history
 
 pytestmark = pytest.mark.real_data
@@ -99,7 +99,7 @@ def test_scores_match_the_metric_and_summary_matches_the_rows(gt_root, tmp_path)
         for region, scores in expected[row["case_id"]].items():
             for metric, value in scores.items():
                 assert float(row[f"{metric}_{region}"]) == pytest.approx(value, rel=1e-5, abs=1e-6), (row["case_id"], metric, region)
-    assert float(rows[2]["dice_et"]) == 0.0 and float(rows[2]["hd95_et"]) == EMPTY_HD95_MM
+    assert float(rows[2]["dice_et"]) == 0.0 and float(rows[2]["hd95_et"]) == BRATS_HD95_PENALTY_MM
     summary = _read_csv(tmp_path / "out" / "summary.csv")
     assert len(summary) == 6 * 3
     for stat in summary:
@@ -122,7 +122,7 @@ def test_missing_prediction_is_an_error_unless_allowed(gt_root, tmp_path):
     by_case = {r["case_id"]: r for r in result["rows"]}
     assert by_case[CASES[0]]["dice_wt"] == 1.0 and not by_case[CASES[0]]["missing"]
     for case in CASES[1:]:  # scored as an empty prediction: BraTS rules for one empty mask
-        assert by_case[case]["missing"] and by_case[case]["dice_wt"] == 0.0 and by_case[case]["hd95_wt"] == EMPTY_HD95_MM
+        assert by_case[case]["missing"] and by_case[case]["dice_wt"] == 0.0 and by_case[case]["hd95_wt"] == BRATS_HD95_PENALTY_MM
 
 
 @pytest.mark.parametrize("problem,message", [
