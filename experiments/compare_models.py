@@ -15,11 +15,13 @@ of the best checkpoint); record it in experiments/README.md.
 from __future__ import annotations
 
 import argparse
-import csv
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from lightning_brats.cli.summarize import METRICS_CSV, logged
+from lightning_brats.evaluation import read_csv
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {
@@ -49,11 +51,10 @@ def run(name: str, root: str, minutes: int) -> Path:
 
 def best_row(run: Path) -> tuple[dict, int, int]:
     """The final validation of the best checkpoint, and the epochs and steps trained."""
-    with open(run / "csv" / "metrics.csv") as handle:
-        rows = list(csv.DictReader(handle))
-    trained = [r for r in rows if r.get("train/loss_epoch")]
-    final = [r for r in rows if r.get("val/dice_mean")][-1]  # validate_best's row
-    steps = max(int(r["step"]) for r in rows if r.get("step")) + 1
+    rows = read_csv(run / METRICS_CSV)
+    trained = [r for r in rows if logged(r, "train/loss_epoch")]
+    final = [r for r in rows if logged(r, "val/dice_mean")][-1]  # validate_best's row
+    steps = int(max(r["step"] for r in rows if logged(r, "step"))) + 1
     return final, len(trained), steps
 
 

@@ -11,23 +11,24 @@ run's files (seconds). Dice rows are the best validation during training by ``va
 
 from __future__ import annotations
 
-import csv
 import sys
 from pathlib import Path
 
 import yaml
 
+from lightning_brats.cli.summarize import METRICS_CSV, logged
+from lightning_brats.evaluation import read_csv
+
 
 def summarize(run: Path) -> dict:
-    with open(run / "csv" / "metrics.csv") as handle:
-        rows = list(csv.DictReader(handle))
-    trained = {r["epoch"] for r in rows if r.get("train/loss_epoch")}
+    rows = read_csv(run / METRICS_CSV)
+    trained = {r["epoch"] for r in rows if logged(r, "train/loss_epoch")}
     # validations during training; a final row at an epoch without training is validate_best
-    vals = [r for r in rows if r.get("val/dice_mean") and r["epoch"] in trained]
+    vals = [r for r in rows if logged(r, "val/dice_mean") and r["epoch"] in trained]
     if not vals:
         raise SystemExit(f"{run}: no validation rows in csv/metrics.csv")
-    best = max(vals, key=lambda r: float(r["val/dice_mean"]))
-    steps = max(int(r["step"]) for r in rows if r.get("step"))
+    best = max(vals, key=lambda r: r["val/dice_mean"])
+    steps = int(max(r["step"] for r in rows if logged(r, "step")))
     times = [p.stat().st_mtime for p in run.rglob("*") if p.is_file()]
     overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())
     return {
@@ -50,9 +51,9 @@ def main(runs: list[str]) -> None:
     for s in summaries:
         for which in ("best", "last"):
             r = s[which]
-            dice = " | ".join(f"{float(r[k]):.3f}" if r.get(k) else "" for k in regions)
+            dice = " | ".join(f"{r[k]:.3f}" if logged(r, k) else "" for k in regions)
             print(
-                f"| `{s['overrides']}` | {s['minutes']:.1f} | {s['epochs']} | {s['steps']} | {which} (epoch {r['epoch']}) "
+                f"| `{s['overrides']}` | {s['minutes']:.1f} | {s['epochs']} | {s['steps']} | {which} (epoch {int(r['epoch'])}) "
                 f"| {dice} | {float(r['val/dice_mean']):.3f} |"
             )
 

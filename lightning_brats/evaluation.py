@@ -119,24 +119,53 @@ def summarize(
         for region in regions:
             values = np.asarray([row[f"{metric}_{region}"] for row in rows], dtype=np.float64)
             values = values[~np.isnan(values)]
-            stats = {
-                "mean": values.mean() if values.size else np.nan,
-                "std": values.std(ddof=1) if values.size > 1 else np.nan,
-                "median": np.median(values) if values.size else np.nan,
-                "q25": np.percentile(values, 25) if values.size else np.nan,
-                "q75": np.percentile(values, 75) if values.size else np.nan,
-            }
-            summary.append({"metric": metric, "region": region, "cases": int(values.size), **{k: float(v) for k, v in stats.items()}})
+            summary.append({"metric": metric, "region": region, "cases": int(values.size), **describe(values)})
     return summary
 
 
-def write_csv(path: Path, rows: Sequence[Mapping], columns: Sequence[str]) -> None:
-    """Write rows as CSV atomically (floats with 6 significant digits)."""
+def describe(values: Sequence[float] | np.ndarray) -> dict[str, float]:
+    """:data:`STATISTICS` of ``values`` (NaN left out): mean, sample standard deviation (ddof=1,
+    NaN for fewer than two values), median, 25th and 75th percentile; NaN for no values.
+
+    The one mean/std summary of the project: :func:`summarize` (per metric and region of an
+    evaluation) and ``lightning-brats summarize`` (per group of multirun jobs) use it.
+    """
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    values = values[~np.isnan(values)]
+    stats = {
+        "mean": values.mean() if values.size else np.nan,
+        "std": values.std(ddof=1) if values.size > 1 else np.nan,
+        "median": np.median(values) if values.size else np.nan,
+        "q25": np.percentile(values, 25) if values.size else np.nan,
+        "q75": np.percentile(values, 75) if values.size else np.nan,
+    }
+    return {k: float(v) for k, v in stats.items()}
+
+
+def write_csv(
+    path: Path, rows: Sequence[Mapping], columns: Sequence[str] | None = None, digits: int | None = 6, nan: str = "nan"
+) -> None:
+    """Write rows as CSV atomically: the project's one CSV writer.
+
+    Args:
+        path: the file (its folder must exist).
+        rows: one mapping per row.
+        columns: the header, in order (default: the first row's keys).
+        digits: significant digits of floats; ``None`` writes them in full (``repr``).
+        nan: the text of a NaN float (``"nan"``; ``""`` leaves the cell empty).
+    """
+    def cell(value):
+        if not isinstance(value, float):
+            return value
+        if np.isnan(value):
+            return nan
+        return repr(value) if digits is None else f"{value:.{digits}g}"
+
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns))
+    writer = csv.DictWriter(buffer, fieldnames=list(columns if columns is not None else rows[0]))
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
+        writer.writerow({k: cell(v) for k, v in row.items()})
     atomic_save(path, lambda p: p.write_text(buffer.getvalue()))
 
 
@@ -145,7 +174,8 @@ TEXT_COLUMNS = ("case_id", "metric", "region")
 
 
 def read_csv(path: Path, text_columns: Sequence[str] = TEXT_COLUMNS) -> list[dict]:
-    """Read a CSV written by :func:`write_csv` (``metrics.csv``, ``summary.csv``) back into rows.
+    """Read a CSV back into rows: the project's one CSV reader, for the files :func:`write_csv`
+    writes (``metrics.csv``, ``summary.csv``) and the CSV logger's ``csv/metrics.csv`` of a run.
 
     Values of ``text_columns`` stay strings; ``True``/``False`` become bools; other values become
     floats where they parse (``nan`` and an empty cell become NaN) and stay strings otherwise.

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, open_dict
 
 import lightning_brats  # noqa: F401
 from lightning_brats.cli.train import CONFIG_DIR
+from lightning_brats.data.layouts import BratsLayout
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("LIGHTNING_BRATS_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -163,3 +164,85 @@ def inference_settings(**overrides):
 
     config = OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / "inference" / "default.yaml"))
     return InferenceSettings.from_config({**config, "device": "cpu", **overrides})
+
+
+# --- slow tests: whatever trains is marked slow, so `pytest -m "not slow"` stays under a minute ---------
+
+#: Fixtures that train a model (in-process or through ``train.py``): a test using one, directly or
+#: through another fixture, trains and must be marked ``slow``.
+TRAINING_FIXTURES = frozenset({"trained_brats_run", "phantom_checkpoint", "phantom_checkpoint_2d", "fold_multirun"})
+
+
+def pytest_collection_modifyitems(config, items):
+    """Refuse the session when a test needing a training fixture is not marked ``slow``."""
+    unmarked = [item.nodeid for item in items
+                if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())) and item.get_closest_marker("slow") is None]
+    if unmarked:
+        raise pytest.UsageError("these tests use a training fixture but are not marked @pytest.mark.slow: "
+                                + ", ".join(unmarked))
+
+
+@pytest.fixture(autouse=True)
+def _only_slow_tests_train(request, monkeypatch):
+    """A test not marked ``slow`` that reaches ``Trainer.fit`` in this process fails, naming itself
+    (``train.py`` subprocesses are not seen here: mark those by hand)."""
+    if request.node.get_closest_marker("slow") is None:
+        import pytorch_lightning as pl
+
+        def refuse(*args, **kwargs):
+            pytest.fail(f"{request.node.nodeid} trains (Trainer.fit) but is not marked @pytest.mark.slow", pytrace=False)
+
+        monkeypatch.setattr(pl.Trainer, "fit", refuse)
+
+
+# --- shared BraTS constants and helpers (import them from here, never from another test module) -----
+
+#: The four MRI sequences of BraTS 2018-2021, in the file-suffix order of the configs.
+BRATS_MODALITIES = ["flair", "t1", "t1ce", "t2"]
+#: BraTS 2018-2021 label codes: 1 necrosis/non-enhancing core, 2 oedema, 4 enhancing tumour.
+BRATS20_LABELS = {"ncr_net": 1, "ed": 2, "et": 4}
+#: The three nested evaluation regions in each release's label codes (MSD Task01: 1 oedema,
+#: 2 non-enhancing tumour, 3 enhancing tumour).
+BRATS20_REGIONS = {"wt": [1, 2, 4], "tc": [1, 4], "et": [4]}
+BRATS23_REGIONS = {"wt": [1, 2, 3], "tc": [1, 3], "et": [3]}
+MSD_REGIONS = {"wt": [1, 2, 3], "tc": [2, 3], "et": [3]}
+#: The BraTS 2018-2020 file layout: ``<case>/<case>_<suffix>.nii.gz``.
+BRATS20_LAYOUT = BratsLayout({m: f"_{m}" for m in BRATS_MODALITIES}, "_seg", [".nii.gz", ".nii"])
+#: BraTS's HD95 for a region present in only one of prediction and truth: the diagonal of the
+#: 240 x 240 x 155 1-mm volume, sqrt(240^2 + 240^2 + 155^2) = 373.13 mm.
+BRATS_HD95_PENALTY_MM = round((240**2 + 240**2 + 155**2) ** 0.5, 2)
+#: Real BraTS 2018 cases the release-layout tests rebuild in other layouts.
+SOURCE_CASES = ["Brats18_2013_11_1", "Brats18_CBICA_ABM_1"]
+
+
+def copy_case(src: Path, dst_root: Path) -> Path:
+    """Symlink a real case folder into ``dst_root`` (the shared data are never modified); the new folder."""
+    dst = dst_root / src.name
+    dst.mkdir(parents=True)
+    for f in src.iterdir():
+        (dst / f.name).symlink_to(f)
+    return dst
+
+
+def real_label(root: Path, case: str):
+    """The ``(X, Y, Z)`` label map of a real BraTS 2018 case, as stored (codes 0, 1, 2, 4)."""
+    import nibabel as nib
+    import numpy as np
+
+    return np.asarray(nib.load(root / case / f"{case}_seg.nii.gz").dataobj)
+
+
+#: Every model= variant, its dimensionality and overrides that make it small (tests build them untrained).
+MODEL_VARIANTS = [
+    ("unet2d", 2, ["model.net.depth=3", "model.net.base_filters=8"]),
+    ("unet3d", 3, ["model.net.depth=3", "model.net.base_filters=8"]),
+    ("resunet2d", 2, ["model.net.depth=3", "model.net.base_filters=8"]),
+    ("resunet3d", 3, ["model.net.depth=3", "model.net.base_filters=8"]),
+    ("attention_unet2d", 2, ["model.net.depth=3", "model.net.base_filters=8"]),
+    ("attention_unet3d", 3, ["model.net.depth=3", "model.net.base_filters=8"]),
+    ("nnunet2d", 2, ["model.net.depth=4", "model.net.base_filters=8"]),
+    ("nnunet3d", 3, ["model.net.depth=4", "model.net.base_filters=8"]),
+    ("segresnet", 3, ["model.net.init_filters=8"]),
+    ("swinunetr", 3, ["model.net.feature_size=12"]),
+    ("dynunet", 3, ["model.net.filters=[8,16,32,64]"]),
+]

@@ -6,13 +6,10 @@ import subprocess
 import sys
 
 import hydra
-import nibabel as nib
-import numpy as np
 import pytest
 
 from lightning_brats.cli.check_data import check_dataset
-from tests.conftest import REPO, compose_config
-from tests.test_layouts import _copy_case
+from tests.conftest import REPO, compose_config, copy_case, real_label
 
 pytestmark = pytest.mark.real_data
 
@@ -21,13 +18,13 @@ pytestmark = pytest.mark.real_data
 def mixed_root(brats2018_root, tmp_path):
     """One good case, one missing its T2, one with a truncated FLAIR, one without labels."""
     root = tmp_path / "root"
-    _copy_case(brats2018_root / "Brats18_CBICA_ABM_1", root)
-    (_copy_case(brats2018_root / "Brats18_CBICA_ALU_1", root) / "Brats18_CBICA_ALU_1_t2.nii.gz").unlink()
-    bad = _copy_case(brats2018_root / "Brats18_CBICA_AME_1", root) / "Brats18_CBICA_AME_1_flair.nii.gz"
+    copy_case(brats2018_root / "Brats18_CBICA_ABM_1", root)
+    (copy_case(brats2018_root / "Brats18_CBICA_ALU_1", root) / "Brats18_CBICA_ALU_1_t2.nii.gz").unlink()
+    bad = copy_case(brats2018_root / "Brats18_CBICA_AME_1", root) / "Brats18_CBICA_AME_1_flair.nii.gz"
     data = bad.read_bytes()
     bad.unlink()
     bad.write_bytes(data[:2000])
-    (_copy_case(brats2018_root / "Brats18_CBICA_AQN_1", root) / "Brats18_CBICA_AQN_1_seg.nii.gz").unlink()
+    (copy_case(brats2018_root / "Brats18_CBICA_AQN_1", root) / "Brats18_CBICA_AQN_1_seg.nii.gz").unlink()
     return root
 
 
@@ -36,7 +33,7 @@ def test_report_lists_cases_counts_and_every_problem(mixed_root, brats2018_root,
     report = check_dataset(hydra.utils.instantiate(cfg.data))
     assert [r["case_id"] for r in report.rows] == ["Brats18_CBICA_ABM_1", "Brats18_CBICA_AQN_1"]
     good = report.rows[0]
-    label = np.asarray(nib.load(brats2018_root / "Brats18_CBICA_ABM_1" / "Brats18_CBICA_ABM_1_seg.nii.gz").dataobj)
+    label = real_label(brats2018_root, "Brats18_CBICA_ABM_1")
     assert good["label_voxels"] == {"ncr_net": int((label == 1).sum()), "ed": int((label == 2).sum()), "et": int((label == 4).sum())}
     assert good["shape"] == (240, 240, 155) and good["spacing"] == (1.0, 1.0, 1.0)
     assert report.rows[1]["label_voxels"] is None
@@ -45,6 +42,7 @@ def test_report_lists_cases_counts_and_every_problem(mixed_root, brats2018_root,
     assert any("Brats18_CBICA_AME_1_flair.nii.gz: cannot read NIfTI" in p for p in report.problems)
 
 
+@pytest.mark.slow
 def test_cli_prints_table_and_exits_1_on_problems(mixed_root, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "lightning_brats.cli", "check-data", "data=brats20", f"data.root={mixed_root}",

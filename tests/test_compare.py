@@ -303,6 +303,7 @@ def test_report_shows_every_case_row_and_picture_in_chromium(tmp_path):
     assert dom.cases == sorted(dice, key=dice.get)
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_eval_writes_a_report_and_two_real_evaluations_compare(brats2018_root, tmp_path):
     import nibabel as nib

@@ -100,7 +100,7 @@ def test_ddp_config_is_lightning_ddp_with_slurm_requeue(tmp_path, monkeypatch, n
     assert cfg.trainer.devices == "auto" and cfg.trainer.num_nodes == 1 and cfg.trainer.sync_batchnorm is True
     cpu = compose_config(["trainer=ddp_cpu"], tmp_path)
     assert cpu.trainer.devices == 2 and cpu.trainer.sync_batchnorm is False  # torch's SyncBatchNorm is GPU-only
-    trainer = hydra.utils.instantiate(cpu.trainer, logger=False)
+    trainer = hydra.utils.instantiate(cpu.trainer, logger=False, precision=32)  # train.py resolves precision=auto
     assert isinstance(trainer.strategy, DDPStrategy) and trainer.world_size == 2
     assert isinstance(trainer.strategy.cluster_environment, LightningEnvironment)
 
@@ -164,6 +164,7 @@ def _per_case_validation(cfg, ckpt: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(dice), torch.stack(loss)
 
 
+@pytest.mark.slow
 def test_ddp_spawn_shards_training_and_validation(phantom_root, tmp_path):
     """2 processes: disjoint samples making up the global batches, validation shared out with no
     repeated case (Dice equal to one process's to 1e-6), rank 0 alone preparing and writing outputs.
@@ -218,6 +219,7 @@ def test_ddp_spawn_shards_training_and_validation(phantom_root, tmp_path):
     assert abs(padded - dice.mean().item()) > 1e-4
 
 
+@pytest.mark.slow
 def test_cli_ddp_cpu_makes_one_run_folder(phantom_root, tmp_path):
     """``python train.py trainer=ddp_cpu``: Lightning re-runs the command for rank 1 inside rank 0's run folder."""
     proc = subprocess.run(

@@ -15,14 +15,13 @@ from scipy import ndimage
 
 from lightning_brats.cli.eval import evaluate
 from lightning_brats.data.layouts import DataError
-from lightning_brats.metrics import EMPTY_HD95_MM, case_region_metrics
-from tests.conftest import compose_tool_config
+from lightning_brats.metrics import case_region_metrics
+from tests.conftest import BRATS20_REGIONS, BRATS_HD95_PENALTY_MM, compose_tool_config
 from tests.wandb_records import logged_history
 
 pytestmark = pytest.mark.real_data
 
 CASES = ["Brats18_2013_11_1", "Brats18_CBICA_ABM_1", "Brats18_TCIA02_135_1"]
-REGIONS = {"wt": [1, 2, 4], "tc": [1, 4], "et": [4]}
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +54,7 @@ def _read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.slow
 def test_identical_predictions_score_perfectly_and_pictures_are_written(gt_root, tmp_path):
     for case in CASES:
         seg = _seg(gt_root, case)
@@ -64,7 +64,7 @@ def test_identical_predictions_score_perfectly_and_pictures_are_written(gt_root,
     assert [r["case_id"] for r in rows] == CASES
     for row, case in zip(rows, CASES):
         truth = np.asarray(_seg(gt_root, case).dataobj)
-        for region, codes in REGIONS.items():
+        for region, codes in BRATS20_REGIONS.items():
             assert float(row[f"dice_{region}"]) == 1.0 and float(row[f"hd95_{region}"]) == 0.0
             assert float(row[f"sensitivity_{region}"]) == 1.0 and float(row[f"specificity_{region}"]) == 1.0
             # 1 mm voxels: 1000 voxels per mL
@@ -77,6 +77,7 @@ def test_identical_predictions_score_perfectly_and_pictures_are_written(gt_root,
         assert picture.format == "PNG"
 
 
+@pytest.mark.slow
 def test_scores_match_the_metric_and_summary_matches_the_rows(gt_root, tmp_path):
     """Eroded, shifted and ET-less predictions: every cell equals case_region_metrics, every
     summary statistic equals NumPy's over metrics.csv."""
@@ -91,14 +92,14 @@ def test_scores_match_the_metric_and_summary_matches_the_rows(gt_root, tmp_path)
         else:
             pred = np.where(truth == 4, 1, truth)  # no ET predicted where there is ET
         _write(tmp_path / "pred", case, pred, seg)
-        expected[case] = {r: case_region_metrics(np.isin(pred, c), np.isin(truth, c), (1.0, 1.0, 1.0)) for r, c in REGIONS.items()}
+        expected[case] = {r: case_region_metrics(np.isin(pred, c), np.isin(truth, c), (1.0, 1.0, 1.0)) for r, c in BRATS20_REGIONS.items()}
     _run(gt_root, tmp_path / "pred", tmp_path / "out", "pictures=false")
     rows = _read_csv(tmp_path / "out" / "metrics.csv")
     for row in rows:
         for region, scores in expected[row["case_id"]].items():
             for metric, value in scores.items():
                 assert float(row[f"{metric}_{region}"]) == pytest.approx(value, rel=1e-5, abs=1e-6), (row["case_id"], metric, region)
-    assert float(rows[2]["dice_et"]) == 0.0 and float(rows[2]["hd95_et"]) == EMPTY_HD95_MM
+    assert float(rows[2]["dice_et"]) == 0.0 and float(rows[2]["hd95_et"]) == BRATS_HD95_PENALTY_MM
     summary = _read_csv(tmp_path / "out" / "summary.csv")
     assert len(summary) == 6 * 3
     for stat in summary:
@@ -111,6 +112,7 @@ def test_scores_match_the_metric_and_summary_matches_the_rows(gt_root, tmp_path)
     assert not (tmp_path / "out" / "pictures").exists()
 
 
+@pytest.mark.slow
 def test_missing_prediction_is_an_error_unless_allowed(gt_root, tmp_path):
     seg = _seg(gt_root, CASES[0])
     _write(tmp_path / "pred", CASES[0], np.asarray(seg.dataobj), seg)
@@ -120,7 +122,7 @@ def test_missing_prediction_is_an_error_unless_allowed(gt_root, tmp_path):
     by_case = {r["case_id"]: r for r in result["rows"]}
     assert by_case[CASES[0]]["dice_wt"] == 1.0 and not by_case[CASES[0]]["missing"]
     for case in CASES[1:]:  # scored as an empty prediction: BraTS rules for one empty mask
-        assert by_case[case]["missing"] and by_case[case]["dice_wt"] == 0.0 and by_case[case]["hd95_wt"] == EMPTY_HD95_MM
+        assert by_case[case]["missing"] and by_case[case]["dice_wt"] == 0.0 and by_case[case]["hd95_wt"] == BRATS_HD95_PENALTY_MM
 
 
 @pytest.mark.parametrize("problem,message", [
@@ -150,6 +152,7 @@ def test_bad_prediction_file_is_named(gt_root, tmp_path, problem, message):
     assert str(bad) in str(error.value)
 
 
+@pytest.mark.slow
 def test_eval_logs_tables_and_summary_to_wandb_offline(gt_root, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     for case in CASES[:2]:

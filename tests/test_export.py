@@ -21,8 +21,8 @@ from lightning_brats.cli.predict import predict
 from lightning_brats.export import ExportError, export_model, load_exported_model, read_metadata, sidecar_path
 from lightning_brats.module import CONFIG_KEY
 from lightning_brats.prediction import Predictor, load_trained_model
+from tests.conftest import MODEL_VARIANTS as VARIANTS
 from tests.conftest import compose_config, compose_tool_config, inference_settings
-from tests.test_model_zoo import VARIANTS
 
 
 @pytest.fixture(autouse=True)

@@ -2,35 +2,33 @@
 
 from __future__ import annotations
 
-import nibabel as nib
 import numpy as np
 import pytest
 
+from lightning_brats.data.release_layouts import LABEL_CODES
 from lightning_brats.labels import (
     labels_to_regions,
     nested_region_codes,
     regions_to_labels,
     small_components_to,
 )
-
-BRATS20 = {"wt": [1, 2, 4], "tc": [1, 4], "et": [4]}
-BRATS23 = {"wt": [1, 2, 3], "tc": [1, 3], "et": [3]}
-MSD = {"wt": [1, 2, 3], "tc": [2, 3], "et": [3]}
+from tests.conftest import BRATS20_REGIONS, BRATS23_REGIONS, MSD_REGIONS, real_label
 
 
 def test_codes_follow_the_configured_regions():
-    assert nested_region_codes(BRATS20) == [("wt", 2), ("tc", 1), ("et", 4)]
-    assert nested_region_codes(BRATS23) == [("wt", 2), ("tc", 1), ("et", 3)]
-    assert nested_region_codes(MSD) == [("wt", 1), ("tc", 2), ("et", 3)]  # MSD: 1 edema, 2 non-enhancing
+    assert nested_region_codes(BRATS20_REGIONS) == [("wt", 2), ("tc", 1), ("et", 4)]
+    assert nested_region_codes(BRATS23_REGIONS) == [("wt", 2), ("tc", 1), ("et", 3)]
+    assert nested_region_codes(MSD_REGIONS) == [("wt", 1), ("tc", 2), ("et", 3)]  # MSD: 1 edema, 2 non-enhancing
     assert nested_region_codes({"abnormality": [255]}) == [("abnormality", 255)]
     with pytest.raises(ValueError, match="cannot be turned back into labels"):
         nested_region_codes({"wt": [1, 2, 4], "x": [2, 4], "et": [1]})
 
 
 @pytest.mark.real_data
-@pytest.mark.parametrize("regions,codes", [(BRATS20, {1: 1, 2: 2, 4: 4}), (BRATS23, {1: 1, 2: 2, 4: 3}), (MSD, {1: 2, 2: 1, 4: 3})])
-def test_real_label_maps_round_trip(brats2018_root, regions, codes):
-    label = np.asarray(nib.load(brats2018_root / "Brats18_CBICA_ABM_1" / "Brats18_CBICA_ABM_1_seg.nii.gz").dataobj)
+@pytest.mark.parametrize("regions,release", [(BRATS20_REGIONS, "brats20"), (BRATS23_REGIONS, "brats23"), (MSD_REGIONS, "msd_task01")])
+def test_real_label_maps_round_trip(brats2018_root, regions, release):
+    codes = LABEL_CODES[release]  # BraTS 2018 code -> the release's, as the layout builder writes them
+    label = real_label(brats2018_root, "Brats18_CBICA_ABM_1")
     release = np.zeros_like(label, dtype=np.uint8)
     for brats18, code in codes.items():  # the same anatomy in each release's codes
         release[label == brats18] = code
@@ -44,7 +42,7 @@ def test_inner_regions_are_cut_to_their_parent():
     masks[1, :1] = 1  # TC inside WT
     masks[2, 0, 0] = 1  # ET inside TC
     masks[2, 3, 3] = 1  # ET outside WT: dropped
-    label = regions_to_labels(masks, BRATS20)
+    label = regions_to_labels(masks, BRATS20_REGIONS)
     assert (label[0, 0] == 4).all() and (label[0, 1:] == 1).all() and (label[1] == 2).all()
     assert (label[2:] == 0).all()
 

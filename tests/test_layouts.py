@@ -9,25 +9,13 @@ import numpy as np
 import pytest
 
 from lightning_brats.data.layouts import BratsLayout, DataError, load_case
-
-BRATS20 = BratsLayout({"flair": "_flair", "t1": "_t1", "t1ce": "_t1ce", "t2": "_t2"}, "_seg", [".nii.gz", ".nii"])
-LABELS = {"ncr_net": 1, "ed": 2, "et": 4}
-MODALITIES = ["flair", "t1", "t1ce", "t2"]
-
-
-def _copy_case(src: Path, dst_root: Path) -> Path:
-    """Symlink a real case into a temporary root (the shared data are never modified)."""
-    dst = dst_root / src.name
-    dst.mkdir(parents=True)
-    for f in src.iterdir():
-        (dst / f.name).symlink_to(f)
-    return dst
+from tests.conftest import BRATS20_LABELS, BRATS20_LAYOUT, BRATS_MODALITIES, copy_case
 
 
 def _rewrite_case_file(brats2018_root: Path, tmp_path: Path, suffix: str, change) -> None:
     """Link real case Brats18_2013_11_1 into ``tmp_path`` with its ``suffix`` file replaced by
     ``change(data, affine) -> (data, affine)`` applied to the original."""
-    case = _copy_case(brats2018_root / "Brats18_2013_11_1", tmp_path)
+    case = copy_case(brats2018_root / "Brats18_2013_11_1", tmp_path)
     path = case / f"Brats18_2013_11_1{suffix}.nii.gz"
     img = nib.load(path)
     data, affine = change(np.asarray(img.dataobj).copy(), img.affine)
@@ -36,23 +24,23 @@ def _rewrite_case_file(brats2018_root: Path, tmp_path: Path, suffix: str, change
 
 
 def _load_first_case(root: Path):
-    return load_case(BRATS20.find_cases(root)[0], MODALITIES, LABELS)
+    return load_case(BRATS20_LAYOUT.find_cases(root)[0], BRATS_MODALITIES, BRATS20_LABELS)
 
 
 @pytest.mark.real_data
 def test_finds_the_twenty_real_cases(brats2018_root):
-    cases = BRATS20.find_cases(brats2018_root)
+    cases = BRATS20_LAYOUT.find_cases(brats2018_root)
     assert len(cases) == 20
     assert cases[0].case_id == "Brats18_2013_11_1"
-    assert all(c.label is not None and list(c.images) == MODALITIES for c in cases)
+    assert all(c.label is not None and list(c.images) == BRATS_MODALITIES for c in cases)
     # "_t1ce" is never mistaken for "_t1"
     assert all(c.images["t1"].name.endswith("_t1.nii.gz") for c in cases)
 
 
 @pytest.mark.real_data
 def test_load_real_case_shapes_labels_and_modality_order(brats2018_root):
-    case_files = BRATS20.find_cases(brats2018_root)[4]
-    case = load_case(case_files, ["t2", "flair"], LABELS)
+    case_files = BRATS20_LAYOUT.find_cases(brats2018_root)[4]
+    case = load_case(case_files, ["t2", "flair"], BRATS20_LABELS)
     assert case.image.shape == (2, 240, 240, 155) and case.image.dtype == np.float32
     assert case.label.shape == (240, 240, 155)
     assert set(np.unique(case.label)) <= {0, 1, 2, 4} and {1, 2, 4} <= set(np.unique(case.label))
@@ -63,38 +51,38 @@ def test_load_real_case_shapes_labels_and_modality_order(brats2018_root):
 
 def test_missing_root_names_path_and_layout(tmp_path):
     with pytest.raises(DataError, match=r"data root .*nowhere does not exist.*<case>_flair"):
-        BRATS20.find_cases(tmp_path / "nowhere")
+        BRATS20_LAYOUT.find_cases(tmp_path / "nowhere")
 
 
 def test_empty_root_names_path_and_layout(tmp_path):
     with pytest.raises(DataError, match=rf"no cases found under {tmp_path}; expected case folders"):
-        BRATS20.find_cases(tmp_path)
+        BRATS20_LAYOUT.find_cases(tmp_path)
 
 
 @pytest.mark.real_data
 def test_missing_modality_names_case_and_file(brats2018_root, tmp_path):
-    case = _copy_case(brats2018_root / "Brats18_2013_11_1", tmp_path)
+    case = copy_case(brats2018_root / "Brats18_2013_11_1", tmp_path)
     (case / "Brats18_2013_11_1_t1ce.nii.gz").unlink()
     with pytest.raises(DataError, match=r"case Brats18_2013_11_1 .*missing modality \['t1ce'\].*Brats18_2013_11_1_t1ce.nii.gz"):
-        BRATS20.find_cases(tmp_path)
+        BRATS20_LAYOUT.find_cases(tmp_path)
 
 
 @pytest.mark.real_data
 def test_duplicate_case_ids_are_an_error(brats2018_root, tmp_path):
-    _copy_case(brats2018_root / "Brats18_2013_11_1", tmp_path / "a")
-    _copy_case(brats2018_root / "Brats18_2013_11_1", tmp_path / "b")
+    copy_case(brats2018_root / "Brats18_2013_11_1", tmp_path / "a")
+    copy_case(brats2018_root / "Brats18_2013_11_1", tmp_path / "b")
     with pytest.raises(DataError, match="case ID Brats18_2013_11_1 appears twice"):
-        BRATS20.find_cases(tmp_path)
+        BRATS20_LAYOUT.find_cases(tmp_path)
 
 
 @pytest.mark.real_data
 def test_shape_mismatch_names_the_file(brats2018_root, tmp_path):
-    case = _copy_case(brats2018_root / "Brats18_2013_11_1", tmp_path)
+    case = copy_case(brats2018_root / "Brats18_2013_11_1", tmp_path)
     bad = case / "Brats18_2013_11_1_t2.nii.gz"
     bad.unlink()
     nib.save(nib.Nifti1Image(np.zeros((240, 240, 150), np.int16), np.eye(4)), bad)
     with pytest.raises(DataError, match=r"Brats18_2013_11_1_t2.nii.gz: shape \(240, 240, 150\) differs"):
-        load_case(BRATS20.find_cases(tmp_path)[0], MODALITIES, LABELS)
+        load_case(BRATS20_LAYOUT.find_cases(tmp_path)[0], BRATS_MODALITIES, BRATS20_LABELS)
 
 
 @pytest.mark.real_data
@@ -106,13 +94,13 @@ def test_unknown_label_names_the_file(brats2018_root, tmp_path):
 
 @pytest.mark.real_data
 def test_corrupt_nifti_names_the_file(brats2018_root, tmp_path):
-    case = _copy_case(brats2018_root / "Brats18_2013_11_1", tmp_path)
+    case = copy_case(brats2018_root / "Brats18_2013_11_1", tmp_path)
     bad = case / "Brats18_2013_11_1_flair.nii.gz"
     data = bad.read_bytes()
     bad.unlink()
     bad.write_bytes(data[: len(data) // 3])
     with pytest.raises(DataError, match=r"_flair.nii.gz: cannot read NIfTI"):
-        load_case(BRATS20.find_cases(tmp_path)[0], MODALITIES, LABELS)
+        load_case(BRATS20_LAYOUT.find_cases(tmp_path)[0], BRATS_MODALITIES, BRATS20_LABELS)
 
 
 def test_other_suffixes_are_a_config_away(tmp_path):

@@ -253,6 +253,7 @@ def test_brats2025_matches_panoptica_configured_as_the_challenge(tmp_path):
 CASES = ["Brats18_2013_11_1", "Brats18_CBICA_ABM_1"]
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_eval_brats2023_on_real_cases_scores_perfect_predictions(brats2018_root, tmp_path):
     from lightning_brats.cli.eval import evaluate

@@ -60,6 +60,7 @@ def test_3d_sampling_is_refused_with_a_clear_error(lgg_root, tmp_path):
         hydra.utils.instantiate(cfg.data)
 
 
+@pytest.mark.slow
 def test_lgg_cpu_splits_by_patient_and_samples_slices(lgg_root, cache_dir, tmp_path):
     cfg = compose_config(["experiment=lgg_cpu", f"data.root={lgg_root}"], tmp_path, cache_dir)
     dm = hydra.utils.instantiate(cfg.data)
@@ -96,6 +97,7 @@ def test_min_foreground_fraction_drops_slices_and_reports(lgg_root, cache_dir, t
     assert all(dataset[(0, i)]["target"].any() for i in range(48))
 
 
+@pytest.mark.slow
 def test_min_foreground_fraction_drops_3d_cases(real_datamodule):
     from lightning_brats.data.sampling import TrainingSampleDataset
 

@@ -4,6 +4,7 @@ it supports, refuses patch sizes it cannot take, and trains one step on the real
 from __future__ import annotations
 
 import logging
+import math
 
 import hydra
 import pytest
@@ -11,22 +12,9 @@ import torch
 
 from lightning_brats.cli.train import train
 from lightning_brats.losses import DiceBCELoss, deep_supervision_loss, deep_supervision_weights
-from tests.conftest import compose_config
+from tests.conftest import BRATS_MODALITIES, compose_config
+from tests.conftest import MODEL_VARIANTS as VARIANTS
 
-# (model config, spatial dims, small-size overrides for unit tests)
-VARIANTS = [
-    ("unet2d", 2, ["model.net.depth=3", "model.net.base_filters=8"]),
-    ("unet3d", 3, ["model.net.depth=3", "model.net.base_filters=8"]),
-    ("resunet2d", 2, ["model.net.depth=3", "model.net.base_filters=8"]),
-    ("resunet3d", 3, ["model.net.depth=3", "model.net.base_filters=8"]),
-    ("attention_unet2d", 2, ["model.net.depth=3", "model.net.base_filters=8"]),
-    ("attention_unet3d", 3, ["model.net.depth=3", "model.net.base_filters=8"]),
-    ("nnunet2d", 2, ["model.net.depth=4", "model.net.base_filters=8"]),
-    ("nnunet3d", 3, ["model.net.depth=4", "model.net.base_filters=8"]),
-    ("segresnet", 3, ["model.net.init_filters=8"]),
-    ("swinunetr", 3, ["model.net.feature_size=12"]),
-    ("dynunet", 3, ["model.net.filters=[8,16,32,64]"]),
-]
 NAMES = [v[0] for v in VARIANTS]
 
 
@@ -35,7 +23,14 @@ def _module(name: str, overrides: list[str], tmp_path, extra: list[str] = ()):
     return hydra.utils.instantiate(cfg.model)
 
 
-@pytest.mark.parametrize("name,dims,overrides", VARIANTS, ids=NAMES)
+#: 3D variants, whose forward and backward pass takes several CPU-seconds: run with the slow tests
+#: (tests/test_models.py keeps a small 3D U-Net's in the fast ones)
+HEAVY = {"unet3d", "resunet3d", "attention_unet3d", "nnunet3d", "segresnet", "swinunetr"}
+
+
+@pytest.mark.parametrize(
+    "name,dims,overrides", [pytest.param(*v, marks=pytest.mark.slow) if v[0] in HEAVY else v for v in VARIANTS], ids=NAMES
+)
 def test_variant_forward_backward_and_shapes(name, dims, overrides, tmp_path):
     module = _module(name, overrides, tmp_path)
     net = module.net
@@ -106,7 +101,7 @@ def test_dynunet_deep_supervision_heads_at_their_scales_and_weighted_loss(tmp_pa
 def test_unsuitable_patch_is_refused_naming_model_size_and_nearest(name, patch, message, tmp_path):
     module = _module(name, [], tmp_path)
     with pytest.raises(ValueError, match=message):
-        module.configure_for(["wt", "tc", "et"], patch, ["flair", "t1", "t1ce", "t2"])
+        module.configure_for(["wt", "tc", "et"], patch, BRATS_MODALITIES)
 
 
 def test_norm_activation_and_dropout_are_config_values(tmp_path):
@@ -122,6 +117,7 @@ def test_norm_activation_and_dropout_are_config_values(tmp_path):
         _module("nnunet3d", ["model.net.depth=3"], tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 @pytest.mark.parametrize("name", NAMES)
 def test_variant_trains_one_step_on_real_cases(name, brats2018_root, cache_dir, tmp_path, caplog):
@@ -136,7 +132,9 @@ def test_variant_trains_one_step_on_real_cases(name, brats2018_root, cache_dir, 
     assert cfg.trainer.precision == "auto"
     with caplog.at_level(logging.INFO, logger="lightning_brats.module"):
         metrics = train(cfg)
-    assert 0.0 <= metrics["val/dice_mean"] <= 1.0 and metrics["train/loss"] > 0
+    regions = [metrics[f"val/dice_{r}"] for r in ("wt", "tc", "et")]
+    assert all(0.0 <= d <= 1.0 for d in regions) and math.isfinite(metrics["train/loss"])
+    assert metrics["val/dice_mean"] == pytest.approx(sum(regions) / 3, abs=1e-6)  # the mean of its regions
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"model={name}:")]
     patch = list(cfg.data.patch_size)
     assert f"input [{cfg.data.batch_size}, 4, {', '.join(map(str, patch))}] -> output [{cfg.data.batch_size}, 3, " in line
@@ -159,6 +157,7 @@ def test_compile_matches_eager_and_checkpoints_plain_weights(tmp_path):
         ("~data.regions.et", r"output channels: trained for the regions \['wt', 'tc', 'et'\] of data.regions \(3 outputs\), this run has \['wt', 'tc'\] \(2\)"),
     ],
 )
+@pytest.mark.slow
 def test_checkpoint_for_other_channels_or_regions_is_refused(phantom_checkpoint, phantom_root, override, message, tmp_path):
     cfg = compose_config(
         ["data=sample", f"data.root={phantom_root}", "data.num_folds=4", "data.samples_per_epoch=4",

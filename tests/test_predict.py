@@ -19,9 +19,7 @@ from lightning_brats.cli.eval import evaluate
 from lightning_brats.cli.predict import predict
 from lightning_brats.data.layouts import DataError
 from lightning_brats.inference import flip_axes_combinations, predict_probabilities
-from tests.conftest import compose_tool_config
-
-MODALITIES = ["flair", "t1", "t1ce", "t2"]
+from tests.conftest import BRATS_MODALITIES, compose_tool_config
 
 
 def _predict(ckpt: Path, out: Path, *overrides: str) -> dict:
@@ -71,6 +69,7 @@ def test_flip_tta_averages_every_flip(dims):
     assert tta.shape == (1, 3, 16, 12, 6) and 0 <= tta.min() and tta.max() <= 1
 
 
+@pytest.mark.slow
 def test_predict_case_folder_on_the_input_grid_then_skip_and_overwrite(phantom_checkpoint, phantom_root, tmp_path):
     case = min(p for p in phantom_root.iterdir() if p.is_dir())
     result = _predict(phantom_checkpoint, tmp_path / "out", f"input={case}", "save_probabilities=true", "inference.flip_tta=false")
@@ -90,9 +89,10 @@ def test_predict_case_folder_on_the_input_grid_then_skip_and_overwrite(phantom_c
     assert forced["predicted"] == 1
 
 
+@pytest.mark.slow
 def test_2d_checkpoint_predicts_explicit_files_slice_by_slice(phantom_checkpoint_2d, phantom_root, tmp_path):
     case = sorted(p for p in phantom_root.iterdir() if p.is_dir())[1]
-    files = ",".join(f"{m}:{case / f'{case.name}_{m}.nii.gz'}" for m in MODALITIES)
+    files = ",".join(f"{m}:{case / f'{case.name}_{m}.nii.gz'}" for m in BRATS_MODALITIES)
     result = _predict(phantom_checkpoint_2d, tmp_path, f"files={{{files}}}", "inference.flip_tta=true")
     # the case is named by what the file names share
     assert result["cases"] == [case.name]
@@ -100,20 +100,22 @@ def test_2d_checkpoint_predicts_explicit_files_slice_by_slice(phantom_checkpoint
     assert set(np.unique(np.asarray(img.dataobj))) <= {0, 1, 2, 4}
 
 
+@pytest.mark.slow
 def test_predict_never_overwrites_an_input_file(phantom_checkpoint, phantom_root, tmp_path):
     case = min(p for p in phantom_root.iterdir() if p.is_dir())
     inputs = tmp_path / "inputs"
     inputs.mkdir()
-    for m in MODALITIES:  # the FLAIR file is named like the output would be
+    for m in BRATS_MODALITIES:  # the FLAIR file is named like the output would be
         name = "scan.nii.gz" if m == "flair" else f"scan_{m}.nii.gz"
         (inputs / name).write_bytes((case / f"{case.name}_{m}.nii.gz").read_bytes())
     before = (inputs / "scan.nii.gz").read_bytes()
-    files = ",".join(f"{m}:{inputs / ('scan.nii.gz' if m == 'flair' else f'scan_{m}.nii.gz')}" for m in MODALITIES)
+    files = ",".join(f"{m}:{inputs / ('scan.nii.gz' if m == 'flair' else f'scan_{m}.nii.gz')}" for m in BRATS_MODALITIES)
     with pytest.raises(ValueError, match=rf"output {inputs / 'scan.nii.gz'} would overwrite an input file of case scan"):
         _predict(phantom_checkpoint, inputs, f"files={{{files}}}", "case_id=scan")
     assert (inputs / "scan.nii.gz").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_predict_input_errors(phantom_checkpoint, phantom_root, tmp_path):
     case = min(p for p in phantom_root.iterdir() if p.is_dir())
     with pytest.raises(ValueError, match=r"give one of input="):
@@ -209,6 +211,7 @@ def test_held_out_cases_come_from_the_checkpoints_run_folder(trained_brats_run, 
         held_out_cases(moved)
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_2d_lgg_model_predicts_a_patient_as_nifti(lgg_root, cache_dir, tmp_path):
     """The LGG TIFF slices (no NIfTI header) give a NIfTI label map of the patient's slice stack in

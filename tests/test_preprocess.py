@@ -15,18 +15,18 @@ from lightning_brats.data.preprocess import (
     restore_to_original,
 )
 from lightning_brats.data.settings import PreprocessingSettings
-from tests.test_layouts import BRATS20, LABELS, MODALITIES, _copy_case
+from tests.conftest import BRATS20_LABELS, BRATS20_LAYOUT, BRATS_MODALITIES, copy_case
 
 pytestmark = pytest.mark.real_data
 
 
 def _settings(**options) -> PreprocessingSettings:
-    return PreprocessingSettings(MODALITIES, **options)
+    return PreprocessingSettings(BRATS_MODALITIES, **options)
 
 
 @pytest.fixture(scope="module")
 def real_case(brats2018_root):
-    return load_case(BRATS20.find_cases(brats2018_root)[0], MODALITIES, LABELS)
+    return load_case(BRATS20_LAYOUT.find_cases(brats2018_root)[0], BRATS_MODALITIES, BRATS20_LABELS)
 
 
 def test_crop_and_zscore(real_case):
@@ -61,9 +61,9 @@ def test_resampled_round_trip_keeps_the_tumour(real_case):
 def test_cache_is_reused_and_redoes_only_missing_cases(brats2018_root, tmp_path):
     root = tmp_path / "root"
     for name in ("Brats18_2013_11_1", "Brats18_CBICA_ABM_1"):
-        _copy_case(brats2018_root / name, root)
-    cases = BRATS20.find_cases(root)
-    cache = PreprocessedCache(tmp_path / "cache", "x", _settings(spacing=[2, 2, 2]), LABELS)
+        copy_case(brats2018_root / name, root)
+    cases = BRATS20_LAYOUT.find_cases(root)
+    cache = PreprocessedCache(tmp_path / "cache", "x", _settings(spacing=[2, 2, 2]), BRATS20_LABELS)
     cache.ensure(cases)
     first = {p.name: p.stat().st_mtime_ns for p in cache.path.iterdir()}
     (cache.path / "Brats18_CBICA_ABM_1.json").unlink()  # as if interrupted before the record
@@ -81,49 +81,50 @@ def test_cache_is_reused_and_redoes_only_missing_cases(brats2018_root, tmp_path)
     cwd = os.getcwd()
     try:
         os.chdir(tmp_path)
-        relative = BRATS20.find_cases("root")
+        relative = BRATS20_LAYOUT.find_cases("root")
         assert str(relative[0].images["flair"]).startswith("root")
         assert all(cache.is_cached(c) for c in relative)
     finally:
         os.chdir(cwd)
     # a different setting is a different cache folder
-    assert PreprocessedCache(tmp_path / "cache", "x", _settings(spacing=[1, 1, 1]), LABELS).path != cache.path
+    assert PreprocessedCache(tmp_path / "cache", "x", _settings(spacing=[1, 1, 1]), BRATS20_LABELS).path != cache.path
 
 
 def test_failing_case_leaves_cached_cases_intact(brats2018_root, tmp_path):
     root = tmp_path / "root"
-    _copy_case(brats2018_root / "Brats18_2013_11_1", root)
-    cache = PreprocessedCache(tmp_path / "cache", "x", _settings(spacing=[2, 2, 2]), LABELS)
-    cache.ensure(BRATS20.find_cases(root))
+    copy_case(brats2018_root / "Brats18_2013_11_1", root)
+    cache = PreprocessedCache(tmp_path / "cache", "x", _settings(spacing=[2, 2, 2]), BRATS20_LABELS)
+    cache.ensure(BRATS20_LAYOUT.find_cases(root))
     before = {p.name: p.read_bytes() for p in cache.path.iterdir()}
-    bad = _copy_case(brats2018_root / "Brats18_2013_20_1", root) / "Brats18_2013_20_1_t1.nii.gz"
+    bad = copy_case(brats2018_root / "Brats18_2013_20_1", root) / "Brats18_2013_20_1_t1.nii.gz"
     data = bad.read_bytes()
     bad.unlink()
     bad.write_bytes(data[:1000])
     with pytest.raises(DataError, match="Brats18_2013_20_1_t1.nii.gz: cannot read NIfTI"):
-        cache.ensure(BRATS20.find_cases(root))
+        cache.ensure(BRATS20_LAYOUT.find_cases(root))
     assert {p.name: p.read_bytes() for p in cache.path.iterdir()} == before
 
 
+@pytest.mark.slow
 def test_parallel_preprocessing_equals_serial_and_names_a_bad_file(brats2018_root, tmp_path):
     root = tmp_path / "root"
     for name in ("Brats18_2013_11_1", "Brats18_CBICA_ABM_1", "Brats18_TCIA02_135_1"):
-        _copy_case(brats2018_root / name, root)
-    cases = BRATS20.find_cases(root)
-    serial = PreprocessedCache(tmp_path / "serial", "x", _settings(spacing=[2, 2, 2]), LABELS)
+        copy_case(brats2018_root / name, root)
+    cases = BRATS20_LAYOUT.find_cases(root)
+    serial = PreprocessedCache(tmp_path / "serial", "x", _settings(spacing=[2, 2, 2]), BRATS20_LABELS)
     serial.ensure(cases, workers=1)
-    parallel = PreprocessedCache(tmp_path / "parallel", "x", _settings(spacing=[2, 2, 2]), LABELS)
+    parallel = PreprocessedCache(tmp_path / "parallel", "x", _settings(spacing=[2, 2, 2]), BRATS20_LABELS)
     parallel.ensure(cases, workers=2)
     for case in cases:
         a, b = serial.load(case.case_id), parallel.load(case.case_id)
         np.testing.assert_array_equal(a.image, b.image)
         np.testing.assert_array_equal(a.label, b.label)
-    bad = _copy_case(brats2018_root / "Brats18_2013_20_1", root) / "Brats18_2013_20_1_seg.nii.gz"
+    bad = copy_case(brats2018_root / "Brats18_2013_20_1", root) / "Brats18_2013_20_1_seg.nii.gz"
     data = bad.read_bytes()
     bad.unlink()
     bad.write_bytes(data[:500])
     with pytest.raises(DataError, match="Brats18_2013_20_1_seg.nii.gz: cannot read NIfTI"):
-        parallel.ensure(BRATS20.find_cases(root), workers=2)
+        parallel.ensure(BRATS20_LAYOUT.find_cases(root), workers=2)
     assert all(parallel.is_cached(c) for c in cases)
 
 

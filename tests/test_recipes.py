@@ -2,17 +2,19 @@
 its own release's layout, and the seed-system recipes hold the settings they reproduce.
 
 The BraTS 2020/2021/2023 and MSD Task01 layouts are built in temporary folders from the shared
-BraTS 2018 cases by ``experiments/build_layouts.py`` (which is tested here too); LGG recipes read
+BraTS 2018 cases by ``lightning_brats.data.release_layouts`` (which is tested here too); LGG recipes read
 the shared LGG patients as they are. Runs are shrunk to 4 mm voxels, small patches and batches of 2.
 """
 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import logging
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import hydra
@@ -22,27 +24,18 @@ import pytest
 from torch import nn
 
 from lightning_brats.cli.train import CONFIG_DIR, train
+from lightning_brats.data import release_layouts
 from lightning_brats.data.layouts import load_case
 from lightning_brats.labels import labels_to_regions
-from tests.conftest import REPO, compose_config
+from tests.conftest import BRATS20_REGIONS, BRATS_MODALITIES, REPO, compose_config, real_label
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
 SEEDS = [e for e in EXPERIMENTS if e.startswith("seed_")]
 
 #: 5 source cases: the 5-fold recipes need at least as many cases as folds
 SOURCE_CASES = ["Brats18_2013_11_1", "Brats18_CBICA_ABM_1", "Brats18_CBICA_AME_1", "Brats18_TCIA02_135_1", "Brats18_TCIA10_637_1"]
-BRATS_REGIONS = {"wt": [1, 2, 4], "tc": [1, 4], "et": [4]}
-MODALITIES = ["flair", "t1", "t1ce", "t2"]
 
 
-def _build_layouts_module():
-    spec = importlib.util.spec_from_file_location("build_layouts", REPO / "experiments" / "build_layouts.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-build_layouts = _build_layouts_module()
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +46,11 @@ def data_root(brats2018_root, lgg_root, tmp_path_factory):
     def root(data: str) -> Path:
         if data == "lgg":
             return lgg_root
-        if data not in build_layouts.RELEASES:
+        if data not in release_layouts.RELEASES:
             pytest.fail(f"no real data for data={data}: add a builder to tests/test_recipes.py::data_root")
         if data not in built:
             out = tmp_path_factory.mktemp(f"layout_{data}")
-            build_layouts.build(brats2018_root, out, data, SOURCE_CASES)
+            release_layouts.build(brats2018_root, out, data, SOURCE_CASES)
             built[data] = out
         return built[data]
 
@@ -72,9 +65,9 @@ def _convs(net: nn.Module) -> list[nn.Module]:
 # the seed-system recipes hold their seed system's settings (no data needed)
 
 SEED_SETTINGS = {
-    "seed_2d_brats20": {"data": "brats20", "model": "unet2d", "sampling": "2d", "modalities": MODALITIES,
-                        "regions": BRATS_REGIONS},
-    "seed_3d_msd": {"data": "msd_task01", "model": "unet3d", "sampling": "3d", "modalities": MODALITIES,
+    "seed_2d_brats20": {"data": "brats20", "model": "unet2d", "sampling": "2d", "modalities": BRATS_MODALITIES,
+                        "regions": BRATS20_REGIONS},
+    "seed_3d_msd": {"data": "msd_task01", "model": "unet3d", "sampling": "3d", "modalities": BRATS_MODALITIES,
                     "regions": {"wt": [1, 2, 3], "tc": [2, 3], "et": [3]}, "num_folds": 5, "fold": 0},
     "seed_3d_brats21_3mod": {"data": "brats21", "model": "unet3d", "sampling": "3d", "modalities": ["flair", "t1ce", "t2"],
                              "crop": "center", "crop_size": [128, 128, 128], "patch_size": [128, 128, 128]},
@@ -115,11 +108,12 @@ def _plain(value):
 
 
 # ---------------------------------------------------------------------------------------------
-# experiments/build_layouts.py
+# lightning_brats.data.release_layouts (experiments/build_layouts.py)
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
-@pytest.mark.parametrize("release", build_layouts.RELEASES)
+@pytest.mark.parametrize("release", release_layouts.RELEASES)
 def test_built_layout_reads_like_the_source(release, data_root, brats2018_root, tmp_path):
     """The built release finds every case, with the source's images and WT/TC/ET regions."""
     root = data_root(release)
@@ -132,10 +126,10 @@ def test_built_layout_reads_like_the_source(release, data_root, brats2018_root, 
     for files in cases[:2]:
         src = sources[files.case_id]
         case = load_case(files, datamodule.modalities, datamodule.labels)
-        images = np.stack([nib.load(brats2018_root / src / f"{src}_{m}.nii.gz").get_fdata(dtype=np.float32) for m in MODALITIES])
-        label = np.asarray(nib.load(brats2018_root / src / f"{src}_seg.nii.gz").dataobj)
+        images = np.stack([nib.load(brats2018_root / src / f"{src}_{m}.nii.gz").get_fdata(dtype=np.float32) for m in BRATS_MODALITIES])
+        label = real_label(brats2018_root, src)
         np.testing.assert_array_equal(case.image, images)
-        np.testing.assert_array_equal(labels_to_regions(case.label, datamodule.regions), labels_to_regions(label, BRATS_REGIONS))
+        np.testing.assert_array_equal(labels_to_regions(case.label, datamodule.regions), labels_to_regions(label, BRATS20_REGIONS))
     if release == "brats21":  # symlinks into the source, nothing copied
         assert all(p.is_symlink() and brats2018_root.resolve() in p.resolve().parents for p in cases[0].sources())
     if release == "brats20":  # Kaggle's uncompressed .nii
@@ -151,17 +145,29 @@ def test_built_layout_reads_like_the_source(release, data_root, brats2018_root, 
 @pytest.mark.real_data
 def test_build_layouts_cli_and_refusals(brats2018_root, tmp_path, capsys):
     out = tmp_path / "brats21"
-    build_layouts.main(["--source", str(brats2018_root), "--out", str(out), "--release", "brats21",
+    release_layouts.main(["--source", str(brats2018_root), "--out", str(out), "--release", "brats21",
                         "--cases", SOURCE_CASES[0]])
     assert "brats21: 1 cases" in capsys.readouterr().out
     assert sorted(p.name for p in (out / "BraTS2021_00001").iterdir()) == [
         f"BraTS2021_00001_{p}.nii.gz" for p in ["flair", "seg", "t1", "t1ce", "t2"]
     ]
-    build_layouts.build(brats2018_root, out, "brats21", SOURCE_CASES[:1])  # a re-run keeps what is there
+    release_layouts.build(brats2018_root, out, "brats21", SOURCE_CASES[:1])  # a re-run keeps what is there
     with pytest.raises(ValueError, match="must not contain each other"):
-        build_layouts.build(brats2018_root, brats2018_root / "layouts", "brats21")
+        release_layouts.build(brats2018_root, brats2018_root / "layouts", "brats21")
     with pytest.raises(FileNotFoundError, match="no labelled case folders"):
-        build_layouts.build(brats2018_root, tmp_path / "x", "brats21", ["Brats18_nonexistent"])
+        release_layouts.build(brats2018_root, tmp_path / "x", "brats21", ["Brats18_nonexistent"])
+
+
+@pytest.mark.slow  # a Python process of its own
+@pytest.mark.real_data
+def test_build_layouts_script_is_a_thin_wrapper(brats2018_root, tmp_path):
+    """``python experiments/build_layouts.py``: the same command line as the package's builder."""
+    wrapper = subprocess.run([sys.executable, "experiments/build_layouts.py", "--source", str(brats2018_root), "--out",
+                              str(tmp_path / "men_rt"), "--release", "brats_men_rt", "--cases", SOURCE_CASES[0]],
+                             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, check=False)
+    assert wrapper.returncode == 0, wrapper.stderr[-2000:]
+    assert "brats_men_rt: 1 cases" in wrapper.stdout
+    assert (tmp_path / "men_rt" / "BraTS-MEN-RT-0001-1" / "BraTS-MEN-RT-0001-1_gtv.nii.gz").is_file()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,6 +191,7 @@ def _small(cfg) -> list[str]:
     return ["data.spacing=[4,4,4]", f"data.patch_size={patch}", *gpu_recipe]
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 @pytest.mark.parametrize(
     "experiment", [pytest.param(e, marks=pytest.mark.slow) if e in GPU_RECIPES else e for e in EXPERIMENTS]
@@ -204,6 +211,8 @@ def test_experiment_trains_a_fast_dev_run_step(experiment, data_root, cache_dir,
     dice = {f"val/dice_{r}" for r in [*regions, "mean"]}
     assert {"train/loss", *dice} <= set(metrics), sorted(metrics)
     assert all(0.0 <= metrics[k] <= 1.0 for k in dice) and math.isfinite(metrics["train/loss"])
+    per_region = [metrics[k] for k in sorted(dice) if k != "val/dice_mean"]
+    assert metrics["val/dice_mean"] == pytest.approx(sum(per_region) / len(per_region), abs=1e-6)
     # the recipe's modalities reach the network's input channels, in the configured patch
     channels, patch = len(cfg.data.modalities), list(cfg.data.patch_size)[: int(cfg.data.sampling[0])]
     assert f"input {[2, channels, *patch]} -> output {[2, len(regions), *patch]}" in caplog.text

@@ -11,14 +11,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from lightning_brats.data import release_layouts
 from lightning_brats.data.layouts import load_case
 from lightning_brats.labels import labels_to_regions
-from tests.conftest import compose_config
+from tests.conftest import BRATS20_REGIONS, BRATS_MODALITIES, SOURCE_CASES, compose_config, real_label
 
 pytestmark = pytest.mark.real_data
 
-SOURCE_CASES = ["Brats18_2013_11_1", "Brats18_CBICA_ABM_1"]
-MODALITIES = ["flair", "t1", "t1ce", "t2"]
 
 
 def _link(src: Path, dst: Path) -> None:
@@ -26,39 +25,34 @@ def _link(src: Path, dst: Path) -> None:
     dst.symlink_to(src)
 
 
+def _build(release: str, source: Path, root: Path, **options) -> list[str]:
+    """The package's builder on :data:`SOURCE_CASES`: the new case IDs in source order."""
+    return [new for _, new in release_layouts.build(source, root, release, SOURCE_CASES, **options)]
+
+
 def _build_brats20(source: Path, root: Path) -> list[str]:
-    """Kaggle layout, uncompressed .nii; the second case is case 355 with its odd label name."""
-    ids = ["BraTS20_Training_001", "BraTS20_Training_355"]
+    """Kaggle layout, uncompressed .nii, one folder deeper; the second case is case 355 with the
+    odd label file name of the real download."""
+    built = root / "build"
+    first, second = _build("brats20", source, built)
     base = root / "BraTS2020_TrainingData" / "MICCAI_BraTS2020_TrainingData"
-    for src_id, case_id in zip(SOURCE_CASES, ids):
-        for part in [*MODALITIES, "seg"]:
-            img = nib.load(source / src_id / f"{src_id}_{part}.nii.gz")
-            name = "W39_1998.09.19_Segm.nii" if (part == "seg" and case_id.endswith("355")) else f"{case_id}_{part}.nii"
-            (base / case_id).mkdir(parents=True, exist_ok=True)
-            nib.save(img, base / case_id / name)
-    return ids
+    base.parent.mkdir(parents=True)
+    (built / "MICCAI_BraTS2020_TrainingData").rename(base)
+    odd = base / "BraTS20_Training_355"
+    (base / second).rename(odd)
+    for path in odd.iterdir():
+        part = path.name.removeprefix(f"{second}_")
+        path.rename(odd / ("W39_1998.09.19_Segm.nii" if part == "seg.nii" else f"BraTS20_Training_355_{part}"))
+    return [first, odd.name]
 
 
 def _build_brats21(source: Path, root: Path) -> list[str]:
-    ids = ["BraTS2021_00000", "BraTS2021_00002"]
-    for src_id, case_id in zip(SOURCE_CASES, ids):
-        for part in [*MODALITIES, "seg"]:
-            _link(source / src_id / f"{src_id}_{part}.nii.gz", root / case_id / f"{case_id}_{part}.nii.gz")
-    return ids
+    return _build("brats21", source, root)
 
 
 def _build_brats23(source: Path, root: Path) -> list[str]:
-    """2023 names (t2f/t1n/t1c/t2w) and labels (ET 4 -> 3)."""
-    ids = ["BraTS-GLI-00000-000", "BraTS-GLI-00002-000"]
-    names = {"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w"}
-    for src_id, case_id in zip(SOURCE_CASES, ids):
-        for modality, suffix in names.items():
-            _link(source / src_id / f"{src_id}_{modality}.nii.gz", root / case_id / f"{case_id}-{suffix}.nii.gz")
-        seg = nib.load(source / src_id / f"{src_id}_seg.nii.gz")
-        label = np.asarray(seg.dataobj).copy()
-        label[label == 4] = 3
-        nib.save(nib.Nifti1Image(label, seg.affine, seg.header), root / case_id / f"{case_id}-seg.nii.gz")
-    return ids
+    """2023 names (t2f/t1n/t1ce/t2w) and labels (ET 4 -> 3)."""
+    return _build("brats23", source, root)
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +60,9 @@ def reference(brats2018_root):
     """Images and region masks of the source cases read with the brats20 config."""
     out = {}
     for src_id in SOURCE_CASES:
-        images = np.stack([nib.load(brats2018_root / src_id / f"{src_id}_{m}.nii.gz").get_fdata(dtype=np.float32) for m in MODALITIES])
-        label = np.asarray(nib.load(brats2018_root / src_id / f"{src_id}_seg.nii.gz").dataobj)
-        out[src_id] = (images, labels_to_regions(label, {"wt": [1, 2, 4], "tc": [1, 4], "et": [4]}))
+        images = np.stack([nib.load(brats2018_root / src_id / f"{src_id}_{m}.nii.gz").get_fdata(dtype=np.float32) for m in BRATS_MODALITIES])
+        label = real_label(brats2018_root, src_id)
+        out[src_id] = (images, labels_to_regions(label, BRATS20_REGIONS))
     return out
 
 
@@ -86,6 +80,7 @@ def _assert_reads_like_reference(data: str, root: Path, ids: list[str], referenc
         np.testing.assert_array_equal(labels_to_regions(case.label, datamodule.regions), regions)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "data,build", [("brats20", _build_brats20), ("brats21", _build_brats21), ("brats23", _build_brats23)]
 )
@@ -109,7 +104,7 @@ def test_brats23_rejects_brats20_label_codes(brats2018_root, tmp_path):
 
 def test_validation_release_cases_have_no_label(brats2018_root, tmp_path):
     root = tmp_path / "MICCAI_BraTS2020_ValidationData"
-    for modality in MODALITIES:
+    for modality in BRATS_MODALITIES:
         _link(brats2018_root / SOURCE_CASES[0] / f"{SOURCE_CASES[0]}_{modality}.nii.gz",
               root / "BraTS20_Validation_001" / f"BraTS20_Validation_001_{modality}.nii.gz")
     cfg = compose_config(["data=brats20", f"data.root={root}"], tmp_path / "out")
@@ -130,35 +125,21 @@ def test_brats23_reader_finds_the_shared_unlabelled_case(tmp_path):
     assert case.image.shape == (4, 240, 240, 155) and case.label is None
 
 
-MSD_NAMES = {"flair": "FLAIR", "t1": "T1w", "t1ce": "t1gd", "t2": "T2w"}
-
-
 def _build_msd(source: Path, root: Path, channel_order: list[str], with_json: bool = True) -> list[str]:
-    """Task01 layout: one 4D image per case in ``channel_order``, labels recoded to MSD's
-    (BraTS 1 NCR/NET -> 2, 2 ED -> 1, 4 ET -> 3), dataset.json, and a macOS ``._`` file."""
+    """Task01 layout: one 4D image per case in ``channel_order``, labels recoded to MSD's, dataset.json
+    (or none), and a macOS ``._`` file beside the images."""
+    ids = _build("msd_task01", source, root, msd_channels=channel_order)
     task = root / "Task01_BrainTumour"
-    (task / "imagesTr").mkdir(parents=True)
-    (task / "labelsTr").mkdir()
-    ids = ["BRATS_001", "BRATS_002"]
-    for src_id, case_id in zip(SOURCE_CASES, ids):
-        imgs = [nib.load(source / src_id / f"{src_id}_{m}.nii.gz") for m in channel_order]
-        stack = np.stack([np.asarray(i.dataobj) for i in imgs], axis=-1)
-        nib.save(nib.Nifti1Image(stack, imgs[0].affine), task / "imagesTr" / f"{case_id}.nii.gz")
-        seg = nib.load(source / src_id / f"{src_id}_seg.nii.gz")
-        brats = np.asarray(seg.dataobj)
-        msd = np.select([brats == 1, brats == 2, brats == 4], [2, 1, 3], 0).astype(np.uint8)
-        nib.save(nib.Nifti1Image(msd, seg.affine), task / "labelsTr" / f"{case_id}.nii.gz")
     (task / "imagesTr" / "._BRATS_001.nii.gz").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
-    if with_json:
-        modality = {str(i): MSD_NAMES[m] for i, m in enumerate(channel_order)}
-        labels = {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"}
-        (task / "dataset.json").write_text(json.dumps({"name": "BRATS", "modality": modality, "labels": labels}))
+    if not with_json:
+        (task / "dataset.json").unlink()
     return ids
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "channel_order,with_json",
-    [(["flair", "t1", "t1ce", "t2"], True), (["t2", "t1ce", "flair", "t1"], True), (["flair", "t1", "t1ce", "t2"], False)],
+    [(BRATS_MODALITIES, True), (["t2", "t1ce", "flair", "t1"], True), (BRATS_MODALITIES, False)],
 )
 def test_msd_4d_layout_reads_the_same_images_and_regions(channel_order, with_json, brats2018_root, reference, tmp_path):
     root = tmp_path / "root"
@@ -168,7 +149,7 @@ def test_msd_4d_layout_reads_the_same_images_and_regions(channel_order, with_jso
 
 def test_msd_dataset_json_without_a_modality_names_the_file(brats2018_root, tmp_path):
     root = tmp_path / "root"
-    _build_msd(brats2018_root, root, ["flair", "t1", "t1ce", "t2"])
+    _build_msd(brats2018_root, root, BRATS_MODALITIES)
     path = root / "Task01_BrainTumour" / "dataset.json"
     path.write_text(json.dumps({"modality": {"0": "FLAIR", "1": "T1w", "2": "T2w"}}))
     cfg = compose_config(["data=msd_task01", f"data.root={root}"], tmp_path / "out")
@@ -178,7 +159,7 @@ def test_msd_dataset_json_without_a_modality_names_the_file(brats2018_root, tmp_
 
 def test_msd_3d_image_where_4d_is_expected_names_the_file(brats2018_root, tmp_path):
     root = tmp_path / "root"
-    _build_msd(brats2018_root, root, ["flair", "t1", "t1ce", "t2"], with_json=False)
+    _build_msd(brats2018_root, root, BRATS_MODALITIES, with_json=False)
     bad = root / "Task01_BrainTumour" / "imagesTr" / "BRATS_002.nii.gz"
     bad.unlink()
     _link(brats2018_root / SOURCE_CASES[1] / f"{SOURCE_CASES[1]}_flair.nii.gz", bad)

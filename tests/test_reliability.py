@@ -295,9 +295,11 @@ def test_the_clis_name_a_truncated_checkpoint_in_one_message(tool, phantom_check
 
 def _phantom_cache(phantom_root: Path, cache_dir: Path):
     from lightning_brats.data.preprocess import PreprocessedCache
-    from tests.test_layouts import BRATS20, LABELS, MODALITIES
+    from lightning_brats.data.settings import PreprocessingSettings
+    from tests.conftest import BRATS20_LABELS, BRATS20_LAYOUT, BRATS_MODALITIES
 
-    return PreprocessedCache(cache_dir, "phantoms", MODALITIES, LABELS, [2, 2, 2]), BRATS20.find_cases(phantom_root)
+    settings = PreprocessingSettings(BRATS_MODALITIES, spacing=[2, 2, 2])
+    return PreprocessedCache(cache_dir, "phantoms", settings, BRATS20_LABELS), BRATS20_LAYOUT.find_cases(phantom_root)
 
 
 def test_a_cache_entry_damaged_after_the_fact_is_found_and_rebuilt(phantom_root, tmp_path):

@@ -82,6 +82,7 @@ def _load(path: Path) -> dict:
     return torch.load(path, weights_only=True, map_location="cpu")
 
 
+@pytest.mark.slow
 def test_two_epochs_then_resume_equals_three_straight(phantom_root, tmp_path):
     straight = _run(phantom_root, tmp_path / "straight", ["trainer.max_epochs=3", "logger=csv"])
     # the first run of a task: logs/train/runs/<run>; stopped after 2 of its 3 planned epochs
@@ -140,6 +141,7 @@ def test_ckpt_path_last_takes_the_newest_run_and_names_where_it_looked(tmp_path)
     assert resolve_ckpt_path(cfg) is None
 
 
+@pytest.mark.slow
 def test_slurm_requeue_resumes_from_lightnings_checkpoint(phantom_root, tmp_path, monkeypatch):
     """SIGUSR1 under SLURM: Lightning saves hpc_ckpt_1.ckpt in the run folder and requeues; the
     requeued job (same command, same run folder, no ckpt_path) resumes from it, W&B run included."""

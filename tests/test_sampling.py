@@ -40,6 +40,7 @@ def test_centred_patch_contains_its_centre():
         assert all(s <= c < s + 32 for s, c in zip(start, centre))
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 @pytest.mark.parametrize("patch_size", [(32, 32, 32), (32, 32)])
 def test_foreground_fraction_of_batches_matches_setting(real_datamodule, patch_size):
@@ -62,6 +63,7 @@ def test_foreground_fraction_of_batches_matches_setting(real_datamodule, patch_s
         assert not (tc & ~wt).any() and not (et & ~tc).any()
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_epochs_are_reproducible_and_differ(real_datamodule):
     dataset = real_datamodule.train_set
@@ -70,6 +72,7 @@ def test_epochs_are_reproducible_and_differ(real_datamodule):
     assert not torch.equal(a["image"], dataset[(1, 3)]["image"])
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_split_is_by_case(real_datamodule):
     assert len(real_datamodule.train_ids) == 16 and len(real_datamodule.val_ids) == 4
@@ -77,6 +80,7 @@ def test_split_is_by_case(real_datamodule):
     assert {c.case_id for c in real_datamodule.train_set.cases} == set(real_datamodule.train_ids)
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 @pytest.mark.parametrize("patch_size", [(48, 48, 48), (64, 64)])
 def test_spatial_augmentation_keeps_binary_nested_targets(real_datamodule, patch_size):
@@ -93,6 +97,7 @@ def test_spatial_augmentation_keeps_binary_nested_targets(real_datamodule, patch
         assert not torch.equal(sample["image"], plain[(0, i)]["image"])  # and really transformed
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_splits_json_is_written_next_to_the_cache_and_reproducible(real_datamodule):
     import json
@@ -123,6 +128,7 @@ def _datamodule_with_splits(brats2018_root, cache_dir, tmp_path, splits):
     return datamodule, path
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_user_splits_file_is_used(brats2018_root, cache_dir, tmp_path):
     ids = sorted(p.name for p in brats2018_root.iterdir())
@@ -132,6 +138,7 @@ def test_user_splits_file_is_used(brats2018_root, cache_dir, tmp_path):
     assert datamodule.val_ids == ids[17:] and datamodule.train_ids == ids[:17]
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_user_splits_with_unknown_case_names_the_file(brats2018_root, cache_dir, tmp_path):
     from lightning_brats.data.layouts import DataError

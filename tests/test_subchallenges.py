@@ -3,13 +3,12 @@
 (RC beside WT, CC beside ET, a lone GTV) turned back into labels, and post-processing per dataset.
 
 The real-data tests read layouts built in temporary folders from shared BraTS 2018 cases by
-``experiments/build_layouts.py``, relabelled to each release's codes; the expected labels are worked
+``lightning_brats.data.release_layouts``, relabelled to each release's codes; the expected labels are worked
 out here from the BraTS 2018 codes (1 NCR/NET, 2 ED, 4 ET), not taken from the builder.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
@@ -19,16 +18,15 @@ import numpy as np
 import pytest
 
 from lightning_brats.cli.train import CONFIG_DIR
+from lightning_brats.data import release_layouts
 from lightning_brats.data.layouts import load_case
 from lightning_brats.labels import RegionNode, labels_to_regions, region_tree, regions_to_labels
 from lightning_brats.prediction import PostProcessing, postprocessing_for
-from tests.conftest import REPO, compose_config
+from tests.conftest import BRATS_MODALITIES, SOURCE_CASES, compose_config, real_label
 
 SUBCHALLENGES = ["brats24_gli", "brats_men", "brats_men_rt", "brats_met", "brats_ped", "brats_ssa"]
 GLI24 = {"wt": [1, 2, 3], "tc": [1, 3], "et": [3], "rc": [4]}
 PED = {"wt": [1, 2, 3, 4], "tc": [1, 2, 3], "et": [1], "cc": [3]}
-SOURCE_CASES = ["Brats18_2013_11_1", "Brats18_CBICA_ABM_1"]
-MODALITIES = ["flair", "t1", "t1ce", "t2"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -40,15 +38,15 @@ def _data(name: str, tmp_path: Path, *overrides: str):
 
 
 EXPECTED = {  # labels, regions (network outputs), modalities, metrics, dilation, min_volume
-    "brats24_gli": ({"netc": 1, "snfh": 2, "et": 3, "rc": 4}, GLI24, MODALITIES, "brats2024", 3,
+    "brats24_gli": ({"netc": 1, "snfh": 2, "et": 3, "rc": 4}, GLI24, BRATS_MODALITIES, "brats2024", 3,
                     {"wt": 20, "tc": 20, "et": 10, "netc": 20, "snfh": 20, "rc": 10}),
-    "brats_men": ({"ncr_net": 1, "ed": 2, "et": 3}, {"wt": [1, 2, 3], "tc": [1, 3], "et": [3]}, MODALITIES, "brats2023", 1,
+    "brats_men": ({"ncr_net": 1, "ed": 2, "et": 3}, {"wt": [1, 2, 3], "tc": [1, 3], "et": [3]}, BRATS_MODALITIES, "brats2023", 1,
                   {"wt": 50, "tc": 50, "et": 50}),
-    "brats_met": ({"ncr_net": 1, "ed": 2, "et": 3}, {"wt": [1, 2, 3], "tc": [1, 3], "et": [3]}, MODALITIES, "brats2023", 1,
+    "brats_met": ({"ncr_net": 1, "ed": 2, "et": 3}, {"wt": [1, 2, 3], "tc": [1, 3], "et": [3]}, BRATS_MODALITIES, "brats2023", 1,
                   {"wt": 2, "tc": 2, "et": 2}),
-    "brats_ssa": ({"ncr_net": 1, "ed": 2, "et": 3}, {"wt": [1, 2, 3], "tc": [1, 3], "et": [3]}, MODALITIES, "brats2023", 3,
+    "brats_ssa": ({"ncr_net": 1, "ed": 2, "et": 3}, {"wt": [1, 2, 3], "tc": [1, 3], "et": [3]}, BRATS_MODALITIES, "brats2023", 3,
                   {"wt": 50, "tc": 50, "et": 50}),
-    "brats_ped": ({"et": 1, "net": 2, "cc": 3, "ed": 4}, PED, MODALITIES, "brats2024", 5,
+    "brats_ped": ({"et": 1, "net": 2, "cc": 3, "ed": 4}, PED, BRATS_MODALITIES, "brats2024", 5,
                   {"wt": 10, "tc": 10, "et": 10, "net": 10, "cc": 10, "ed": 10}),
     "brats_men_rt": ({"gtv": 1}, {"gtv": [1]}, ["t1ce"], "brats2023", 1, {"gtv": 50}),
 }
@@ -190,14 +188,6 @@ def test_small_enhancing_islands_take_the_label_of_the_region_around_them():
 # every config reads a layout built from real cases
 
 
-def _build_layouts_module():
-    spec = importlib.util.spec_from_file_location("build_layouts", REPO / "experiments" / "build_layouts.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-build_layouts = _build_layouts_module()
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +198,7 @@ def built(brats2018_root, tmp_path_factory):
     def root(data: str, n: int = 1) -> Path:
         if (data, n) not in roots:
             roots[(data, n)] = tmp_path_factory.mktemp(f"layout_{data}")
-            build_layouts.build(brats2018_root, roots[(data, n)], data, SOURCE_CASES[:n])
+            release_layouts.build(brats2018_root, roots[(data, n)], data, SOURCE_CASES[:n])
         return roots[(data, n)]
 
     return root
@@ -231,6 +221,7 @@ def _expected_label(source: np.ndarray, release: str) -> np.ndarray:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 @pytest.mark.parametrize("name", SUBCHALLENGES)
 def test_subchallenge_layout_reads_the_relabelled_real_case(name, built, brats2018_root, tmp_path):
@@ -246,7 +237,7 @@ def test_subchallenge_layout_reads_the_relabelled_real_case(name, built, brats20
     images = np.stack([nib.load(brats2018_root / src / f"{src}_{m}.nii.gz").get_fdata(dtype=np.float32)
                        for m in EXPECTED[name][2]])
     np.testing.assert_array_equal(case.image, images)
-    expected = _expected_label(np.asarray(nib.load(brats2018_root / src / f"{src}_seg.nii.gz").dataobj), name)
+    expected = _expected_label(real_label(brats2018_root, src), name)
     np.testing.assert_array_equal(case.label, expected)
     assert set(np.unique(case.label)) == {0, *EXPECTED[name][0].values()}  # every label of the release occurs
     # regions as the release defines them, and back to the very same labels
@@ -274,3 +265,5 @@ def test_brats24_gli_trains_a_fast_dev_run_step(built, cache_dir, tmp_path):
     dice = {f"val/dice_{r}" for r in ["wt", "tc", "et", "rc", "mean"]}
     assert dice <= set(metrics), sorted(metrics)
     assert all(0.0 <= metrics[k] <= 1.0 for k in dice) and math.isfinite(metrics["train/loss"])
+    per_region = [metrics[k] for k in sorted(dice) if k != "val/dice_mean"]
+    assert metrics["val/dice_mean"] == pytest.approx(sum(per_region) / len(per_region), abs=1e-6)

@@ -68,6 +68,7 @@ def fold_multirun(phantom_root, tmp_path_factory) -> Path:
     return sweep
 
 
+@pytest.mark.slow
 def test_multirun_jobs_get_their_own_folders(fold_multirun):
     assert (fold_multirun / "multirun.yaml").is_file()
     for fold in (0, 1):
@@ -81,6 +82,7 @@ def test_multirun_jobs_get_their_own_folders(fold_multirun):
     assert _final_csv_dice(fold_multirun / "0") != _final_csv_dice(fold_multirun / "1")
 
 
+@pytest.mark.slow
 def test_wandb_runs_of_a_sweep_share_a_group_and_carry_override_tags(fold_multirun):
     records = {fold: _wandb_run_record(fold_multirun / str(fold))[1] for fold in (0, 1)}
     assert records[0].run_group == records[1].run_group == f"train-{fold_multirun.name}"
@@ -104,6 +106,7 @@ def test_single_run_has_no_group_and_tags_its_overrides(tmp_path):
     assert plain.logger.wandb.group == "" and list(plain.logger.wandb.tags) == ["dev"]
 
 
+@pytest.mark.slow
 def test_summarize_a_real_multirun(fold_multirun):
     proc = subprocess.run([sys.executable, "-m", "lightning_brats.cli", "summarize", str(fold_multirun)], cwd=REPO,
                           capture_output=True, text=True, timeout=120, check=False)
@@ -145,6 +148,7 @@ def _fake_job(root: Path, name: str, overrides: list[str], dice: dict[str, float
     (job / "csv" / "metrics.csv").write_text("\n".join(lines) + "\n")
 
 
+@pytest.mark.slow
 def test_summarize_groups_models_over_folds(tmp_path):
     expected = {}
     for num, (model, fold) in enumerate((m, f) for m in ("unet2d", "unet3d") for f in range(3)):
@@ -179,6 +183,7 @@ def test_summarize_groups_models_over_folds(tmp_path):
     assert math.isnan(summarize_multirun(tmp_path / "lone").groups[0]["val/dice_mean_std"])
 
 
+@pytest.mark.slow
 def test_summarize_names_a_folder_without_finished_jobs(tmp_path):
     with pytest.raises(SummaryError, match=rf"{tmp_path} holds no job folder"):
         summarize_multirun(tmp_path)
@@ -190,6 +195,7 @@ def test_summarize_names_a_folder_without_finished_jobs(tmp_path):
     assert proc.returncode == 1 and "missing is not a folder" in proc.stderr
 
 
+@pytest.mark.slow
 def test_optuna_search_runs_trials_and_reports_the_best(phantom_root, tmp_path):
     _require("hydra_plugins.hydra_optuna_sweeper.optuna_sweeper", "sweep")
     import optuna

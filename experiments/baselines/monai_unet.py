@@ -59,7 +59,7 @@ from monai.transforms import (
     SpatialPadd,
 )
 
-from lightning_brats.data.datamodule import kfold_split, read_splits
+from lightning_brats.data.splits import kfold_split, read_splits
 from lightning_brats.labels import regions_to_labels
 
 #: input channels, in the order of this project's data configs

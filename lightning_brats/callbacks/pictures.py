@@ -20,7 +20,7 @@ class ValidationPictures(pl.Callback):
 
     The module's ``validation_step`` returns ``{"pred": (B, R, *spatial) bool}``, its thresholded
     prediction of the batch, so the picture costs no extra inference. The number of cases and the
-    modality shown come from the module (``model.num_val_images``, ``model.display_modality``),
+    modality shown come from the module (``model.num_val_images``, ``model.display_modality`` = ``display.modality``),
     as they did when the module drew the pictures itself. Under DDP only global rank 0 draws, from
     its own share of the cases. Nothing is drawn when no logger holds images (CSV only,
     ``fast_dev_run``).

@@ -189,7 +189,7 @@ def evaluate(cfg: DictConfig) -> dict:
             f"{len(missing)} of {len(cases)} labelled cases have no prediction in {predictions} "
             f"(expected <case>.nii.gz): {missing}; allow_missing=true scores them as empty"
         )
-    shown = [m for m in cfg.display_modality if m in data["modalities"]][:1] or [data["modalities"][0]]
+    shown = [m for m in cfg.display.modality if m in data["modalities"]][:1] or [data["modalities"][0]]
     nesting = [code for _, code in nested_region_codes(regions)]
     pictures = output_dir / "pictures"
     if cfg.pictures:

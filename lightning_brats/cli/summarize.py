@@ -19,7 +19,6 @@ atomically, to ``<multirun dir>/summary_jobs.csv`` and ``<multirun dir>/summary.
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import re
 import sys
@@ -29,6 +28,8 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 from rich.table import Table
+
+from lightning_brats.evaluation import describe, read_csv, write_csv
 
 #: The override left out of the grouping: its values are the folds a group's mean is taken over.
 FOLD_KEY = "data.fold"
@@ -98,31 +99,29 @@ def find_job_dirs(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: _natural(str(p.relative_to(root))))
 
 
-def _float(text: str | None) -> float | None:
-    try:
-        value = float(text) if text not in (None, "") else None
-    except ValueError:
-        return None
-    return value
-
-
 def read_final_dice(metrics_csv: Path) -> dict[str, float] | None:
     """The last row of a CSV logger's ``metrics.csv`` with ``val/dice_mean``.
 
     Returns:
         ``{column: Dice}`` for the ``val/dice_*`` columns of that row, or ``None`` when the file
         is missing or has no such row.
+
+    Raises:
+        DataError: the file is malformed (:func:`~lightning_brats.evaluation.read_csv` names it).
     """
     if not metrics_csv.is_file():
         return None
-    final = None
-    with open(metrics_csv, newline="") as handle:
-        for row in csv.DictReader(handle):
-            if _float(row.get(f"{_DICE}mean")) is not None:
-                final = row
-    if final is None:
+    final = [row for row in read_csv(metrics_csv) if logged(row, f"{_DICE}mean")]
+    if not final:
         return None
-    return {k: v for k, v in ((k, _float(t)) for k, t in final.items() if k and k.startswith(_DICE)) if v is not None}
+    return {k: v for k, v in final[-1].items() if k.startswith(_DICE) and logged(final[-1], k)}
+
+
+def logged(row: dict, key: str) -> bool:
+    """Whether a row of the CSV logger's ``metrics.csv`` (read by :func:`~lightning_brats.evaluation.read_csv`)
+    holds a number under ``key`` (the logger leaves the cells of other steps' metrics empty)."""
+    value = row.get(key)
+    return isinstance(value, float) and not math.isnan(value)
 
 
 def _region_order(job_dir: Path) -> list[str]:
@@ -137,14 +136,6 @@ def _region_order(job_dir: Path) -> list[str]:
     if isinstance(regions, list):
         return [str(r["name"]) if isinstance(r, dict) and "name" in r else str(r) for r in regions]
     return []
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (ddof=1) of ``values``; the std is NaN for fewer than two."""
-    n = len(values)
-    mean = sum(values) / n if n else math.nan
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
-    return mean, std
 
 
 def summarize_multirun(root: Path | str, fold_key: str = FOLD_KEY) -> MultirunSummary:
@@ -204,8 +195,8 @@ def summarize_multirun(root: Path | str, fold_key: str = FOLD_KEY) -> MultirunSu
         folds = [o.split("=", 1)[1] for job in members for o in job.overrides if override_key(o) == fold_key]
         row = {"group": " ".join(key) or "all jobs", "jobs": len(members), "folds": " ".join(folds)}
         for metric in metrics:
-            mean, std = mean_std([job.dice[metric] for job in members if metric in job.dice])
-            row[f"{metric}_mean"], row[f"{metric}_std"] = mean, std
+            stats = describe([job.dice[metric] for job in members if metric in job.dice])
+            row[f"{metric}_mean"], row[f"{metric}_std"] = stats["mean"], stats["std"]
         groups.append(row)
     return MultirunSummary(
         root=root, jobs=jobs, skipped=skipped, varying=varying, metrics=metrics, groups=groups, fold_key=fold_key
@@ -223,24 +214,11 @@ def job_rows(summary: MultirunSummary) -> list[dict]:
     return rows
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    from lightning_brats.data.preprocess import atomic_save
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()})
-
-    atomic_save(path, write)
-
-
 def write_summary(summary: MultirunSummary) -> tuple[Path, Path]:
     """Write ``summary_jobs.csv`` and ``summary.csv`` into the multirun folder (atomically); their paths."""
     jobs_path, groups_path = summary.root / JOBS_CSV, summary.root / SUMMARY_CSV
-    _write_csv(jobs_path, job_rows(summary))
-    _write_csv(groups_path, summary.groups)
+    write_csv(jobs_path, job_rows(summary), digits=None, nan="")  # full precision; an empty std for one job
+    write_csv(groups_path, summary.groups, digits=None, nan="")
     return jobs_path, groups_path
 
 
