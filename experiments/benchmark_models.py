@@ -24,7 +24,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-# model config, patch (voxels), batch size: 3D at brats_cpu's 2 mm scale, 2D at brats_cpu_2d's
+# model config, patch (voxels), batch size: 3D at brats_cpu_3d's 2 mm scale, 2D at brats_cpu's
 CASES = [
     ("unet3d", (64, 64, 64), 2),
     ("resunet3d", (64, 64, 64), 2),

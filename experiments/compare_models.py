@@ -1,12 +1,12 @@
-"""Train every 3D ``model=`` variant with ``experiment=brats_cpu`` under one time budget, then tabulate.
+"""Train every 3D ``model=`` variant with ``experiment=brats_cpu_3d`` under one time budget, then tabulate.
 
 Usage:
     python experiments/compare_models.py --root ../shared/data/brats2018 [--minutes 8] [--models unet3d,segresnet]
 
-Each variant runs ``python train.py experiment=brats_cpu model=<name>`` on the same fold with
+Each variant runs ``python train.py experiment=brats_cpu_3d model=<name>`` on the same fold with
 the same wall-clock budget (``trainer.max_time``), validating every epoch so that a slow
 variant still gets validated; the checkpoint with the best mean Dice is validated at the end.
-SwinUNETR cannot take brats_cpu's 48^3 patches (multiples of 32, at least 64), so it trains
+SwinUNETR cannot take brats_cpu_3d's 48^3 patches (multiples of 32, at least 64), so it trains
 on 64^3 patches in batches of 2, with 200 samples per epoch to keep 100 steps per epoch.
 Prints a Markdown table (parameters, epochs and steps reached, wall minutes, Dice per region
 of the best checkpoint); record it in experiments/README.md.
@@ -38,7 +38,7 @@ def run(name: str, root: str, minutes: int) -> Path:
     """Train one variant; return its run folder."""
     task = f"compare_models_{name}"
     command = [
-        sys.executable, "train.py", "experiment=brats_cpu", f"model={name}", f"data.root={root}", f"task_name={task}",
+        sys.executable, "train.py", "experiment=brats_cpu_3d", f"model={name}", f"data.root={root}", f"task_name={task}",
         f"trainer.max_time=00:00:{minutes:02d}:00", "trainer.check_val_every_n_epoch=1", *VARIANTS[name],
     ]
     print(" ".join(command[1:]), file=sys.stderr, flush=True)

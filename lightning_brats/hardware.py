@@ -2,7 +2,7 @@
 
 bf16 autocast halves a 3D U-Net step on a CPU with native bf16 instructions (AVX512-BF16 or
 AMX-BF16), but on a CPU without them PyTorch falls back to reference kernels (``slow_conv3d``
-and a scalar bf16 GEMM): one step of the ``brats_cpu`` U-Net took 113 s in bf16 against 3.3 s
+and a scalar bf16 GEMM): one step of the ``brats_cpu_3d`` U-Net took 113 s in bf16 against 3.3 s
 in fp32 on an AVX2-only EPYC. So a preset never names a precision; it says ``auto`` and
 :func:`resolve_precision` asks PyTorch what this CPU or GPU supports.
 """
@@ -116,7 +116,7 @@ def resolve_precision(requested: str | int, accelerator: str = "auto") -> tuple[
     - on CUDA: ``"bf16-mixed"`` where the GPU supports bf16 (Ampere and newer), else ``"16-mixed"``;
     - on a CPU: ``"bf16-mixed"`` only where the CPU has native bf16 instructions (AVX512-BF16 or
       AMX-BF16, :func:`cpu_info`), else ``"32"``: without them PyTorch's bf16 convolutions fall
-      back to reference kernels, ~34x slower than fp32 for the ``brats_cpu`` U-Net.
+      back to reference kernels, ~34x slower than fp32 for the ``brats_cpu_3d`` U-Net.
 
     Args:
         requested: ``trainer.precision`` (``"auto"``, ``32``, ``"bf16-mixed"``, ...).

@@ -101,7 +101,7 @@ def test_presets_leave_precision_to_the_machine(tmp_path, cpu, caplog):
     """No preset names a precision; train.py resolves it, writes it into the config and logs why."""
     before = torch.get_num_threads()
     try:
-        for overrides in (["experiment=brats_cpu", "data.root=x"], ["experiment=brats_cpu_2d", "data.root=x"],
+        for overrides in (["experiment=brats_cpu", "data.root=x"], ["experiment=brats_cpu_3d", "data.root=x"],
                           ["experiment=lgg_cpu", "data.root=x"], ["trainer=ddp_cpu"], []):
             cfg = compose_config(overrides, tmp_path)
             assert cfg.trainer.precision == "auto", overrides

@@ -122,8 +122,8 @@ def test_norm_activation_and_dropout_are_config_values(tmp_path):
 @pytest.mark.parametrize("name", NAMES)
 def test_variant_trains_one_step_on_real_cases(name, brats2018_root, cache_dir, tmp_path, caplog):
     """One fast_dev_run step of train.py per variant on the shared real cases, in the precision the preset
-    leaves to the machine (brats_cpu names none: bf16 where the CPU runs it natively, else fp32)."""
-    overrides = ["experiment=brats_cpu", f"data.root={brats2018_root}", "debug=fast_dev_run", f"model={name}"]
+    leaves to the machine (brats_cpu_3d names none: bf16 where the CPU runs it natively, else fp32)."""
+    overrides = ["experiment=brats_cpu_3d", f"data.root={brats2018_root}", "debug=fast_dev_run", f"model={name}"]
     if name.endswith("2d"):
         overrides += ["data.sampling=2d", "data.patch_size=[64,64]", "data.batch_size=4"]
     if name == "swinunetr":

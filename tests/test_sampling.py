@@ -121,7 +121,7 @@ def _datamodule_with_splits(brats2018_root, cache_dir, tmp_path, splits):
     path = tmp_path / "my_splits.json"
     path.write_text(json.dumps(splits))
     cfg = compose_config(
-        ["experiment=brats_cpu", f"data.root={brats2018_root}", f"data.splits_file={path}", "data.fold=1"], tmp_path, cache_dir
+        ["experiment=brats_cpu_3d", f"data.root={brats2018_root}", f"data.splits_file={path}", "data.fold=1"], tmp_path, cache_dir
     )
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()

@@ -56,7 +56,7 @@ def test_missing_data_root_fails_before_training(tmp_path):
 @pytest.mark.parametrize("sampling,model", [("3d", "unet3d"), ("2d", "unet2d")])
 def test_fast_dev_run_on_real_cases(brats2018_root, cache_dir, tmp_path, sampling, model):
     cfg = compose_config(
-        ["experiment=brats_cpu", f"data.root={brats2018_root}", "debug=fast_dev_run", f"model={model}",
+        ["experiment=brats_cpu_3d", f"data.root={brats2018_root}", "debug=fast_dev_run", f"model={model}",
          f"data.sampling={sampling}"],
         tmp_path, cache_dir,
     )
