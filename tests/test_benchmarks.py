@@ -93,7 +93,7 @@ class _Module:
 
 
 class _Trainer:
-    loggers: list = []
+    loggers = ()
     global_step = 0
     is_global_zero = True
 

@@ -27,10 +27,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from input_pipeline import report  # noqa: E402
+from input_pipeline import report
 
-from lightning_brats.data.batch_augment import BatchAugmentation  # noqa: E402
-from lightning_brats.data.sampling import Augmentation  # noqa: E402
+from lightning_brats.data.batch_augment import BatchAugmentation
+from lightning_brats.data.sampling import Augmentation
 
 
 def _sync(device: torch.device) -> None:

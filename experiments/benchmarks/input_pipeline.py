@@ -100,7 +100,8 @@ def ours(cases, patch, batch, workers, device_augment: bool = False) -> tuple[It
 
 def monai_pipeline(cases, patch, batch, workers) -> tuple[Iterable, list[str]]:
     from monai import transforms as mt
-    from monai.data import CacheDataset, DataLoader as MonaiLoader
+    from monai.data import CacheDataset
+    from monai.data import DataLoader as MonaiLoader
 
     keys = ["image", "label"]
     dims = len(patch)
