@@ -16,10 +16,10 @@ each) and a random rotation (+-15 deg) and scaling (+-15 %) with p 0.2:
   per-sample CPU augmentation) in a ``DataLoader``.
 - ``ours-batch``: the same samples un-augmented, then :class:`~lightning_brats.data.batch_augment.BatchAugmentation`
   on each batch in the main process (on a GPU it would run there; here on the CPU).
-- ``monai``: ``CacheDataset`` (cases in memory) + ``RandCropByPosNegLabeld`` (pos 0.33, neg 0.67) +
+- ``monai``: ``CacheDataset`` (cases in memory, padded to the patch, with ``FgBgToIndicesd``) + ``RandCropByPosNegLabeld`` (pos 0.33, neg 0.67) +
   ``RandFlipd`` x3 + ``RandScaleIntensityd`` + ``RandShiftIntensityd`` + ``RandAffined`` +
   ``ConvertToMultiChannelBasedOnBratsClassesd``.
-- ``torchio`` (optional): ``SubjectsDataset`` + ``RandomFlip`` + ``RandomAffine`` (p 0.2) + the
+- ``torchio`` (optional): ``SubjectsDataset`` (cases in memory, padded to the patch) + ``RandomFlip`` + ``RandomAffine`` (p 0.2) + the
   intensity change as a ``Lambda``, sampled by ``Queue`` + ``LabelSampler`` (0.33 tumour); TorchIO
   transforms whole subjects, then cuts ``samples_per_volume`` patches from each.
 - ``bgv2`` (optional): nnU-Net v2's per-sample transforms from batchgeneratorsv2 (``SpatialTransform``
@@ -108,8 +108,11 @@ def monai_pipeline(cases, patch, batch, workers) -> tuple[Iterable, list[str]]:
     crop = list(patch) if dims == 3 else [*patch, 1]
     steps = [
         mt.EnsureTyped(keys=keys, track_meta=False),
+        mt.SpatialPadd(keys=keys, spatial_size=crop),  # cached: a crop larger than the case needs padding
+        # cached too, as MONAI's docs advise: the foreground/background voxel indices of each case
+        mt.FgBgToIndicesd(keys="label", fg_postfix="_fg", bg_postfix="_bg"),
         mt.RandCropByPosNegLabeld(keys=keys, label_key="label", spatial_size=crop, pos=OVERSAMPLE, neg=1 - OVERSAMPLE,
-                                  num_samples=1, image_key=None),
+                                  num_samples=1, fg_indices_key="label_fg", bg_indices_key="label_bg"),
     ]
     if dims == 2:
         steps.append(mt.SqueezeDimd(keys=keys, dim=-1))
@@ -141,24 +144,30 @@ def monai_pipeline(cases, patch, batch, workers) -> tuple[Iterable, list[str]]:
     return batches(), [d["case_id"] for d in data]
 
 
+def _scale_shift(x: torch.Tensor) -> torch.Tensor:
+    """The intensity change for TorchIO (a module-level function: its workers pickle the transform)."""
+    shape = (x.shape[0], *(1,) * (x.ndim - 1))
+    if torch.rand(()) < 0.5:
+        x = x * (0.9 + 0.2 * torch.rand(shape))
+    if torch.rand(()) < 0.5:
+        x = x + (0.2 * torch.rand(shape) - 0.1)
+    return x
+
+
 def torchio_pipeline(cases, patch, batch, workers) -> tuple[Iterable, list[str]]:
     import torchio as tio
 
     dims = len(patch)
-    rng = np.random.default_rng(0)
+    size = tuple(patch) if dims == 3 else (*patch, 1)
 
-    def intensity(x: torch.Tensor) -> torch.Tensor:
-        shape = (x.shape[0], 1, 1, 1)
-        if rng.random() < 0.5:
-            x = x * torch.from_numpy(rng.uniform(0.9, 1.1, shape).astype(np.float32))
-        if rng.random() < 0.5:
-            x = x + torch.from_numpy(rng.uniform(-0.1, 0.1, shape).astype(np.float32))
-        return x
+    def padded(array: np.ndarray) -> torch.Tensor:  # in memory, at least the patch size (as MONAI's SpatialPadd)
+        pad = [(0, 0)] + [((max(p - n, 0)) // 2, max(p - n, 0) - max(p - n, 0) // 2) for n, p in zip(array.shape[1:], size)]
+        return torch.from_numpy(np.pad(np.asarray(array), pad))
 
     subjects = [
-        tio.Subject(image=tio.ScalarImage(tensor=torch.from_numpy(np.array(c.image))),
-                    label=tio.LabelMap(tensor=torch.from_numpy(np.asarray(c.label, dtype=np.int16)[None])),
-                    sampling=tio.LabelMap(tensor=torch.from_numpy((np.asarray(c.label) > 0).astype(np.uint8)[None])),
+        tio.Subject(image=tio.ScalarImage(tensor=padded(c.image)),
+                    label=tio.LabelMap(tensor=padded(np.asarray(c.label, dtype=np.int16)[None])),
+                    sampling=tio.LabelMap(tensor=padded((np.asarray(c.label) > 0).astype(np.uint8)[None])),
                     case_id=c.case_id)
         for c in cases
     ]
@@ -166,11 +175,10 @@ def torchio_pipeline(cases, patch, batch, workers) -> tuple[Iterable, list[str]]
         tio.RandomFlip(axes=tuple(range(dims)), flip_probability=0.5),
         tio.RandomAffine(scales=SCALE, degrees=(ROTATE_DEG if dims == 3 else (0, 0, 0, 0, -ROTATE_DEG, ROTATE_DEG)),
                          image_interpolation="linear", default_pad_value=0, p=SPATIAL_PROB),
-        tio.Lambda(intensity, types_to_apply=[tio.INTENSITY]),
+        tio.Lambda(_scale_shift, types_to_apply=[tio.INTENSITY]),
     ])
-    size = tuple(patch) if dims == 3 else (*patch, 1)
     sampler = tio.LabelSampler(size, label_name="sampling", label_probabilities={0: 1 - OVERSAMPLE, 1: OVERSAMPLE})
-    queue = tio.Queue(tio.SubjectsDataset(subjects, transform=transform), max_length=4 * batch, samples_per_volume=batch,
+    queue = tio.Queue(tio.SubjectsDataset(subjects, transform=transform), max_length=2 * batch, samples_per_volume=batch,
                       sampler=sampler, num_workers=workers, shuffle_subjects=True, shuffle_patches=True)
     loader = DataLoader(queue, batch_size=batch, num_workers=0)
 
@@ -260,8 +268,12 @@ def available(name: str) -> str | None:
     return None
 
 
-def time_pipeline(batches: Iterable, count: int, warmup: int = 1) -> tuple[float, tuple, tuple]:
-    """Seconds per batch over ``count`` batches after ``warmup``; the image and target shapes."""
+def time_pipeline(batches: Iterable, count: int, warmup: int = 2) -> tuple[float, tuple, tuple]:
+    """Seconds per batch over ``count`` batches after ``warmup``; the image and target shapes.
+
+    TorchIO's queue (2 batches long, refilled with 2 transformed subjects when empty) is full after
+    the warm-up, so an even ``count`` times whole fill-and-drain cycles, not a pre-filled queue.
+    """
     iterator = iter(batches)
     for _ in range(warmup):
         first = next(iterator)
@@ -284,7 +296,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                 reason = available(name)
                 if reason is None:
                     batches, _ = PIPELINES[name](cases, patch, batch, workers)
-                    seconds, image_shape, target_shape = time_pipeline(batches, args.batches)
+                    seconds, image_shape, target_shape = time_pipeline(batches, args.batches + args.batches % 2)
                     row.update({"s_per_batch": seconds, "samples_per_s": batch / seconds,
                                 "samples_per_s_per_worker": batch / seconds / max(1, workers),
                                 "image": "x".join(map(str, image_shape)), "target": "x".join(map(str, target_shape))})
@@ -324,7 +336,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dims", type=int, nargs="+", default=[3, 2])
     parser.add_argument("--pipelines", nargs="+", default=list(PEERS), choices=PEERS)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--batches", type=int, default=6, help="timed batches per setting (after one warm-up)")
+    parser.add_argument("--batches", type=int, default=6, help="timed batches per setting (even; after two warm-up)")
     parser.add_argument("--patch3d", type=int, nargs=3, default=[128, 128, 128])
     parser.add_argument("--batch3d", type=int, default=2)
     parser.add_argument("--patch2d", type=int, nargs=2, default=[224, 224])
