@@ -56,9 +56,10 @@ from lightning_brats.data.sampling import (
     TrainingSampleDataset,
     crop_or_pad,
     foreground_voxels,
-    labels_to_regions,
     patch_start,
 )
+from lightning_brats.data.settings import PreprocessingSettings
+from lightning_brats.labels import labels_to_regions
 
 MODALITIES = ["flair", "t1", "t1ce", "t2"]
 LABELS = {"ncr_net": 1, "ed": 2, "et": 4}
@@ -71,7 +72,8 @@ PEERS = ("ours", "ours-batch", "monai", "torchio", "bgv2")
 def load_cases(root: str | Path, count: int, cache_dir: str | Path, spacing: Sequence[float] | None) -> list[CachedCase]:
     """The first ``count`` cases under ``root`` (sorted), preprocessed into our cache once and memory-mapped."""
     files = sorted(LAYOUT.find_cases(Path(root)), key=lambda c: c.case_id)[:count]
-    cache = PreprocessedCache(cache_dir, Path(root).resolve().name, MODALITIES, LABELS, spacing)
+    settings = PreprocessingSettings(tuple(MODALITIES), None if spacing is None else tuple(spacing))
+    cache = PreprocessedCache(cache_dir, Path(root).resolve().name, settings, LABELS)
     cache.ensure(files)
     return [cache.load(f.case_id) for f in files]
 
