@@ -120,9 +120,15 @@ def test_step_timer_separates_steps_from_data_waits(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_debug_benchmark_times_the_configured_steps(phantom_root, tmp_path):
+def test_debug_benchmark_times_the_configured_steps(phantom_root, tmp_path, monkeypatch):
+    """Also: with data.augment.device=batch, Lightning runs the datamodule's hooks on every training batch."""
     from lightning_brats.cli.train import train
+    from lightning_brats.data.batch_augment import BatchAugmentation
     from tests.conftest import compose_config
+
+    calls = []
+    original = BatchAugmentation.__call__
+    monkeypatch.setattr(BatchAugmentation, "__call__", lambda self, *a: calls.append(a[0].shape) or original(self, *a))
 
     cfg = compose_config(
         ["data=sample", f"data.root={phantom_root}", "data.num_folds=4", "data.patch_size=[32,32,32]", "logger=csv",
@@ -134,3 +140,4 @@ def test_debug_benchmark_times_the_configured_steps(phantom_root, tmp_path):
     record = json.loads((tmp_path / "step_times.json").read_text())
     assert len(record["steps"]) == 6 and len(record["waits"]) == 6 and record["benchmark/steps_timed"] == 4
     assert not list(tmp_path.rglob("*.ckpt"))
+    assert calls == [(2, 4, 32, 32, 32)] * 6
