@@ -199,3 +199,24 @@ def test_datamodule_augments_training_batches_after_transfer(phantom_root, tmp_p
     assert set(torch.unique(augmented[0]["target"]).tolist()) <= {0.0, 1.0}
     val = {"image": torch.zeros(1, 4, 8, 8, 8), "target": torch.zeros(1, 3, 8, 8, 8), "case_id": ["x"]}
     assert datamodule.on_after_batch_transfer(datamodule.on_before_batch_transfer(val, 0), 0) is val
+
+
+def test_loaders_keep_workers_and_pin_batches_for_a_gpu(phantom_root, tmp_path):
+    import types
+
+    import hydra
+
+    from tests.conftest import compose_config
+
+    cfg = compose_config(["data=sample", f"data.root={phantom_root}", "data.num_folds=4"], tmp_path, tmp_path / "cache")
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    datamodule.num_workers = 2
+    for loader in (datamodule.train_dataloader(), datamodule.val_dataloader()):
+        assert loader.persistent_workers and not loader.pin_memory  # no trainer: not training on a GPU
+    gpu = types.SimpleNamespace(strategy=types.SimpleNamespace(root_device=torch.device("cuda", 0)), world_size=1)
+    datamodule.trainer = gpu
+    assert datamodule.train_dataloader().pin_memory and datamodule.val_dataloader().pin_memory
+    datamodule.num_workers = 0
+    assert not datamodule.train_dataloader().pin_memory and not datamodule.train_dataloader().persistent_workers

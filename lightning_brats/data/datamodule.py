@@ -375,7 +375,11 @@ class BratsDataModule(pl.LightningDataModule):
             sampler = UnrepeatedDistributedSampler(
                 self.val_set, num_replicas=self.world_size, rank=self.trainer.global_rank, shuffle=False
             )
-        return DataLoader(self.val_set, batch_size=1, sampler=sampler, num_workers=min(self.num_workers, 1))
+        workers = min(self.num_workers, 1)
+        return DataLoader(
+            self.val_set, batch_size=1, sampler=sampler, num_workers=workers,
+            persistent_workers=workers > 0, pin_memory=self._pin_memory,
+        )
 
     def state_dict(self) -> dict:
         """Saved in checkpoints by Lightning: the training sampler's epoch."""
