@@ -78,8 +78,8 @@ def test_bad_settings_are_errors_naming_the_setting():
 
 
 def test_unknown_settings_are_refused_when_they_come_from_a_checkpoint():
-    data = {"_target_": DATAMODULE, "modalities": MODALITIES, "normalization": "zscore", "cache_dtype": "float16"}
-    with pytest.raises(ValueError, match=r"^run.ckpt: cannot reproduce its preprocessing: data.cache_dtype: not a setting"):
+    data = {"_target_": DATAMODULE, "modalities": MODALITIES, "normalization": "zscore", "intensity_clip": [0.5, 99.5]}
+    with pytest.raises(ValueError, match=r"^run.ckpt: cannot reproduce its preprocessing: data.intensity_clip: not a setting"):
         PreprocessingSettings.from_data(data, source="run.ckpt")
     assert PreprocessingSettings.from_data(data).normalization == "zscore"  # a config of this version: keys checked at instantiation
     with pytest.raises(ValueError, match=r"run.ckpt: .*data._target_='my.gone.DataModule' is not a datamodule"):

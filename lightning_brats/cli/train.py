@@ -22,6 +22,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import lightning_brats  # noqa: F401  (registers the ${len:...} resolver)
+from lightning_brats.allocator import describe_allocator
 from lightning_brats.hardware import configure_threads, resolve_precision
 from lightning_brats.module import WANDB_ID_KEY
 
@@ -250,6 +251,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """
     pl.seed_everything(cfg.seed, workers=True)
     choose_precision_and_threads(cfg)
+    _log_rank_zero(logging.INFO, describe_allocator())  # tcmalloc/jemalloc preloaded, or the LD_PRELOAD to use
     ckpt_path = resolve_ckpt_path(cfg)
     if ckpt_path:
         _log_rank_zero(logging.INFO, f"Resuming from {ckpt_path}")

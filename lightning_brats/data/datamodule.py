@@ -13,6 +13,7 @@ import torch
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_brats.data.batch_augment import BatchAugmentation
 from lightning_brats.data.layouts import CaseFiles, DataError, Layout
 from lightning_brats.data.preprocess import CachedCase, PreprocessedCache, atomic_save
 from lightning_brats.data.sampling import Augmentation, EpochSampler, TrainingSampleDataset
@@ -36,7 +37,7 @@ class WholeCaseDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         case = self.cases[index]
         return {
-            "image": torch.from_numpy(np.array(case.image)),
+            "image": torch.from_numpy(np.asarray(case.image, dtype=np.float32).copy()),
             "target": torch.from_numpy(labels_to_regions(np.asarray(case.label), self.regions)),
             "case_id": case.case_id,
         }
@@ -68,8 +69,13 @@ class BratsDataModule(pl.LightningDataModule):
         splits_file: a user-supplied splits file (see :func:`~lightning_brats.data.splits.read_splits`); ``data.fold`` picks
             one of its folds and ``num_folds``/``seed`` are then not used.
         augment: training augmentation settings (see :class:`~lightning_brats.data.sampling.Augmentation`:
-            ``flip``, ``intensity``, ``spatial_prob``, ``rotate_deg``, ``scale``), or ``None``/``False`` for none.
-        num_workers: DataLoader workers.
+            ``flip``, ``intensity``, ``spatial_prob``, ``rotate_deg``, ``scale``, ``device``), or ``None``/``False``
+            for none. ``device: batch`` augments whole batches on the training device in
+            :meth:`on_after_batch_transfer` instead of each sample in the loader workers.
+        num_workers: DataLoader workers; with any, they are persistent and batches are pinned
+            (page-locked) when training on a GPU.
+        cache_dtype: ``float32`` or ``float16``: the cached images' dtype (float16 halves the cache and
+            its page cache; samples are float32 either way). Part of the cache fingerprint.
         cache_dir: where preprocessed caches live (one sub-folder per fingerprint).
         phantoms: optional callable ``phantoms(root)`` that writes a synthetic dataset into
             ``root`` when it holds no cases yet (used by ``data=sample``).
@@ -135,6 +141,7 @@ class BratsDataModule(pl.LightningDataModule):
         prepare_data_per_node: bool = False,
         postprocess: Mapping | None = None,
         evaluation: Mapping | None = None,
+        cache_dtype: str = "float32",
     ) -> None:
         super().__init__()
         self.prepare_data_per_node = prepare_data_per_node
@@ -172,6 +179,10 @@ class BratsDataModule(pl.LightningDataModule):
             self.augment = Augmentation()
         else:
             self.augment = Augmentation(**augment) if augment else None
+        self.batch_augment = None
+        if self.augment is not None and self.augment.device == "batch":
+            settings = {k: getattr(self.augment, k) for k in ("flip", "intensity", "spatial_prob", "rotate_deg", "scale")}
+            self.batch_augment = BatchAugmentation(**settings)
         self.num_workers = num_workers
         self.phantoms = phantoms
         self.notice = notice
@@ -186,6 +197,7 @@ class BratsDataModule(pl.LightningDataModule):
             self.preprocessing,
             self.labels,
             source={"root": str(self.root.resolve()), "layout": layout.describe()},
+            dtype=cache_dtype,
         )
         self.train_ids: list[str] = []
         self.val_ids: list[str] = []
@@ -322,8 +334,39 @@ class BratsDataModule(pl.LightningDataModule):
             sampler=self.train_sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            pin_memory=self._pin_memory,
             drop_last=True,
         )
+
+    @property
+    def _pin_memory(self) -> bool:
+        """Pin batches when workers load them for a GPU (a page-locked copy is faster to transfer)."""
+        trainer = getattr(self, "trainer", None)
+        on_gpu = trainer is not None and getattr(trainer.strategy.root_device, "type", "cpu") == "cuda"
+        return self.num_workers > 0 and on_gpu
+
+    def batch_seed(self, key: torch.Tensor) -> int:
+        """The seed of a batch's device augmentation, from its first sample's ``(epoch, index)`` key
+        (``(B, 2)`` on the CPU): the same batch gets the same augmentation with any worker count,
+        after a resume, and on each DDP process its own."""
+        epoch, index = (int(v) for v in key[0])
+        return int(np.random.SeedSequence((self.seed, epoch, index, 1)).generate_state(1)[0])
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        """Note the device augmentation's seed while the keys are still on the CPU (no device sync)."""
+        if self.batch_augment is not None and isinstance(batch, dict) and "key" in batch:
+            batch["augment_seed"] = self.batch_seed(batch["key"])
+        return batch
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """With ``data.augment.device=batch``: augment the training batch on its device
+        (:class:`~lightning_brats.data.batch_augment.BatchAugmentation`); other batches pass unchanged."""
+        if isinstance(batch, dict) and "augment_seed" in batch:
+            seed = batch.pop("augment_seed")
+            image = batch["image"]
+            generator = torch.Generator(device=image.device).manual_seed(seed)
+            batch["image"], batch["target"] = self.batch_augment(image, batch["target"], generator)
+        return batch
 
     def val_dataloader(self) -> DataLoader:
         """Whole cases, one per batch; under DDP process ``r`` of ``W`` gets cases ``r, r + W, ...``."""
@@ -332,7 +375,11 @@ class BratsDataModule(pl.LightningDataModule):
             sampler = UnrepeatedDistributedSampler(
                 self.val_set, num_replicas=self.world_size, rank=self.trainer.global_rank, shuffle=False
             )
-        return DataLoader(self.val_set, batch_size=1, sampler=sampler, num_workers=min(self.num_workers, 1))
+        workers = min(self.num_workers, 1)
+        return DataLoader(
+            self.val_set, batch_size=1, sampler=sampler, num_workers=workers,
+            persistent_workers=workers > 0, pin_memory=self._pin_memory,
+        )
 
     def state_dict(self) -> dict:
         """Saved in checkpoints by Lightning: the training sampler's epoch."""

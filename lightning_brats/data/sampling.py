@@ -145,7 +145,8 @@ class TrainingSampleDataset(Dataset):
         patch_size: ``(px, py, pz)`` for 3D patches or ``(px, py)`` for 2D axial slices (voxels).
         batch_size: the batch size, which fixes the oversampled positions in each batch.
         oversample_foreground: fraction ``p`` of each batch centred on a tumour voxel.
-        augment: the training augmentation (see :class:`Augmentation`), or ``None``.
+        augment: the training augmentation (see :class:`Augmentation`), or ``None``; one with
+            ``device="batch"`` is left to the batch on the training device (not applied here).
         seed: base seed.
         min_foreground_fraction: leave out cases (3D) or axial slices (2D) whose share of
             tumour voxels is below this (the filter of many BraTS notebooks); ``None`` or 0
@@ -155,7 +156,7 @@ class TrainingSampleDataset(Dataset):
         ValueError: a ``patch_size`` of neither 2 nor 3 values; the filter leaves nothing.
 
     Items (keyed by ``(epoch, index)`` from :class:`EpochSampler`) are dicts with
-    ``image`` ``(C, *patch_size)`` float32, ``target`` ``(R, *patch_size)`` float32 and
+    ``image`` ``(C, *patch_size)`` float32 (also from a float16 cache), ``target`` ``(R, *patch_size)`` float32,
     ``key`` ``(2,)`` int64, the ``(epoch, index)`` that drew the sample, and ``case_id`` (str),
     the case the sample was cut from (a batch holds a list of them; messages about a batch name them).
     """
@@ -228,8 +229,9 @@ class TrainingSampleDataset(Dataset):
             start = patch_start(case.image.shape[1:3], self.patch_size, rng, None if center is None else center[:2])
             image = crop_or_pad(case.image[..., z], start, self.patch_size)
             label = crop_or_pad(case.label[None, ..., z], start, self.patch_size)[0]
+        image = image.astype(np.float32, copy=False)  # a float16 cache (data.cache_dtype) reads back as float32
         target = labels_to_regions(label, self.regions)
-        if self.augment is not None:
+        if self.augment is not None and self.augment.device == "cpu":
             image, target = self.augment(image, target, rng)
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image)),
@@ -237,6 +239,10 @@ class TrainingSampleDataset(Dataset):
             "key": torch.tensor([epoch, index], dtype=torch.int64),
             "case_id": case.case_id,
         }
+
+
+#: ``data.augment.device`` options: per sample in the dataset (``cpu``) or per batch on the training device (``batch``).
+AUGMENT_DEVICES = ("cpu", "batch")
 
 
 @dataclass(frozen=True)
@@ -248,10 +254,16 @@ class Augmentation:
         intensity: with probability 0.5 each, scale channels by ``U(0.9, 1.1)`` and shift them by
             ``U(-0.1, 0.1)`` (independently per channel; z-scored units).
         spatial_prob: probability of a random rotation and scaling of the sample
-            (MONAI ``RandAffined``: trilinear image, nearest-neighbour target, zero padding).
+            (MONAI ``RandAffine``'s draws and ``Affine``: trilinear image, nearest-neighbour target, zero padding).
         rotate_deg: rotation range in degrees, ``U(-r, r)`` about each axis (about the slice
             normal only in 2D).
         scale: relative scaling range, ``1 + U(-s, s)`` per axis.
+        device: ``"cpu"``: each sample is augmented in the dataset (in the loader workers);
+            ``"batch"``: the dataset leaves samples alone and the same transforms run on whole
+            batches on the training device (:class:`~lightning_brats.data.batch_augment.BatchAugmentation`).
+
+    Raises:
+        ValueError: an unknown ``device``.
     """
 
     flip: bool = True
@@ -259,35 +271,53 @@ class Augmentation:
     spatial_prob: float = 0.2
     rotate_deg: float = 15.0
     scale: float = 0.15
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.device not in AUGMENT_DEVICES:
+            raise ValueError(f"data.augment.device={self.device!r}: expected one of {list(AUGMENT_DEVICES)}")
+
+    def draw(self, rng: np.random.Generator, channels: int, dims: int) -> dict:
+        """Draw one sample's parameters (the same distributions as
+        :meth:`BatchAugmentation.draw <lightning_brats.data.batch_augment.BatchAugmentation.draw>`).
+
+        Returns:
+            ``spatial`` bool, ``angles`` ``(1 | 3,)`` radians, ``scales`` ``(dims,)``, ``flips`` ``(dims,)`` bool,
+            ``factors`` ``(C,)`` or ``None``, ``shifts`` ``(C,)`` or ``None`` (``None``: not applied).
+        """
+        params: dict = {"spatial": self.spatial_prob > 0 and rng.random() < self.spatial_prob}
+        if params["spatial"]:  # MONAI RandAffineGrid: U(-r, r) per angle, 1 + U(-s, s) per axis
+            angle = np.deg2rad(self.rotate_deg)
+            params["angles"] = rng.uniform(-angle, angle, 1 if dims == 2 else 3)
+            params["scales"] = 1.0 + rng.uniform(-self.scale, self.scale, dims)
+        params["flips"] = np.array([self.flip and rng.random() < 0.5 for _ in range(dims)], dtype=bool)
+        params["factors"] = rng.uniform(0.9, 1.1, channels) if self.intensity and rng.random() < 0.5 else None
+        params["shifts"] = rng.uniform(-0.1, 0.1, channels) if self.intensity and rng.random() < 0.5 else None
+        return params
 
     def __call__(self, image: np.ndarray, target: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Augment one sample: ``image (C, *spatial)`` and ``target (R, *spatial)``, float32."""
-        if self.spatial_prob > 0 and rng.random() < self.spatial_prob:
-            image, target = self._affine(image, target, int(rng.integers(2**31)))
-        if self.flip:
-            for axis in range(1, image.ndim):
-                if rng.random() < 0.5:
-                    image, target = np.flip(image, axis), np.flip(target, axis)
+        params = self.draw(rng, image.shape[0], image.ndim - 1)
+        if params["spatial"]:
+            image, target = self._affine(image, target, params["angles"], params["scales"])
+        for axis, flip in enumerate(params["flips"], start=1):
+            if flip:
+                image, target = np.flip(image, axis), np.flip(target, axis)
         channels = (image.shape[0],) + (1,) * (image.ndim - 1)
-        if self.intensity and rng.random() < 0.5:
-            image = image * rng.uniform(0.9, 1.1, channels).astype(np.float32)
-        if self.intensity and rng.random() < 0.5:
-            image = image + rng.uniform(-0.1, 0.1, channels).astype(np.float32)
+        if params["factors"] is not None:
+            image = image * params["factors"].astype(np.float32).reshape(channels)
+        if params["shifts"] is not None:
+            image = image + params["shifts"].astype(np.float32).reshape(channels)
         return image, target
 
-    def _affine(self, image: np.ndarray, target: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        from monai.transforms import RandAffined
+    @staticmethod
+    def _affine(
+        image: np.ndarray, target: np.ndarray, angles: np.ndarray, scales: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        from monai.transforms import Affine
 
-        dims = image.ndim - 1
-        angle = np.deg2rad(self.rotate_deg)
-        transform = RandAffined(
-            keys=["image", "target"],
-            prob=1.0,
-            rotate_range=(angle,) if dims == 2 else (angle,) * 3,
-            scale_range=(self.scale,) * dims,
-            mode=("bilinear", "nearest"),
-            padding_mode="zeros",
-        )
-        transform.set_random_state(seed)
-        out = transform({"image": np.ascontiguousarray(image), "target": np.ascontiguousarray(target)})
-        return np.asarray(out["image"], dtype=np.float32), np.asarray(out["target"], dtype=np.float32)
+        out = []
+        for array, mode in ((image, "bilinear"), (target, "nearest")):
+            affine = Affine(rotate_params=[float(a) for a in angles], scale_params=[float(s) for s in scales], mode=mode, padding_mode="zeros", image_only=True)
+            out.append(np.asarray(affine(np.ascontiguousarray(array)), dtype=np.float32))
+        return out[0], out[1]

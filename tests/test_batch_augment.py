@@ -1,0 +1,222 @@
+"""Batch augmentation on the training device (data.augment.device=batch) against the per-sample CPU path."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from lightning_brats.data.batch_augment import BatchAugmentation, affine_grid, rotation_matrices
+from lightning_brats.data.sampling import Augmentation
+
+N = 4000  # parameter draws per path: frequencies within ~0.03 at 4 sigma, KS distance critical value 0.044
+
+
+def _ks_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic: the largest gap between the empirical CDFs."""
+    grid = np.sort(np.concatenate([a, b]))
+    cdf = lambda x: np.searchsorted(np.sort(x), grid, side="right") / len(x)
+    return float(np.abs(cdf(a) - cdf(b)).max())
+
+
+def _ks_critical(n: int, m: int, alpha: float = 1e-3) -> float:
+    """Critical KS distance for two samples at level ``alpha`` (asymptotic: c(alpha) sqrt((n+m)/(nm)))."""
+    return math.sqrt(-0.5 * math.log(alpha / 2)) * math.sqrt((n + m) / (n * m))
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_both_paths_draw_the_same_distributions(dims):
+    settings = {"spatial_prob": 0.3, "rotate_deg": 20.0, "scale": 0.1}
+    channels = 4
+    cpu = [Augmentation(**settings).draw(np.random.default_rng((5, i)), channels, dims) for i in range(N)]
+    batch = BatchAugmentation(**settings).draw(N, channels, dims, torch.Generator().manual_seed(5))
+    batch = {k: v.numpy() for k, v in batch.items()}
+    sigma = lambda p: 4 * math.sqrt(p * (1 - p) / N)
+    # how often each transform is applied: both near the stated probability
+    for stated, cpu_share, batch_share in [
+        (0.3, np.mean([c["spatial"] for c in cpu]), batch["spatial"].mean()),
+        (0.5, np.mean([c["factors"] is not None for c in cpu]), batch["do_scale"].mean()),
+        (0.5, np.mean([c["shifts"] is not None for c in cpu]), batch["do_shift"].mean()),
+        *[(0.5, np.mean([c["flips"][a] for c in cpu]), batch["flips"][:, a].mean()) for a in range(dims)],
+    ]:
+        assert abs(cpu_share - stated) < sigma(stated) and abs(batch_share - stated) < sigma(stated)
+    # the values, where applied: the same distribution (KS), inside the stated ranges
+    angle = math.radians(20.0)
+    pairs = {
+        "angles": (np.concatenate([c["angles"] for c in cpu if c["spatial"]]), batch["angles"][batch["spatial"]].ravel(), angle),
+        "scales": (np.concatenate([c["scales"] for c in cpu if c["spatial"]]) - 1, batch["scales"][batch["spatial"]].ravel() - 1, 0.1),
+        "factors": (np.concatenate([c["factors"] for c in cpu if c["factors"] is not None]) - 1,
+                    batch["factors"][batch["do_scale"]].ravel() - 1, 0.1),
+        "shifts": (np.concatenate([c["shifts"] for c in cpu if c["shifts"] is not None]),
+                   batch["shifts"][batch["do_shift"]].ravel(), 0.1),
+    }
+    assert len(pairs["angles"][0]) == (1 if dims == 2 else 3) * sum(c["spatial"] for c in cpu)
+    for name, (a, b, bound) in pairs.items():
+        assert np.abs(a).max() <= bound + 1e-6 and np.abs(b).max() <= bound + 1e-6, name
+        assert _ks_distance(a, b) < _ks_critical(len(a), len(b)), name
+        # and both uniform on [-bound, bound]: a quarter of the values beyond +-bound/2 on each side
+        assert abs(np.mean(a > bound / 2) - 0.25) < 0.05 and abs(np.mean(b > bound / 2) - 0.25) < 0.05, name
+
+
+@pytest.mark.parametrize("spatial", [(20, 24, 28), (30, 26)])
+def test_batch_affine_resamples_as_monai_affine(spatial):
+    """The one-grid_sample affine equals MONAI's ``Affine`` (the CPU path's) for the same parameters."""
+    from monai.transforms import Affine
+
+    rng = np.random.default_rng(0)
+    dims = len(spatial)
+    image = rng.normal(size=(3, 2, *spatial)).astype(np.float32)
+    label = (ndimage.gaussian_filter(rng.normal(size=(3, 1, *spatial)), 2) > 0).astype(np.float32)
+    angles = rng.uniform(-0.3, 0.3, (3, 1 if dims == 2 else 3))
+    scales = 1 + rng.uniform(-0.15, 0.15, (3, dims))
+    params = {"spatial": torch.tensor([True, False, True]), "angles": torch.tensor(angles), "scales": torch.tensor(scales)}
+    aug = BatchAugmentation(flip=False, intensity=False, spatial_prob=1.0)
+    out_image, out_label = aug.apply(torch.from_numpy(image), torch.from_numpy(label), params)
+    for b in range(3):
+        if not params["spatial"][b]:
+            assert torch.equal(out_image[b], torch.from_numpy(image[b]))  # left alone
+            continue
+        ref = {}
+        for name, array, mode in (("image", image[b], "bilinear"), ("label", label[b], "nearest")):
+            affine = Affine(rotate_params=list(map(float, angles[b])), scale_params=list(map(float, scales[b])),
+                            mode=mode, padding_mode="zeros", image_only=True)
+            ref[name] = np.asarray(affine(array))
+        np.testing.assert_allclose(out_image[b].numpy(), ref["image"], atol=1e-4)
+        assert np.mean(out_label[b].numpy() == ref["label"]) > 0.999  # nearest: ties may round apart
+
+
+def test_rotation_matrices_are_rotations_in_monai_order():
+    angles = torch.tensor([[0.1, -0.2, 0.3]], dtype=torch.float64)
+    m = rotation_matrices(angles)[0]
+    torch.testing.assert_close(m @ m.T, torch.eye(3, dtype=torch.float64))
+    # Rx(0.1) @ Ry(-0.2) @ Rz(0.3) written out
+    a, b, c = 0.1, -0.2, 0.3
+    rx = torch.tensor([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]], dtype=torch.float64)
+    ry = torch.tensor([[math.cos(b), 0, math.sin(b)], [0, 1, 0], [-math.sin(b), 0, math.cos(b)]], dtype=torch.float64)
+    rz = torch.tensor([[math.cos(c), -math.sin(c), 0], [math.sin(c), math.cos(c), 0], [0, 0, 1]], dtype=torch.float64)
+    torch.testing.assert_close(m, rx @ ry @ rz)
+
+
+def test_identity_grid_returns_the_input():
+    x = torch.randn(2, 3, 9, 10, 11)
+    grid = affine_grid(torch.eye(3).expand(2, 3, 3), (9, 10, 11))
+    out = torch.nn.functional.grid_sample(x, grid, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(out, x, atol=1e-5, rtol=0)
+
+
+def _blobs(batch: int, spatial: tuple[int, ...], channels: int, seed: int) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    smooth = ndimage.gaussian_filter(rng.normal(size=(batch, channels, *spatial)), (0, 0, *(2,) * len(spatial)))
+    return torch.from_numpy((smooth > 0.02).astype(np.float32))
+
+
+@pytest.mark.parametrize("spatial", [(24, 20, 16), (40, 36)])
+@pytest.mark.parametrize("subset", [True, False])
+def test_masks_stay_aligned_with_images_and_binary(spatial, subset):
+    """An image whose channels equal its mask: after augmentation the image (thresholded where the
+    affine interpolated it) equals the mask, except on voxels next to the mask's boundary."""
+    target = _blobs(8, spatial, 3, seed=1)
+    aug = BatchAugmentation(intensity=False, spatial_prob=0.5, rotate_deg=25, scale=0.2)
+    generator = torch.Generator().manual_seed(0)
+    params = aug.draw(8, 3, len(spatial), generator)
+    assert 0 < params["spatial"].sum() < 8 and params["flips"].any()
+    image, out = aug.apply(target.clone(), target.clone(), params, subset=subset)
+    assert set(torch.unique(out).tolist()) <= {0.0, 1.0}  # labels stay binary
+    for b in range(8):
+        if not params["spatial"][b]:  # flips only: exact
+            assert torch.equal(image[b], out[b])
+            expected = target[b]
+            for axis in range(len(spatial)):
+                expected = expected.flip(axis + 1) if params["flips"][b, axis] else expected
+            assert torch.equal(out[b], expected)
+            continue
+        disagree = ((image[b] > 0.5) != out[b].bool()).numpy()
+        edge = np.stack([ndimage.binary_dilation(m) & ~ndimage.binary_erosion(m) for m in out[b].bool().numpy()])
+        assert not (disagree & ~edge).any() and disagree.sum() < 0.3 * edge.sum(), (disagree.sum(), edge.sum())
+        assert out[b].sum() > 0.5 * target[b].sum()  # the mask moved, it did not vanish
+
+
+def test_subset_and_whole_batch_resampling_agree():
+    """CPU resamples only the drawn samples; a GPU resamples all and keeps those: the same result."""
+    image, target = torch.randn(6, 2, 16, 18, 20), _blobs(6, (16, 18, 20), 3, seed=2)
+    aug = BatchAugmentation(spatial_prob=0.5)
+    params = aug.draw(6, 2, 3, torch.Generator().manual_seed(3))
+    a = aug.apply(image, target, params, subset=True)
+    b = aug.apply(image, target, params, subset=False)
+    torch.testing.assert_close(a[0], b[0], atol=1e-6, rtol=0)
+    assert torch.equal(a[1], b[1])
+
+
+def test_intensity_scales_then_shifts_each_channel():
+    aug = BatchAugmentation(flip=False, spatial_prob=0.0)
+    image = torch.ones(4, 2, 5, 5)
+    params = aug.draw(4, 2, 2, torch.Generator().manual_seed(11))
+    out, _ = aug.apply(image, torch.zeros(4, 1, 5, 5), params)
+    for b in range(4):
+        for c in range(2):
+            factor = float(params["factors"][b, c]) if params["do_scale"][b] else 1.0
+            shift = float(params["shifts"][b, c]) if params["do_shift"][b] else 0.0
+            torch.testing.assert_close(out[b, c], torch.full((5, 5), factor + shift))
+
+
+def test_unknown_augment_device_is_an_error():
+    with pytest.raises(ValueError, match="data.augment.device='gpu'"):
+        Augmentation(device="gpu")
+
+
+def test_datamodule_augments_training_batches_after_transfer(phantom_root, tmp_path):
+    """data.augment.device=batch: the dataset's samples are plain, the hooks augment whole batches,
+    with a seed from the batch's keys (the same batch gets the same augmentation)."""
+    import hydra
+
+    from tests.conftest import compose_config
+
+    cfg = compose_config(
+        ["data=sample", f"data.root={phantom_root}", "data.num_folds=4", "data.patch_size=[32,32,32]",
+         "data.augment.device=batch", "data.augment.spatial_prob=1.0"],
+        tmp_path, tmp_path / "cache",
+    )
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    assert datamodule.batch_augment is not None
+    batch = next(iter(datamodule.train_dataloader()))
+    plain = datamodule.train_set.__class__(
+        datamodule.train_set.cases, datamodule.regions, datamodule.patch_size, datamodule.batch_size,
+        datamodule.oversample_foreground, None, datamodule.seed,
+    )
+    for i, key in enumerate(batch["key"].tolist()):
+        assert torch.equal(batch["image"][i], plain[tuple(key)]["image"])  # not augmented in the dataset
+    augmented = [
+        datamodule.on_after_batch_transfer(datamodule.on_before_batch_transfer(dict(batch), 0), 0) for _ in range(2)
+    ]
+    assert "augment_seed" not in augmented[0]
+    assert not torch.equal(augmented[0]["image"], batch["image"])
+    assert torch.equal(augmented[0]["image"], augmented[1]["image"]) and torch.equal(augmented[0]["target"], augmented[1]["target"])
+    assert set(torch.unique(augmented[0]["target"]).tolist()) <= {0.0, 1.0}
+    val = {"image": torch.zeros(1, 4, 8, 8, 8), "target": torch.zeros(1, 3, 8, 8, 8), "case_id": ["x"]}
+    assert datamodule.on_after_batch_transfer(datamodule.on_before_batch_transfer(val, 0), 0) is val
+
+
+def test_loaders_keep_workers_and_pin_batches_for_a_gpu(phantom_root, tmp_path):
+    import types
+
+    import hydra
+
+    from tests.conftest import compose_config
+
+    cfg = compose_config(["data=sample", f"data.root={phantom_root}", "data.num_folds=4"], tmp_path, tmp_path / "cache")
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    datamodule.num_workers = 2
+    for loader in (datamodule.train_dataloader(), datamodule.val_dataloader()):
+        assert loader.persistent_workers and not loader.pin_memory  # no trainer: not training on a GPU
+    gpu = types.SimpleNamespace(strategy=types.SimpleNamespace(root_device=torch.device("cuda", 0)), world_size=1)
+    datamodule.trainer = gpu
+    assert datamodule.train_dataloader().pin_memory and datamodule.val_dataloader().pin_memory
+    datamodule.num_workers = 0
+    assert not datamodule.train_dataloader().pin_memory and not datamodule.train_dataloader().persistent_workers
