@@ -10,16 +10,15 @@ from lightning_brats.data.datamodule import WholeCaseDataset
 from lightning_brats.data.preprocess import PreprocessedCache
 from lightning_brats.data.sampling import TrainingSampleDataset
 from lightning_brats.data.settings import PreprocessingSettings
-from tests.test_layouts import BRATS20, LABELS, MODALITIES
+from tests.conftest import BRATS20_LABELS, BRATS20_LAYOUT, BRATS20_REGIONS, BRATS_MODALITIES
 
-REGIONS = {"wt": [1, 2, 4], "tc": [1, 4], "et": [4]}
-SETTINGS = PreprocessingSettings(tuple(MODALITIES))
+SETTINGS = PreprocessingSettings(tuple(BRATS_MODALITIES))
 
 
 @pytest.mark.real_data
 def test_float16_cache_is_half_the_size_and_within_float16_precision(brats2018_root, tmp_path):
-    cases = BRATS20.find_cases(brats2018_root)[:1]
-    caches = {d: PreprocessedCache(tmp_path, "x", SETTINGS, LABELS, dtype=d) for d in ("float32", "float16")}
+    cases = BRATS20_LAYOUT.find_cases(brats2018_root)[:1]
+    caches = {d: PreprocessedCache(tmp_path, "x", SETTINGS, BRATS20_LABELS, dtype=d) for d in ("float32", "float16")}
     for cache in caches.values():
         cache.ensure(cases)
     assert caches["float32"].path != caches["float16"].path  # the dtype is part of the fingerprint
@@ -34,14 +33,14 @@ def test_float16_cache_is_half_the_size_and_within_float16_precision(brats2018_r
     assert (error <= np.abs(full.image) * 2.0**-11 + 2.0**-25).all()
     assert np.array_equal(half.label, full.label)
     # what training and validation read from it is float32
-    sample = TrainingSampleDataset([half], REGIONS, (32, 32, 32), 2, 1.0, None, seed=0)[(0, 1)]
+    sample = TrainingSampleDataset([half], BRATS20_REGIONS, (32, 32, 32), 2, 1.0, None, seed=0)[(0, 1)]
     assert sample["image"].dtype == torch.float32
-    assert WholeCaseDataset([half], REGIONS)[0]["image"].dtype == torch.float32
+    assert WholeCaseDataset([half], BRATS20_REGIONS)[0]["image"].dtype == torch.float32
 
 
 def test_unknown_cache_dtype_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="data.cache_dtype='bfloat16'"):
-        PreprocessedCache(tmp_path, "x", SETTINGS, LABELS, dtype="bfloat16")
+        PreprocessedCache(tmp_path, "x", SETTINGS, BRATS20_LABELS, dtype="bfloat16")
 
 
 def test_float32_keeps_the_fingerprint_of_caches_written_before_the_option(tmp_path):
@@ -49,12 +48,12 @@ def test_float32_keeps_the_fingerprint_of_caches_written_before_the_option(tmp_p
     import hashlib
     import json
 
-    cache = PreprocessedCache(tmp_path, "x", SETTINGS, LABELS)
-    settings = {"version": 1, "modalities": list(MODALITIES), "labels": LABELS, "spacing": None,
+    cache = PreprocessedCache(tmp_path, "x", SETTINGS, BRATS20_LABELS)
+    settings = {"version": 1, "modalities": list(BRATS_MODALITIES), "labels": BRATS20_LABELS, "spacing": None,
                 "normalization": "zscore", "crop": "nonzero", "crop_size": None}
     expected = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
     assert cache.fingerprint == expected
-    assert PreprocessedCache(tmp_path, "x", SETTINGS, LABELS, dtype="float16").fingerprint != expected
+    assert PreprocessedCache(tmp_path, "x", SETTINGS, BRATS20_LABELS, dtype="float16").fingerprint != expected
 
 
 def test_data_cache_dtype_reaches_the_cache(tmp_path):

@@ -30,6 +30,7 @@ def _changed(ckpt: Path, folder: Path, **data) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_ensemble_is_the_mean_of_each_models_probabilities(phantom_checkpoint, phantom_checkpoint_2d, phantom_root, tmp_path):
     case = min(p for p in phantom_root.iterdir() if p.is_dir())
     out = tmp_path / "out"
@@ -57,6 +58,7 @@ def test_ensemble_is_the_mean_of_each_models_probabilities(phantom_checkpoint, p
     assert (label > 0).any()
 
 
+@pytest.mark.slow
 def test_models_that_disagree_are_refused_naming_the_first_that_differs(phantom_checkpoint, phantom_root, tmp_path):
     case = min(p for p in phantom_root.iterdir() if p.is_dir())
     minmax = _changed(phantom_checkpoint, tmp_path, normalization="minmax")
@@ -85,6 +87,7 @@ def _multirun(folder: Path, jobs: dict[str, Path | None]) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_run_dir_takes_the_best_checkpoint_of_every_job(phantom_checkpoint, phantom_checkpoint_2d, tmp_path):
     root = _multirun(tmp_path / "multirun", {"2": phantom_checkpoint_2d, "10": phantom_checkpoint, "0": phantom_checkpoint})
     found = multirun_checkpoints(root)
@@ -98,6 +101,7 @@ def test_run_dir_takes_the_best_checkpoint_of_every_job(phantom_checkpoint, phan
         multirun_checkpoints(tmp_path / "broken" / "0" / "checkpoints")
 
 
+@pytest.mark.slow
 def test_eval_refuses_held_out_cases_for_an_ensemble(phantom_checkpoint, phantom_checkpoint_2d, phantom_root, tmp_path):
     root = _multirun(tmp_path / "multirun", {"0": phantom_checkpoint, "1": phantom_checkpoint_2d})
     for models in (f"ckpt_path=[{phantom_checkpoint},{phantom_checkpoint_2d}]", f"run_dir={root}"):

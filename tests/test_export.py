@@ -48,6 +48,7 @@ def exported(phantom_checkpoint, tmp_path_factory) -> dict[str, Path]:
     return files
 
 
+@pytest.mark.slow
 def test_export_writes_the_file_and_its_metadata_beside_the_checkpoint(exported):
     ckpt = exported["ckpt"]
     stored = torch.load(ckpt, map_location="cpu", weights_only=True)[CONFIG_KEY]["data"]
@@ -72,6 +73,7 @@ def test_export_writes_the_file_and_its_metadata_beside_the_checkpoint(exported)
 
 
 @pytest.mark.real_data
+@pytest.mark.slow
 def test_exported_probabilities_match_the_checkpoints_on_a_real_case(exported, brats2018_root):
     """Whole-case probabilities (preprocessing, Gaussian sliding window, back to the original
     grid) of the ONNX and TorchScript files equal the checkpoint's to 1e-4 in fp32."""
@@ -90,6 +92,7 @@ def test_exported_probabilities_match_the_checkpoints_on_a_real_case(exported, b
         assert np.abs(got - reference).max() < 1e-4, fmt
 
 
+@pytest.mark.slow
 def test_exported_files_run_other_window_sizes_and_flip_tta(exported, phantom_root):
     """Dynamic spatial axes: the same files slide windows of two other sizes (flip TTA on the first)."""
     case_dir = min(p for p in phantom_root.iterdir() if p.is_dir())
@@ -104,6 +107,7 @@ def test_exported_files_run_other_window_sizes_and_flip_tta(exported, phantom_ro
             assert np.abs(Predictor(other, inference_settings(precision="32", overlap=0.25, flip_tta=tta, sw_batch_size=4)).predict_case(case).probabilities - reference).max() < 1e-4
 
 
+@pytest.mark.slow
 def test_predict_py_runs_an_exported_file_like_the_checkpoint(exported, phantom_root, tmp_path):
     """``exported=`` needs no checkpoint: the labels (threshold, nesting, post-processing) equal
     the checkpoint's, and the exported files pass the release check (data=lgg's channels differ)."""
@@ -127,6 +131,7 @@ def test_predict_py_runs_an_exported_file_like_the_checkpoint(exported, phantom_
     np.testing.assert_array_equal(labels["pt"], reference)
 
 
+@pytest.mark.slow
 def test_export_refusals(exported, tmp_path):
     ckpt = exported["ckpt"]
     with pytest.raises(ValueError, match=r"format='keras': expected one of \['onnx', 'torchscript'\]"):
