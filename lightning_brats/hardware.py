@@ -156,22 +156,25 @@ def inference_precision(requested: str, device: torch.device) -> str:
     return "bf16" if precision == "bf16-mixed" else "32"
 
 
-def configure_threads(num_workers: int = 0, accelerator: str = "cpu") -> int:
+def configure_threads(num_workers: int = 0, deterministic: bool = False) -> int:
     """Give PyTorch's intra-op pool every CPU of this process's affinity but those the loader workers need.
 
     Each DataLoader worker runs one thread of its own (PyTorch sets workers to 1 thread), so the
     main process takes ``available_cpus() - num_workers`` threads, at least 1. On a GPU run the
-    main process mostly waits for the device, and the same rule holds.
+    main process mostly waits for the device, and the same rule holds. With ``deterministic`` the
+    main process takes every CPU whatever the workers: the thread count changes the order of
+    floating-point sums in CPU kernels, and a deterministic run must not depend on ``num_workers``.
 
     Args:
         num_workers: ``data.num_workers`` (DataLoader worker processes).
-        accelerator: only for the log line.
+        deterministic: ``trainer.deterministic``.
 
     Returns:
         the number of intra-op threads set.
     """
     cpus = available_cpus()
-    threads = max(1, cpus - max(0, int(num_workers)))
+    threads = cpus if deterministic else max(1, cpus - max(0, int(num_workers)))
     torch.set_num_threads(threads)
-    log.info(f"CPU threads: {threads} intra-op (of {cpus} CPUs in this process's affinity), {num_workers} loader workers")
+    why = ", trainer.deterministic: not reduced for the workers" if deterministic else ""
+    log.info(f"CPU threads: {threads} intra-op (of {cpus} CPUs in this process's affinity), {num_workers} loader workers{why}")
     return threads

@@ -93,6 +93,8 @@ def test_threads_take_every_cpu_of_the_affinity_but_the_workers(monkeypatch, cap
         assert torch.get_num_threads() == 4
         assert "4 intra-op (of 6 CPUs" in caplog.text and "2 loader workers" in caplog.text
         assert hardware.configure_threads(num_workers=8) == 1  # never fewer than one
+        # a deterministic run must not depend on num_workers: the same pool with or without them
+        assert hardware.configure_threads(num_workers=2, deterministic=True) == 6
     finally:
         torch.set_num_threads(before)
 

@@ -41,7 +41,10 @@ class StepMarker(pl.Callback):
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    # WANDB_SERVICE: the W&B service of this pytest process (earlier in-process runs started one); a
+    # child must start its own, or the runs of a killed child stay registered there ("run ID in use")
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    return {**env, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def _args(phantom_root: Path, root: Path, run: str, extra: list[str], logger: str = "csv") -> list[str]:

@@ -115,11 +115,15 @@ def test_last_checkpoint_follows_every_epoch(phantom_root, tmp_path):
     cfg = compose_config(
         ["data=sample", f"data.root={phantom_root}", "data.num_folds=4", "data.samples_per_epoch=4",
          "data.patch_size=[32,32,32]", "trainer.max_epochs=3", "trainer.check_val_every_n_epoch=2", "logger=csv",
-         "model.net.base_filters=8"],
+         "model.net.base_filters=8", "validate_best=false"],
         tmp_path, tmp_path / "cache",
     )
     train(cfg)
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
     assert last["epoch"] == 2 and last["global_step"] == 3 * 4 // cfg.data.batch_size
+    # validated after epoch 1 (check_val_every_n_epoch=2) and at the last planned step (epoch 2), never after epoch 0
     (best,) = (tmp_path / "checkpoints").glob("epoch_*.ckpt")
-    assert best.name == "epoch_001.ckpt"
+    assert best.name in ("epoch_001.ckpt", "epoch_002.ckpt")
+    with open(tmp_path / "csv" / "metrics.csv") as handle:
+        validated = [int(row["epoch"]) for row in csv.DictReader(handle) if row.get("val/dice_mean")]
+    assert validated == [1, 2]

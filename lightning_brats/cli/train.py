@@ -208,7 +208,7 @@ def choose_precision_and_threads(cfg: DictConfig) -> None:
     with open_dict(cfg):
         cfg.trainer.precision = precision
     _log_rank_zero(logging.INFO, f"Precision {precision}: {reason}")
-    configure_threads(int(cfg.data.get("num_workers") or 0))
+    configure_threads(int(cfg.data.get("num_workers") or 0), deterministic=bool(cfg.trainer.get("deterministic")))
 
 
 def check_checkpoint_written(trainer: pl.Trainer) -> None:
