@@ -155,6 +155,7 @@ def test_slurm_requeue_resumes_from_lightnings_checkpoint(phantom_root, tmp_path
         _run(phantom_root, run, [*extra, "+callbacks.preempt._target_=tests.test_resume.PreemptOnce", "+callbacks.preempt.epoch=1"])
     hpc = _load(run / "hpc_ckpt_1.ckpt")
     assert hpc["global_step"] == 3 and WANDB_ID_KEY in hpc
+    time.sleep(1.1)  # W&B names an offline run's folder by the second it starts: two runs, two folders
     _run(phantom_root, run, extra)  # the requeued job: the same command in the same run folder
     last = _load(run / "checkpoints" / "last.ckpt")
     assert last["epoch"] == 1 and last["global_step"] == 4  # the one step left, not a new start
