@@ -1,0 +1,292 @@
+"""What every case reader shares: the :class:`CaseReader` Protocol, the found-case records and
+the NIfTI helpers.
+
+A reader turns a dataset folder into cases: :meth:`CaseReader.find_cases` lists them (and, for
+``check-data``, describes the problems it finds instead of raising), :meth:`CaseReader.load_case`
+reads one into memory on its original grid, and :meth:`CaseReader.describe` says in one line
+what layout the reader expects, for error messages. A reader is configured by file names only
+(suffixes, folders, extensions), so another release with other file names is a config change.
+The registry that ``data.layout.reader`` names is in :mod:`lightning_brats.data.readers`.
+(nnU-Net v2 puts its image readers behind one abstract base and a registry in the same way,
+``nnunetv2/imageio/``; ours read dataset layouts rather than file formats.)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Protocol, runtime_checkable
+
+import nibabel as nib
+import numpy as np
+
+
+class DataError(ValueError):
+    """A dataset file or folder is unusable; the message names the path and the problem."""
+
+
+@runtime_checkable
+class CaseSource(Protocol):
+    """What a reader's ``find_cases`` returns for one case: where it is read from.
+
+    Attributes:
+        case_id: the case identifier, e.g. ``BraTS20_Training_001``.
+    """
+
+    case_id: str
+
+    @property
+    def labelled(self) -> bool:
+        """Whether the case has a label map (training and evaluation need one)."""
+        ...
+
+    @property
+    def label_source(self) -> Path | None:
+        """The file or folder the label map is read from (for messages), ``None`` if unlabelled."""
+        ...
+
+    def sources(self) -> list[Path]:
+        """Every file the case is read from (each once), e.g. to notice a changed source."""
+        ...
+
+    def load(
+        self, modalities: Sequence[str], labels: Mapping[str, int] | None = None, read_label: bool = True
+    ) -> LoadedCase:
+        """Read the case into memory (see :meth:`CaseReader.load_case`)."""
+        ...
+
+
+@runtime_checkable
+class CaseReader(Protocol):
+    """One dataset layout on disk: find its cases, load one, describe what it expects.
+
+    Attributes:
+        name: the reader's name in the registry, as ``data.layout.reader`` gives it.
+        sampling: the ``data.sampling`` modes its volumes support (``("2d", "3d")``, or
+            ``("2d",)`` where the slice spacing is unknown).
+    """
+
+    name: ClassVar[str]
+    sampling: tuple[str, ...]
+
+    def describe(self) -> str:
+        """A one-line description of the expected layout, for error messages."""
+        ...
+
+    def find_cases(self, root: str | Path, problems: list[str] | None = None) -> list[CaseSource]:
+        """Every case under ``root``, sorted by case ID.
+
+        Args:
+            root: the dataset folder.
+            problems: if given, a case the reader cannot use (a missing file, a repeated ID) is
+                described here, naming its files, and left out instead of raising.
+
+        Raises:
+            DataError: the root does not exist or holds no case, or (without ``problems``) a
+                case is unusable; the message names the path and :meth:`describe`.
+        """
+        ...
+
+    def load_case(
+        self,
+        files: CaseSource,
+        modalities: Sequence[str],
+        labels: Mapping[str, int] | None = None,
+        read_label: bool = True,
+    ) -> LoadedCase:
+        """Load a found case: ``image (C, X, Y, Z)`` float32 in ``modalities`` order, and its label.
+
+        Args:
+            files: a case from :meth:`find_cases`.
+            modalities: modality names stacked as channels, e.g. ``["flair", "t1", "t1ce", "t2"]``.
+            labels: the dataset's label map (name -> code); other values than these and 0 are errors.
+            read_label: ``False`` skips the label map even when the case has one (prediction).
+
+        Raises:
+            DataError: a file is unreadable or does not match the others; the message names it.
+        """
+        ...
+
+
+@dataclass
+class LoadedCase:
+    """One case in memory, on its original grid.
+
+    Attributes:
+        case_id: the case identifier.
+        image: ``(C, X, Y, Z)`` float32, channels in the requested modality order.
+        label: ``(X, Y, Z)`` uint8 label map with the release's codes, or ``None``.
+        affine: ``(4, 4)`` voxel-to-world affine of the first modality (mm).
+        spacing: ``(3,)`` voxel size in mm.
+        files: the files read.
+    """
+
+    case_id: str
+    image: np.ndarray
+    label: np.ndarray | None
+    affine: np.ndarray
+    spacing: np.ndarray
+    files: CaseSource = field(repr=False, default=None)
+
+
+@dataclass(frozen=True)
+class CaseFiles:
+    """A case stored as NIfTI files: one per modality (BraTS), or one 4D file for all (MSD).
+
+    Attributes:
+        case_id: the case identifier, e.g. ``BraTS20_Training_001``.
+        images: modality name -> NIfTI path, in the layout's modality order.
+        label: path of the label map, or ``None`` for an unlabelled case.
+        channels: modality name -> index on the 4th axis, when modalities share one 4D file
+            (MSD); ``None`` when each modality is its own 3D file.
+    """
+
+    case_id: str
+    images: dict[str, Path]
+    label: Path | None = None
+    channels: dict[str, int] | None = None
+
+    @property
+    def labelled(self) -> bool:
+        """Whether the case has a label file."""
+        return self.label is not None
+
+    @property
+    def label_source(self) -> Path | None:
+        """The label file, or ``None``."""
+        return self.label
+
+    def sources(self) -> list[Path]:
+        """Every file the case is read from (each once), images first, e.g. to notice a changed source."""
+        return list(dict.fromkeys([*self.images.values(), *([self.label] if self.label else [])]))
+
+    def load(
+        self, modalities: Sequence[str], labels: Mapping[str, int] | None = None, read_label: bool = True
+    ) -> LoadedCase:
+        """Read the case (see :func:`load_nifti_case`)."""
+        return load_nifti_case(self, modalities, labels, read_label)
+
+
+def walk(root: Path) -> list[Path]:
+    """Every file and folder under ``root``, sorted, following symlinked folders (datasets are often
+    linked together on clusters), skipping hidden ones (e.g. half-written temporary files).
+
+    Returns:
+        paths under ``root`` (files and folders), sorted.
+    """
+    found = []
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found.extend(Path(folder) / name for name in [*dirs, *files] if not name.startswith("."))
+    return sorted(found)
+
+
+def report_problem(problem: str, problems: list[str] | None) -> None:
+    """Collect ``problem`` into ``problems`` (``check-data``), or raise it when not collecting.
+
+    Raises:
+        DataError: ``problems`` is ``None``.
+    """
+    if problems is None:
+        raise DataError(problem)
+    problems.append(problem)
+
+
+def check_root(root: str | Path, reader: CaseReader) -> Path:
+    """``root`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        DataError: ``root`` is not a folder (the message names it and ``reader.describe()``).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data root {root} does not exist or is not a folder; expected {reader.describe()}")
+    return root
+
+
+def read_nifti(path: Path, ndim: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read one NIfTI file. Returns ``(array (X, Y, Z[, C]), affine (4, 4), spacing (3,) mm)``.
+
+    Raises:
+        DataError: the file is corrupt or truncated, or does not have ``ndim`` dimensions.
+    """
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:  # nibabel raises many types for corrupt or truncated files
+        raise DataError(f"{path}: cannot read NIfTI ({type(exc).__name__}: {exc})") from exc
+    if data.ndim != ndim:
+        what = "a 3D volume" if ndim == 3 else f"a {ndim}D stack of modalities"
+        raise DataError(f"{path}: expected {what}, found shape {data.shape}")
+    return data, img.affine, np.asarray(img.header.get_zooms()[:3], dtype=np.float64)
+
+
+def check_label_values(path: Path, data: np.ndarray, labels: Mapping[str, int] | None) -> None:
+    """Raise :class:`DataError` naming ``path`` when ``data`` holds values outside 0 and ``labels``."""
+    if labels is None:
+        return
+    allowed = {0, *map(int, labels.values())}
+    unknown = sorted(set(np.unique(data).tolist()) - allowed)
+    if unknown:
+        raise DataError(f"{path}: unknown label values {unknown}; the dataset's label map is {dict(labels)}")
+
+
+def check_same_grid(path, shape, affine, ref_path, ref_shape, ref_affine) -> None:
+    """Raise :class:`DataError` naming ``path`` and ``ref_path`` when the shapes differ or the
+    ``(4, 4)`` affines differ by more than 1e-3 (mm)."""
+    if shape != ref_shape:
+        raise DataError(f"{path}: shape {shape} differs from {ref_path} {ref_shape}")
+    if not np.allclose(affine, ref_affine, atol=1e-3):
+        raise DataError(f"{path}: affine differs from {ref_path}:\n{affine}\nvs\n{ref_affine}")
+
+
+def load_nifti_case(
+    files: CaseFiles, modalities: Sequence[str], labels: Mapping[str, int] | None = None, read_label: bool = True
+) -> LoadedCase:
+    """Load a NIfTI case's modalities (in ``modalities`` order) and its label map.
+
+    Args:
+        files: the case's files, from a reader's ``find_cases`` or given explicitly.
+        modalities: the modality names to stack as channels, e.g. ``["flair", "t1", "t1ce", "t2"]``.
+        labels: the dataset's label map (name -> code); label values outside it and 0 are errors.
+        read_label: ``False`` skips the label map even when the case has one (prediction).
+
+    Returns:
+        a :class:`LoadedCase` with ``image`` of shape ``(C, X, Y, Z)``.
+
+    Raises:
+        DataError: a file is corrupt or not 3D (4D for a stack); a modality is not in the case;
+            shapes or affines differ between files; NaN or Inf voxels; unknown label values.
+    """
+    arrays = []
+    ref_path = ref_affine = ref_spacing = None
+    stacks: dict[Path, tuple] = {}  # a 4D file is read once for all its channels
+    for modality in modalities:
+        if modality not in files.images:
+            raise DataError(f"case {files.case_id}: modality {modality!r} not in {sorted(files.images)}")
+        path = files.images[modality]
+        if files.channels is None:
+            data, affine, spacing = read_nifti(path)
+        else:
+            if path not in stacks:
+                stacks[path] = read_nifti(path, ndim=4)
+            stack, affine, spacing = stacks[path]
+            if files.channels[modality] >= stack.shape[3]:
+                raise DataError(f"{path}: no channel {files.channels[modality]} for {modality!r} in shape {stack.shape}")
+            data = stack[..., files.channels[modality]]
+        if ref_path is None:
+            ref_path, ref_affine, ref_spacing, ref_shape = path, affine, spacing, data.shape
+        check_same_grid(path, data.shape, affine, ref_path, ref_shape, ref_affine)
+        data = data.astype(np.float32)
+        if not np.isfinite(data).all():
+            raise DataError(f"{path}: contains NaN or Inf voxels")
+        arrays.append(data)
+    label = None
+    if files.label is not None and read_label:
+        data, affine, _ = read_nifti(files.label)
+        check_same_grid(files.label, data.shape, affine, ref_path, ref_shape, ref_affine)
+        check_label_values(files.label, data, labels)
+        label = data.astype(np.uint8)
+    return LoadedCase(files.case_id, np.stack(arrays), label, ref_affine, ref_spacing, files)
