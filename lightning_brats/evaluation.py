@@ -18,8 +18,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from lightning_brats.data.layouts import DataError, LoadedCase, check_label_values, check_same_grid
 from lightning_brats.data.preprocess import atomic_save
+from lightning_brats.data.readers import DataError, LoadedCase, check_label_values, check_same_grid
 from lightning_brats.lesion_metrics import metric_names, score_lesion_wise
 from lightning_brats.metrics import case_region_metrics
 
@@ -90,7 +90,7 @@ def read_prediction(path: Path, case: LoadedCase, labels: Mapping[str, int]) -> 
         data = np.asanyarray(image.dataobj)
     except Exception as exc:  # nibabel raises many types for corrupt files
         raise DataError(f"{path}: cannot read NIfTI ({type(exc).__name__}: {exc})") from exc
-    truth_file = case.files.label if case.files is not None else "the ground truth"
+    truth_file = case.files.label_source if case.files is not None else "the ground truth"
     check_same_grid(path, data.shape, image.affine, f"the ground truth {truth_file}", case.label.shape, case.affine)
     if not np.all(np.equal(np.mod(data, 1), 0)):
         raise DataError(f"{path}: holds non-integer values; expected a label map with codes {dict(labels)}")

@@ -12,6 +12,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from lightning_brats.budget import PolyLRByProgress, training_progress
+from lightning_brats.data.datamodule import adopt_legacy_state
 from lightning_brats.inference import InferenceSettings, predict_logits
 from lightning_brats.losses import deep_supervision_loss
 from lightning_brats.metrics import RegionDice
@@ -292,6 +293,9 @@ class SegmentationModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Refuse a checkpoint trained for other channels or regions before its weights are loaded."""
+        datamodule = getattr(self._trainer, "datamodule", None)
+        if datamodule is not None:  # a checkpoint saved before BratsDataModule was renamed
+            adopt_legacy_state(checkpoint, datamodule)
         self.nonfinite_skipped = int(checkpoint.get(SKIPPED_KEY, 0))
         stored = checkpoint.get(CONFIG_KEY)
         if stored and self.run_config:

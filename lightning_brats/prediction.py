@@ -32,8 +32,8 @@ import torch
 from torch import nn
 
 from lightning_brats.checkpoints import load_checkpoint
-from lightning_brats.data.layouts import CaseFiles, DataError, LoadedCase, load_case
 from lightning_brats.data.preprocess import atomic_save, preprocess_case, restore_to_original
+from lightning_brats.data.readers import CaseFiles, CaseSource, DataError, LoadedCase, load_case
 from lightning_brats.data.settings import PreprocessingSettings
 from lightning_brats.hardware import inference_precision
 from lightning_brats.inference import InferenceSettings, predict_probabilities
@@ -368,7 +368,7 @@ class Predictor:
             return torch.autocast(self.model.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def predict_case(self, files: CaseFiles) -> CasePrediction:
+    def predict_case(self, files: CaseSource) -> CasePrediction:
         """Predict one case.
 
         Raises:
@@ -396,9 +396,9 @@ class Predictor:
         return CasePrediction(files.case_id, label, probs, case, time.perf_counter() - start, relabelled)
 
 
-def reference_header(files: CaseFiles) -> nib.Nifti1Header | None:
+def reference_header(files: CaseSource) -> nib.Nifti1Header | None:
     """The NIfTI header of the case's first modality file (its geometry), or ``None`` for non-NIfTI input."""
-    first = next(iter(files.images.values()))
+    first = files.sources()[0]
     if first.is_file() and first.name.endswith((".nii", ".nii.gz")):
         return nib.load(str(first)).header
     return None
@@ -434,7 +434,7 @@ def output_paths(output_dir: Path, case_id: str) -> dict[str, Path]:
     return {"label": output_dir / f"{case_id}.nii.gz", "probabilities": output_dir / f"{case_id}_probabilities.nii.gz"}
 
 
-def check_not_inputs(outputs: Sequence[Path], cases: Sequence[CaseFiles]) -> None:
+def check_not_inputs(outputs: Sequence[Path], cases: Sequence[CaseSource]) -> None:
     """Refuse to write over any input file.
 
     Raises:

@@ -20,7 +20,7 @@ from hydra.errors import InstantiationException
 from omegaconf import OmegaConf
 
 from lightning_brats.cli.train import train
-from lightning_brats.data.datamodule import BratsDataModule
+from lightning_brats.data.datamodule import SegmentationDataModule
 from lightning_brats.data.preprocess import PreprocessedCache
 from tests.conftest import REPO, compose_config
 
@@ -51,8 +51,8 @@ class RecordingCache(PreprocessedCache):
         super()._write(files)
 
 
-class RecordingDataModule(BratsDataModule):
-    """:class:`BratsDataModule` whose cache notes its writers (a class, so that it pickles for ``ddp_spawn``)."""
+class RecordingDataModule(SegmentationDataModule):
+    """:class:`SegmentationDataModule` whose cache notes its writers (a class, so that it pickles for ``ddp_spawn``)."""
 
     def __init__(self, record_dir: str, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -149,7 +149,7 @@ def _per_case_validation(cfg, ckpt: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
     data = OmegaConf.to_container(cfg.data, resolve=True)
     data.pop("record_dir")
-    datamodule = hydra.utils.instantiate({**data, "_target_": "lightning_brats.data.datamodule.BratsDataModule"})
+    datamodule = hydra.utils.instantiate({**data, "_target_": "lightning_brats.data.datamodule.SegmentationDataModule"})
     datamodule.setup("validate")
     model = hydra.utils.instantiate(cfg.model)
     model.load_state_dict(torch.load(ckpt, weights_only=True, map_location="cpu")["state_dict"])

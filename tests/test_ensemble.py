@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import hydra
 import nibabel as nib
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ import torch
 
 from lightning_brats.cli.eval import evaluate
 from lightning_brats.cli.predict import model_files, predict
+from lightning_brats.data.readers import make_reader
 from lightning_brats.module import CONFIG_KEY
 from lightning_brats.prediction import Predictor, load_trained_model, multirun_checkpoints
 from tests.conftest import compose_tool_config, inference_settings
@@ -47,7 +47,7 @@ def test_ensemble_is_the_mean_of_each_models_probabilities(phantom_checkpoint, p
     single = []
     for ckpt in (phantom_checkpoint, phantom_checkpoint_2d):
         model = load_trained_model(ckpt, device="cpu")
-        files = hydra.utils.instantiate(model.data["layout"]).find_cases(case)[0]
+        files = make_reader(model.data["layout"]).find_cases(case)[0]
         single.append(Predictor(model, inference_settings(precision="32", overlap=0.25, sw_batch_size=8, flip_tta=True)).predict_case(files).probabilities)
     assert np.abs(single[0] - single[1]).max() > 0.05  # two different models
     mean = (single[0] + single[1]) / 2

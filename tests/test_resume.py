@@ -91,7 +91,7 @@ def test_two_epochs_then_resume_equals_three_straight(phantom_root, tmp_path):
                                    "+callbacks.stop.epochs=2"])
     first = _load(first_dir / "checkpoints" / "last.ckpt")
     assert first["epoch"] == 1 and first["global_step"] == 2
-    assert first["BratsDataModule"] == {"train_sampler": {"epoch": 2}}  # Lightning saved the datamodule's state
+    assert first["SegmentationDataModule"] == {"train_sampler": {"epoch": 2}}  # Lightning saved the datamodule's state
     run_id = first[WANDB_ID_KEY]
     # ckpt_path=last: the newest last.ckpt of this task's runs, i.e. the first run's
     resumed = _run(phantom_root, tmp_path / "resumed", ["trainer.max_epochs=3", "logger=wandb", "ckpt_path=last"],

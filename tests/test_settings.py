@@ -17,7 +17,7 @@ from tests.conftest import compose_config
 
 DATA = sorted(p.stem for p in (Path(CONFIG_DIR) / "data").glob("*.yaml"))
 MODALITIES = ["flair", "t1", "t1ce", "t2"]
-DATAMODULE = "lightning_brats.data.datamodule.BratsDataModule"
+DATAMODULE = "lightning_brats.data.datamodule.SegmentationDataModule"
 
 #: cache folder fingerprints written by the code before the settings object existed (main at ca837ca,
 #: data.root=/x): the same settings must keep finding the caches users already have

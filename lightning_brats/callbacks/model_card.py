@@ -171,7 +171,7 @@ class ModelCard(pl.Callback):
             "data": {
                 "config": hydra_facts["choices"].get("data"),
                 "experiment": hydra_facts["choices"].get("experiment"),
-                "reader": type(getattr(dm, "layout", None)).__name__,
+                "reader": getattr(getattr(dm, "reader", None), "name", None),
                 "root": str(Path(str(getattr(dm, "root", ""))).resolve()),
                 "cases": len(train_ids) + len(val_ids),
                 "training_cases": len(train_ids),

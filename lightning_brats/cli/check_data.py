@@ -20,7 +20,7 @@ from rich.table import Table
 
 import lightning_brats  # noqa: F401  (registers resolvers)
 from lightning_brats.configs import CONFIG_PATH
-from lightning_brats.data.layouts import DataError, load_case
+from lightning_brats.data.readers import DataError, load_case
 
 
 @dataclass
@@ -41,7 +41,7 @@ def check_dataset(datamodule) -> DatasetReport:
     """Read every case of a datamodule's root; collect per-case facts and problems (never raises)."""
     report = DatasetReport()
     try:
-        cases = datamodule.layout.find_cases(datamodule.root, problems=report.problems)
+        cases = datamodule.reader.find_cases(datamodule.root, problems=report.problems)
     except DataError as exc:
         report.problems.append(str(exc))
         return report

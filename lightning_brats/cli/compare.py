@@ -31,7 +31,7 @@ from lightning_brats.comparison import (
     ranking_rows,
     write_comparison,
 )
-from lightning_brats.data.layouts import DataError
+from lightning_brats.data.readers import DataError
 
 USAGE = """usage: lightning-brats compare EVAL_DIR EVAL_DIR [EVAL_DIR ...] [out=DIR] [names=A,B,...] [rank=METRIC,...]
                                [seed=0] [resamples=10000] [confidence=0.95]

@@ -24,8 +24,8 @@ from rich.table import Table
 
 import lightning_brats  # noqa: F401  (registers resolvers)
 from lightning_brats.configs import CONFIG_PATH
-from lightning_brats.data.layouts import DataError, load_case
 from lightning_brats.data.preprocess import atomic_save
+from lightning_brats.data.readers import DataError, load_case, make_reader
 from lightning_brats.evaluation import (
     STATISTICS,
     case_metrics,
@@ -174,15 +174,15 @@ def evaluate(cfg: DictConfig) -> dict:
     definition, lesion_wise = metric_settings(cfg, data)
     metrics = case_metrics(definition)
     labels = {str(k): int(v) for k, v in data["labels"].items()}
-    layout = hydra.utils.instantiate(data["layout"])
-    cases = [c for c in layout.find_cases(Path(cfg.ground_truth)) if c.label is not None]
+    reader = make_reader(data["layout"])
+    cases = [c for c in reader.find_cases(Path(cfg.ground_truth)) if c.labelled]
     if selected is not None:
         unknown = sorted(set(selected) - {c.case_id for c in cases})
         if unknown:
             raise DataError(f"cases={unknown} are not labelled cases under ground_truth={cfg.ground_truth}")
         cases = [c for c in cases if c.case_id in set(selected)]
     if not cases:
-        raise DataError(f"no labelled cases under ground_truth={cfg.ground_truth} ({layout.describe()})")
+        raise DataError(f"no labelled cases under ground_truth={cfg.ground_truth} ({reader.describe()})")
     missing = [c.case_id for c in cases if not (predictions / f"{c.case_id}.nii.gz").is_file()]
     if missing and not cfg.allow_missing:
         raise DataError(

@@ -25,7 +25,7 @@ from rich.progress import (
 
 import lightning_brats  # noqa: F401  (registers resolvers)
 from lightning_brats.configs import CONFIG_PATH
-from lightning_brats.data.layouts import CaseFiles, DataError
+from lightning_brats.data.readers import CaseSource, DataError, make_reader
 from lightning_brats.hardware import configure_threads
 from lightning_brats.inference import InferenceSettings
 from lightning_brats.prediction import (
@@ -87,7 +87,7 @@ def build_predictor(cfg: DictConfig) -> Predictor:
     return Predictor(models, settings, postprocessing_for(models[0].data, settings.postprocess))
 
 
-def find_input_cases(cfg: DictConfig, model: TrainedModel) -> list[CaseFiles]:
+def find_input_cases(cfg: DictConfig, model: TrainedModel) -> list[CaseSource]:
     """The cases to predict: ``cfg.files`` (explicit modality files) or the cases under ``cfg.input``
     (all, or those listed in ``cfg.cases``).
 
@@ -103,8 +103,7 @@ def find_input_cases(cfg: DictConfig, model: TrainedModel) -> list[CaseFiles]:
     root = Path(cfg.input)
     if root.is_file():
         raise DataError(f"input={root} is a file; give its folder, or the modality files as files={{modality: path, ...}}")
-    layout = hydra.utils.instantiate(model.data["layout"])
-    cases = layout.find_cases(root)
+    cases = make_reader(model.data["layout"]).find_cases(root)
     wanted = cfg.get("cases")
     if wanted:
         found = {c.case_id: c for c in cases}

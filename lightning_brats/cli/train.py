@@ -242,7 +242,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         the final callback metrics as floats (``val/dice_wt``, ``val/dice_mean``, ...).
 
     Raises:
-        lightning_brats.data.layouts.DataError: ``data.root`` is missing or holds no cases
+        lightning_brats.data.readers.DataError: ``data.root`` is missing or holds no cases
             (raised before any training).
         FileNotFoundError: ``ckpt_path`` names no checkpoint (see :func:`resolve_ckpt_path`).
         ValueError: DDP that re-runs the command line inside a Hydra multirun

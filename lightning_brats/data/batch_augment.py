@@ -2,8 +2,8 @@
 
 The same transforms, with the same distributions, as the per-sample CPU path
 (:class:`~lightning_brats.data.sampling.Augmentation`), applied after the batch reaches the
-device (``data.augment.device=batch``, from :meth:`BratsDataModule.on_after_batch_transfer
-<lightning_brats.data.datamodule.BratsDataModule.on_after_batch_transfer>`): parameters are drawn
+device (``data.augment.device=batch``, from :meth:`SegmentationDataModule.on_after_batch_transfer
+<lightning_brats.data.datamodule.SegmentationDataModule.on_after_batch_transfer>`): parameters are drawn
 for the whole batch with one ``torch.Generator`` on the batch's device, the random rotation and
 scaling of every sample is one ``affine_grid`` and one ``grid_sample`` per tensor (images
 trilinear, targets nearest so they stay binary), flips and intensity changes are masked tensor

@@ -1,9 +1,17 @@
-"""The LightningDataModule: find cases, preprocess once, split by case, sample 2D or 3D."""
+"""The LightningDataModule: wiring from a reader to 2D or 3D samples.
+
+It reads cases with the reader ``data.layout`` names (:mod:`lightning_brats.data.readers`), preprocesses
+them once into a cache (:mod:`~lightning_brats.data.preprocess`), splits them by case
+(:mod:`~lightning_brats.data.splits`) and samples patches or slices (:mod:`~lightning_brats.data.sampling`);
+the same class serves every dataset (BraTS releases, MSD Task01, LGG).
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -14,8 +22,8 @@ from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_brats.data.batch_augment import BatchAugmentation
-from lightning_brats.data.layouts import CaseFiles, DataError, Layout
 from lightning_brats.data.preprocess import CachedCase, PreprocessedCache, atomic_save
+from lightning_brats.data.readers import CaseReader, CaseSource, DataError, make_reader
 from lightning_brats.data.sampling import Augmentation, EpochSampler, TrainingSampleDataset
 from lightning_brats.data.settings import PreprocessingSettings
 from lightning_brats.data.splits import make_splits, read_splits
@@ -43,13 +51,14 @@ class WholeCaseDataset(Dataset):
         }
 
 
-class BratsDataModule(pl.LightningDataModule):
-    """BraTS-style data for training: cases -> preprocessing cache -> 2D/3D samples.
+class SegmentationDataModule(pl.LightningDataModule):
+    """Segmentation data for training, any release a reader reads: cases -> preprocessing cache -> 2D/3D samples.
 
     Args:
         root: folder searched (recursively) for cases.
-        layout: the file layout (:class:`~lightning_brats.data.layouts.BratsLayout`,
-            :class:`~lightning_brats.data.layouts.MsdLayout` or :class:`~lightning_brats.data.layouts.SliceLayout`).
+        layout: the file layout: a mapping that names its reader and the reader's arguments
+            (``{reader: brats_folders, modality_suffixes: ..., ...}``, see
+            :func:`~lightning_brats.data.readers.make_reader`), or a reader already built.
         modalities: modality names stacked as input channels, in this order.
         labels: the release's label map, name -> code (e.g. ``{ncr_net: 1, ed: 2, et: 4}``).
         regions: evaluated regions, name -> label codes (e.g. ``{wt: [1, 2, 4], ...}``).
@@ -104,7 +113,8 @@ class BratsDataModule(pl.LightningDataModule):
     processes with repeated cases, which would then count twice in the Dice).
 
     Raises:
-        ValueError: an unknown ``sampling``, or one the layout does not support (the LGG
+        ValueError: an unknown reader (see :func:`~lightning_brats.data.readers.make_reader`); an unknown
+            ``sampling``, or one the layout does not support (the LGG
             slices are 2D only); a ``patch_size`` with too few values; ``samples_per_epoch``
             smaller than ``batch_size``; invalid preprocessing settings (see
             :class:`~lightning_brats.data.settings.PreprocessingSettings`).
@@ -113,7 +123,7 @@ class BratsDataModule(pl.LightningDataModule):
     def __init__(
         self,
         root: str,
-        layout: Layout,
+        layout: CaseReader | Mapping,
         modalities: Sequence[str],
         labels: Mapping[str, int],
         regions: Mapping[str, Sequence[int]],
@@ -147,14 +157,15 @@ class BratsDataModule(pl.LightningDataModule):
         self.prepare_data_per_node = prepare_data_per_node
         if sampling not in ("2d", "3d"):
             raise ValueError(f"data.sampling must be '2d' or '3d', got {sampling!r}")
-        if sampling not in layout.sampling:
+        #: the reader of ``data.layout`` (:class:`~lightning_brats.data.readers.CaseReader`)
+        self.reader = reader = make_reader(layout)
+        if sampling not in reader.sampling:
             raise ValueError(
-                f"data.sampling={sampling} is not possible with this dataset's layout ({layout.describe()}): it supports "
-                f"only {list(layout.sampling)}; set data.sampling={layout.sampling[0]} and a matching model "
-                f"(e.g. model=unet{layout.sampling[0]})"
+                f"data.sampling={sampling} is not possible with this dataset's layout ({reader.describe()}): it supports "
+                f"only {list(reader.sampling)}; set data.sampling={reader.sampling[0]} and a matching model "
+                f"(e.g. model=unet{reader.sampling[0]})"
             )
         self.root = Path(root)
-        self.layout = layout
         #: what the cache, validation and (through the checkpoint's data config) prediction preprocess with
         self.preprocessing = PreprocessingSettings(modalities, spacing, normalization, crop, crop_size)
         self.modalities = list(self.preprocessing.modalities)
@@ -196,7 +207,7 @@ class BratsDataModule(pl.LightningDataModule):
             self.root.resolve().name,
             self.preprocessing,
             self.labels,
-            source={"root": str(self.root.resolve()), "layout": layout.describe()},
+            source={"root": str(self.root.resolve()), "layout": reader.describe()},
             dtype=cache_dtype,
         )
         self.train_ids: list[str] = []
@@ -210,9 +221,9 @@ class BratsDataModule(pl.LightningDataModule):
         """Region names in output-channel order, e.g. ``["wt", "tc", "et"]``."""
         return list(self.regions)
 
-    def find_cases(self) -> list[CaseFiles]:
+    def find_cases(self) -> list[CaseSource]:
         """The dataset's cases (raises :class:`DataError` naming the root when there are none)."""
-        return self.layout.find_cases(self.root)
+        return self.reader.find_cases(self.root)
 
     @property
     def splits_path(self) -> Path:
@@ -223,13 +234,13 @@ class BratsDataModule(pl.LightningDataModule):
             return Path(self.splits_file)
         return self.cache.path / f"splits_{self.num_folds}folds_seed{self.seed}.json"
 
-    def _labelled_ids(self, cases: Sequence[CaseFiles]) -> list[str]:
-        labelled = [c.case_id for c in cases if c.label is not None]
+    def _labelled_ids(self, cases: Sequence[CaseSource]) -> list[str]:
+        labelled = [c.case_id for c in cases if c.labelled]
         if not labelled:
             raise DataError(f"no labelled cases under {self.root}: training needs label files")
         return labelled
 
-    def _write_splits(self, cases: Sequence[CaseFiles]) -> None:
+    def _write_splits(self, cases: Sequence[CaseSource]) -> None:
         """Write the splits file (:attr:`splits_path`) unless one for the same cases, seed and folds is there (rank 0)."""
         ids = sorted(self._labelled_ids(cases))
         record = {"seed": self.seed, "num_folds": self.num_folds, "cases": ids}
@@ -254,7 +265,7 @@ class BratsDataModule(pl.LightningDataModule):
         """Write phantoms if configured and missing, then fill the preprocessing cache (rank 0)."""
         if self.notice:
             log.warning(self.notice)
-        if self.phantoms is not None and not _has_cases(self.layout, self.root):
+        if self.phantoms is not None and not _has_cases(self.reader, self.root):
             self.phantoms(str(self.root))
         cases = self.find_cases()
         self.cache.ensure(cases, log=log.info, workers=self.preprocess_workers)
@@ -390,8 +401,46 @@ class BratsDataModule(pl.LightningDataModule):
         self.train_sampler.load_state_dict(state["train_sampler"])
 
 
-def _has_cases(layout: Layout, root: Path) -> bool:
+def _has_cases(reader: CaseReader, root: Path) -> bool:
     try:
-        return bool(layout.find_cases(root))
+        return bool(reader.find_cases(root))
     except DataError:
         return False
+
+
+class BratsDataModule(SegmentationDataModule):
+    """Deprecated name of :class:`SegmentationDataModule` (which serves MSD and LGG too), kept so that
+    configs and checkpoints holding ``_target_: lightning_brats.data.datamodule.BratsDataModule`` still
+    load; it warns once per construction. Its state in checkpoints stays under ``BratsDataModule``."""
+
+    @functools.wraps(SegmentationDataModule.__init__)  # the same signature (checked by PreprocessingSettings)
+    def __init__(self, *args, **kwargs) -> None:
+        warnings.warn(
+            "lightning_brats.data.datamodule.BratsDataModule is deprecated: set data._target_ to "
+            "lightning_brats.data.datamodule.SegmentationDataModule (the same class under its new name)",
+            FutureWarning,
+            stacklevel=2,
+        )
+        super().__init__(*args, **kwargs)
+
+
+#: names the datamodule's state was saved under in checkpoints before it was renamed
+LEGACY_STATE_KEYS = ("BratsDataModule",)
+
+
+def adopt_legacy_state(checkpoint: dict, datamodule: pl.LightningDataModule) -> None:
+    """Let ``datamodule`` restore the state a checkpoint saved under the class's old name.
+
+    Lightning stores a datamodule's :meth:`~SegmentationDataModule.state_dict` under its class name
+    and restores it only under the same name, so a run saved by ``BratsDataModule`` and resumed by
+    :class:`SegmentationDataModule` would silently restart its sampler's epoch. Called from the
+    LightningModule's ``on_load_checkpoint``, which Lightning runs before it restores the datamodule.
+    ``checkpoint`` is changed in place; nothing happens when it holds the new name already.
+    """
+    key = type(datamodule).__qualname__
+    if key in checkpoint:
+        return
+    for old in LEGACY_STATE_KEYS:
+        if old in checkpoint:
+            checkpoint[key] = checkpoint[old]
+            return

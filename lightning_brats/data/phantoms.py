@@ -19,7 +19,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from lightning_brats.data.layouts import BratsLayout
+from lightning_brats.data.readers import BratsFolderReader
 
 #: Mean intensity per tissue and modality (arbitrary scanner units): background, CSF, GM,
 #: WM, edema, necrosis, enhancing tumour. Contrasts follow the textbook appearance.
@@ -99,7 +99,7 @@ def write_phantom_dataset(
     spacing_mm: float = 2.0,
     seed: int = 0,
     prefix: str = "BraTS20_Training_",
-    layout: BratsLayout | None = None,
+    layout: BratsFolderReader | None = None,
 ) -> list[Path]:
     """Write a deterministic synthetic dataset in the BraTS 2020 layout.
 
@@ -119,7 +119,7 @@ def write_phantom_dataset(
     Returns:
         the case folders.
     """
-    layout = layout or BratsLayout({m: f"_{m}" for m in TISSUE_INTENSITY})
+    layout = layout or BratsFolderReader({m: f"_{m}" for m in TISSUE_INTENSITY})
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     affine = np.diag([-spacing_mm, -spacing_mm, spacing_mm, 1.0])

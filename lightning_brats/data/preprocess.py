@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from filelock import FileLock, Timeout
 from rich.progress import Progress
 
-from lightning_brats.data.layouts import CaseFiles, LoadedCase, load_case
+from lightning_brats.data.readers import CaseSource, LoadedCase, load_case
 
 if TYPE_CHECKING:  # settings.py imports this module's NORMALIZATIONS and CROPS
     from lightning_brats.data.settings import PreprocessingSettings
@@ -255,7 +255,7 @@ def _npy_problem(path: Path, expected: Mapping | None) -> str | None:
     return None
 
 
-def _source_stamp(files: CaseFiles) -> dict:
+def _source_stamp(files: CaseSource) -> dict:
     """Absolute path -> (size, mtime) of every source file: the same root given relative or
     absolute must not look like changed sources (the cache folder's name uses the resolved root)."""
     paths = files.sources()
@@ -343,11 +343,11 @@ class PreprocessedCache:
     def _files(self, case_id: str) -> tuple[Path, Path, Path]:
         return (self.path / f"{case_id}_image.npy", self.path / f"{case_id}_label.npy", self.path / f"{case_id}.json")
 
-    def is_cached(self, files: CaseFiles) -> bool:
+    def is_cached(self, files: CaseSource) -> bool:
         """Whether the case is complete and whole in the cache and its source files are unchanged."""
         return self.problem(files) is None
 
-    def problem(self, files: CaseFiles) -> str | None:
+    def problem(self, files: CaseSource) -> str | None:
         """Why the case must be (re)built, or ``None`` when its cache entry is usable.
 
         ``"not cached"`` for a case never written or whose record is missing (an interrupted
@@ -373,7 +373,7 @@ class PreprocessedCache:
                 return problem
         return None
 
-    def ensure(self, cases: Sequence[CaseFiles], log=print, workers: int = 1) -> None:
+    def ensure(self, cases: Sequence[CaseSource], log=print, workers: int = 1) -> None:
         """Preprocess every case not yet cached, with a progress bar and a summary line.
 
         Runs while holding the cache folder's lock: a second process started on the same
@@ -400,7 +400,7 @@ class PreprocessedCache:
         finally:
             lock.release()
 
-    def _ensure_locked(self, cases: Sequence[CaseFiles], log, workers: int) -> None:
+    def _ensure_locked(self, cases: Sequence[CaseSource], log, workers: int) -> None:
         """:meth:`ensure` while holding the cache's lock."""
         settings_file = self.path / "settings.json"
         if not settings_file.exists():
@@ -440,7 +440,7 @@ class PreprocessedCache:
             f"{self.path} ({len(cases)} cases cached, {sum(f.stat().st_size for f in self.path.iterdir()) / 2**20:.0f} MiB)"
         )
 
-    def _write(self, files: CaseFiles) -> None:
+    def _write(self, files: CaseSource) -> None:
         case = load_case(files, self.modalities, self.labels)
         image, label, record = preprocess_case(case, self.preprocessing)
         record["source"] = _source_stamp(files)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lightning_brats.data.layouts import DataError
+from lightning_brats.data.readers import DataError
 
 
 def kfold_split(case_ids: Sequence[str], num_folds: int, fold: int, seed: int) -> tuple[list[str], list[str]]:
