@@ -9,7 +9,6 @@ the same class serves every dataset (BraTS releases, MSD Task01, LGG).
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -22,11 +21,11 @@ from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_brats.data.batch_augment import BatchAugmentation
-from lightning_brats.data.preprocess import CachedCase, PreprocessedCache, atomic_save
+from lightning_brats.data.preprocess import CachedCase, PreprocessedCache
 from lightning_brats.data.readers import CaseReader, CaseSource, DataError, make_reader
 from lightning_brats.data.sampling import Augmentation, EpochSampler, TrainingSampleDataset
 from lightning_brats.data.settings import PreprocessingSettings
-from lightning_brats.data.splits import make_splits, read_splits
+from lightning_brats.data.splits import read_splits, write_splits
 from lightning_brats.labels import labels_to_regions
 
 log = logging.getLogger(__name__)
@@ -242,19 +241,8 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     def _write_splits(self, cases: Sequence[CaseSource]) -> None:
         """Write the splits file (:attr:`splits_path`) unless one for the same cases, seed and folds is there (rank 0)."""
-        ids = sorted(self._labelled_ids(cases))
-        record = {"seed": self.seed, "num_folds": self.num_folds, "cases": ids}
-        path = self.splits_path
-        if path.exists():
-            try:
-                stored = json.loads(path.read_text())
-            except json.JSONDecodeError:
-                stored = {}
-            if {k: stored.get(k) for k in record} == record:
-                return
-        record["folds"] = make_splits(ids, self.num_folds, self.seed)
-        atomic_save(path, lambda p: p.write_text(json.dumps(record, indent=1)))
-        log.info(f"Wrote {self.num_folds} case-level folds (seed {self.seed}) to {path}")
+        if write_splits(self.splits_path, self._labelled_ids(cases), self.num_folds, self.seed):
+            log.info(f"Wrote {self.num_folds} case-level folds (seed {self.seed}) to {self.splits_path}")
 
     def check_root(self) -> None:
         """Raise :class:`DataError` (naming the root and the layout) unless cases can be found or generated."""

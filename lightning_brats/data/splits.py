@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lightning_brats.data.preprocess import atomic_save
 from lightning_brats.data.readers import DataError
 
 
@@ -61,3 +62,29 @@ def read_splits(path: str | Path) -> list[dict[str, list[str]]]:
     ):
         raise DataError(f"{path}: expected a list of {{\"train\": [...], \"val\": [...]}} folds")
     return folds
+
+
+def write_splits(path: str | Path, case_ids: Sequence[str], num_folds: int, seed: int) -> bool:
+    """Write the folds of :func:`make_splits` to ``path`` (atomically), unless the file there was drawn
+    from the same cases, seed and number of folds already.
+
+    The file is ``{"seed": ..., "num_folds": ..., "cases": [...], "folds": [...]}`` (what
+    :func:`read_splits` reads; ``folds`` is nnU-Net's ``splits_final.json`` list). An unreadable
+    file is replaced.
+
+    Returns:
+        ``True`` when the file was written, ``False`` when the one there was kept.
+    """
+    path = Path(path)
+    ids = sorted(case_ids)
+    record = {"seed": seed, "num_folds": num_folds, "cases": ids}
+    if path.exists():
+        try:
+            stored = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            stored = {}
+        if {k: stored.get(k) for k in record} == record:
+            return False
+    record["folds"] = make_splits(ids, num_folds, seed)
+    atomic_save(path, lambda p: p.write_text(json.dumps(record, indent=1)))
+    return True
