@@ -50,6 +50,30 @@ def test_2d_inference_is_slice_by_slice():
     assert differs.tolist() == [False, False, False, True, False, False]
 
 
+@pytest.mark.parametrize("batch,size,patch,overlap,sw_batch_size", [
+    (2, (32, 24), (32, 24), 0.5, 3),   # slice = window: the Gaussian weights cancel, logits = net(slice)
+    (1, (40, 52), (32, 32), 0.5, 4),   # overlapping windows in the plane
+    (2, (20, 28), (32, 32), 0.25, 1),  # slice smaller than the window: padded
+])
+def test_2d_inference_equals_each_axial_slice_on_its_own(batch, size, patch, overlap, sw_batch_size):
+    """The volume's 2D inference (MONAI SliceInferer) equals running every axial slice alone, in any batch."""
+    from monai.inferers import sliding_window_inference
+
+    torch.manual_seed(0)
+    net = UNet(2, 4, 3, depth=3, base_filters=4).eval()
+    image = torch.randn(batch, 4, *size, 5)
+    with torch.no_grad():
+        logits = predict_logits(net, image, patch, overlap, sw_batch_size)
+        if size == patch:
+            expected = torch.stack([net(image[..., k]) for k in range(5)], dim=-1)
+        else:  # one case and one slice at a time, no batching across slices or cases
+            expected = torch.stack([torch.cat([
+                sliding_window_inference(image[i: i + 1, ..., k], list(patch), 1, net, overlap, mode="gaussian")
+                for i in range(batch)]) for k in range(5)], dim=-1)
+    assert logits.shape == (batch, 3, *size, 5)
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_region_dice_brats_conventions():
     target = torch.zeros(1, 3, 4, 4, 4, dtype=torch.bool)
     pred = torch.zeros_like(target)
