@@ -29,13 +29,13 @@ CASES = [
     ("unet3d", (64, 64, 64), 2),
     ("resunet3d", (64, 64, 64), 2),
     ("attention_unet3d", (64, 64, 64), 2),
-    ("nnunet3d", (64, 64, 64), 2),
+    ("unet3d_ds", (64, 64, 64), 2),
     ("segresnet", (64, 64, 64), 2),
     ("swinunetr", (64, 64, 64), 2),
     ("unet2d", (128, 128), 16),
     ("resunet2d", (128, 128), 16),
     ("attention_unet2d", (128, 128), 16),
-    ("nnunet2d", (128, 128), 16),
+    ("unet2d_ds", (128, 128), 16),
 ]
 PRECISIONS = ["32", "bf16"]
 

@@ -28,7 +28,7 @@ VARIANTS = {
     "unet3d": [],
     "resunet3d": [],
     "attention_unet3d": [],
-    "nnunet3d": [],
+    "unet3d_ds": [],
     "segresnet": [],
     "swinunetr": ["data.patch_size=[64,64,64]", "data.batch_size=2", "data.samples_per_epoch=200"],
 }

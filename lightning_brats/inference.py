@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-from monai.inferers import sliding_window_inference
+from monai.inferers import SliceInferer, sliding_window_inference
 from torch import nn
 
 
@@ -98,7 +98,8 @@ def predict_logits(
     """Logits for whole cases with MONAI's Gaussian-weighted sliding window.
 
     A 3D network (``len(patch_size) == 3``) slides over the volume in patches; a 2D network
-    runs on every axial slice, each slice covered by a 2D sliding window of the slice size.
+    runs on every axial slice (MONAI's ``SliceInferer`` along Z), each slice covered by a 2D
+    sliding window of the slice size.
 
     Args:
         net: maps ``(N, C, *patch_size)`` to ``(N, R, *patch_size)`` logits.
@@ -112,10 +113,10 @@ def predict_logits(
     """
     if len(patch_size) == 3:
         return sliding_window_inference(image, list(patch_size), sw_batch_size, net, overlap, mode="gaussian")
-    b, c, x, y, z = image.shape
-    slices = image.permute(0, 4, 1, 2, 3).reshape(b * z, c, x, y)
-    logits = sliding_window_inference(slices, list(patch_size), sw_batch_size, net, overlap, mode="gaussian")
-    return logits.reshape(b, z, -1, x, y).permute(0, 2, 3, 4, 1)
+    # windows of (px, py, 1) voxels over the volume, each squeezed to a (N, C, px, py) slice for the 2D net
+    inferer = SliceInferer(spatial_dim=2, roi_size=tuple(patch_size), sw_batch_size=sw_batch_size, overlap=overlap,
+                           mode="gaussian")
+    return inferer(image, net)
 
 
 def flip_axes_combinations(spatial_dims: int) -> list[tuple[int, ...]]:

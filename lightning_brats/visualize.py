@@ -28,7 +28,7 @@ def _pyplot():
     return plt
 
 
-def tumour_centre(*labels: np.ndarray) -> tuple[int, int, int]:
+def tumour_center(*labels: np.ndarray) -> tuple[int, int, int]:
     """Voxel index of the centre of mass of the first non-empty label map's tumour (label > 0).
 
     Args:
@@ -109,20 +109,20 @@ def case_figure(
     from matplotlib.patches import Patch
 
     colours = label_colours(labels, nesting)
-    centre = tumour_centre(*([truth] if truth is not None else []), prediction)
+    center = tumour_center(*([truth] if truth is not None else []), prediction)
     columns = [("ground truth", truth)] if truth is not None else []
     columns.append(("prediction", prediction))
     fig, axes = plt.subplots(len(VIEWS), len(columns), figsize=(3.2 * len(columns), 9.6), dpi=100, squeeze=False)
     for row, (view, axis) in enumerate(VIEWS):
         for col, (name, label) in enumerate(columns):
             ax = axes[row, col]
-            ax.imshow(overlay(_view(background, axis, centre[axis]), _view(label, axis, centre[axis]), colours))
+            ax.imshow(overlay(_view(background, axis, center[axis]), _view(label, axis, center[axis]), colours))
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:
                 ax.set_title(f"{name}" + (f" on {background_name}" if background_name else ""), fontsize=9)
             if col == 0:
-                ax.set_ylabel(f"{view} {'xyz'[axis]}={centre[axis]}", fontsize=9)
+                ax.set_ylabel(f"{view} {'xyz'[axis]}={center[axis]}", fontsize=9)
     names = {int(code): name for name, code in labels.items()}
     legend = [Patch(color=np.asarray(colours[c]) / 255, label=f"{str(names.get(c, c)).upper()} ({c})") for c in colours if c in names]
     fig.legend(handles=legend, loc="lower center", ncol=len(legend), fontsize=9, frameon=False)

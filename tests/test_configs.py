@@ -39,7 +39,7 @@ PAIRS = sorted({(data, "unet2d" if data == "lgg" else "unet3d") for data in DATA
 
 @pytest.mark.parametrize("data,model", PAIRS, ids=[f"{m}-{d}" for d, m in PAIRS])
 def test_data_model_configs_instantiate(data, model, tmp_path):
-    sampling = "2d" if model.endswith("2d") else "3d"
+    sampling = "2d" if "2d" in model else "3d"  # unet2d, unet2d_ds, nnunet2d, ...
     cfg = compose_config([f"data={data}", f"model={model}", f"data.sampling={sampling}", "data.root=/nonexistent"], tmp_path)
     if data == "lgg" and sampling == "3d":  # TIFF slices without a slice spacing: 2D only
         with pytest.raises(Exception, match=r"data.sampling=3d is not possible .*supports only \['2d'\]"):

@@ -171,7 +171,7 @@ CONV_VARIANTS = [v for v in VARIANTS if v[0] != "swinunetr"]
 def test_every_convolutional_variant_exports_with_dynamic_sizes(name, dims, overrides, fmt, tmp_path):
     ckpt = _tiny_checkpoint(name, dims, overrides, tmp_path)
     path, metadata = export_model(ckpt, fmt=fmt)
-    divisor = {"nnunet2d": 8, "nnunet3d": 8, "segresnet": 8, "dynunet": 8}.get(name, 4)  # 2**(depth-1); SegResNet, DynUNet [8,16,32,64]: 3 downsamplings
+    divisor = {"unet2d_ds": 8, "unet3d_ds": 8, "segresnet": 8, "dynunet": 8}.get(name, 4)  # 2**(depth-1); SegResNet, DynUNet [8,16,32,64]: 3 downsamplings
     patch = [16, 16, 16] if dims == 3 else [32, 32]
     assert [c["size"] for c in metadata["verified"]] == [patch, [p + divisor for p in patch]]
     assert metadata["spatial_dims"] == dims and path.is_file()

@@ -19,7 +19,7 @@ def _compose(name, tmp_path, extra=()):
 
 def test_nnunet_recipe_is_isensee_2020(tmp_path):
     cfg = _compose("brats_nnunet", tmp_path)
-    assert (cfg.hydra.runtime.choices.data, cfg.hydra.runtime.choices.model) == ("brats20", "nnunet3d")
+    assert (cfg.hydra.runtime.choices.data, cfg.hydra.runtime.choices.model) == ("brats20", "unet3d_ds")
     assert cfg.trainer.precision == "auto" and cfg.trainer.accelerator == "cpu"  # cpu: the test fixture's
     assert list(cfg.data.regions) == ["wt", "tc", "et"] and cfg.data.spacing is None
     assert list(cfg.data.patch_size) == [128, 128, 128] and cfg.data.batch_size == 2

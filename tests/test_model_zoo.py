@@ -25,7 +25,7 @@ def _module(name: str, overrides: list[str], tmp_path, extra: list[str] = ()):
 
 #: 3D variants, whose forward and backward pass takes several CPU-seconds: run with the slow tests
 #: (tests/test_models.py keeps a small 3D U-Net's in the fast ones)
-HEAVY = {"unet3d", "resunet3d", "attention_unet3d", "nnunet3d", "segresnet", "swinunetr"}
+HEAVY = {"unet3d", "resunet3d", "attention_unet3d", "unet3d_ds", "segresnet", "swinunetr"}
 
 
 @pytest.mark.parametrize(
@@ -49,9 +49,9 @@ def test_variant_forward_backward_and_shapes(name, dims, overrides, tmp_path):
         assert net(x).shape == (2, 3, *size)  # eval: the full-resolution output only
 
 
-@pytest.mark.parametrize("name", ["nnunet2d", "nnunet3d"])
+@pytest.mark.parametrize("name", ["unet2d_ds", "unet3d_ds"])
 def test_deep_supervision_outputs_and_weighted_loss(name, tmp_path):
-    dims = int(name[-2])
+    dims = int(name[4])  # unet2d_ds, unet3d_ds
     module = _module(name, ["model.net.depth=4", "model.net.base_filters=8"], tmp_path)
     size = (32,) * dims
     out = module.net(torch.randn(2, 4, *size))
@@ -104,6 +104,18 @@ def test_unsuitable_patch_is_refused_naming_model_size_and_nearest(name, patch, 
         module.configure_for(["wt", "tc", "et"], patch, BRATS_MODALITIES)
 
 
+@pytest.mark.parametrize("old,new", [("nnunet2d", "unet2d_ds"), ("nnunet3d", "unet3d_ds")])
+def test_former_nnunet_names_compose_to_the_renamed_models(old, new, tmp_path):
+    """Recorded commands with model=nnunet3d/nnunet2d still compose, to exactly the renamed model."""
+    from omegaconf import OmegaConf
+
+    configs = [OmegaConf.to_container(compose_config([f"model={name}", "data=sample", "data.root=unused"], tmp_path).model)
+               for name in (old, new)]
+    assert configs[0] == configs[1]
+    assert configs[0]["name"] == new and configs[0]["net"]["deep_supervision"] is True
+    assert configs[0]["net"]["spatial_dims"] == int(new[4])
+
+
 def test_norm_activation_and_dropout_are_config_values(tmp_path):
     module = _module(
         "resunet3d", ["model.net.norm=group", "model.net.activation=gelu", "model.net.dropout=0.1"], tmp_path
@@ -114,7 +126,7 @@ def test_norm_activation_and_dropout_are_config_values(tmp_path):
     with pytest.raises(Exception, match=r"norm='layer' is not one of \['batch', 'group', 'instance'\]"):
         _module("unet3d", ["model.net.norm=layer"], tmp_path)
     with pytest.raises(Exception, match=r"deep_supervision needs depth >= 4 .*got depth 3"):
-        _module("nnunet3d", ["model.net.depth=3"], tmp_path)
+        _module("unet3d_ds", ["model.net.depth=3"], tmp_path)
 
 
 @pytest.mark.slow
@@ -124,7 +136,7 @@ def test_variant_trains_one_step_on_real_cases(name, brats2018_root, cache_dir, 
     """One fast_dev_run step of train.py per variant on the shared real cases, in the precision the preset
     leaves to the machine (brats_cpu_3d names none: bf16 where the CPU runs it natively, else fp32)."""
     overrides = ["experiment=brats_cpu_3d", f"data.root={brats2018_root}", "debug=fast_dev_run", f"model={name}"]
-    if name.endswith("2d"):
+    if "2d" in name:  # unet2d, unet2d_ds, ...
         overrides += ["data.sampling=2d", "data.patch_size=[64,64]", "data.batch_size=4"]
     if name == "swinunetr":
         overrides += ["data.patch_size=[64,64,64]", "data.batch_size=2", "model.net.feature_size=12"]

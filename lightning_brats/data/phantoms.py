@@ -33,8 +33,8 @@ TISSUE_INTENSITY = {
 _CSF, _GM, _WM, _ED, _NCR, _ET = 1, 2, 3, 4, 5, 6
 
 
-def _ellipsoid(grid: Sequence[np.ndarray], centre, radii) -> np.ndarray:
-    return sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii))
+def _ellipsoid(grid: Sequence[np.ndarray], center, radii) -> np.ndarray:
+    return sum(((g - c) / r) ** 2 for g, c, r in zip(grid, center, radii))
 
 
 def _smooth_noise(shape, rng, scale: int = 8) -> np.ndarray:
@@ -58,21 +58,21 @@ def make_phantom(shape: Sequence[int], rng: np.random.Generator) -> tuple[dict[s
     """
     shape = tuple(int(s) for s in shape)
     grid = np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij")
-    centre = np.array(shape) / 2 + rng.uniform(-2, 2, 3)
+    center = np.array(shape) / 2 + rng.uniform(-2, 2, 3)
     radii = np.array(shape) * np.array([0.36, 0.42, 0.40]) * rng.uniform(0.92, 1.05, 3)
     wobble = 0.06 * _smooth_noise(shape, rng, scale=12)
-    brain = _ellipsoid(grid, centre, radii) + wobble
+    brain = _ellipsoid(grid, center, radii) + wobble
     tissue = np.zeros(shape, np.uint8)
     tissue[brain < 1] = _GM
     tissue[brain < 0.55] = _WM
     for side in (-1, 1):  # lateral ventricles
-        vc = centre + np.array([side * radii[0] * 0.18, radii[1] * 0.05, radii[2] * 0.1])
+        vc = center + np.array([side * radii[0] * 0.18, radii[1] * 0.05, radii[2] * 0.1])
         tissue[_ellipsoid(grid, vc, radii * np.array([0.1, 0.35, 0.18])) < 1] = _CSF
     # Tumour: a centre in one hemisphere, irregular nested shells.
-    t_centre = centre + rng.uniform(-1, 1, 3) * radii * np.array([0.35, 0.35, 0.3])
-    t_centre[0] = centre[0] + rng.choice([-1, 1]) * rng.uniform(0.25, 0.45) * radii[0]
+    t_center = center + rng.uniform(-1, 1, 3) * radii * np.array([0.35, 0.35, 0.3])
+    t_center[0] = center[0] + rng.choice([-1, 1]) * rng.uniform(0.25, 0.45) * radii[0]
     size = rng.uniform(0.16, 0.28) * radii.mean()
-    t_dist = np.sqrt(_ellipsoid(grid, t_centre, size * rng.uniform(0.8, 1.2, 3))) * (1 + 0.2 * _smooth_noise(shape, rng, 6))
+    t_dist = np.sqrt(_ellipsoid(grid, t_center, size * rng.uniform(0.8, 1.2, 3))) * (1 + 0.2 * _smooth_noise(shape, rng, 6))
     inside = brain < 1
     label = np.zeros(shape, np.uint8)
     label[(t_dist < 2.0) & inside] = 2  # edema

@@ -12,6 +12,10 @@ One definition, parameterised, so variants differ only where their papers differ
   2018; MONAI ``AttentionBlock``) gated by the upsampled decoder features;
 * deep supervision (``deep_supervision=True``): nnU-Net's extra 1x1 heads on the decoder
   stages, returned during training only (see :meth:`UNet.forward`).
+
+Not MONAI's ``DynUNet``, though plain and deep-supervision variants equal it given the same weights
+(``tests/test_models.py``): its decoder has no residual blocks and its skips no attention gates, and its
+own weight init (Kaiming normal, zero biases) and parameter names would change seeded runs and checkpoints.
 """
 
 from __future__ import annotations
