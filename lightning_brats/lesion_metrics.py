@@ -42,7 +42,18 @@ Three definitions (``eval.py metrics=<definition>``; ``legacy`` is :mod:`lightni
     (no true positive: Dice 0, HD95 infinite; neither prediction nor ground truth has an instance:
     NaN). Reported as ``brats-parse-metrics seg`` does: lesion-wise Dice and HD95 = means over
     matched pairs (``sq_dsc``, ``sq_hd95``), tp/fp/fn, precision, recall and F1 (``rq``), an
-    infinite HD95 replaced by 373 mm. The metastasis parser's small/large split is not done.
+    infinite HD95 replaced by 373 mm.
+
+    Not done: the metastasis parser's small/large split (``brats-parse-metrics mets``,
+    BraTS/BraTS_evaluation ``metrics_parser.py``). It is public: reference instances of volume at or
+    above ``--vol_threshold`` are large, the others small; lesion-wise Dice/HD95 are means over the
+    large ones (unmatched: Dice 0, HD95 373) plus every false positive (Dice 0, HD95 373), NaN where
+    no large reference lesion exists; small lesions count for detection only (matched with Dice at or
+    above ``--overlap_threshold``: true positive, otherwise false negative), giving ``small_instance``
+    and ``large_instance`` tp/fp/fn, precision, recall and F1. It needs panoptica's per-reference-
+    instance volume, match flag and Dice, which the evaluator here does not return, and the
+    thresholds the leaderboard used are not settled in public: the README's example uses 20 and 0.1
+    (the CLI defaults), the package's own MET notebook 27 and 0.2.
 """
 
 from __future__ import annotations
