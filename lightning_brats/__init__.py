@@ -9,6 +9,8 @@ Importing the package registers the OmegaConf resolvers the configs in ``conf/``
 - ``${override_tags:${tags}}``: ``tags`` followed by the job's command-line overrides
   (``hydra.overrides.task``, e.g. ``model=unet2d``, ``data.fold=1``), duplicates dropped and
   overrides longer than W&B's 64-character tag limit (mostly paths) left out;
+- ``${if_else:${data.evaluation.lesionwise_validation},val/lesionwise_dice_mean,val/dice_mean}``: the
+  second value when the first is true, else the third (the checkpoint's monitor follows a data setting);
 - ``${slurm_count:trainer.devices}``: a trainer count (nodes, GPUs per node) as a positive int for
   the SLURM launcher (conf/hydra/launcher/slurm_multinode.yaml); 1 when the key is not set.
 """
@@ -71,11 +73,24 @@ def slurm_count(key: str, *, _root_) -> int:
     return int(value)
 
 
+def if_else(condition: bool, then, otherwise):
+    """``then`` when ``condition`` is true, else ``otherwise``.
+
+    Raises:
+        TypeError: ``condition`` is not a boolean (a typo such as ``ture`` would silently pick ``otherwise``).
+    """
+    if not isinstance(condition, bool):
+        raise TypeError(f"${{if_else:...}} needs true or false as its first value, got {condition!r}")
+    return then if condition else otherwise
+
+
 if not OmegaConf.has_resolver("len"):
     OmegaConf.register_new_resolver("len", lambda value: len(value))
 if not OmegaConf.has_resolver("sweep_group"):
     OmegaConf.register_new_resolver("sweep_group", sweep_group)
 if not OmegaConf.has_resolver("override_tags"):
     OmegaConf.register_new_resolver("override_tags", override_tags)
+if not OmegaConf.has_resolver("if_else"):
+    OmegaConf.register_new_resolver("if_else", if_else)
 if not OmegaConf.has_resolver("slurm_count"):
     OmegaConf.register_new_resolver("slurm_count", slurm_count)

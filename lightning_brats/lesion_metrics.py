@@ -28,9 +28,10 @@ Three definitions (``eval.py metrics=<definition>``; ``legacy`` is :mod:`lightni
     As 2023, plus the prediction handled like the ground truth (github.com/rachitsaluja/BraTS-2024-Metrics,
     ``BraTS_SegMetrics/processing.py``): predicted components that meet under the dilation form one
     predicted unit, and units of volume at or below the region's ``min_volume`` are removed before
-    matching; false positives are counted per unit. The official 2024 GLI script also merges lesions
-    *across* tissues (ET lesions touching the same NETC lesion count as one); that cross-region step
-    is not done here. The official script thresholds predicted units by voxel count and lesions by
+    matching; false positives are counted per unit. With ``lesion_wise.merge_across`` (BraTS 2024
+    GLI), ground-truth lesions are also merged *across* tissues as ``metrics_GLI.py`` does
+    (:func:`cross_region_lesions`): lesions of a region that touch the same lesion of a partner region
+    (e.g. two NETC lesions touching one ET lesion) are one lesion. The official script thresholds predicted units by voxel count and lesions by
     mm^3; both use mm^3 here (the same at the 1 mm BraTS grid).
 
 ``brats2025``
@@ -41,7 +42,18 @@ Three definitions (``eval.py metrics=<definition>``; ``legacy`` is :mod:`lightni
     (no true positive: Dice 0, HD95 infinite; neither prediction nor ground truth has an instance:
     NaN). Reported as ``brats-parse-metrics seg`` does: lesion-wise Dice and HD95 = means over
     matched pairs (``sq_dsc``, ``sq_hd95``), tp/fp/fn, precision, recall and F1 (``rq``), an
-    infinite HD95 replaced by 373 mm. The metastasis parser's small/large split is not done.
+    infinite HD95 replaced by 373 mm.
+
+    Not done: the metastasis parser's small/large split (``brats-parse-metrics mets``,
+    BraTS/BraTS_evaluation ``metrics_parser.py``). It is public: reference instances of volume at or
+    above ``--vol_threshold`` are large, the others small; lesion-wise Dice/HD95 are means over the
+    large ones (unmatched: Dice 0, HD95 373) plus every false positive (Dice 0, HD95 373), NaN where
+    no large reference lesion exists; small lesions count for detection only (matched with Dice at or
+    above ``--overlap_threshold``: true positive, otherwise false negative), giving ``small_instance``
+    and ``large_instance`` tp/fp/fn, precision, recall and F1. It needs panoptica's per-reference-
+    instance volume, match flag and Dice, which the evaluator here does not return, and the
+    thresholds the leaderboard used are not settled in public: the README's example uses 20 and 0.1
+    (the CLI defaults), the package's own MET notebook 27 and 0.2.
 """
 
 from __future__ import annotations
@@ -116,6 +128,79 @@ def merged_lesions(mask: np.ndarray, dilation: int) -> tuple[np.ndarray, int]:
     return np.where(mask, grouped, 0), count
 
 
+def touching_pairs(labels: np.ndarray, other: np.ndarray) -> set[tuple[int, int]]:
+    """Pairs ``(a, b)`` of a label of ``labels`` and a label of ``other`` (both ``(X, Y, Z)`` int maps,
+    0 background) whose voxels touch: ``b`` meets ``a`` grown by one 18-connected dilation (the
+    official ``get_touching_labels``; the test is symmetric, so one direction suffices)."""
+    pairs: set[tuple[int, int]] = set()
+    for label, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        reach = _pad(box, 1, labels.shape)
+        touched = np.unique(other[reach][dilate(labels[reach] == label, 1)])
+        pairs.update((label, int(t)) for t in touched if t != 0)
+    return pairs
+
+
+def merge_touching(labels: np.ndarray, pairs: set[tuple[int, int]]) -> np.ndarray:
+    """Relabel ``labels`` so that its labels touching the same partner label share one label, as the
+    official ``relabel_nifti_image`` does: each partner label gets a new label (above those in use,
+    in the order of the sorted pairs) and each label takes that of the *first* partner it touches in
+    sorted order (a label touching partners 1 and 2 joins 1's group only). Labels touching nothing
+    keep theirs."""
+    if not pairs:
+        return labels
+    top = int(labels.max())
+    group: dict[int, int] = {}
+    for _, partner in sorted(pairs):
+        group.setdefault(partner, top + 1 + len(group))
+    lut = np.arange(top + 1 + len(group), dtype=np.int64)
+    assigned: set[int] = set()
+    for label, partner in sorted(pairs):
+        if label not in assigned:
+            lut[label] = group[partner]
+            assigned.add(label)
+    return lut[labels]
+
+
+def cross_region_lesions(
+    truth: np.ndarray,
+    regions: Mapping[str, Sequence[int]],
+    region: str,
+    partners: Sequence[str],
+    dilation: int,
+) -> tuple[np.ndarray, int]:
+    """Ground-truth lesions of ``region`` merged across tissues, the BraTS 2024 GLI rule.
+
+    Follows ``combine_lesions_tissues`` of rachitsaluja/BraTS-2024-Metrics ``metrics_GLI.py``
+    (re-written from its reading): the region's lesions (:func:`merged_lesions`) are merged, for each
+    partner region in turn, where they touch the same lesion of that partner (the partner's own
+    :func:`merged_lesions`, not merged across tissues); the official order per region is NETC by ET
+    then RC, ET by NETC then RC, RC by ET then NETC, SNFH by ET, RC then NETC. Only the ground truth is
+    merged, as in the official GLI script. See :func:`merge_touching` for how a lesion touching two
+    partner lesions is grouped.
+
+    Args:
+        truth: ``(X, Y, Z)`` ground-truth label map (release codes).
+        regions: region name -> label codes; must hold ``region`` and every partner.
+        region: the region whose lesions are returned.
+        partners: partner regions, in the order the merges are applied.
+        dilation: iterations of the 18-connected dilation of :func:`merged_lesions`.
+
+    Returns:
+        ``(labels, n)``: lesion labels 1..n on the region's voxels, 0 elsewhere.
+    """
+    lesions, _ = merged_lesions(np.isin(truth, regions[region]), dilation)
+    for partner in partners:
+        other, _ = merged_lesions(np.isin(truth, regions[partner]), dilation)
+        lesions = merge_touching(lesions, touching_pairs(lesions, other))
+    used = np.unique(lesions)
+    used = used[used != 0]
+    lut = np.zeros(int(lesions.max()) + 1, dtype=np.int32)
+    lut[used] = np.arange(1, used.size + 1)
+    return lut[lesions], int(used.size)
+
+
 def lesion_wise_scores(
     prediction: np.ndarray,
     truth: np.ndarray,
@@ -125,6 +210,7 @@ def lesion_wise_scores(
     min_volume: float,
     hd95_penalty: float,
     remove_small_predictions: bool = False,
+    lesions: tuple[np.ndarray, int] | None = None,
 ) -> dict[str, float]:
     """BraTS 2023 (or, with ``remove_small_predictions``, 2024) lesion-wise scores of one region.
 
@@ -136,6 +222,8 @@ def lesion_wise_scores(
         min_volume: mm^3; ground-truth lesions at or below it are left out (2024: also predicted units).
         hd95_penalty: HD95 (mm) of a missed lesion and of a false positive (374 in BraTS 2023/2024).
         remove_small_predictions: the 2024 rule (see the module docstring).
+        lesions: the ground-truth lesions ``(labels 1..n on truth's voxels, n)`` when not
+            :func:`merged_lesions` of ``truth`` (e.g. :func:`cross_region_lesions`).
 
     Returns:
         ``{"lesionwise_dice", "lesionwise_hd95" (mm), "lesionwise_tp", "lesionwise_fp", "lesionwise_fn"}``;
@@ -148,7 +236,7 @@ def lesion_wise_scores(
     if prediction.shape != truth.shape or truth.ndim != 3:
         raise ValueError(f"prediction {prediction.shape} and ground truth {truth.shape} must be the same 3D shape")
     voxel_mm3 = float(np.prod(spacing))
-    lesions, n_lesions = merged_lesions(truth, dilation)
+    lesions, n_lesions = merged_lesions(truth, dilation) if lesions is None else lesions
     if remove_small_predictions:
         units, n_units = merged_lesions(prediction, dilation)
         keep = np.bincount(units.ravel(), minlength=n_units + 1) * voxel_mm3 > min_volume
@@ -301,6 +389,13 @@ def check_settings(definition: str, settings: Mapping | None, regions: Mapping[s
         raise ValueError(
             f"data.evaluation.lesion_wise.min_volume has no value for regions {missing} (it has {dict(settings['min_volume'])})"
         )
+    for region, partners in (settings.get("merge_across") or {}).items():
+        unknown = [r for r in (region, *partners) if r not in regions]
+        if unknown:
+            raise ValueError(
+                f"data.evaluation.lesion_wise.merge_across.{region}={list(partners)} names regions {unknown} that are "
+                f"not scored (the scored regions are {list(regions)})"
+            )
 
 
 def score_lesion_wise(
@@ -320,7 +415,8 @@ def score_lesion_wise(
         spacing: voxel size in mm.
         definition: one of :data:`DEFINITIONS` (``legacy`` returns nothing).
         settings: the data config's ``evaluation.lesion_wise`` (``dilation``, ``min_volume`` per
-            region, ``hd95_penalty``); needed by ``brats2023`` and ``brats2024``.
+            region, ``hd95_penalty``, optionally ``merge_across``: region -> partner regions of
+            :func:`cross_region_lesions`); needed by ``brats2023`` and ``brats2024``.
 
     Returns:
         ``{"<metric>_<region>": value}`` for every metric of :func:`metric_names`.
@@ -334,11 +430,17 @@ def score_lesion_wise(
     if definition == "brats2025":
         return panoptic_scores(prediction, truth, regions, spacing)
     row = {}
+    merge_across = settings.get("merge_across") or {}
+    dilation = int(settings["dilation"])
     for region, codes in regions.items():
+        lesions = None
+        if region in merge_across:
+            lesions = cross_region_lesions(truth, regions, region, merge_across[region], dilation)
         scores = lesion_wise_scores(
             np.isin(prediction, codes), np.isin(truth, codes), spacing,
-            dilation=int(settings["dilation"]), min_volume=float(settings["min_volume"][region]),
+            dilation=dilation, min_volume=float(settings["min_volume"][region]),
             hd95_penalty=float(settings["hd95_penalty"]), remove_small_predictions=definition == "brats2024",
+            lesions=lesions,
         )
         row.update({f"{metric}_{region}": value for metric, value in scores.items()})
     return row

@@ -287,3 +287,45 @@ def test_eval_brats2023_on_real_cases_scores_perfect_predictions(brats2018_root,
     with open(tmp_path / "out" / "summary.csv") as handle:
         summary = {(s["metric"], s["region"]): s for s in csv.DictReader(handle)}
     assert float(summary[("lesionwise_dice", "et")]["mean"]) == 1.0 and summary[("lesionwise_fp", "wt")]["cases"] == "2"
+
+
+# --- BraTS 2024 GLI: ground-truth lesions merged across tissues (metrics_GLI.py) --------------------
+
+GLI24 = {"netc": [1], "et": [3]}
+GLI24_SETTINGS = {"dilation": 3, "min_volume": {"netc": 10, "et": 10}, "hd95_penalty": PENALTY}
+#: two NETC cubes (label 1) of 64 voxels, 14 voxels apart along x: too far for NETC's own dilation (3)
+N1, N2 = box((2, 2, 2), (4, 4, 4)), box((20, 2, 2), (4, 4, 4))
+
+
+def test_brats2024_gli_lesions_touching_one_partner_lesion_are_one_lesion():
+    """An ET bar fills the gap and touches both NETC cubes: with merge_across they are one NETC lesion of
+    128 voxels. The prediction finds N1 only: Dice 2 * 64 / (64 + 128) = 2/3, one true positive, no
+    false negative; without the merge N1 scores 1 and N2 is missed: (1 + 0) / 2 = 1/2."""
+    truth = volume(N1, N2)
+    truth[box((6, 2, 2), (14, 4, 4))] = 3
+    prediction = volume(N1)
+    prediction[box((6, 2, 2), (14, 4, 4))] = 3
+    plain = score_lesion_wise(prediction, truth, GLI24, (1, 1, 1), "brats2024", GLI24_SETTINGS)
+    assert plain["lesionwise_dice_netc"] == pytest.approx(0.5) and plain["lesionwise_fn_netc"] == 1
+    merged = score_lesion_wise(prediction, truth, GLI24, (1, 1, 1), "brats2024",
+                               {**GLI24_SETTINGS, "merge_across": {"netc": ["et"], "et": ["netc"]}})
+    assert merged["lesionwise_dice_netc"] == pytest.approx(2 / 3)
+    assert (merged["lesionwise_tp_netc"], merged["lesionwise_fn_netc"], merged["lesionwise_fp_netc"]) == (1, 0, 0)
+    assert merged["lesionwise_dice_et"] == pytest.approx(1.0)  # one ET lesion, found exactly
+
+
+def test_brats2024_gli_lesions_touching_different_partner_lesions_stay_apart():
+    """Each NETC cube touches its own 2-voxel ET slab, and the slabs are 10 voxels apart (separate ET
+    lesions): no merge, so N2 missed gives (1 + 0) / 2 = 1/2 as without merge_across."""
+    truth = volume(N1, N2)
+    truth[box((6, 2, 2), (2, 4, 4))] = 3
+    truth[box((18, 2, 2), (2, 4, 4))] = 3
+    prediction = volume(N1)
+    merged = score_lesion_wise(prediction, truth, GLI24, (1, 1, 1), "brats2024",
+                               {**GLI24_SETTINGS, "merge_across": {"netc": ["et"]}})
+    assert merged["lesionwise_dice_netc"] == pytest.approx(0.5) and merged["lesionwise_fn_netc"] == 1
+
+
+def test_merge_across_partners_must_be_scored_regions():
+    with pytest.raises(ValueError, match=r"merge_across.netc=\['rc'\] names regions \['rc'\] that are not scored"):
+        check_settings("brats2024", {**GLI24_SETTINGS, "merge_across": {"netc": ["rc"]}}, GLI24)

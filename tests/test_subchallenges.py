@@ -67,7 +67,10 @@ def test_subchallenge_config_holds_labels_regions_and_evaluation(name, tmp_path)
     assert list(data["regions"]) == list(regions)  # channel order
     evaluation = data["evaluation"]
     assert evaluation["metrics"] == metrics
+    merge_across = evaluation["lesion_wise"].pop("merge_across", None)
     assert evaluation["lesion_wise"] == {"dilation": dilation, "min_volume": min_volume, "hd95_penalty": 374}
+    # lesions merged across tissues only where the official script merges them (metrics_GLI.py, 2024)
+    assert (merge_across is not None) == (name == "brats24_gli")
     scored = evaluation.get("regions") or data["regions"]
     assert sorted(scored) == sorted(min_volume)  # a threshold for every scored region
     assert all(set(codes) <= set(labels.values()) for codes in scored.values())

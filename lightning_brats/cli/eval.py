@@ -53,11 +53,12 @@ def _data_config(cfg: DictConfig) -> dict:
     return release_of(cfg.data)
 
 
-def metric_settings(cfg: DictConfig, data: dict) -> tuple[str, dict | None]:
-    """The metric definition to score with and the dataset's lesion-wise parameters.
+def metric_settings(cfg: DictConfig, data: dict) -> tuple[str, dict | None, dict[str, list[int]]]:
+    """The metric definition to score with, the dataset's lesion-wise parameters and the scored regions.
 
     ``cfg.metrics`` when given, else the dataset's ``evaluation.metrics`` (``data=``'s, else the
-    checkpoint's), else ``legacy``.
+    checkpoint's), else ``legacy``. The scored regions are the leaderboard's, ``evaluation.regions``
+    (e.g. BraTS 2024 GLI's NETC and SNFH beside WT, TC, ET and RC), else ``data.regions``.
 
     Raises:
         ValueError: the definition is unknown or lacks its parameters (checked before scoring).
@@ -66,8 +67,9 @@ def metric_settings(cfg: DictConfig, data: dict) -> tuple[str, dict | None]:
     evaluation = OmegaConf.to_container(evaluation, resolve=True) if evaluation is not None else data.get("evaluation")
     evaluation = evaluation or {}
     definition = str(cfg.get("metrics") or evaluation.get("metrics") or "legacy")
-    check_settings(definition, evaluation.get("lesion_wise"), data["regions"])
-    return definition, evaluation.get("lesion_wise")
+    regions = {str(k): [int(c) for c in v] for k, v in (evaluation.get("regions") or data["regions"]).items()}
+    check_settings(definition, evaluation.get("lesion_wise"), regions)
+    return definition, evaluation.get("lesion_wise"), regions
 
 
 def held_out_cases(ckpt_path: str | Path) -> list[str]:
@@ -170,8 +172,7 @@ def evaluate(cfg: DictConfig) -> dict:
             "give predictions=<folder of <case>.nii.gz> or a model to predict first: ckpt_path=<checkpoint> "
             "(or a list: an ensemble), run_dir=<multirun folder> or exported=<file.onnx|file.pt>"
         )
-    regions = {str(k): [int(c) for c in v] for k, v in data["regions"].items()}
-    definition, lesion_wise = metric_settings(cfg, data)
+    definition, lesion_wise, regions = metric_settings(cfg, data)
     metrics = case_metrics(definition)
     labels = {str(k): int(v) for k, v in data["labels"].items()}
     reader = make_reader(data["layout"])
@@ -190,7 +191,7 @@ def evaluate(cfg: DictConfig) -> dict:
             f"(expected <case>.nii.gz): {missing}; allow_missing=true scores them as empty"
         )
     shown = [m for m in cfg.display.modality if m in data["modalities"]][:1] or [data["modalities"][0]]
-    nesting = [code for _, code in nested_region_codes(regions)]
+    nesting = [code for _, code in nested_region_codes(data["regions"])]  # how the labels nest, for the pictures
     pictures = output_dir / "pictures"
     if cfg.pictures:
         pictures.mkdir(parents=True, exist_ok=True)
