@@ -184,17 +184,39 @@ def pytest_collection_modifyitems(config, items):
                                 + ", ".join(unmarked))
 
 
+def _starts_python(args) -> bool:
+    """Whether a ``subprocess.Popen`` argument list starts this Python (``train.py``, ``-c``, ``-m``...)."""
+    import sys
+
+    if isinstance(args, (str, bytes, os.PathLike)):
+        return False  # a shell string or a bare program: not this interpreter's scripts
+    args = [str(a) for a in args]
+    return bool(args) and Path(args[0]).resolve() == Path(sys.executable).resolve()
+
+
 @pytest.fixture(autouse=True)
 def _only_slow_tests_train(request, monkeypatch):
-    """A test not marked ``slow`` that reaches ``Trainer.fit`` in this process fails, naming itself
-    (``train.py`` subprocesses are not seen here: mark those by hand)."""
+    """A test not marked ``slow`` that reaches ``Trainer.fit`` in this process, or starts a Python
+    subprocess (``train.py``, ``predict.py``, ``eval.py``, ``python -c``: each imports torch, seconds
+    of CPU), fails, naming itself: those are integration tests, run by ``.ci/run``."""
     if request.node.get_closest_marker("slow") is None:
+        import subprocess
+
         import pytorch_lightning as pl
 
         def refuse(*args, **kwargs):
             pytest.fail(f"{request.node.nodeid} trains (Trainer.fit) but is not marked @pytest.mark.slow", pytrace=False)
 
         monkeypatch.setattr(pl.Trainer, "fit", refuse)
+        popen_init = subprocess.Popen.__init__
+
+        def refuse_python(self, args, *rest, **kwargs):
+            if _starts_python(args):
+                pytest.fail(f"{request.node.nodeid} starts a Python subprocess ({' '.join(map(str, args[:3]))} ...) "
+                            "but is not marked @pytest.mark.slow", pytrace=False)
+            popen_init(self, args, *rest, **kwargs)
+
+        monkeypatch.setattr(subprocess.Popen, "__init__", refuse_python)
 
 
 # --- shared BraTS constants and helpers (import them from here, never from another test module) -----

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lightning_brats.cli.eval import evaluate
-from tests.conftest import REPO, compose_tool_config
+from tests.conftest import BRATS20_REGIONS, REPO, compose_tool_config, real_label
 
 
 def _load_baseline():
@@ -78,7 +78,13 @@ def test_tiny_run_predicts_the_held_out_fold_on_the_input_grid_and_eval_scores_i
     )
     scored = evaluate(cfg)
     assert [row["case_id"] for row in scored["rows"]] == FOLD0_VAL[:2]
-    assert all(0.0 <= row[f"dice_{r}"] <= 1.0 for row in scored["rows"] for r in ("wt", "tc", "et"))
+    for row in scored["rows"]:  # each Dice worked out here from the written prediction and the truth
+        pred = np.asarray(nib.load(out / "predictions" / f"{row['case_id']}.nii.gz").dataobj)
+        truth = real_label(brats2018_root, row["case_id"])
+        for region, codes in BRATS20_REGIONS.items():
+            p, t = np.isin(pred, codes), np.isin(truth, codes)
+            dice = 1.0 if not (p.any() or t.any()) else 2 * np.count_nonzero(p & t) / (p.sum() + t.sum())
+            assert row[f"dice_{region}"] == pytest.approx(dice, abs=1e-6), (row["case_id"], region)
     assert result["val"] == FOLD0_VAL[:2]
 
 

@@ -197,6 +197,7 @@ def _run_cli(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # a Python process of its own (main() is tested in-process below)
 def test_cli_writes_the_tables_and_the_picture(three_models, tmp_path):
     out = tmp_path / "out"
     done = _run_cli(*map(str, three_models), f"out={out}", "resamples=500")

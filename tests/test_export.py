@@ -163,11 +163,13 @@ def _tiny_checkpoint(name: str, dims: int, overrides: list[str], folder: Path) -
     return path
 
 
-CONV_VARIANTS = [v for v in VARIANTS if v[0] != "swinunetr"]
+#: The plain U-Nets export in the quick loop; the other variants (seconds each) with the slow tests.
+CONV_VARIANTS = [pytest.param(*v, id=v[0], marks=() if v[0] in ("unet2d", "unet3d") else pytest.mark.slow)
+                 for v in VARIANTS if v[0] != "swinunetr"]
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
-@pytest.mark.parametrize("name,dims,overrides", CONV_VARIANTS, ids=[v[0] for v in CONV_VARIANTS])
+@pytest.mark.parametrize("name,dims,overrides", CONV_VARIANTS)
 def test_every_convolutional_variant_exports_with_dynamic_sizes(name, dims, overrides, fmt, tmp_path):
     ckpt = _tiny_checkpoint(name, dims, overrides, tmp_path)
     path, metadata = export_model(ckpt, fmt=fmt)

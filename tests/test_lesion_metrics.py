@@ -22,6 +22,7 @@ from lightning_brats.lesion_metrics import (
     panoptic_scores,
     score_lesion_wise,
 )
+from tests.conftest import BRATS23_REGIONS
 
 SHAPE = (48, 40, 40)
 PENALTY = 374.0
@@ -156,7 +157,6 @@ def test_brats2024_removes_small_predicted_units_and_counts_merged_ones_once():
     assert kept["lesionwise_hd95"] == pytest.approx(PENALTY / 2)
 
 
-LABELS_CASE_REGIONS = {"wt": [1, 2, 3], "tc": [1, 3], "et": [3]}
 SETTINGS = {"dilation": 3, "min_volume": {"wt": 50, "tc": 50, "et": 10}, "hd95_penalty": 374}
 
 
@@ -165,20 +165,20 @@ def test_regions_thresholds_per_region_and_settings_are_checked():
     truth[box((30, 30, 30), (3, 3, 3))] = 3  # a 27-voxel ET lesion, also TC and WT
     pred = truth.copy()
     pred[box((30, 30, 30), (3, 3, 3))] = 0  # ET missed
-    row = score_lesion_wise(pred, truth, LABELS_CASE_REGIONS, (1.0, 1.0, 1.0), "brats2023", SETTINGS)
+    row = score_lesion_wise(pred, truth, BRATS23_REGIONS, (1.0, 1.0, 1.0), "brats2023", SETTINGS)
     # WT: A found, the 27-voxel lesion is below WT's 50 -> left out; ET: 27 > 10 -> a missed lesion
     assert (row["lesionwise_tp_wt"], row["lesionwise_fn_wt"], row["lesionwise_dice_wt"]) == (1, 0, 1.0)
     assert (row["lesionwise_tp_et"], row["lesionwise_fn_et"], row["lesionwise_dice_et"]) == (0, 1, 0.0)
     assert row["lesionwise_dice_tc"] == 1.0  # TC's only lesion is the small one: nothing scored
-    assert set(row) == {f"{m}_{r}" for m in case_metrics("brats2023")[6:] for r in LABELS_CASE_REGIONS}
+    assert set(row) == {f"{m}_{r}" for m in case_metrics("brats2023")[6:] for r in BRATS23_REGIONS}
     with pytest.raises(ValueError, match=r"metrics=brats2024 needs data.evaluation.lesion_wise.*\+data.evaluation.lesion_wise"):
-        check_settings("brats2024", None, LABELS_CASE_REGIONS)
+        check_settings("brats2024", None, BRATS23_REGIONS)
     with pytest.raises(ValueError, match=r"min_volume has no value for regions \['et'\]"):
-        check_settings("brats2023", {**SETTINGS, "min_volume": {"wt": 50, "tc": 50}}, LABELS_CASE_REGIONS)
+        check_settings("brats2023", {**SETTINGS, "min_volume": {"wt": 50, "tc": 50}}, BRATS23_REGIONS)
     with pytest.raises(ValueError, match=r"metrics='brats2022' is unknown; choose one of legacy, brats2023"):
-        check_settings("brats2022", SETTINGS, LABELS_CASE_REGIONS)
-    check_settings("brats2025", None, LABELS_CASE_REGIONS)  # panoptica needs no lesion_wise block
-    assert score_lesion_wise(pred, truth, LABELS_CASE_REGIONS, (1.0, 1.0, 1.0), "legacy") == {}
+        check_settings("brats2022", SETTINGS, BRATS23_REGIONS)
+    check_settings("brats2025", None, BRATS23_REGIONS)  # panoptica needs no lesion_wise block
+    assert score_lesion_wise(pred, truth, BRATS23_REGIONS, (1.0, 1.0, 1.0), "legacy") == {}
 
 
 # The challenge's own configuration as BraTS-evaluation ships it (config_gli.yaml's form, with the

@@ -75,6 +75,7 @@ def test_lgg_cpu_splits_by_patient_and_samples_slices(lgg_root, cache_dir, tmp_p
     assert oversampled and all(s["target"].any() for s in oversampled)
 
 
+@pytest.mark.slow  # preprocesses the 6 real LGG patients
 def test_min_foreground_fraction_drops_slices_and_reports(lgg_root, cache_dir, tmp_path):
     minimum = 0.01
     cfg = compose_config(

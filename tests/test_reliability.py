@@ -144,6 +144,7 @@ AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.full((int(sys.ar
 """
 
 
+@pytest.mark.slow  # a Python process of its own writing 96 MiB
 def test_a_checkpoint_killed_while_written_leaves_the_old_file_whole(tmp_path):
     """kill -9 while a (96 MiB) checkpoint is written over an older one: the final name holds a
     whole checkpoint, the old one unless the rename had already happened, never a truncated file."""
@@ -346,6 +347,7 @@ cache.ensure(cases, log=lambda m: print(m, flush=True))
 """
 
 
+@pytest.mark.slow  # two Python processes of their own
 def test_two_processes_preprocessing_into_one_cache_both_finish_and_write_each_case_once(phantom_root, tmp_path):
     import numpy as np
 
@@ -417,6 +419,7 @@ except OSError as exc:
 """
 
 
+@pytest.mark.slow  # a Python process of its own
 def test_a_full_disk_while_writing_a_checkpoint_names_it_and_keeps_the_old_one(tmp_path):
     path = tmp_path / "last.ckpt"
     torch.save({"state_dict": {"w": torch.ones(4)}}, path)

@@ -13,10 +13,9 @@ from lightning_brats.cli.train import CONFIG_DIR
 from lightning_brats.data.settings import PreprocessingSettings
 from lightning_brats.module import CONFIG_KEY
 from lightning_brats.prediction import load_trained_model
-from tests.conftest import compose_config
+from tests.conftest import BRATS_MODALITIES, compose_config
 
 DATA = sorted(p.stem for p in (Path(CONFIG_DIR) / "data").glob("*.yaml"))
-MODALITIES = ["flair", "t1", "t1ce", "t2"]
 DATAMODULE = "lightning_brats.data.datamodule.SegmentationDataModule"
 
 #: cache folder fingerprints written by the code before the settings object existed (main at ca837ca,
@@ -48,10 +47,10 @@ def test_a_stored_data_config_gives_the_settings_the_datamodule_used(data, tmp_p
 
 
 def test_settings_are_frozen_and_normalised():
-    settings = PreprocessingSettings(MODALITIES, spacing=[2, 2, 2], crop="center", crop_size=[128.0, 128, 96])
+    settings = PreprocessingSettings(BRATS_MODALITIES, spacing=[2, 2, 2], crop="center", crop_size=[128.0, 128, 96])
     assert settings.spacing == (2.0, 2.0, 2.0) and settings.crop_size == (128, 128, 96)
     assert settings.as_record() == {
-        "modalities": MODALITIES, "spacing": [2.0, 2.0, 2.0], "normalization": "zscore", "crop": "center",
+        "modalities": BRATS_MODALITIES, "spacing": [2.0, 2.0, 2.0], "normalization": "zscore", "crop": "center",
         "crop_size": [128, 128, 96],
     }
     with pytest.raises(AttributeError):
@@ -60,25 +59,25 @@ def test_settings_are_frozen_and_normalised():
 
 def test_a_data_config_without_newer_keys_gets_the_old_behaviour():
     # a checkpoint trained before data.normalization/crop existed: z-score inside the brain box, own spacing
-    settings = PreprocessingSettings.from_data({"_target_": DATAMODULE, "modalities": MODALITIES}, source="old.ckpt")
+    settings = PreprocessingSettings.from_data({"_target_": DATAMODULE, "modalities": BRATS_MODALITIES}, source="old.ckpt")
     assert (settings.spacing, settings.normalization, settings.crop, settings.crop_size) == (None, "zscore", "nonzero", None)
 
 
 def test_bad_settings_are_errors_naming_the_setting():
     with pytest.raises(ValueError, match="data.normalization='percentile': expected one of"):
-        PreprocessingSettings(MODALITIES, normalization="percentile")
+        PreprocessingSettings(BRATS_MODALITIES, normalization="percentile")
     with pytest.raises(ValueError, match="data.crop=center needs data.crop_size"):
-        PreprocessingSettings(MODALITIES, crop="center")
+        PreprocessingSettings(BRATS_MODALITIES, crop="center")
     with pytest.raises(ValueError, match="data.crop='random': expected 'nonzero' or 'center'"):
-        PreprocessingSettings(MODALITIES, crop="random")
+        PreprocessingSettings(BRATS_MODALITIES, crop="random")
     with pytest.raises(ValueError, match=r"data.spacing=\[2, 2\]: expected 3 positive"):
-        PreprocessingSettings(MODALITIES, spacing=[2, 2])
+        PreprocessingSettings(BRATS_MODALITIES, spacing=[2, 2])
     with pytest.raises(ValueError, match="data.modalities"):
         PreprocessingSettings(())
 
 
 def test_unknown_settings_are_refused_when_they_come_from_a_checkpoint():
-    data = {"_target_": DATAMODULE, "modalities": MODALITIES, "normalization": "zscore", "intensity_clip": [0.5, 99.5]}
+    data = {"_target_": DATAMODULE, "modalities": BRATS_MODALITIES, "normalization": "zscore", "intensity_clip": [0.5, 99.5]}
     with pytest.raises(ValueError, match=r"^run.ckpt: cannot reproduce its preprocessing: data.intensity_clip: not a setting"):
         PreprocessingSettings.from_data(data, source="run.ckpt")
     assert PreprocessingSettings.from_data(data).normalization == "zscore"  # a config of this version: keys checked at instantiation
