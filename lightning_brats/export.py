@@ -111,7 +111,7 @@ def export_metadata(model: TrainedModel, fmt: str, dynamic: bool, inference: Map
         "output": {"name": "logits", "shape": [*axes[:1], "R", *axes[2:]], "channels": list(model.regions), "activation": "sigmoid per region"},
         **data,
         "normalization_description": describe.__doc__.splitlines()[0] if describe and describe.__doc__ else normalization,
-        "threshold": float(inference.get("threshold", 0.5)),
+        "threshold": inference.get("threshold", 0.5),  # one value, or {region: value}
         "inference": {k: inference[k] for k in ("overlap", "flip_tta", "threshold", "postprocess") if k in inference},
         "torch_version": torch.__version__,
         **extra,

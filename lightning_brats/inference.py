@@ -10,6 +10,9 @@ import torch
 from monai.inferers import SliceInferer, sliding_window_inference
 from torch import nn
 
+#: The threshold of regions an ``inference.threshold`` mapping does not name.
+DEFAULT_THRESHOLD = 0.5
+
 
 @dataclass(frozen=True)
 class InferenceSettings:
@@ -28,7 +31,9 @@ class InferenceSettings:
         sw_batch_size: windows (3D) or slices (2D) per forward pass (memory against speed; the
             result does not depend on it).
         flip_tta: average the prediction over all flips (8 in 3D, 4 in 2D); prediction only.
-        threshold: probability above which a voxel belongs to a region, in (0, 1).
+        threshold: probability above which a voxel belongs to a region, in (0, 1); one value for
+            every region, or ``{region: value}`` for some (the others 0.5), e.g. the ET threshold
+            chosen on cross-validation by ``lightning-brats tune-postprocessing``.
         postprocess: ``{region, min_voxels}`` keys replacing the dataset's post-processing, or
             ``None`` for none (see :func:`~lightning_brats.prediction.postprocessing_for`).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ... (prediction only).
@@ -43,7 +48,7 @@ class InferenceSettings:
     overlap: float
     sw_batch_size: int
     flip_tta: bool
-    threshold: float
+    threshold: float | Mapping[str, float]
     postprocess: Mapping | None
     device: str
     precision: str
@@ -53,11 +58,16 @@ class InferenceSettings:
             raise ValueError(f"inference.overlap={self.overlap}: expected a fraction in [0, 1)")
         if int(self.sw_batch_size) < 1:
             raise ValueError(f"inference.sw_batch_size={self.sw_batch_size}: expected at least 1")
-        if not 0 < float(self.threshold) < 1:
-            raise ValueError(f"inference.threshold={self.threshold}: expected a probability in (0, 1)")
+        if isinstance(self.threshold, Mapping):
+            threshold = {str(k): float(v) for k, v in self.threshold.items()}
+        else:
+            threshold = float(self.threshold)
+        for value in threshold.values() if isinstance(threshold, dict) else [threshold]:
+            if not 0 < value < 1:
+                raise ValueError(f"inference.threshold={self.threshold}: expected a probability in (0, 1)")
         postprocess = None if self.postprocess is None else {str(k): v for k, v in dict(self.postprocess).items()}
         for name, value in (("overlap", float(self.overlap)), ("sw_batch_size", int(self.sw_batch_size)),
-                            ("flip_tta", bool(self.flip_tta)), ("threshold", float(self.threshold)),
+                            ("flip_tta", bool(self.flip_tta)), ("threshold", threshold),
                             ("postprocess", postprocess), ("device", str(self.device)), ("precision", str(self.precision))):
             object.__setattr__(self, name, value)
 
@@ -82,6 +92,19 @@ class InferenceSettings:
                 f"expected exactly {names} (conf/inference/default.yaml)"
             )
         return cls(**{n: config[n] for n in names})
+
+    def thresholds(self, region_names: Sequence[str]) -> list[float]:
+        """The threshold of each region, in the order of ``region_names``.
+
+        Raises:
+            ValueError: ``threshold`` is a mapping naming a region not in ``region_names``.
+        """
+        if not isinstance(self.threshold, Mapping):
+            return [self.threshold] * len(region_names)
+        unknown = sorted(set(self.threshold) - set(region_names))
+        if unknown:
+            raise ValueError(f"inference.threshold={self.threshold} names regions {unknown}; the model's are {list(region_names)}")
+        return [self.threshold.get(name, DEFAULT_THRESHOLD) for name in region_names]
 
     def as_dict(self) -> dict:
         """Plain values (for checkpoints' hyper-parameters, which must load with ``weights_only=True``)."""

@@ -263,7 +263,8 @@ class SegmentationModule(pl.LightningModule):
         # per-step collective, so processes may validate different numbers of cases
         self.val_loss.update(self.loss(logits, target))
         self.log("val/loss", self.val_loss, on_epoch=True, batch_size=1)
-        pred = torch.sigmoid(logits) > self.inference.threshold
+        thresholds = torch.tensor(self.inference.thresholds(self.region_names), device=logits.device)
+        pred = torch.sigmoid(logits) > thresholds.view(1, -1, *[1] * (logits.ndim - 2))
         self.val_dice.update(pred, target)
         return {"pred": pred}
 

@@ -389,11 +389,34 @@ class Predictor:
             probs = probs[0].float().cpu()
             total = probs if total is None else total + probs
         probs = restore_to_original((total / len(self.models)).numpy(), record, fill=0.0, order=1)
-        label = regions_to_labels(probs > self.settings.threshold, self.model.regions)
-        relabelled = 0
-        if self.postprocess is not None:
-            label, relabelled = self.postprocess.apply(label, self.model.regions)
+        label, relabelled = probabilities_to_labels(probs, self.model.regions, self.settings, self.postprocess)
         return CasePrediction(files.case_id, label, probs, case, time.perf_counter() - start, relabelled)
+
+
+def probabilities_to_labels(
+    probs: np.ndarray,
+    regions: Mapping[str, Sequence[int]],
+    settings: InferenceSettings,
+    postprocess: PostProcessing | None,
+) -> tuple[np.ndarray, int]:
+    """Threshold region probabilities, nest the regions into labels and post-process: the last steps of
+    :meth:`Predictor.predict_case`, shared with ``lightning-brats tune-postprocessing`` so the rule chosen
+    there is the rule applied here.
+
+    Args:
+        probs: ``(R, X, Y, Z)`` probabilities in the order of ``regions``.
+        regions: region name -> label codes.
+        settings: gives the threshold per region (:meth:`InferenceSettings.thresholds`).
+        postprocess: the small-component rule, or ``None``.
+
+    Returns:
+        ``((X, Y, Z)`` uint8 label map, voxels the post-processing relabelled``)``.
+    """
+    thresholds = np.asarray(settings.thresholds(list(regions)), dtype=probs.dtype).reshape(-1, *[1] * (probs.ndim - 1))
+    label = regions_to_labels(probs > thresholds, regions)
+    if postprocess is None:
+        return label, 0
+    return postprocess.apply(label, regions)
 
 
 def reference_header(files: CaseSource) -> nib.Nifti1Header | None:

@@ -3,7 +3,8 @@
 Commands: ``train``, ``predict``, ``eval`` (same as ``lightning-brats-{train,predict,eval}``), ``check-data``,
 ``summarize <multirun dir>`` (a multirun's Dice per job and mean/std over folds), ``compare <eval dir> <eval dir> ...``
 (models evaluated on the same cases: paired tests and the BraTS ranking), ``export`` (a checkpoint's network as ONNX
-or TorchScript with its preprocessing metadata).
+or TorchScript with its preprocessing metadata), ``tune-postprocessing`` (the ET threshold and small-component rule
+chosen on cross-validation predictions, written into the runs).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ def main() -> None:
         "summarize": "lightning_brats.cli.summarize",
         "compare": "lightning_brats.cli.compare",
         "export": "lightning_brats.cli.export",
+        "tune-postprocessing": "lightning_brats.cli.tune_postprocessing",
     }
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         print(f"usage: lightning-brats {{{','.join(commands)}}} [overrides ...]   (add --help to a command for its options)")

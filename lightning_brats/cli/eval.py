@@ -142,6 +142,7 @@ def _predict_first(cfg: DictConfig, cases: list[str] | None) -> tuple[Path, dict
             "overwrite": cfg.overwrite,
             "save_probabilities": cfg.save_probabilities,
             "inference": cfg.inference,
+            "tuned_postprocessing": cfg.get("tuned_postprocessing", True),
             "data": cfg.get("data"),
         }
     )

@@ -28,6 +28,7 @@ from lightning_brats.configs import CONFIG_PATH
 from lightning_brats.data.readers import CaseSource, DataError, make_reader
 from lightning_brats.hardware import configure_threads
 from lightning_brats.inference import InferenceSettings
+from lightning_brats.postprocessing_tuning import apply_tuned, read_tuned_postprocessing
 from lightning_brats.prediction import (
     Predictor,
     TrainedModel,
@@ -75,10 +76,20 @@ def build_predictor(cfg: DictConfig) -> Predictor:
     """The model(s) ``cfg`` names (:func:`model_files`; release from ``cfg.data`` when given) with
     ``cfg.inference``'s settings; several models predict as an ensemble. Post-processing is the dataset's
     rule (``data.postprocess``) with ``inference.postprocess``'s non-null keys replacing it
-    (:func:`~lightning_brats.prediction.postprocessing_for`)."""
+    (:func:`~lightning_brats.prediction.postprocessing_for`); where the runs hold a rule chosen on
+    cross-validation (``postprocessing.yaml``, :mod:`lightning_brats.postprocessing_tuning`) and
+    ``tuned_postprocessing`` is true, its threshold and post-processing replace ``cfg.inference``'s.
+
+    Raises:
+        ValueError: the runs of an ensemble hold different tuned rules."""
     release = release_of(cfg.data) if cfg.get("data") else None
     settings = InferenceSettings.from_config(cfg.inference)
     checkpoints, exported = model_files(cfg)
+    tuned = read_tuned_postprocessing(checkpoints, cfg.get("run_dir")) if cfg.get("tuned_postprocessing", True) else None
+    if tuned is not None:
+        settings = apply_tuned(settings, tuned[0])
+        log.info(f"Post-processing chosen on cross-validation ({', '.join(map(str, tuned[1]))}): threshold "
+                 f"{settings.threshold}, {settings.postprocess} (tuned_postprocessing=false ignores it)")
     models = [load_trained_model(path, release, settings.device) for path in checkpoints]
     if exported:
         from lightning_brats.export import load_exported_model
