@@ -20,7 +20,7 @@ from rich.table import Table
 
 import lightning_brats  # noqa: F401  (registers resolvers)
 from lightning_brats.configs import CONFIG_PATH
-from lightning_brats.data.layouts import DataError, load_case
+from lightning_brats.data.readers import DataError, load_case, make_reader
 from lightning_brats.evaluation import write_csv
 from lightning_brats.inference import InferenceSettings
 from lightning_brats.postprocessing_tuning import (
@@ -62,7 +62,7 @@ def tune(cfg: DictConfig) -> TuningResult:
     settings = InferenceSettings.from_config(cfg.inference)
     folders = _run_folders(cfg)
     probabilities = Path(cfg.probabilities)
-    layout = hydra.utils.instantiate(data["layout"])
+    layout = make_reader(data["layout"])
     cases = [c for c in layout.find_cases(Path(cfg.ground_truth)) if c.label is not None]
     wanted = set(cfg.cases) if cfg.get("cases") else {c.case_id for c in cases
                                                        if output_paths(probabilities, c.case_id)["probabilities"].is_file()}
