@@ -260,6 +260,11 @@ class SegmentationModule(pl.LightningModule):
         if weights_only is False:
             raise CheckpointError(f"{checkpoint_path}: refusing weights_only=False; {UNTRUSTED_NOTE}")
         checkpoint = load_checkpoint(checkpoint_path, mmap=True, require_config=False)
+        if "pytorch-lightning_version" not in checkpoint:  # Lightning's restore needs it to migrate old formats
+            raise CheckpointError(
+                f"{checkpoint_path}: no 'pytorch-lightning_version', not a checkpoint written by Lightning "
+                "(trainer.save_checkpoint or train.py); use a .ckpt from a run's checkpoints/ folder"
+            )
         arguments = {**module_arguments(checkpoint, checkpoint_path, given=kwargs), **kwargs}
         del checkpoint
         return super().load_from_checkpoint(
