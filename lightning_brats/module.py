@@ -246,7 +246,8 @@ class SegmentationModule(pl.LightningModule):
         (memory-mapped, ``weights_only=True``); the constructor arguments come from
         :func:`~lightning_brats.checkpoints.module_arguments` (the hyper-parameters, or for a
         checkpoint written before they held everything, its training config), overridden by
-        ``kwargs``; then Lightning builds the module and loads the weights. A checkpoint holding
+        ``kwargs`` (with ``hparams_file``: that file's values and ``kwargs`` only); then Lightning
+        builds the module and loads the weights. A checkpoint holding
         configs with ``_target_`` builds those classes: load only checkpoints you trust to name
         classes (their weights are read with ``weights_only=True`` regardless).
 
@@ -265,7 +266,8 @@ class SegmentationModule(pl.LightningModule):
                 f"{checkpoint_path}: no 'pytorch-lightning_version', not a checkpoint written by Lightning "
                 "(trainer.save_checkpoint or train.py); use a .ckpt from a run's checkpoints/ folder"
             )
-        arguments = {**module_arguments(checkpoint, checkpoint_path, given=kwargs), **kwargs}
+        # hparams_file replaces the stored hyper-parameters (Lightning's meaning): then only kwargs add to it
+        arguments = kwargs if hparams_file is not None else {**module_arguments(checkpoint, checkpoint_path, kwargs), **kwargs}
         del checkpoint
         return super().load_from_checkpoint(
             checkpoint_path, map_location=map_location, hparams_file=hparams_file, strict=strict, weights_only=True,
