@@ -57,7 +57,9 @@ def measure(name: str, patch: tuple[int, ...], batch: int, precision: str, repea
     from lightning_brats.cli.train import CONFIG_DIR
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=[f"model={name}", "data=sample"])
+        # the module checks at construction that the network takes the window: give it the measured one
+        window = [f"data.sampling={len(patch)}d", f"data.patch_size=[{','.join(map(str, patch))}]"]
+        cfg = compose("train", overrides=[f"model={name}", "data=sample", *window])
     before = _rss_mib()
     torch.manual_seed(0)
     module = hydra.utils.instantiate(cfg.model)

@@ -1,7 +1,21 @@
-"""Reading and writing checkpoints safely: one loader that validates, one atomic writer.
+"""Checkpoints: what lightning-brats adds to Lightning's, one loader that validates, one atomic writer.
+
+The schema, defined here and nowhere else: a checkpoint is Lightning's dict (``state_dict``,
+``epoch``, ``global_step``, ``hyper_parameters``, optimiser and loop states, callbacks) plus
+
+- ``hyper_parameters``: the arguments of :class:`~lightning_brats.module.SegmentationModule`
+  as plain values, including the configs of its network, loss, optimiser and scheduler (``net``,
+  ``loss``, ...; ``_target_`` dicts), so that ``SegmentationModule.load_from_checkpoint(path)``
+  rebuilds it (:func:`module_arguments`);
+- :data:`CONFIG_KEY`: the training run's resolved ``data`` and ``model`` config
+  (:func:`training_config`): what prediction and evaluation repeat (preprocessing, release,
+  fold; see :class:`~lightning_brats.data.settings.PreprocessingSettings`);
+- :data:`WANDB_ID_KEY`: the W&B run id, so a resumed run continues it (:func:`wandb_run_id`);
+- :data:`SKIPPED_KEY`: training batches skipped for a non-finite loss.
 
 :func:`load_checkpoint` is the only place a checkpoint is read (``train.py ckpt_path=``,
-``predict.py``, ``eval.py``, and Lightning's own restore through :class:`AtomicCheckpointIO`).
+``predict.py``, ``eval.py``, ``SegmentationModule.load_from_checkpoint`` and Lightning's own
+restore through :class:`AtomicCheckpointIO`).
 It always reads with ``torch.load(weights_only=True)``: tensors and plain Python values only,
 never arbitrary pickled objects, so a checkpoint cannot run code when it is loaded. A checkpoint
 from an untrusted source must never be loaded with ``weights_only=False``.
@@ -23,7 +37,7 @@ import io
 import os
 import pickle
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +46,21 @@ from fsspec.implementations.local import LocalFileSystem
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning_fabric.utilities.cloud_io import get_filesystem
 
-from lightning_brats.module import CONFIG_KEY
+#: Key under which a checkpoint carries the run's resolved ``data`` and ``model`` config.
+CONFIG_KEY = "lightning_brats_config"
+
+#: Key under which a checkpoint carries the W&B run id, so that a resumed run continues that W&B run.
+WANDB_ID_KEY = "lightning_brats_wandb_run_id"
+
+#: Key under which a checkpoint carries how many training batches were skipped for a non-finite loss.
+SKIPPED_KEY = "lightning_brats_nonfinite_skipped"
+
+#: Lightning's key for the module's constructor arguments (``LightningModule.CHECKPOINT_HYPER_PARAMS_KEY``).
+HPARAMS_KEY = "hyper_parameters"
+
+#: The parts :class:`~lightning_brats.module.SegmentationModule` builds from configs: without them in
+#: ``hyper_parameters`` (or in the ``model`` config of :data:`CONFIG_KEY`) it cannot be rebuilt.
+PART_KEYS = ("net", "loss", "optimizer")
 
 #: Added to every message about a checkpoint that ``weights_only=True`` refused.
 UNTRUSTED_NOTE = (
@@ -56,7 +84,7 @@ def load_checkpoint(
             the W&B run id is wanted.
         map_location: as for ``torch.load`` (default: every tensor on the CPU).
         require_config: also require the training config lightning-brats stores under
-            :data:`~lightning_brats.module.CONFIG_KEY` (``False`` accepts any Lightning checkpoint).
+            :data:`CONFIG_KEY` (``False`` accepts any Lightning checkpoint).
 
     Returns:
         the checkpoint dict (``state_dict``, ``epoch``, ``global_step``, ..., ``lightning_brats_config``).
@@ -172,3 +200,109 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if weights_only is False:
             raise CheckpointError(f"{path}: refusing weights_only=False; {UNTRUSTED_NOTE}")
         return load_checkpoint(path, map_location=map_location if map_location is not None else "cpu")
+
+
+def training_config(checkpoint: Mapping, path: str | os.PathLike = "checkpoint") -> dict:
+    """The training run's resolved config a checkpoint carries: ``{"data": {...}, "model": {...}}``.
+
+    Raises:
+        CheckpointError: the checkpoint has no :data:`CONFIG_KEY` or no ``data`` in it; the
+            message names ``path``.
+    """
+    stored = checkpoint.get(CONFIG_KEY)
+    if not stored or not isinstance(stored.get("data"), Mapping):
+        raise CheckpointError(
+            f"{path}: holds no training config ('{CONFIG_KEY}' with 'data'); use a .ckpt written by this project's train.py"
+        )
+    return stored
+
+
+def wandb_run_id(checkpoint: Mapping) -> str | None:
+    """The W&B run id a checkpoint carries (:data:`WANDB_ID_KEY`), or ``None``."""
+    run_id = checkpoint.get(WANDB_ID_KEY)
+    return str(run_id) if run_id else None
+
+
+def trained_channels(checkpoint: Mapping) -> dict | None:
+    """``{"modalities": [...], "regions": [...]}`` a checkpoint's network was trained for (from its
+    training config, else its hyper-parameters), or ``None`` when it records neither."""
+    for source in ((checkpoint.get(CONFIG_KEY) or {}).get("data"), checkpoint.get(HPARAMS_KEY)):
+        if isinstance(source, Mapping) and "modalities" in source and "regions" in source:
+            return {"modalities": list(source["modalities"]), "regions": list(source["regions"])}
+    return None
+
+
+def check_same_channels(trained: Mapping, wanted: Mapping) -> None:
+    """Check that a network trained with data config ``trained`` suits data config ``wanted``.
+
+    Channels are compared by name and order: the modalities are the inputs, the region names
+    the outputs. The regions' label codes may differ (a BraTS 2020 model predicts the same WT,
+    TC and ET on BraTS 2023 files, whose ET code is 3, not 4).
+
+    Args:
+        trained: the checkpoint's resolved ``data`` config (``modalities``, ``regions``: a mapping
+            name -> codes or a list of names).
+        wanted: the current ``data`` config (same keys).
+
+    Raises:
+        ValueError: the modalities (input channels) or the region names (output channels)
+            differ; the message says which and how.
+    """
+    problems = []
+    if list(trained["modalities"]) != list(wanted["modalities"]):
+        problems.append(
+            f"input channels: trained on data.modalities={list(trained['modalities'])} "
+            f"({len(trained['modalities'])} channels), this run has {list(wanted['modalities'])} ({len(wanted['modalities'])})"
+        )
+    if list(trained["regions"]) != list(wanted["regions"]):
+        problems.append(
+            f"output channels: trained for the regions {list(trained['regions'])} of data.regions "
+            f"({len(trained['regions'])} outputs), this run has {list(wanted['regions'])} ({len(wanted['regions'])})"
+        )
+    if problems:
+        raise ValueError("the checkpoint does not fit this model: " + "; ".join(problems))
+
+
+def module_arguments(
+    checkpoint: Mapping, path: str | os.PathLike = "checkpoint", given: Mapping | None = None
+) -> dict[str, Any]:
+    """The constructor arguments of :class:`~lightning_brats.module.SegmentationModule` a checkpoint holds.
+
+    A checkpoint of this version keeps all of them in ``hyper_parameters``. One written before the
+    module took its data settings and part configs as arguments (lightning-brats before the
+    ``load_from_checkpoint`` redesign) keeps only the plain settings there; the rest is taken from
+    its training config (:data:`CONFIG_KEY`): the parts from its ``model`` config, the regions,
+    modalities, patch size, sampling and batch size from its ``data`` config.
+
+    Args:
+        checkpoint: the checkpoint dict (:func:`load_checkpoint`).
+        path: the file, for messages.
+        given: arguments the caller passes itself (they count as present).
+
+    Returns:
+        keyword arguments (plain values; the parts as ``_target_`` configs).
+
+    Raises:
+        CheckpointError: neither place holds the configs to rebuild the network, loss and
+            optimiser, or the data settings; the message names ``path`` and what is missing.
+    """
+    arguments = dict(checkpoint.get(HPARAMS_KEY) or {})
+    stored = checkpoint.get(CONFIG_KEY) or {}
+    model, data = stored.get("model") or {}, stored.get("data") or {}
+    for key in (*PART_KEYS, "scheduler", "inference", "name", "num_val_images", "display_modality", "compile",
+                "skip_nonfinite"):
+        if key not in arguments and key in model:
+            arguments[key] = model[key]
+    for key in ("regions", "modalities", "patch_size", "sampling", "batch_size"):
+        if key not in arguments and key in data:
+            arguments[key] = data[key]
+    given = given or {}
+    required = (*PART_KEYS, "inference", "regions", "modalities", "patch_size")
+    missing = [k for k in required if arguments.get(k) is None and given.get(k) is None]
+    if missing:
+        raise CheckpointError(
+            f"{path}: cannot rebuild the module, the checkpoint holds no {missing} (neither in '{HPARAMS_KEY}' nor in "
+            f"the training config '{CONFIG_KEY}'); a module built from Python objects rather than configs saves no "
+            "configs for them: pass them to load_from_checkpoint (e.g. net=..., loss=...), or use a .ckpt written by train.py"
+        )
+    return arguments

@@ -3,15 +3,33 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
+import hydra
 import pytorch_lightning as pl
 import torch
+from hydra.errors import InstantiationException
+from omegaconf import OmegaConf
 from pytorch_lightning.loggers import WandbLogger
 from torch import nn
 from torchmetrics import MeanMetric
 
 from lightning_brats.budget import PolyLRByProgress, training_progress
+
+# the checkpoint schema lives in checkpoints.py (CONFIG_KEY and WANDB_ID_KEY are still importable from here)
+from lightning_brats.checkpoints import (
+    CONFIG_KEY,
+    SKIPPED_KEY,
+    UNTRUSTED_NOTE,
+    WANDB_ID_KEY,
+    CheckpointError,
+    check_same_channels,
+    load_checkpoint,
+    module_arguments,
+    trained_channels,
+)
 from lightning_brats.data.datamodule import adopt_legacy_state
 from lightning_brats.inference import InferenceSettings, predict_logits
 from lightning_brats.losses import deep_supervision_loss
@@ -19,42 +37,97 @@ from lightning_brats.metrics import RegionDice
 
 log = logging.getLogger(__name__)
 
-#: Key under which a checkpoint carries the run's resolved ``data`` and ``model`` config.
-CONFIG_KEY = "lightning_brats_config"
-
-#: Key under which a checkpoint carries the W&B run id, so that a resumed run continues that W&B run.
-WANDB_ID_KEY = "lightning_brats_wandb_run_id"
-
-#: Key under which a checkpoint carries how many training batches were skipped for a non-finite loss.
-SKIPPED_KEY = "lightning_brats_nonfinite_skipped"
-
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss was NaN or infinite; the message names the step, the epoch and the batch's cases."""
 
 
+def window_size(patch_size: Sequence[int], sampling: str = "3d") -> list[int]:
+    """The network's input size in voxels: ``data.patch_size`` cut to the ``data.sampling``
+    dimensions (``"2d"``: the first two, the axial slice; ``"3d"``: all three).
+
+    Raises:
+        ValueError: ``sampling`` is not ``"2d"`` or ``"3d"``, or ``patch_size`` has fewer values.
+    """
+    if str(sampling) not in ("2d", "3d"):
+        raise ValueError(f"data.sampling must be '2d' or '3d', got {sampling!r}")
+    dims = int(str(sampling)[0])
+    if len(patch_size) < dims:
+        raise ValueError(f"data.patch_size={list(patch_size)} has fewer than {dims} values")
+    return [int(p) for p in patch_size][:dims]
+
+
+def _plain(value: Any) -> Any:
+    """OmegaConf containers as plain dicts and lists (checkpoints load with ``weights_only=True``)."""
+    if OmegaConf.is_config(value):
+        return OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _is_config(value: Any) -> bool:
+    return isinstance(value, Mapping) or OmegaConf.is_config(value)
+
+
+def _build(part: str, value: Any) -> Any:
+    """``value`` itself, or the object its config (a ``_target_`` mapping) describes.
+
+    Raises:
+        ValueError: building it failed; the message names ``model.<part>`` and the reason.
+    """
+    if not _is_config(value):
+        return value
+    try:
+        return hydra.utils.instantiate(value)
+    except InstantiationException as exc:
+        cause = exc.__cause__ if exc.__cause__ is not None else exc
+        raise ValueError(f"model.{part}: {cause}") from cause
+
+
 class SegmentationModule(pl.LightningModule):
     """Region segmentation (one sigmoid output per region, e.g. WT, TC, ET).
 
-    The datamodule supplies the regions, patch size, sampling mode and modalities at
-    ``setup``; the network's dimensionality and patch divisibility are checked then,
-    before any training step. A network with deep supervision (a ``num_outputs`` attribute
-    above 1) returns a list of logits in training; the loss is then MONAI's
-    ``DeepSupervisionLoss`` with nnU-Net's weights, and validation uses the full-resolution
-    output only (the network returns just that in eval mode).
+    Everything it needs comes through its arguments, once, at construction: the data's regions,
+    modalities, patch size and sampling come from the ``data`` config by interpolation
+    (``regions: ${data.regions}`` ... in ``conf/model/unet3d.yaml``), so it works with any
+    dataloaders (a datamodule or plain ``DataLoader`` s); the network's dimensionality and patch
+    divisibility are checked then, before anything is prepared. The network, loss, optimiser and
+    scheduler may be given as configs (``_target_`` mappings; the model configs set
+    ``_recursive_: false`` so Hydra passes them unbuilt) and are then built here and kept in the
+    hyper-parameters, so that ``SegmentationModule.load_from_checkpoint(path)`` rebuilds the module
+    (see :meth:`load_from_checkpoint` and the schema in :mod:`lightning_brats.checkpoints`).
+
+    A network with deep supervision (a ``num_outputs`` attribute above 1) returns a list of
+    logits in training; the loss is then MONAI's ``DeepSupervisionLoss`` with nnU-Net's weights,
+    and validation uses the full-resolution output only (the network returns just that in eval
+    mode). The module draws no pictures: :class:`~lightning_brats.callbacks.pictures.ValidationPictures`
+    does, from what ``validation_step`` returns.
 
     Args:
-        net: maps ``(B, C, *patch)`` to ``(B, R, *patch)`` logits.
-        loss: maps ``(logits, target)`` to a scalar (e.g. :class:`~lightning_brats.losses.DiceBCELoss`).
-        optimizer: partial ``torch.optim`` optimiser, called with the parameters.
-        scheduler: partial LR scheduler, called with the optimiser; or ``None``. Stepped at its
-            ``interval`` attribute (``"step"`` for :class:`~lightning_brats.budget.PolyLRByProgress`,
-            whose ``progress`` this module sets from :func:`~lightning_brats.budget.training_progress`
-            after every optimiser step), else per epoch.
+        net: maps ``(B, C, *patch)`` to ``(B, R, *patch)`` logits; or its config.
+        loss: maps ``(logits, target)`` to a scalar (e.g. :class:`~lightning_brats.losses.DiceBCELoss`);
+            or its config.
+        optimizer: partial ``torch.optim`` optimiser, called with the parameters; or its config
+            (``_partial_: true``).
         inference: the ``inference`` config (``inference: ${inference}`` in ``conf/model/unet3d.yaml``)
             or an :class:`~lightning_brats.inference.InferenceSettings`: validation uses its
             ``overlap``, ``sw_batch_size`` and ``threshold``, as ``predict.py`` does (no flip TTA).
             Kept as :attr:`inference`.
+        regions: the output channels: ``data.regions`` (name -> label codes) or the region names,
+            in channel order.
+        modalities: the input channels, in order (``data.modalities``).
+        patch_size: ``data.patch_size`` in voxels: validation's sliding window, cut to the
+            ``sampling`` dimensions (:func:`window_size`).
+        sampling: ``"3d"`` (patches) or ``"2d"`` (axial slices), ``data.sampling``.
+        batch_size: the global training batch (``data.batch_size``), for :meth:`describe_network`.
+        scheduler: partial LR scheduler, called with the optimiser; or its config; or ``None``.
+            Stepped at its ``interval`` attribute (``"step"`` for
+            :class:`~lightning_brats.budget.PolyLRByProgress`, whose ``progress`` this module sets
+            from :func:`~lightning_brats.budget.training_progress` after every optimiser step),
+            else per epoch.
         num_val_images: cases per validation pictured (the picture ``eval.py`` writes) by
             :class:`~lightning_brats.callbacks.pictures.ValidationPictures` in every logger that holds
             images; under DDP the first of global rank 0's share of the cases.
@@ -73,73 +146,134 @@ class SegmentationModule(pl.LightningModule):
             or all stop; as Lightning refuses a ``None`` step there, they run a backward of zero
             and drop the gradients (with an fp16 ``GradScaler``: set them to inf so the scaler
             skips the step; that branch is untested, it needs a GPU).
+        run_config: the run's resolved ``{"data": ..., "model": ...}`` config, which ``train.py``
+            passes; written into every checkpoint under :data:`~lightning_brats.checkpoints.CONFIG_KEY`
+            for prediction and evaluation (not a hyper-parameter: a restored module takes it from
+            the checkpoint). Kept as :attr:`run_config`.
+
+    Raises:
+        ValueError: the patch does not suit the network (dimensionality or divisibility; the
+            message starts with ``model=<name>``), a part's config cannot be built (names
+            ``model.<part>``), or ``sampling``/``patch_size`` are invalid.
     """
 
     def __init__(
         self,
-        net: nn.Module,
-        loss: nn.Module,
-        optimizer: Callable,
+        net: nn.Module | Mapping,
+        loss: nn.Module | Mapping,
+        optimizer: Callable | Mapping,
         inference: Mapping | InferenceSettings,
-        scheduler: Callable | None = None,
+        regions: Mapping[str, Sequence[int]] | Sequence[str],
+        modalities: Sequence[str],
+        patch_size: Sequence[int],
+        sampling: str = "3d",
+        batch_size: int = 1,
+        scheduler: Callable | Mapping | None = None,
         num_val_images: int = 2,
-        display_modality: str | list[str] = ("t1ce", "flair"),
+        display_modality: str | Sequence[str] = ("t1ce", "flair"),
         name: str = "model",
         compile: bool = False,
         skip_nonfinite: bool = False,
+        run_config: Mapping | None = None,
     ) -> None:
         super().__init__()
-        display_modality = [display_modality] if isinstance(display_modality, str) else [str(m) for m in display_modality]
-        settings = inference if isinstance(inference, InferenceSettings) else InferenceSettings.from_config(inference)
-        inference = settings.as_dict()  # plain values in the hyper-parameters
-        # Only plain values go into the checkpoint's hyper-parameters, so it loads with
-        # torch.load(weights_only=True); the full resolved config travels under CONFIG_KEY.
-        self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"], logger=False)
+        # built first, in this order, as Hydra's recursive instantiation did: the same random initial weights
+        self.net = _build("net", net)
+        self.loss = _build("loss", loss)
+        self.optimizer_factory = _build("optimizer", optimizer)
+        self.scheduler_factory = _build("scheduler", scheduler)
         #: validation's sliding window and threshold (the ``inference`` config group)
-        self.inference = settings
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
-        self.net = net
-        self.loss = loss
-        num_outputs = int(getattr(net, "num_outputs", 1))
-        self.train_loss = deep_supervision_loss(loss, num_outputs) if num_outputs > 1 else loss
-        # kept out of the module tree so the checkpoint holds the plain network's weights only
-        self.__dict__["compiled_net"] = torch.compile(net) if compile else net
-        self.region_names: list[str] = []
-        self.modalities: list[str] = []
-        self.patch_size: list[int] = []
-        self.display_channel = 0
-        self.val_dice: RegionDice | None = None
-        # mean validation loss over cases, reduced over all processes by torchmetrics (Lightning's
-        # sync_dist mean divides an integer case count on gloo, wrong when counts differ)
-        self.val_loss = MeanMetric()
-        self.run_config: dict | None = None
-        self.nonfinite_skipped = 0
-
-    def setup(self, stage: str) -> None:
-        dm = self.trainer.datamodule
-        self.configure_for(dm.region_names, dm.patch_size, dm.modalities)
-
-    def configure_for(self, region_names, patch_size, modalities) -> None:
-        """Bind the data's regions, patch size and modalities; check the network accepts them.
-
-        Raises:
-            ValueError: the patch does not suit the network (dimensionality or divisibility);
-                the message starts with ``model=<name>``.
-        """
+        self.inference = inference if isinstance(inference, InferenceSettings) else InferenceSettings.from_config(inference)
+        #: output channels, in order
+        self.region_names = [str(r) for r in regions]
+        #: input channels, in order
+        self.modalities = [str(m) for m in modalities]
+        #: validation's sliding-window size in voxels (2 or 3 values)
+        self.patch_size = window_size(list(patch_size), sampling)
         check = getattr(self.net, "check_patch_size", None)
         if check is not None:
             try:
-                check(patch_size)
+                check(self.patch_size)
             except ValueError as exc:
-                raise ValueError(f"model={self.hparams.name}: {exc}") from exc
-        self.modalities = list(modalities)
-        self.region_names = list(region_names)
-        self.patch_size = list(patch_size)
-        shown = [m for m in self.hparams.display_modality if m in modalities]
-        self.display_channel = modalities.index(shown[0]) if shown else 0
-        if self.val_dice is None:
-            self.val_dice = RegionDice(len(self.region_names)).to(self.device)
+                raise ValueError(f"model={name}: {exc}") from exc
+        shown_first = [display_modality] if isinstance(display_modality, str) else [str(m) for m in display_modality]
+        shown = [m for m in shown_first if m in self.modalities]
+        #: the input channel pictures show
+        self.display_channel = self.modalities.index(shown[0]) if shown else 0
+        # Only plain values go into the checkpoint's hyper-parameters, so it loads with
+        # torch.load(weights_only=True); objects given instead of configs are left out (a module
+        # built that way restores only with them passed again).
+        parts = {"net": net, "loss": loss, "optimizer": optimizer, "scheduler": scheduler}
+        hparams = {
+            **{k: _plain(v) for k, v in parts.items() if _is_config(v) or v is None},
+            "inference": self.inference.as_dict(),
+            "regions": _plain(regions) if _is_config(regions) else list(self.region_names),
+            "modalities": list(self.modalities),
+            "patch_size": [int(p) for p in patch_size],
+            "sampling": str(sampling),
+            "batch_size": int(batch_size),
+            "num_val_images": int(num_val_images),
+            "display_modality": shown_first,
+            "name": str(name),
+            "compile": bool(compile),
+            "skip_nonfinite": bool(skip_nonfinite),
+        }
+        self.save_hyperparameters(hparams, logger=False)
+        num_outputs = int(getattr(self.net, "num_outputs", 1))
+        self.train_loss = deep_supervision_loss(self.loss, num_outputs) if num_outputs > 1 else self.loss
+        # kept out of the module tree so the checkpoint holds the plain network's weights only
+        self.__dict__["compiled_net"] = torch.compile(self.net) if compile else self.net
+        self.val_dice = RegionDice(len(self.region_names))
+        # mean validation loss over cases, reduced over all processes by torchmetrics (Lightning's
+        # sync_dist mean divides an integer case count on gloo, wrong when counts differ)
+        self.val_loss = MeanMetric()
+        #: the run's resolved data and model config (see ``run_config`` above), or ``None``
+        self.run_config: dict | None = _plain(run_config) if run_config is not None else None
+        self.nonfinite_skipped = 0
+
+    @classmethod
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path: str | os.PathLike,
+        map_location: Any = None,
+        hparams_file: str | os.PathLike | None = None,
+        strict: bool | None = None,
+        weights_only: bool | None = True,
+        **kwargs: Any,
+    ) -> SegmentationModule:
+        """Lightning's ``load_from_checkpoint``, for this project's checkpoints, old and new.
+
+        The file is first read and checked by :func:`~lightning_brats.checkpoints.load_checkpoint`
+        (memory-mapped, ``weights_only=True``); the constructor arguments come from
+        :func:`~lightning_brats.checkpoints.module_arguments` (the hyper-parameters, or for a
+        checkpoint written before they held everything, its training config), overridden by
+        ``kwargs`` (with ``hparams_file``: that file's values and ``kwargs`` only); then Lightning
+        builds the module and loads the weights. A checkpoint holding
+        configs with ``_target_`` builds those classes: load only checkpoints you trust to name
+        classes (their weights are read with ``weights_only=True`` regardless).
+
+        Raises:
+            FileNotFoundError: no file at ``checkpoint_path``.
+            lightning_brats.checkpoints.CheckpointError: the file is corrupt or not a Lightning
+                checkpoint, ``weights_only=False`` was asked, or it lacks what rebuilds the module
+                (the message names the file and what is missing).
+            ValueError: as the constructor (e.g. ``kwargs`` giving a patch the network refuses).
+        """
+        if weights_only is False:
+            raise CheckpointError(f"{checkpoint_path}: refusing weights_only=False; {UNTRUSTED_NOTE}")
+        checkpoint = load_checkpoint(checkpoint_path, mmap=True, require_config=False)
+        if "pytorch-lightning_version" not in checkpoint:  # Lightning's restore needs it to migrate old formats
+            raise CheckpointError(
+                f"{checkpoint_path}: no 'pytorch-lightning_version', not a checkpoint written by Lightning "
+                "(trainer.save_checkpoint or train.py); use a .ckpt from a run's checkpoints/ folder"
+            )
+        # hparams_file replaces the stored hyper-parameters (Lightning's meaning): then only kwargs add to it
+        arguments = kwargs if hparams_file is not None else {**module_arguments(checkpoint, checkpoint_path, kwargs), **kwargs}
+        del checkpoint
+        return super().load_from_checkpoint(
+            checkpoint_path, map_location=map_location, hparams_file=hparams_file, strict=strict, weights_only=True,
+            **arguments,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.compiled_net(x)
@@ -151,7 +285,7 @@ class SegmentationModule(pl.LightningModule):
             ``{"model/name", "model/parameters", "model/input_shape", "model/output_shape"}``
             plus ``"model/deep_supervision_shapes"`` when the network has several outputs.
         """
-        batch = self.trainer.datamodule.batch_size if self._trainer is not None and self.trainer.datamodule else 1
+        batch = self.hparams.batch_size
         shape = (batch, len(self.modalities), *self.patch_size)
         was_training = self.net.training
         self.net.eval()
@@ -293,43 +427,15 @@ class SegmentationModule(pl.LightningModule):
             checkpoint[WANDB_ID_KEY] = str(wandb_ids[0])
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Refuse a checkpoint trained for other channels or regions before its weights are loaded."""
-        datamodule = getattr(self._trainer, "datamodule", None)
+        """Refuse a checkpoint trained for other channels or regions before its weights are loaded
+        (see :func:`~lightning_brats.checkpoints.check_same_channels`); a module built without
+        ``run_config`` takes the checkpoint's."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is not None:  # a checkpoint saved before BratsDataModule was renamed
             adopt_legacy_state(checkpoint, datamodule)
         self.nonfinite_skipped = int(checkpoint.get(SKIPPED_KEY, 0))
-        stored = checkpoint.get(CONFIG_KEY)
-        if stored and self.run_config:
-            check_same_channels(stored["data"], self.run_config["data"])
-        elif stored:
-            self.run_config = stored
-
-
-def check_same_channels(trained: Mapping, wanted: Mapping) -> None:
-    """Check that a network trained with data config ``trained`` suits data config ``wanted``.
-
-    Channels are compared by name and order: the modalities are the inputs, the region names
-    the outputs. The regions' label codes may differ (a BraTS 2020 model predicts the same WT,
-    TC and ET on BraTS 2023 files, whose ET code is 3, not 4).
-
-    Args:
-        trained: the checkpoint's resolved ``data`` config (``modalities``, ``regions``).
-        wanted: the current ``data`` config.
-
-    Raises:
-        ValueError: the modalities (input channels) or the region names (output channels)
-            differ; the message says which and how.
-    """
-    problems = []
-    if list(trained["modalities"]) != list(wanted["modalities"]):
-        problems.append(
-            f"input channels: trained on data.modalities={list(trained['modalities'])} "
-            f"({len(trained['modalities'])} channels), this run has {list(wanted['modalities'])} ({len(wanted['modalities'])})"
-        )
-    if list(trained["regions"]) != list(wanted["regions"]):
-        problems.append(
-            f"output channels: trained for the regions {list(trained['regions'])} of data.regions "
-            f"({len(trained['regions'])} outputs), this run has {list(wanted['regions'])} ({len(wanted['regions'])})"
-        )
-    if problems:
-        raise ValueError("the checkpoint does not fit this model: " + "; ".join(problems))
+        trained = trained_channels(checkpoint)
+        if trained is not None:
+            check_same_channels(trained, {"modalities": self.modalities, "regions": self.region_names})
+        if self.run_config is None and checkpoint.get(CONFIG_KEY):
+            self.run_config = checkpoint[CONFIG_KEY]

@@ -1,7 +1,7 @@
 """From a checkpoint to label maps on the original grid: load, preprocess, infer, post-process, write.
 
 The checkpoint carries the resolved ``data`` and ``model`` config of its training run
-(:data:`~lightning_brats.module.CONFIG_KEY`), so prediction repeats the training run's
+(:data:`~lightning_brats.checkpoints.CONFIG_KEY`), so prediction repeats the training run's
 modalities and preprocessing (crop, normalisation, spacing) without being told: both read
 :class:`~lightning_brats.data.settings.PreprocessingSettings` from that ``data`` config, and a
 checkpoint whose preprocessing this version cannot reproduce is refused. The files'
@@ -25,20 +25,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import hydra
 import nibabel as nib
 import numpy as np
 import torch
 from torch import nn
 
-from lightning_brats.checkpoints import load_checkpoint
+from lightning_brats.checkpoints import check_same_channels, load_checkpoint, training_config
 from lightning_brats.data.preprocess import atomic_save, preprocess_case, restore_to_original
 from lightning_brats.data.readers import CaseFiles, CaseSource, DataError, LoadedCase, load_case
 from lightning_brats.data.settings import PreprocessingSettings
 from lightning_brats.hardware import inference_precision
 from lightning_brats.inference import InferenceSettings, predict_probabilities
 from lightning_brats.labels import region_tree, regions_to_labels, small_components_to
-from lightning_brats.module import CONFIG_KEY, check_same_channels
+from lightning_brats.module import SegmentationModule, window_size
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +103,7 @@ class TrainedModel:
     @property
     def patch_size(self) -> list[int]:
         """Sliding-window size in voxels: 3 values for a 3D network, 2 (the slice) for a 2D one."""
-        dims = int(str(self.data.get("sampling", "3d"))[0])
-        return [int(p) for p in self.data["patch_size"]][:dims]
+        return window_size(self.data["patch_size"], self.data.get("sampling", "3d"))
 
 
 def load_trained_model(ckpt_path: str | Path, release: Mapping | None = None, device: str = "auto") -> TrainedModel:
@@ -131,15 +129,14 @@ def load_trained_model(ckpt_path: str | Path, release: Mapping | None = None, de
     path = Path(ckpt_path)
     if not path.is_file():
         raise FileNotFoundError(f"ckpt_path={path}: no such checkpoint file")
-    checkpoint = load_checkpoint(path)  # weights_only=True; a clear CheckpointError for a corrupt or foreign file
-    stored = checkpoint[CONFIG_KEY]
-    data = copy.deepcopy(stored["data"])
+    # memory-mapped, weights_only=True: the config is checked before any weight is read
+    checkpoint = load_checkpoint(path, mmap=True)  # a clear CheckpointError for a corrupt or foreign file
+    data = copy.deepcopy(training_config(checkpoint, path)["data"])
+    del checkpoint
     PreprocessingSettings.from_data(data, source=f"checkpoint {path}")  # refuses what this version cannot reproduce
     data = with_release(data, release, path)
-    net = hydra.utils.instantiate(stored["model"]["net"])
-    prefix = "net."
-    state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-    net.load_state_dict(state)
+    # Lightning's restore (weights_only=True), the network only: no torch.compile for inference
+    net = SegmentationModule.load_from_checkpoint(path, map_location="cpu", compile=False).net
     target = resolve_device(device)
     return TrainedModel(net.eval().to(target), data, path, target)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import hydra
 import pytest
+from hydra.errors import InstantiationException
 from torch import nn
 
 from lightning_brats.cli.train import CONFIG_DIR, choose_precision_and_threads
@@ -46,20 +47,22 @@ def test_data_model_configs_instantiate(data, model, tmp_path):
             hydra.utils.instantiate(cfg.data)
         return
     datamodule = hydra.utils.instantiate(cfg.data)
+    if model == "swinunetr" and any(p % 32 for p in datamodule.patch_size):  # data=sample's 48^3
+        with pytest.raises(InstantiationException, match=r"model=swinunetr: SwinUNETR needs every patch size to be a multiple of 32"):
+            hydra.utils.instantiate(cfg.model)  # refused when the module is built, before anything is prepared
+        return
     module = hydra.utils.instantiate(cfg.model)
     assert datamodule.sampling == sampling
     expected_regions, channels = CHANNELS.get(data, (["wt", "tc", "et"], 4))
     assert datamodule.region_names == expected_regions
+    # the module takes the data's channels and window from the config, as the datamodule does
+    assert (module.region_names, module.modalities, module.patch_size) == (
+        datamodule.region_names, datamodule.modalities, datamodule.patch_size)
     assert module.net.spatial_dims == int(sampling[0])
     # input channels follow data.modalities, outputs the regions
     convs = _convs(module.net)
     assert convs[0].in_channels == len(cfg.data.modalities) == channels
     assert convs[-1].out_channels == len(expected_regions)
-    if model == "swinunetr" and any(p % 32 for p in datamodule.patch_size):  # data=sample's 48^3
-        with pytest.raises(ValueError, match=r"model=swinunetr: SwinUNETR needs every patch size to be a multiple of 32"):
-            module.configure_for(datamodule.region_names, datamodule.patch_size, datamodule.modalities)
-        return
-    module.configure_for(datamodule.region_names, datamodule.patch_size, datamodule.modalities)
     for callback in cfg.callbacks.values():
         hydra.utils.instantiate(callback)
 
@@ -87,15 +90,11 @@ def test_experiments_compose(experiment, tmp_path):
 
 def test_model_dimension_must_match_sampling(tmp_path):
     cfg = compose_config(["data=brats20", "data.root=/x", "model=unet2d", "data.sampling=3d"], tmp_path)
-    datamodule = hydra.utils.instantiate(cfg.data)
-    module = hydra.utils.instantiate(cfg.model)
-    with pytest.raises(ValueError, match=r"model=unet2d: plain U-Net, 2D, .* is 2D but the patch size \[128, 128, 128\] has 3 dimensions: set data.sampling=2d"):
-        module.configure_for(datamodule.region_names, datamodule.patch_size, datamodule.modalities)
+    with pytest.raises(InstantiationException, match=r"model=unet2d: plain U-Net, 2D, .* is 2D but the patch size \[128, 128, 128\] has 3 dimensions: set data.sampling=2d"):
+        hydra.utils.instantiate(cfg.model)
 
 
 def test_indivisible_patch_size_is_an_error_naming_it(tmp_path):
     cfg = compose_config(["data=brats20", "data.root=/x", "data.patch_size=[100,96,96]", "model.net.depth=5"], tmp_path)
-    datamodule = hydra.utils.instantiate(cfg.data)
-    module = hydra.utils.instantiate(cfg.model)
-    with pytest.raises(ValueError, match=r"model=unet3d: .*multiple of 16; patch size \[100, 96, 96\] is not.*nearest valid patch size: \[96, 96, 96\]"):
-        module.configure_for(datamodule.region_names, datamodule.patch_size, datamodule.modalities)
+    with pytest.raises(InstantiationException, match=r"model=unet3d: .*multiple of 16; patch size \[100, 96, 96\] is not.*nearest valid patch size: \[96, 96, 96\]"):
+        hydra.utils.instantiate(cfg.model)

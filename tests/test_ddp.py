@@ -153,7 +153,6 @@ def _per_case_validation(cfg, ckpt: Path) -> tuple[torch.Tensor, torch.Tensor]:
     datamodule.setup("validate")
     model = hydra.utils.instantiate(cfg.model)
     model.load_state_dict(torch.load(ckpt, weights_only=True, map_location="cpu")["state_dict"])
-    model.configure_for(datamodule.region_names, datamodule.patch_size, datamodule.modalities)
     model.eval()
     dice, loss = [], []
     with torch.no_grad():

@@ -22,9 +22,12 @@ from tests.conftest import compose_tool_config, inference_settings
 
 
 def _changed(ckpt: Path, folder: Path, **data) -> Path:
-    """A copy of ``ckpt`` whose stored data config has ``data`` changed (the weights unchanged)."""
+    """A copy of ``ckpt`` whose stored data config has ``data`` changed (the weights unchanged), in the
+    module's hyper-parameters too where they hold the key (regions, modalities, patch size), as a run
+    trained with those settings would have written them."""
     checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
     checkpoint[CONFIG_KEY]["data"].update(data)
+    checkpoint["hyper_parameters"].update({k: v for k, v in data.items() if k in checkpoint["hyper_parameters"]})
     path = folder / f"{'_'.join(data)}.ckpt"
     torch.save(checkpoint, path)
     return path

@@ -13,6 +13,7 @@ import hydra
 import nibabel as nib
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 
@@ -160,7 +161,8 @@ def _tiny_checkpoint(name: str, dims: int, overrides: list[str], folder: Path) -
     net = hydra.utils.instantiate(cfg.model.net)
     config = {"data": OmegaConf.to_container(cfg.data, resolve=True), "model": OmegaConf.to_container(cfg.model, resolve=True)}
     path = folder / f"{name}.ckpt"
-    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}, CONFIG_KEY: config}, path)
+    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}, CONFIG_KEY: config,
+                "pytorch-lightning_version": pl.__version__}, path)
     return path
 
 

@@ -9,17 +9,21 @@ import math
 import hydra
 import pytest
 import torch
+from hydra.errors import InstantiationException
 
 from lightning_brats.cli.train import train
 from lightning_brats.losses import DiceBCELoss, deep_supervision_loss, deep_supervision_weights
-from tests.conftest import BRATS_MODALITIES, compose_config
 from tests.conftest import MODEL_VARIANTS as VARIANTS
+from tests.conftest import compose_config
 
 NAMES = [v[0] for v in VARIANTS]
 
 
 def _module(name: str, overrides: list[str], tmp_path, extra: list[str] = ()):
-    cfg = compose_config([f"model={name}", "data=sample", "data.root=unused", *overrides, *extra], tmp_path)
+    """The module of ``model=<name>`` on data=sample, with a window it takes: axial slices for a 2D
+    network, 64^3 for SwinUNETR (``overrides`` may change either)."""
+    suits = ["data.sampling=2d"] if name.endswith("2d") else ["data.patch_size=[64,64,64]"] if name == "swinunetr" else []
+    cfg = compose_config([f"model={name}", "data=sample", "data.root=unused", *suits, *overrides, *extra], tmp_path)
     return hydra.utils.instantiate(cfg.model)
 
 
@@ -99,9 +103,9 @@ def test_dynunet_deep_supervision_heads_at_their_scales_and_weighted_loss(tmp_pa
     ],
 )
 def test_unsuitable_patch_is_refused_naming_model_size_and_nearest(name, patch, message, tmp_path):
-    module = _module(name, [], tmp_path)
-    with pytest.raises(ValueError, match=message):
-        module.configure_for(["wt", "tc", "et"], patch, BRATS_MODALITIES)
+    overrides = [f"data.patch_size=[{','.join(map(str, patch))}]", f"data.sampling={len(patch)}d"]
+    with pytest.raises(InstantiationException, match=message):  # when the module is built, before any data is read
+        _module(name, overrides, tmp_path)
 
 
 @pytest.mark.parametrize("old,new", [("nnunet2d", "unet2d_ds"), ("nnunet3d", "unet3d_ds")])

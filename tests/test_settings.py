@@ -112,7 +112,8 @@ def _compose_predict(overrides: list[str]):
 def test_validation_reads_the_inference_settings_predict_reads(model, tmp_path):
     from lightning_brats.inference import InferenceSettings
 
-    cfg = compose_config([f"model={model}", "inference.overlap=0.25", "inference.threshold=0.4"], tmp_path)
+    sampling = "data.sampling=2d" if model.endswith("2d") else "data.sampling=3d"  # a window the network takes
+    cfg = compose_config([f"model={model}", sampling, "inference.overlap=0.25", "inference.threshold=0.4"], tmp_path)
     module = hydra.utils.instantiate(cfg.model)
     predicted = InferenceSettings.from_config(_compose_predict(["inference.overlap=0.25", "inference.threshold=0.4"]).inference)
     assert module.inference == predicted

@@ -83,15 +83,14 @@ def held_out_cases(ckpt_path: str | Path) -> list[str]:
         lightning_brats.checkpoints.CheckpointError: a corrupt or foreign checkpoint (see
             :func:`~lightning_brats.checkpoints.load_checkpoint`).
     """
-    from lightning_brats.checkpoints import load_checkpoint
+    from lightning_brats.checkpoints import load_checkpoint, training_config
     from lightning_brats.data.splits import read_splits
-    from lightning_brats.module import CONFIG_KEY
 
     path = Path(ckpt_path).resolve().parent.parent / "splits.json"
     if not path.is_file():
         raise DataError(f"cases=held_out: no {path} (train.py copies the folds there); list the cases instead: cases=[...]")
     # memory-mapped: only the stored config is read, not the weights
-    config = load_checkpoint(ckpt_path, mmap=True)[CONFIG_KEY]
+    config = training_config(load_checkpoint(ckpt_path, mmap=True), ckpt_path)
     fold = int(config.get("data", {}).get("fold", 0))
     folds = read_splits(path)
     if fold >= len(folds):

@@ -23,8 +23,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 import lightning_brats  # noqa: F401  (registers the ${len:...} resolver)
 from lightning_brats.allocator import describe_allocator
+from lightning_brats.checkpoints import WANDB_ID_KEY
 from lightning_brats.hardware import configure_threads, resolve_precision
-from lightning_brats.module import WANDB_ID_KEY
 
 log = logging.getLogger("lightning_brats.train")
 
@@ -122,11 +122,9 @@ def read_wandb_run_id(ckpt_path: str) -> str | None:
     Raises:
         lightning_brats.checkpoints.CheckpointError: a corrupt or foreign checkpoint.
     """
-    from lightning_brats.checkpoints import load_checkpoint
+    from lightning_brats.checkpoints import load_checkpoint, wandb_run_id
 
-    checkpoint = load_checkpoint(ckpt_path, mmap=True)  # memory-mapped: the weights are not read
-    run_id = checkpoint.get(WANDB_ID_KEY)
-    return str(run_id) if run_id else None
+    return wandb_run_id(load_checkpoint(ckpt_path, mmap=True))  # memory-mapped: the weights are not read
 
 
 def continue_wandb_run(cfg: DictConfig, ckpt_path: str | None) -> str | None:
@@ -258,15 +256,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     log.info(f"Instantiating datamodule <{cfg.data._target_}>")
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.check_root()  # fail before building anything heavy when the data root is wrong
-    log.info(f"Instantiating model <{cfg.model._target_}>")
-    model = hydra.utils.instantiate(cfg.model)
-    model.configure_for(datamodule.region_names, datamodule.patch_size, datamodule.modalities)
     resolved = {
         key: OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
         for key, value in cfg.items()
         if key != "hydra"
     }
-    model.run_config = {"data": resolved["data"], "model": resolved["model"]}
+    log.info(f"Instantiating model <{cfg.model._target_}>")
+    # the data settings come by interpolation (conf/model/unet3d.yaml); the resolved config travels in its checkpoints
+    model = hydra.utils.instantiate(cfg.model, run_config={"data": resolved["data"], "model": resolved["model"]})
     callbacks = _instantiate_dict(cfg.get("callbacks"))
     continue_wandb_run(cfg, ckpt_path)
     loggers = _instantiate_dict(cfg.get("logger"))
