@@ -131,8 +131,8 @@ def predict(cfg: DictConfig) -> dict:
         OSError: an output cannot be written (disk full, unwritable folder); the message names it.
 
     Several processes may predict into one ``output_dir`` at once: each case is predicted under a
-    lock (``.<case>.lock``, :mod:`filelock`), so it is written by one of them and skipped by the
-    others (unless ``overwrite=true``); every file is written atomically (never torn).
+    lock (``.<case>.lock``, :mod:`filelock`, removed after the case), so it is written by one of them
+    and skipped by the others (unless ``overwrite=true``); every file is written atomically (never torn).
     """
     predictor = build_predictor(cfg)
     model = predictor.model
@@ -161,19 +161,23 @@ def predict(cfg: DictConfig) -> dict:
             paths = planned[files.case_id]
             # one process at a time per case: a second predict.py on the same folder waits for the case
             # and then skips it (atomic writes alone would keep files whole but predict it twice)
-            with FileLock(output_dir / f".{files.case_id}.lock"):
-                if not cfg.overwrite and paths["label"].exists():
-                    log.info(f"{files.case_id}: predicted meanwhile by another process, skipped")
-                    skipped += 1
-                    progress.advance(task)
-                    continue
-                progress.update(task, description=f"Predicting {files.case_id}")
-                result = predictor.predict_case(files)
-                regions = ",".join(model.regions)
-                if cfg.save_probabilities:  # the label map last: its presence says the case is done
-                    probs = np.ascontiguousarray(np.moveaxis(result.probabilities, 0, -1), dtype=np.float32)
-                    write_nifti(probs, result.case, paths["probabilities"], f"lightning-brats probabilities: {regions}")
-                write_nifti(result.label, result.case, paths["label"], f"lightning-brats labels; regions {regions}")
+            lock = output_dir / f".{files.case_id}.lock"
+            with FileLock(lock):
+                try:
+                    if not cfg.overwrite and paths["label"].exists():
+                        log.info(f"{files.case_id}: predicted meanwhile by another process, skipped")
+                        skipped += 1
+                        progress.advance(task)
+                        continue
+                    progress.update(task, description=f"Predicting {files.case_id}")
+                    result = predictor.predict_case(files)
+                    regions = ",".join(model.regions)
+                    if cfg.save_probabilities:  # the label map last: its presence says the case is done
+                        probs = np.ascontiguousarray(np.moveaxis(result.probabilities, 0, -1), dtype=np.float32)
+                        write_nifti(probs, result.case, paths["probabilities"], f"lightning-brats probabilities: {regions}")
+                    write_nifti(result.label, result.case, paths["label"], f"lightning-brats labels; regions {regions}")
+                finally:  # unlinked while held (filelock >= 4 retries a waiter whose inode was unlinked): no lock files left
+                    lock.unlink(missing_ok=True)
             seconds.append(result.seconds)
             counts = {int(c): int(n) for c, n in zip(*np.unique(result.label, return_counts=True)) if c}
             log.info(
