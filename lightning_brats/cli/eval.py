@@ -24,7 +24,7 @@ from rich.table import Table
 
 import lightning_brats  # noqa: F401  (registers resolvers)
 from lightning_brats.configs import CONFIG_PATH
-from lightning_brats.data.preprocess import atomic_save
+from lightning_brats.data.preprocess import atomic_save, remove_stale_temporaries
 from lightning_brats.data.readers import DataError, load_case, make_reader
 from lightning_brats.evaluation import (
     STATISTICS,
@@ -160,6 +160,8 @@ def evaluate(cfg: DictConfig) -> dict:
             is missing (unless ``allow_missing=true``), unreadable, off-grid or holds unknown labels.
         ValueError: neither ``predictions`` nor a model (``ckpt_path``, ``run_dir``, ``exported``) is
             given, no release is known, or ``cases=held_out`` with an ensemble.
+        OSError: an output cannot be written (disk full, unwritable folder); the message names it and
+            the previous file of that name is kept whole.
     """
     output_dir = Path(cfg.output_dir)
     selected = _selected_cases(cfg)
@@ -195,6 +197,7 @@ def evaluate(cfg: DictConfig) -> dict:
     pictures = output_dir / "pictures"
     if cfg.pictures:
         pictures.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(pictures, log.warning)
     rows = []
     with Progress(console=Console(stderr=True)) as progress:
         task = progress.add_task(f"Scoring {len(cases)} cases", total=len(cases))
@@ -212,6 +215,7 @@ def evaluate(cfg: DictConfig) -> dict:
             progress.advance(task)
     summary = summarize(rows, list(regions), metrics)
     output_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(output_dir, log.warning)
     write_csv(output_dir / "metrics.csv", rows, ["case_id", "missing", *[f"{m}_{r}" for m in metrics for r in regions]])
     write_csv(output_dir / "summary.csv", summary, ["metric", "region", "cases", *STATISTICS])
     box = figure_to_png(dice_boxplot({r: [row[f"dice_{r}"] for row in rows] for r in regions}))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import hydra
 import numpy as np
+from filelock import FileLock
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from rich.console import Console
 from rich.progress import (
@@ -25,6 +26,7 @@ from rich.progress import (
 
 import lightning_brats  # noqa: F401  (registers resolvers)
 from lightning_brats.configs import CONFIG_PATH
+from lightning_brats.data.preprocess import remove_stale_temporaries
 from lightning_brats.data.readers import CaseSource, DataError, make_reader
 from lightning_brats.hardware import configure_threads
 from lightning_brats.inference import InferenceSettings
@@ -136,6 +138,11 @@ def predict(cfg: DictConfig) -> dict:
             :func:`~lightning_brats.prediction.load_trained_model`, :func:`find_input_cases`,
             :func:`~lightning_brats.prediction.check_not_inputs`); cases written before the
             error stay written.
+        OSError: an output cannot be written (disk full, unwritable folder); the message names it.
+
+    Several processes may predict into one ``output_dir`` at once: each case is predicted under a
+    lock (``.<case>.lock``, :mod:`filelock`, removed after the case), so it is written by one of them
+    and skipped by the others (unless ``overwrite=true``); every file is written atomically (never torn).
     """
     predictor = build_predictor(cfg)
     model = predictor.model
@@ -145,6 +152,7 @@ def predict(cfg: DictConfig) -> dict:
     planned = {c.case_id: output_paths(output_dir, c.case_id) for c in cases}
     check_not_inputs([p for paths in planned.values() for p in paths.values()], cases)
     output_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(output_dir, log.warning)
     todo = [c for c in cases if cfg.overwrite or not planned[c.case_id]["label"].exists()]
     skipped = len(cases) - len(todo)
     sources = ", ".join(str(m.checkpoint) for m in predictor.models)
@@ -160,14 +168,26 @@ def predict(cfg: DictConfig) -> dict:
     with Progress(*columns, console=Console(stderr=True)) as progress:
         task = progress.add_task("Predicting", total=len(todo))
         for files in todo:
-            progress.update(task, description=f"Predicting {files.case_id}")
-            result = predictor.predict_case(files)
             paths = planned[files.case_id]
-            regions = ",".join(model.regions)
-            write_nifti(result.label, result.case, paths["label"], f"lightning-brats labels; regions {regions}")
-            if cfg.save_probabilities:
-                probs = np.ascontiguousarray(np.moveaxis(result.probabilities, 0, -1), dtype=np.float32)
-                write_nifti(probs, result.case, paths["probabilities"], f"lightning-brats probabilities: {regions}")
+            # one process at a time per case: a second predict.py on the same folder waits for the case
+            # and then skips it (atomic writes alone would keep files whole but predict it twice)
+            lock = output_dir / f".{files.case_id}.lock"
+            with FileLock(lock):
+                try:
+                    if not cfg.overwrite and paths["label"].exists():
+                        log.info(f"{files.case_id}: predicted meanwhile by another process, skipped")
+                        skipped += 1
+                        progress.advance(task)
+                        continue
+                    progress.update(task, description=f"Predicting {files.case_id}")
+                    result = predictor.predict_case(files)
+                    regions = ",".join(model.regions)
+                    if cfg.save_probabilities:  # the label map last: its presence says the case is done
+                        probs = np.ascontiguousarray(np.moveaxis(result.probabilities, 0, -1), dtype=np.float32)
+                        write_nifti(probs, result.case, paths["probabilities"], f"lightning-brats probabilities: {regions}")
+                    write_nifti(result.label, result.case, paths["label"], f"lightning-brats labels; regions {regions}")
+                finally:  # unlinked while held (filelock >= 4 retries a waiter whose inode was unlinked): no lock files left
+                    lock.unlink(missing_ok=True)
             seconds.append(result.seconds)
             counts = {int(c): int(n) for c, n in zip(*np.unique(result.label, return_counts=True)) if c}
             log.info(
@@ -177,13 +197,13 @@ def predict(cfg: DictConfig) -> dict:
             progress.advance(task)
     per_case = float(np.mean(seconds)) if seconds else 0.0
     log.info(
-        f"Predicted {len(todo)} cases ({skipped} skipped) in {time.perf_counter() - start:.1f} s, "
+        f"Predicted {len(seconds)} cases ({skipped} skipped) in {time.perf_counter() - start:.1f} s, "
         f"{per_case:.1f} s per case -> {output_dir}"
     )
     return {
         "output_dir": output_dir,
         "cases": [c.case_id for c in cases],
-        "predicted": len(todo),
+        "predicted": len(seconds),
         "skipped": skipped,
         "seconds_per_case": per_case,
         "files": {k: v["label"] for k, v in planned.items()},
