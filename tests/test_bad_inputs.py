@@ -141,7 +141,7 @@ def test_train_preprocessing_stops_naming_the_file_and_keeps_the_cache(name, goo
     cfg = compose_config(["data=brats20", f"data.root={tmp_path / 'data'}", *SMALL], tmp_path / "out", tmp_path / "cache")
     datamodule = hydra.utils.instantiate(cfg.data)
     root, path = _variant(good_root, name, tmp_path, lambda r: datamodule.cache.ensure(  # an earlier run cached OTHER
-        [c for c in datamodule.layout.find_cases(r) if c.case_id == OTHER], log=lambda _: None))
+        [c for c in datamodule.reader.find_cases(r) if c.case_id == OTHER], log=lambda _: None))
     before = _snapshot(datamodule.cache.path)
     with pytest.raises(DataError) as info:
         datamodule.prepare_data()
@@ -223,7 +223,7 @@ def test_a_full_disk_while_caching_keeps_the_old_entry_and_names_the_file(good_r
 
     cfg = compose_config(["data=brats20", f"data.root={good_root}", *SMALL], tmp_path / "out", tmp_path / "cache")
     datamodule = hydra.utils.instantiate(cfg.data)
-    cases = datamodule.layout.find_cases(good_root)
+    cases = datamodule.reader.find_cases(good_root)
     datamodule.cache.ensure(cases, log=lambda _: None)
     image = datamodule.cache.path / f"{CASE}_image.npy"
     label = datamodule.cache.path / f"{CASE}_label.npy"
@@ -297,7 +297,7 @@ def test_a_full_disk_while_writing_metrics_csv_keeps_the_old_one(tmp_path, monke
 
 def _dead_pid() -> int:
     """The id of a process that has ended (and been reaped)."""
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc = subprocess.Popen(["true"])  # not Python: the quick loop allows no Python subprocess
     proc.wait()
     return proc.pid
 
@@ -323,7 +323,7 @@ def test_temporaries_of_dead_writers_are_removed_and_no_others(tmp_path):
     from lightning_brats.data.preprocess import remove_stale_temporaries
 
     dead = _dead_pid()
-    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as live:
+    with subprocess.Popen(["sleep", "60"]) as live:
         try:
             paths = _leftovers(tmp_path / "run", dead, live.pid)
             fresh = tmp_path / "run" / f".tmp-{dead}-fresh.csv"  # a dead pid here, but written a moment ago:
@@ -349,7 +349,7 @@ def test_the_next_run_cleans_the_cache_and_checkpoint_folders(good_root, tmp_pat
     datamodule = hydra.utils.instantiate(cfg.data)
     cache: PreprocessedCache = datamodule.cache
     cache_left = _leftovers(cache.path, dead, os.getpid())
-    cache.ensure(datamodule.layout.find_cases(good_root), log=lambda _: None)
+    cache.ensure(datamodule.reader.find_cases(good_root), log=lambda _: None)
     assert not cache_left["dead_ckpt"].exists() and not cache_left["dead_save"].exists()
     assert cache_left["live_ckpt"].exists()  # this process's "live" file stays
 
