@@ -14,7 +14,7 @@ from omegaconf import DictConfig, open_dict
 
 import lightning_brats  # noqa: F401
 from lightning_brats.cli.train import CONFIG_DIR
-from lightning_brats.data.layouts import BratsLayout
+from lightning_brats.data.readers import BratsFolderReader
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("LIGHTNING_BRATS_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -231,7 +231,7 @@ BRATS20_REGIONS = {"wt": [1, 2, 4], "tc": [1, 4], "et": [4]}
 BRATS23_REGIONS = {"wt": [1, 2, 3], "tc": [1, 3], "et": [3]}
 MSD_REGIONS = {"wt": [1, 2, 3], "tc": [2, 3], "et": [3]}
 #: The BraTS 2018-2020 file layout: ``<case>/<case>_<suffix>.nii.gz``.
-BRATS20_LAYOUT = BratsLayout({m: f"_{m}" for m in BRATS_MODALITIES}, "_seg", [".nii.gz", ".nii"])
+BRATS20_LAYOUT = BratsFolderReader({m: f"_{m}" for m in BRATS_MODALITIES}, "_seg", [".nii.gz", ".nii"])
 #: BraTS's HD95 for a region present in only one of prediction and truth: the diagonal of the
 #: 240 x 240 x 155 1-mm volume, sqrt(240^2 + 240^2 + 155^2) = 373.13 mm.
 BRATS_HD95_PENALTY_MM = round((240**2 + 240**2 + 155**2) ** 0.5, 2)

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
-from lightning_brats.data.layouts import DataError
+from lightning_brats.data.readers import DataError
 from tests.conftest import BRATS20_LAYOUT, REPO, compose_config, compose_tool_config
 
 MODALITIES = ["flair", "t1", "t1ce", "t2"]
@@ -252,7 +252,7 @@ def test_a_full_disk_while_caching_keeps_the_old_entry_and_names_the_file(good_r
 
 def test_a_full_disk_while_writing_a_prediction_keeps_the_old_one(good_root, tmp_path, monkeypatch):
     from lightning_brats import prediction
-    from lightning_brats.data.layouts import load_case
+    from lightning_brats.data.readers import load_case
 
     case = load_case(next(c for c in BRATS20_LAYOUT.find_cases(good_root) if c.case_id == CASE), MODALITIES)
     out = tmp_path / "predictions" / f"{CASE}.nii.gz"
@@ -410,7 +410,7 @@ def test_the_clis_stop_on_bad_data_naming_the_file(tool, name, good_root, phanto
     expected = _expected(name, root, path)
     assert [line for line in text.splitlines() if all(part in line for part in expected)], text[-3000:]
     if tool != "check-data":  # Hydra's short traceback ends in the one DataError line, naming the file
-        traceback = proc.stderr.split("Traceback (most recent call last):")[-1].split("lightning_brats.data.layouts.DataError: ")
+        traceback = proc.stderr.split("Traceback (most recent call last):")[-1].split("DataError: ")
         assert len(traceback) == 2 and traceback[1].startswith(expected[0] if VARIANTS[name][3] else ""), proc.stderr[-3000:]
         if tool != "train":  # train.py preprocesses inside Trainer.fit (prepare_data): Lightning's frames show there
             assert "site-packages" not in traceback[0], proc.stderr[-3000:]

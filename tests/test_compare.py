@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from lightning_brats.comparison import ComparisonError, compare, direction, read_eval_folder
-from lightning_brats.data.layouts import DataError
+from lightning_brats.data.readers import DataError
 from lightning_brats.evaluation import METRICS, STATISTICS, read_csv, summarize, write_csv
 from lightning_brats.report import write_report
 

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from lightning_brats.data.layouts import BratsLayout, DataError, load_case
+from lightning_brats.data.readers import BratsFolderReader, DataError, load_case
 from tests.conftest import BRATS20_LABELS, BRATS20_LAYOUT, BRATS_MODALITIES, copy_case
 
 
@@ -104,7 +104,7 @@ def test_corrupt_nifti_names_the_file(brats2018_root, tmp_path):
 
 
 def test_other_suffixes_are_a_config_away(tmp_path):
-    layout = BratsLayout({"flair": "-t2f", "t1ce": "-t1c"}, "-seg", [".nii.gz"])
+    layout = BratsFolderReader({"flair": "-t2f", "t1ce": "-t1c"}, "-seg", [".nii.gz"])
     case = tmp_path / "BraTS-GLI-00001-000"
     case.mkdir()
     for suffix in ("-t2f", "-t1c", "-seg"):

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from lightning_brats.cli.check_data import check_dataset
-from lightning_brats.data.layouts import DataError, load_case
+from lightning_brats.data.readers import DataError, load_case
 from lightning_brats.data.sampling import slice_foreground_fractions
 from tests.conftest import compose_config
 
@@ -20,9 +20,9 @@ PATIENT = "TCGA_CS_4941_19960909"  # 23 slices
 
 
 def _layout():
-    from lightning_brats.data.layouts import SliceLayout
+    from lightning_brats.data.readers import LggSliceReader
 
-    return SliceLayout({"pre_contrast": 0, "flair": 1, "post_contrast": 2})
+    return LggSliceReader({"pre_contrast": 0, "flair": 1, "post_contrast": 2})
 
 
 def _link_patient(lgg_root: Path, root: Path, patient: str = PATIENT) -> Path:

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from lightning_brats.data import release_layouts
-from lightning_brats.data.layouts import DataError, load_case
 from lightning_brats.data.preprocess import PreprocessedCache, restore_to_original
+from lightning_brats.data.readers import DataError, load_case
 from lightning_brats.data.settings import PreprocessingSettings
 from lightning_brats.labels import labels_to_regions
 from tests.conftest import (

@@ -17,7 +17,7 @@ from torch import nn
 
 from lightning_brats.cli.eval import evaluate
 from lightning_brats.cli.predict import predict
-from lightning_brats.data.layouts import DataError
+from lightning_brats.data.readers import DataError
 from lightning_brats.inference import flip_axes_combinations, predict_probabilities
 from tests.conftest import BRATS_MODALITIES, compose_tool_config
 

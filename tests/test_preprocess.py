@@ -7,13 +7,13 @@ import json
 import numpy as np
 import pytest
 
-from lightning_brats.data.layouts import DataError, load_case
 from lightning_brats.data.preprocess import (
     PreprocessedCache,
     nonzero_bbox,
     preprocess_case,
     restore_to_original,
 )
+from lightning_brats.data.readers import DataError, load_case
 from lightning_brats.data.settings import PreprocessingSettings
 from tests.conftest import BRATS20_LABELS, BRATS20_LAYOUT, BRATS_MODALITIES, copy_case
 

@@ -25,7 +25,7 @@ from torch import nn
 
 from lightning_brats.cli.train import CONFIG_DIR, train
 from lightning_brats.data import release_layouts
-from lightning_brats.data.layouts import load_case
+from lightning_brats.data.readers import load_case
 from lightning_brats.labels import labels_to_regions
 from tests.conftest import BRATS20_REGIONS, BRATS_MODALITIES, REPO, compose_config, real_label
 

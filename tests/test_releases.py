@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from lightning_brats.data import release_layouts
-from lightning_brats.data.layouts import load_case
+from lightning_brats.data.readers import load_case
 from lightning_brats.labels import labels_to_regions
 from tests.conftest import BRATS20_REGIONS, BRATS_MODALITIES, SOURCE_CASES, compose_config, real_label
 

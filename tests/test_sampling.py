@@ -141,7 +141,7 @@ def test_user_splits_file_is_used(brats2018_root, cache_dir, tmp_path):
 @pytest.mark.slow
 @pytest.mark.real_data
 def test_user_splits_with_unknown_case_names_the_file(brats2018_root, cache_dir, tmp_path):
-    from lightning_brats.data.layouts import DataError
+    from lightning_brats.data.readers import DataError
 
     splits = [{"train": ["Brats18_2013_11_1"], "val": ["Brats18_NOPE"]}] * 2
     datamodule, path = _datamodule_with_splits(brats2018_root, cache_dir, tmp_path, splits)

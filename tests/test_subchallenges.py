@@ -19,7 +19,7 @@ import pytest
 
 from lightning_brats.cli.train import CONFIG_DIR
 from lightning_brats.data import release_layouts
-from lightning_brats.data.layouts import load_case
+from lightning_brats.data.readers import load_case
 from lightning_brats.labels import RegionNode, labels_to_regions, region_tree, regions_to_labels
 from lightning_brats.prediction import PostProcessing, postprocessing_for
 from tests.conftest import BRATS_MODALITIES, SOURCE_CASES, compose_config, real_label

@@ -48,8 +48,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from lightning_brats.data.batch_augment import BatchAugmentation
-from lightning_brats.data.layouts import BratsLayout
 from lightning_brats.data.preprocess import CachedCase, PreprocessedCache
+from lightning_brats.data.readers import BratsFolderReader
 from lightning_brats.data.sampling import (
     Augmentation,
     EpochSampler,
@@ -64,7 +64,7 @@ from lightning_brats.labels import labels_to_regions
 MODALITIES = ["flair", "t1", "t1ce", "t2"]
 LABELS = {"ncr_net": 1, "ed": 2, "et": 4}
 REGIONS = {"wt": [1, 2, 4], "tc": [1, 4], "et": [4]}
-LAYOUT = BratsLayout({"flair": "_flair", "t1": "_t1", "t1ce": "_t1ce", "t2": "_t2"}, "_seg", [".nii.gz", ".nii"])
+LAYOUT = BratsFolderReader({"flair": "_flair", "t1": "_t1", "t1ce": "_t1ce", "t2": "_t2"}, "_seg", [".nii.gz", ".nii"])
 OVERSAMPLE, SPATIAL_PROB, ROTATE_DEG, SCALE = 0.33, 0.2, 15.0, 0.15
 PEERS = ("ours", "ours-batch", "monai", "torchio", "bgv2")
 
