@@ -102,8 +102,10 @@ class SegmentationDataModule(pl.LightningDataModule):
             does, for node-local cache folders. Other processes only read, after Lightning's barrier.
         postprocess: the dataset's post-processing rule, ``{region, min_voxels}`` or ``None``,
             read by prediction (:func:`~lightning_brats.prediction.postprocessing_for`), not by training.
-        evaluation: the dataset's metric settings (``metrics``, ``lesion_wise``), read by ``eval.py``
-            (see :mod:`lightning_brats.lesion_metrics`), not by training.
+        evaluation: the dataset's metric settings (``metrics``, ``lesion_wise``, ``lesionwise_validation``),
+            read by ``eval.py`` (see :mod:`lightning_brats.lesion_metrics`) and, with
+            ``lesionwise_validation: true``, by the validation callback
+            (:class:`~lightning_brats.callbacks.lesionwise_validation.LesionwiseValidation`).
 
     Under DDP (Lightning sets :attr:`trainer` before :meth:`setup`) every process draws its own
     share of each global batch (see :class:`~lightning_brats.data.sampling.EpochSampler`) and the
