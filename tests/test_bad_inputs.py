@@ -209,6 +209,21 @@ def test_an_unknown_config_key_or_value_is_refused_naming_it(tmp_path):
         compose_tool_config("eval", ["data=brats1999"], tmp_path)
 
 
+@pytest.mark.parametrize(("override", "message"), [
+    ("data.patch_size=[-8,64,64]", "every size must be a positive number of voxels"),
+    ("data.fold=5", "data.fold=5 with data.num_folds=5"),
+    ("data.num_folds=1", "expected at least 2 folds"),
+    ("data.batch_size=0", "data.batch_size=0: expected at least 1"),
+])
+def test_an_impossible_data_value_is_refused_when_the_datamodule_is_built(override, message, tmp_path):
+    import hydra
+    from hydra.errors import InstantiationException
+
+    cfg = compose_config(["data=brats20", "data.root=/nonexistent", override], tmp_path)
+    with pytest.raises(InstantiationException, match=re.escape(message)):
+        hydra.utils.instantiate(cfg.data)
+
+
 # --- a full disk while writing (the writer raises ENOSPC half-way) ------------------------------------
 
 

@@ -116,7 +116,9 @@ class SegmentationDataModule(pl.LightningDataModule):
     Raises:
         ValueError: an unknown reader (see :func:`~lightning_brats.data.readers.make_reader`); an unknown
             ``sampling``, or one the layout does not support (the LGG
-            slices are 2D only); a ``patch_size`` with too few values; ``samples_per_epoch``
+            slices are 2D only); a ``patch_size`` with too few or non-positive values; a ``batch_size``
+            below 1; a ``fold`` outside ``[0, num_folds)`` or fewer than 2 folds (without a
+            ``splits_file``, whose folds are checked in :meth:`setup`); ``samples_per_epoch``
             smaller than ``batch_size``; invalid preprocessing settings (see
             :class:`~lightning_brats.data.settings.PreprocessingSettings`).
     """
@@ -177,6 +179,15 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.patch_size = [int(p) for p in patch_size][: self.spatial_dims]
         if len(self.patch_size) != self.spatial_dims:
             raise ValueError(f"data.patch_size={list(patch_size)} has fewer than {self.spatial_dims} values")
+        if min(self.patch_size) < 1:
+            raise ValueError(f"data.patch_size={list(patch_size)}: every size must be a positive number of voxels")
+        if int(batch_size) < 1:
+            raise ValueError(f"data.batch_size={batch_size}: expected at least 1")
+        if not splits_file and not (num_folds >= 2 and 0 <= fold < num_folds):
+            raise ValueError(
+                f"data.fold={fold} with data.num_folds={num_folds}: expected at least 2 folds and a fold in "
+                f"[0, {num_folds - 1}]"
+            )
         if samples_per_epoch < batch_size:
             raise ValueError(
                 f"data.samples_per_epoch={samples_per_epoch} is smaller than data.batch_size={batch_size}: an epoch "
