@@ -13,25 +13,37 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 
-def median_seconds(fn: Callable[[], object], repeats: int = 3, warmup: int = 0) -> tuple[float, list[float]]:
-    """Call ``fn`` ``warmup`` times untimed, then ``repeats`` times timed.
+@dataclass(frozen=True)
+class Timing:
+    """Medians over timed runs: ``wall`` seconds and ``cpu`` seconds of this process (``time.process_time``,
+    which on a shared core is less disturbed by neighbours than wall time; work in other processes,
+    such as loader workers, is not in it); ``runs`` every run's wall seconds."""
 
-    Returns:
-        ``(median seconds, every timed run's seconds)``.
-    """
+    wall: float
+    cpu: float
+    runs: tuple[float, ...]
+
+    def runs_text(self) -> str:
+        return " ".join(f"{r:.3g}" for r in self.runs)
+
+
+def median_seconds(fn: Callable[[], object], repeats: int = 3, warmup: int = 0) -> Timing:
+    """Call ``fn`` ``warmup`` times untimed, then ``repeats`` times timed; the medians (:class:`Timing`)."""
     for _ in range(warmup):
         fn()
-    runs = []
+    walls, cpus = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        cpu, start = time.process_time(), time.perf_counter()
         fn()
-        runs.append(time.perf_counter() - start)
-    return statistics.median(runs), runs
+        walls.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - cpu)
+    return Timing(statistics.median(walls), statistics.median(cpus), tuple(walls))
 
 
 def sync(device: torch.device | str) -> None:
@@ -44,11 +56,10 @@ def machine() -> dict:
     """CPU model, cores this process may use, torch threads, allocator and versions: the conditions of a run."""
     from lightning_brats.allocator import loaded_allocator
 
-    model = platform.processor() or "unknown"
-    flags = ""
+    model, flags = "", ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model == platform.processor():
+            if line.startswith("model name") and not model:
                 model = line.split(":", 1)[1].strip()
             if line.startswith("flags") and not flags:
                 flags = " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in line.split())
@@ -56,7 +67,7 @@ def machine() -> dict:
         pass
     allocator = loaded_allocator()
     return {
-        "cpu": model, "cpu_flags": flags, "cores_allowed": len(os.sched_getaffinity(0)),
+        "cpu": model or platform.processor() or "unknown", "cpu_flags": flags, "cores_allowed": len(os.sched_getaffinity(0)),
         "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
         "allocator": Path(allocator).name if allocator else "glibc malloc",
         "load_avg": " ".join(f"{x:.1f}" for x in os.getloadavg()),
@@ -78,8 +89,9 @@ def compose(overrides: Sequence[str]):
         return hydra_compose("train", overrides=list(overrides))
 
 
-def report(rows: list[dict], csv_path: str | Path, title: str) -> None:
-    """Print a rich table of ``rows`` (floats to 3 significant digits) and write them to ``csv_path``."""
+def report(rows: list[dict], csv_path: str | Path, title: str, conditions: dict | None = None) -> None:
+    """Print a rich table of ``rows`` (floats to 3 significant digits) and write them to ``csv_path``;
+    ``conditions`` (e.g. :func:`machine`) are printed under the table."""
     from rich.console import Console
     from rich.table import Table
 
@@ -89,7 +101,10 @@ def report(rows: list[dict], csv_path: str | Path, title: str) -> None:
         table.add_column(column)
     for r in rows:
         table.add_row(*[f"{r[c]:.3g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in columns])
-    Console(width=200).print(table)
+    console = Console(width=200)
+    console.print(table)
+    if conditions:
+        console.print(" ".join(f"{k}={v}" for k, v in conditions.items()))
     path = Path(csv_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as handle:
