@@ -89,18 +89,20 @@ def compose(overrides: Sequence[str]):
         return hydra_compose("train", overrides=list(overrides))
 
 
-def report(rows: list[dict], csv_path: str | Path, title: str, conditions: dict | None = None) -> None:
+def report(rows: list[dict], csv_path: str | Path, title: str, conditions: dict | None = None,
+           shown: Sequence[str] | None = None) -> None:
     """Print a rich table of ``rows`` (floats to 3 significant digits) and write them to ``csv_path``;
-    ``conditions`` (e.g. :func:`machine`) are printed under the table."""
+    ``conditions`` (e.g. :func:`machine`) are printed under the table. ``shown``: the table's columns
+    (default all); the CSV has every column."""
     from rich.console import Console
     from rich.table import Table
 
     columns = list(dict.fromkeys(k for r in rows for k in r))
     table = Table(title=title)
-    for column in columns:
+    for column in shown or columns:
         table.add_column(column)
     for r in rows:
-        table.add_row(*[f"{r[c]:.3g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in columns])
+        table.add_row(*[f"{r[c]:.3g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in shown or columns])
     console = Console(width=200)
     console.print(table)
     if conditions:
