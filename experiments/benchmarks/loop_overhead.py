@@ -105,11 +105,16 @@ class _Module(SegmentationModule):
         pass
 
 
-def lightning_loop(cfg, state: dict, batches: Sequence[dict]) -> list[float]:
-    """Fit the experiment's :class:`SegmentationModule` (weights ``state``) on ``batches``; per step
-    ``(wall, process CPU)`` seconds."""
+def network(cfg, state: dict) -> torch.nn.Module:
+    """The experiment's network with the weights ``state``."""
     net = hydra.utils.instantiate(cfg.model.net)
     net.load_state_dict(state)
+    return net
+
+
+def lightning_loop(cfg, net: torch.nn.Module, batches: Sequence[dict]) -> list[tuple[float, float]]:
+    """Fit the experiment's :class:`SegmentationModule` around ``net`` (trained in place) on ``batches``;
+    per step ``(wall, process CPU)`` seconds."""
     module = _Module(net=net, loss=hydra.utils.instantiate(cfg.model.loss),
                      optimizer=hydra.utils.instantiate(cfg.model.optimizer),
                      scheduler=hydra.utils.instantiate(cfg.model.scheduler), inference=cfg.inference, name=cfg.model.name)
@@ -123,10 +128,8 @@ def lightning_loop(cfg, state: dict, batches: Sequence[dict]) -> list[float]:
     return clock.steps
 
 
-def plain_run(cfg, state: dict, batches: Sequence[dict]) -> list[float]:
-    """The plain loop with the experiment's network (weights ``state``), loss, optimiser and schedule."""
-    net = hydra.utils.instantiate(cfg.model.net)
-    net.load_state_dict(state)
+def plain_run(cfg, net: torch.nn.Module, batches: Sequence[dict]) -> list[tuple[float, float]]:
+    """The plain loop training ``net`` in place with the experiment's loss, optimiser and schedule."""
     optimizer = hydra.utils.instantiate(cfg.model.optimizer)(params=net.parameters())
     scheduler = hydra.utils.instantiate(cfg.model.scheduler)(optimizer=optimizer)
     return plain_loop(net, hydra.utils.instantiate(cfg.model.loss), optimizer, scheduler, batches)
@@ -144,7 +147,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         walls, cpus = {"plain": [], "lightning": []}, {"plain": [], "lightning": []}
         for _ in range(args.repeats):
             for name, loop in (("plain", plain_run), ("lightning", lightning_loop)):
-                steps = loop(cfg, state, batches)[args.warmup:]
+                steps = loop(cfg, network(cfg, state), batches)[args.warmup:]
                 walls[name].append(statistics.median(s[0] for s in steps))
                 cpus[name].append(statistics.median(s[1] for s in steps))
         wall = {n: statistics.median(v) for n, v in walls.items()}
