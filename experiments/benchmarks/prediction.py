@@ -19,7 +19,8 @@ spacing) -> ``network`` (the configured sliding window with flip TTA, ``inferenc
 
 ``sliding_window`` is one pass without TTA, the figure the issue compares with. ``whole`` times
 ``Predictor.predict_case`` plus the write in one go, a check that the stages add up. ``share`` is a
-stage's share of ``whole``; ``share_of_window`` is its share of ``sliding_window``.
+stage's share of ``whole`` (``cpu_share``: in CPU seconds of the process); ``share_of_window`` is its
+share of ``sliding_window``.
 """
 
 from __future__ import annotations
@@ -118,11 +119,13 @@ def run(args: argparse.Namespace) -> list[dict]:
     for name in (*STAGES, "sliding_window", "whole"):
         t = timings[name]
         rows.append({"stage": name, "s_per_case": t.wall, "cpu_s": t.cpu, "share": t.wall / whole,
-                     "share_of_window": t.wall / window, "runs_s": t.runs_text(), **common})
+                     "share_of_window": t.wall / window, "cpu_share": t.cpu / timings["whole"].cpu,
+                     "runs_s": t.runs_text(), **common})
         print(rows[-1], flush=True)
     outside = sum(timings[s].wall for s in STAGES if s != "network")
-    rows.append({"stage": "all but the network", "s_per_case": outside, "share": outside / whole,
-                 "share_of_window": outside / window, **common})
+    outside_cpu = sum(timings[s].cpu for s in STAGES if s != "network")
+    rows.append({"stage": "all but the network", "s_per_case": outside, "cpu_s": outside_cpu, "share": outside / whole,
+                 "share_of_window": outside / window, "cpu_share": outside_cpu / timings["whole"].cpu, **common})
     return rows
 
 
@@ -150,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     settings = {k: rows[0][k] for k in ("experiment", "overrides", "case", "original", "preprocessed", "window",
                                          "flip_tta", "precision", "repeats")}
     report(rows, args.csv, "Prediction, seconds per case by stage", {**settings, **machine()},
-           shown=["stage", "s_per_case", "cpu_s", "share", "share_of_window", "runs_s"])
+           shown=["stage", "s_per_case", "cpu_s", "share", "cpu_share", "share_of_window", "runs_s"])
     return rows
 
 
