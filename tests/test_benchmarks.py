@@ -219,7 +219,6 @@ def test_loop_overhead_tiny_and_both_loops_train_alike(tmp_path):
         torch.testing.assert_close(lightning.state_dict()[key], value, rtol=1e-5, atol=1e-6, msg=key)
 
 
-@pytest.mark.slow
 def test_step_variants_tiny_writes_its_table(tmp_path):
     out = tmp_path / "variants.csv"
     _load("step_variants").main(["--tiny", "--csv", str(out)])
