@@ -20,7 +20,10 @@ small 3D U-Net. At the end it reads, from ``/proc``:
   counts them: an upper bound);
 - ``pss_mib``: main and workers' proportional set size now (shared pages split between the
   processes sharing them: what they hold together);
-- ``dataset_index_mib``: what the dataset holds in memory per case (its foreground-voxel index arrays).
+- ``main_anon_mib`` / ``main_file_mib``: the main process's resident memory now, anonymous (its own
+  heap) and file-backed (mapped files: libraries and the touched pages of the memory-mapped cache,
+  page cache the kernel can drop);
+- ``dataset_index_mib``: what the dataset holds in memory for all cases (its foreground-voxel index arrays).
 
 Each figure is the median over ``--repeats`` processes. Prints a rich table and writes a CSV.
 """
@@ -127,6 +130,8 @@ def child(folder: Path, ids: Sequence[str], workers: int, steps: int, patch: Seq
         "main_peak_mib": _mib_from_status(os.getpid(), "VmHWM"),
         "workers_peak_mib": sum(_mib_from_status(p, "VmHWM") for p in pids),
         "pss_mib": _pss_mib(os.getpid()) + sum(_pss_mib(p) for p in pids),
+        "main_anon_mib": _mib_from_status(os.getpid(), "RssAnon"),
+        "main_file_mib": _mib_from_status(os.getpid(), "RssFile"),
         "dataset_index_mib": sum(fg.nbytes for fg in dataset.foreground) / 2**20,
         "cache_image_type": type(cases[0].image).__name__,
     }
@@ -151,7 +156,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                     runs.append(json.loads(out.strip().splitlines()[-1]))
                 row = {"cases": size, "workers": workers, "sources": len(ids), "steps": args.steps,
                        "patch": "x".join(map(str, args.patch)), "batch": args.batch, "repeats": args.repeats}
-                for key in ("main_peak_mib", "workers_peak_mib", "pss_mib", "dataset_index_mib"):
+                for key in ("main_peak_mib", "workers_peak_mib", "pss_mib", "main_anon_mib", "main_file_mib",
+                            "dataset_index_mib"):
                     row[key] = statistics.median(r[key] for r in runs)
                 row["main_peak_runs"] = " ".join(f"{r['main_peak_mib']:.0f}" for r in runs)
                 row["cache_image_type"] = runs[0]["cache_image_type"]
