@@ -45,6 +45,10 @@ def build(cfg, state: dict, variant: str):
     if fmt is not None:
         net = net.to(memory_format=fmt)
     optimizer = hydra.utils.instantiate(cfg.model.optimizer)(params=net.parameters())
+    if "compile" in variant:
+        # each variant compiles afresh: TorchDynamo's cache is per code object (UNet.forward), and a
+        # third compilation of it would switch to dynamic shapes (which failed in inductor for the 3D U-Net)
+        torch._dynamo.reset()
     model = torch.compile(net) if "compile" in variant else net
     return model, optimizer, hydra.utils.instantiate(cfg.model.loss), fmt
 
@@ -61,7 +65,13 @@ def run(args: argparse.Namespace) -> list[dict]:
         for variant in args.variants:
             model, optimizer, loss_fn, fmt = build(cfg, state, variant)
             start = time.perf_counter()
-            plain_loop(model, loss_fn, optimizer, None, batches[:args.warmup], fmt)
+            try:
+                plain_loop(model, loss_fn, optimizer, None, batches[:args.warmup], fmt)
+            except Exception as exc:  # noqa: BLE001  (a compiler failure is a result here, not the end of the run)
+                rows.append({"experiment": experiment, "model": cfg.model.name, "variant": variant,
+                             "note": f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:150]}"})
+                print(rows[-1], flush=True)
+                continue
             warmup = time.perf_counter() - start
             timed = batches[:args.steps]
             timing = median_seconds(
