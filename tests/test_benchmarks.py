@@ -9,6 +9,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -141,3 +142,119 @@ def test_debug_benchmark_times_the_configured_steps(phantom_root, tmp_path, monk
     assert len(record["steps"]) == 6 and len(record["waits"]) == 6 and record["benchmark/steps_timed"] == 4
     assert not list(tmp_path.rglob("*.ckpt"))
     assert calls == [(2, 4, 32, 32, 32)] * 6
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_preprocessing_benchmark_tiny_writes_its_table(brats2018_root, tmp_path):
+    out = tmp_path / "preprocessing.csv"
+    _load("preprocessing").main(["--tiny", "--root", str(brats2018_root), "--tmp", str(tmp_path), "--csv", str(out)])
+    written = _rows(out)
+    assert [r["pipeline"] for r in written] == ["ours", "monai", "gzip"]
+    assert all(float(r["cases_per_min"]) > 0 for r in written[:2])
+    assert float(written[2]["read_gz_s_per_case"]) > 0 and float(written[2]["read_nii_s_per_case"]) > 0
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_monai_preprocessing_peer_gives_our_cache(brats2018_root, tmp_path):
+    """The MONAI transforms of the benchmark do our steps: same crop and labels, z-scored values. One
+    difference, by design of each: ours z-scores inside the brain (voxels non-zero in any modality),
+    MONAI's ``nonzero=True`` inside each channel's own non-zero voxels, leaving the others 0."""
+    bench = _load("preprocessing")
+    case = bench.find_cases(brats2018_root, 1)
+    bench.ours(case, tmp_path / "ours", None, 1)
+    bench.monai(case, tmp_path / "monai", bench.monai_transform(None))
+    ours = np.load(next((tmp_path / "ours").rglob("*_image.npy")))
+    theirs = np.load(tmp_path / "monai" / f"{case[0].case_id}_image.npy")
+    assert ours.shape == theirs.shape and ours.shape[0] == 4
+    ours_label = np.load(next((tmp_path / "ours").rglob("*_label.npy")))
+    assert np.array_equal(ours_label, np.load(tmp_path / "monai" / f"{case[0].case_id}_label.npy"))
+    brain = np.any(ours != 0, axis=0)
+    for c in range(4):  # mean 0, std 1 (worked out here) inside each one's mask
+        own = theirs[c] != 0
+        assert abs(ours[c][brain].mean()) < 1e-3 and abs(ours[c][brain].std() - 1) < 1e-3
+        assert abs(theirs[c][own].mean()) < 1e-3 and abs(theirs[c][own].std() - 1) < 1e-3
+        assert own[~brain].sum() == 0 and own.sum() > 0.95 * brain.sum()  # the channel's mask lies inside the brain
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_prediction_benchmark_tiny_times_every_stage(brats2018_root, tmp_path):
+    out = tmp_path / "prediction.csv"
+    _load("prediction").main(["--tiny", "--root", str(brats2018_root), "--csv", str(out)])
+    written = _rows(out)
+    stages = ["read", "preprocess", "network", "resample_back", "uncrop", "labels", "postprocess", "write",
+              "sliding_window", "whole", "all but the network"]
+    assert [r["stage"] for r in written] == stages
+    assert all(float(r["s_per_case"]) >= 0 for r in written) and float(written[9]["s_per_case"]) > 0
+    # 4 mm spacing: the preprocessed grid is a quarter of the 240x240x155 original per axis (after the crop)
+    assert written[0]["original"] == "240x240x155" and all(int(n) < 70 for n in written[0]["preprocessed"].split("x"))
+
+
+@pytest.mark.slow
+def test_loop_overhead_tiny_and_both_loops_train_alike(tmp_path):
+    """The plain loop does the Lightning module's work: from the same weights, on the same batches,
+    both end with the same weights (same loss, optimiser and LR schedule)."""
+    bench = _load("loop_overhead")
+    out = tmp_path / "loop.csv"
+    bench.main(["--tiny", "--csv", str(out)])
+    assert [r["loop"] for r in _rows(out)] == ["plain", "lightning"] and all(float(r["s_per_step"]) > 0 for r in _rows(out))
+
+    args = bench.parse(["--tiny"])
+    cfg = bench.compose([f"experiment={args.experiments[0]}", "data.root=unused", *args.override])
+    batches = bench.make_batches(cfg, 3)
+    torch.manual_seed(0)
+    state = bench.network(cfg, bench.hydra.utils.instantiate(cfg.model.net).state_dict()).state_dict()
+    plain, lightning = bench.network(cfg, state), bench.network(cfg, state)
+    assert len(bench.plain_run(cfg, plain, batches)) == len(bench.lightning_loop(cfg, lightning, batches)) == 3
+    moved = [not torch.equal(p, state[k]) for k, p in plain.state_dict().items() if p.is_floating_point()]
+    assert sum(moved) > len(moved) // 2  # the steps trained the network
+    for key, value in plain.state_dict().items():
+        torch.testing.assert_close(lightning.state_dict()[key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_step_variants_tiny_writes_its_table(tmp_path):
+    out = tmp_path / "variants.csv"
+    _load("step_variants").main(["--tiny", "--csv", str(out)])
+    assert [r["variant"] for r in _rows(out)] == ["eager", "channels_last"]
+    assert all(float(r["s_per_step"]) > 0 for r in _rows(out))
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_memory_benchmark_tiny_reads_memory_mapped_replicas(brats2018_root, tmp_path):
+    out = tmp_path / "memory.csv"
+    _load("memory").main(["--tiny", "--root", str(brats2018_root), "--tmp", str(tmp_path), "--csv", str(out)])
+    written = _rows(out)
+    assert [int(r["cases"]) for r in written] == [4, 16]
+    assert all(float(r["main_peak_mib"]) > 0 and r["cache_image_type"] == "memmap" for r in written)
+    # the dataset's per-case index grows with the cases: 4 times the cases, 4 times the index
+    assert float(written[1]["dataset_index_mib"]) == pytest.approx(4 * float(written[0]["dataset_index_mib"]), rel=0.01)
+
+
+@pytest.mark.parametrize("patch", [(16, 16, 16), (24, 24)])
+def test_a_dataset_item_reads_from_the_memory_mapped_cache(phantom_root, tmp_path, monkeypatch, patch):
+    """Training samples are cut from np.memmap arrays (the cache's files), never from whole arrays in memory."""
+    from lightning_brats.data import sampling
+    from lightning_brats.data.preprocess import PreprocessedCache
+    from lightning_brats.data.settings import PreprocessingSettings
+    from tests.conftest import BRATS20_LABELS, BRATS20_LAYOUT, BRATS20_REGIONS, BRATS_MODALITIES
+
+    files = BRATS20_LAYOUT.find_cases(phantom_root)[:2]
+    cache = PreprocessedCache(tmp_path, "x", PreprocessingSettings(tuple(BRATS_MODALITIES)), BRATS20_LABELS)
+    cache.ensure(files, log=lambda *_: None)
+    cases = [cache.load(f.case_id) for f in files]
+    dataset = sampling.TrainingSampleDataset(cases, BRATS20_REGIONS, patch, 2, augment=sampling.Augmentation())
+    read_from = []
+    original = sampling.crop_or_pad
+    monkeypatch.setattr(sampling, "crop_or_pad", lambda array, *a: read_from.append(type(array)) or original(array, *a))
+    items = [dataset[(0, i)] for i in range(4)]
+    assert read_from == [np.memmap] * 8  # image and label of each of the 4 items
+    assert all(isinstance(c.image, np.memmap) and isinstance(c.label, np.memmap) for c in dataset.cases)
+    assert all(tuple(item["image"].shape) == (4, *patch) and item["image"].dtype == torch.float32 for item in items)

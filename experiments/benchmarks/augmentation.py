@@ -28,15 +28,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from input_pipeline import report
+from common import report, sync
 
 from lightning_brats.data.batch_augment import BatchAugmentation
 from lightning_brats.data.sampling import Augmentation
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_cpu_path(image: np.ndarray, target: np.ndarray, spatial_prob: float, repeats: int) -> float:
@@ -56,11 +51,11 @@ def time_batch_path(image: torch.Tensor, target: torch.Tensor, spatial_prob: flo
     augment = BatchAugmentation(spatial_prob=spatial_prob)
     generator = torch.Generator(device=image.device).manual_seed(0)
     augment(image, target, generator)
-    _sync(image.device)
+    sync(image.device)
     start = time.perf_counter()
     for _ in range(repeats):
         augment(image, target, generator)
-    _sync(image.device)
+    sync(image.device)
     return (time.perf_counter() - start) / (repeats * len(image))
 
 

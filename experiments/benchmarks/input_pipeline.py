@@ -37,8 +37,8 @@ missing is reported as missing, not timed.
 from __future__ import annotations
 
 import argparse
-import csv
 import math
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -46,6 +46,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import report  # the shared table and CSV writer
 
 from lightning_brats.data.batch_augment import BatchAugmentation
 from lightning_brats.data.preprocess import CachedCase, PreprocessedCache
@@ -307,26 +310,6 @@ def run(args: argparse.Namespace) -> list[dict]:
                 rows.append(row)
                 print(row, flush=True)
     return rows
-
-
-def report(rows: list[dict], csv_path: str | Path, title: str) -> None:
-    """Print a rich table of ``rows`` and write them to ``csv_path``."""
-    from rich.console import Console
-    from rich.table import Table
-
-    columns = list(dict.fromkeys(k for r in rows for k in r))
-    table = Table(title=title)
-    for column in columns:
-        table.add_column(column)
-    for r in rows:
-        table.add_row(*[f"{r[c]:.3g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in columns])
-    Console(width=200).print(table)
-    path = Path(csv_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, columns)
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
