@@ -64,14 +64,18 @@ def foreground_voxels(label: np.ndarray | None, max_voxels: int = 20000, seed: i
     """Coordinates of tumour (non-zero label) voxels, subsampled to at most ``max_voxels``.
 
     Returns:
-        ``(N, 3)`` int array (voxels); ``N = 0`` for a case with no tumour or no labels.
+        ``(N, 3)`` voxel coordinates, int16 (int32 for axes of 32768 voxels or more): the index is kept
+        for every training case for the whole run, so 6 bytes per voxel rather than argwhere's 24
+        keep memory nearly flat as the dataset grows (experiments/benchmarks/README.md, memory);
+        ``N = 0`` for a case with no tumour or no labels.
     """
     if label is None:
-        return np.zeros((0, 3), dtype=np.int64)
-    coords = np.argwhere(np.asarray(label) > 0)
+        return np.zeros((0, 3), dtype=np.int16)
+    label = np.asarray(label)
+    coords = np.argwhere(label > 0)
     if len(coords) > max_voxels:
         coords = coords[np.random.default_rng(seed).choice(len(coords), max_voxels, replace=False)]
-    return coords
+    return coords.astype(np.int16 if max(label.shape) < 2**15 else np.int32)
 
 
 def slice_foreground_fractions(label: np.ndarray) -> np.ndarray:
@@ -218,7 +222,7 @@ class TrainingSampleDataset(Dataset):
         rng = np.random.default_rng((self.seed, epoch, index))
         case_index = int(rng.integers(len(self.cases)))
         case, fg = self.cases[case_index], self.foreground[case_index]
-        center = fg[rng.integers(len(fg))] if self.is_oversampled(index) and len(fg) else None
+        center = fg[rng.integers(len(fg))].astype(np.int64) if self.is_oversampled(index) and len(fg) else None
         if len(self.patch_size) == 3:
             start = patch_start(case.image.shape[1:], self.patch_size, rng, center)
             image = crop_or_pad(case.image, start, self.patch_size)
