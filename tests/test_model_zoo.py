@@ -22,7 +22,7 @@ NAMES = [v[0] for v in VARIANTS]
 def _module(name: str, overrides: list[str], tmp_path, extra: list[str] = ()):
     """The module of ``model=<name>`` on data=sample, with a window it takes: axial slices for a 2D
     network, 64^3 for SwinUNETR (``overrides`` may change either)."""
-    suits = ["data.sampling=2d"] if name.endswith("2d") else ["data.patch_size=[64,64,64]"] if name == "swinunetr" else []
+    suits = ["data.sampling=2d"] if "2d" in name else ["data.patch_size=[64,64,64]"] if name == "swinunetr" else []
     cfg = compose_config([f"model={name}", "data=sample", "data.root=unused", *suits, *overrides, *extra], tmp_path)
     return hydra.utils.instantiate(cfg.model)
 
