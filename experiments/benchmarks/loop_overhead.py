@@ -98,13 +98,6 @@ class _StepClock(pl.Callback):
         return _steps(self.starts)
 
 
-class _Module(SegmentationModule):
-    """The module bound to the experiment's regions and patch without a datamodule."""
-
-    def setup(self, stage: str) -> None:  # the datamodule's values are given by configure_for before fit
-        pass
-
-
 def network(cfg, state: dict) -> torch.nn.Module:
     """The experiment's network with the weights ``state``."""
     net = hydra.utils.instantiate(cfg.model.net)
@@ -115,10 +108,13 @@ def network(cfg, state: dict) -> torch.nn.Module:
 def lightning_loop(cfg, net: torch.nn.Module, batches: Sequence[dict]) -> list[tuple[float, float]]:
     """Fit the experiment's :class:`SegmentationModule` around ``net`` (trained in place) on ``batches``;
     per step ``(wall, process CPU)`` seconds."""
-    module = _Module(net=net, loss=hydra.utils.instantiate(cfg.model.loss),
-                     optimizer=hydra.utils.instantiate(cfg.model.optimizer),
-                     scheduler=hydra.utils.instantiate(cfg.model.scheduler), inference=cfg.inference, name=cfg.model.name)
-    module.configure_for(list(cfg.data.regions), list(cfg.data.patch_size), list(cfg.data.modalities))
+    # the module takes the data settings at construction, so it needs no datamodule here
+    module = SegmentationModule(net=net, loss=hydra.utils.instantiate(cfg.model.loss),
+                                optimizer=hydra.utils.instantiate(cfg.model.optimizer),
+                                scheduler=hydra.utils.instantiate(cfg.model.scheduler), inference=cfg.inference,
+                                regions=dict(cfg.data.regions), modalities=list(cfg.data.modalities),
+                                patch_size=list(cfg.data.patch_size), sampling=cfg.data.sampling,
+                                batch_size=cfg.data.batch_size, name=cfg.model.name)
     clock = _StepClock()
     trainer = pl.Trainer(accelerator="cpu", devices=1, precision="32", max_steps=len(batches), max_epochs=1,
                          logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

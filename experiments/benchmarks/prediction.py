@@ -40,6 +40,7 @@ from common import compose, machine, median_seconds, report
 
 from lightning_brats.data.layouts import load_case
 from lightning_brats.data.preprocess import preprocess_case, resize, restore_to_original
+from lightning_brats.data.readers import make_reader
 from lightning_brats.inference import InferenceSettings, predict_probabilities
 from lightning_brats.labels import regions_to_labels
 from lightning_brats.prediction import Predictor, TrainedModel, postprocessing_for, write_nifti
@@ -106,7 +107,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     torch.set_num_threads(args.threads)
     overrides = [f"experiment={args.experiment}", *args.override]
     predictor = build_predictor(args.root, overrides, args.device)
-    layout = hydra.utils.instantiate(predictor.model.data["layout"])  # the experiment's data config's reader
+    layout = make_reader(predictor.model.data["layout"])  # the experiment's data config's reader
     files = min(layout.find_cases(Path(args.root)), key=lambda c: c.case_id)
     with tempfile.TemporaryDirectory() as tmp:
         timings, shapes = profile(predictor, files, Path(tmp), args.repeats)
