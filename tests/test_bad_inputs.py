@@ -193,6 +193,35 @@ def test_an_empty_data_root_is_named_by_every_reader(tmp_path):
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.npy"))
 
 
+def test_a_symlink_loop_under_the_root_is_read_once_with_a_warning(good_root, tmp_path, caplog):
+    from lightning_brats.data.readers import make_reader
+
+    root = tmp_path / "looped"
+    shutil.copytree(good_root, root)
+    (root / CASE / "loop").symlink_to(root, target_is_directory=True)  # root/<case>/loop -> root
+    reader = make_reader({"reader": "brats_folders", "modality_suffixes": {m: f"_{m}" for m in ("flair", "t1", "t1ce", "t2")}})
+    with caplog.at_level("WARNING"):
+        cases = reader.find_cases(root)
+    assert sorted(c.case_id for c in cases) == sorted([CASE, OTHER])  # each once, no endless walk
+    assert any(str(root / CASE / "loop") in r.getMessage() and "links back" in r.getMessage() for r in caplog.records)
+
+
+def test_an_all_zero_modality_is_a_warning_naming_the_file(good_root, tmp_path, caplog):
+    from lightning_brats.data.readers import load_case, make_reader
+
+    root = tmp_path / "zero"
+    shutil.copytree(good_root, root)
+    flair = _file(root, "flair")
+    _rewrite(flair, np.zeros(nib.load(flair).shape, np.float32))
+    reader = make_reader({"reader": "brats_folders", "modality_suffixes": {m: f"_{m}" for m in ("flair", "t1", "t1ce", "t2")}})
+    case = next(c for c in reader.find_cases(root) if c.case_id == CASE)
+    with caplog.at_level("WARNING"):
+        loaded = load_case(case, ["flair", "t1"])
+    assert not loaded.image[0].any() and loaded.image[1].any()
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(str(flair) in w and "all zero" in w for w in warned), warned
+
+
 # --- configs: a message naming the key and the allowed values, before any preprocessing ---------------
 
 
@@ -214,6 +243,8 @@ def test_an_unknown_config_key_or_value_is_refused_naming_it(tmp_path):
     ("data.fold=5", "data.fold=5 with data.num_folds=5"),
     ("data.num_folds=1", "expected at least 2 folds"),
     ("data.batch_size=0", "data.batch_size=0: expected at least 1"),
+    ("data.modalities=[flair,dwi]",
+     "names ['dwi'], which this dataset's layout does not have; its modalities are ['flair', 't1', 't1ce', 't2']"),
 ])
 def test_an_impossible_data_value_is_refused_when_the_datamodule_is_built(override, message, tmp_path):
     import hydra

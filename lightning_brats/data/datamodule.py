@@ -116,7 +116,7 @@ class SegmentationDataModule(pl.LightningDataModule):
     Raises:
         ValueError: an unknown reader (see :func:`~lightning_brats.data.readers.make_reader`); an unknown
             ``sampling``, or one the layout does not support (the LGG
-            slices are 2D only); a ``patch_size`` with too few or non-positive values; a ``batch_size``
+            slices are 2D only); a modality the layout does not have; a ``patch_size`` with too few or non-positive values; a ``batch_size``
             below 1; a ``fold`` outside ``[0, num_folds)`` or fewer than 2 folds (without a
             ``splits_file``, whose folds are checked in :meth:`setup`); ``samples_per_epoch``
             smaller than ``batch_size``; invalid preprocessing settings (see
@@ -167,6 +167,12 @@ class SegmentationDataModule(pl.LightningDataModule):
                 f"data.sampling={sampling} is not possible with this dataset's layout ({reader.describe()}): it supports "
                 f"only {list(reader.sampling)}; set data.sampling={reader.sampling[0]} and a matching model "
                 f"(e.g. model=unet{reader.sampling[0]})"
+            )
+        unknown = [m for m in modalities if m not in reader.modalities]
+        if unknown:
+            raise ValueError(
+                f"data.modalities={list(modalities)} names {unknown}, which this dataset's layout does not have; "
+                f"its modalities are {reader.modalities} ({reader.describe()})"
             )
         self.root = Path(root)
         #: what the cache, validation and (through the checkpoint's data config) prediction preprocess with

@@ -13,6 +13,7 @@ The registry that ``data.layout.reader`` names is in :mod:`lightning_brats.data.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from typing import ClassVar, Protocol, runtime_checkable
 
 import nibabel as nib
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -66,10 +69,16 @@ class CaseReader(Protocol):
         name: the reader's name in the registry, as ``data.layout.reader`` gives it.
         sampling: the ``data.sampling`` modes its volumes support (``("2d", "3d")``, or
             ``("2d",)`` where the slice spacing is unknown).
+        modalities: the modality names it can deliver (the keys of its file-name map).
     """
 
     name: ClassVar[str]
     sampling: tuple[str, ...]
+
+    @property
+    def modalities(self) -> list[str]:
+        """The modality names this layout can deliver."""
+        ...
 
     def describe(self) -> str:
         """A one-line description of the expected layout, for error messages."""
@@ -171,13 +180,20 @@ class CaseFiles:
 
 def walk(root: Path) -> list[Path]:
     """Every file and folder under ``root``, sorted, following symlinked folders (datasets are often
-    linked together on clusters), skipping hidden ones (e.g. half-written temporary files).
+    linked together on clusters), skipping hidden ones (e.g. half-written temporary files). A folder
+    reached again through a symlink (a loop) is read once, with a warning naming it.
 
     Returns:
         paths under ``root`` (files and folders), sorted.
     """
-    found = []
+    found, visited = [], set()
     for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in visited:  # a symlink loop (or a second link to a folder already walked): once is enough
+            log.warning(f"{folder}: links back to {real}, already read under {root}; not read again")
+            dirs[:] = []
+            continue
+        visited.add(real)
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         found.extend(Path(folder) / name for name in [*dirs, *files] if not name.startswith("."))
     return sorted(found)
@@ -282,6 +298,8 @@ def load_nifti_case(
         data = data.astype(np.float32)
         if not np.isfinite(data).all():
             raise DataError(f"{path}: contains NaN or Inf voxels")
+        if not data.any():  # usable (z-scoring leaves it 0), but a missing sequence the network never saw so
+            log.warning(f"{path}: modality {modality!r} of case {files.case_id} is all zero")
         arrays.append(data)
     label = None
     if files.label is not None and read_label:

@@ -50,6 +50,11 @@ class BratsFolderReader:
         self.extensions = tuple(extensions)
         self.label_files = dict(label_files or {})
 
+    @property
+    def modalities(self) -> list[str]:
+        """The modality names this layout can deliver (``data.modalities`` must be among them)."""
+        return list(self.modality_suffixes)
+
     def describe(self) -> str:
         """A one-line description of the expected layout, for error messages."""
         names = [f"<case>{s}" for s in self.modality_suffixes.values()]

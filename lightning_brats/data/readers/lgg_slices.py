@@ -102,6 +102,11 @@ class LggSliceReader:
         suffix = re.escape(mask_suffix)
         self._pattern = re.compile(rf"^(?P<case>.+)_(?P<slice>\d+)(?P<mask>{suffix})?$")
 
+    @property
+    def modalities(self) -> list[str]:
+        """The modality names this layout can deliver (``data.modalities`` must be among them)."""
+        return list(self.channels)
+
     def describe(self) -> str:
         """A one-line description of the expected layout, for error messages."""
         return f"case folders holding <case>_<slice>{{{', '.join(self.extensions)}}} and <case>_<slice>{self.mask_suffix}"

@@ -53,6 +53,11 @@ class MsdReader:
         self.labels_dir = labels_dir
         self.extensions = tuple(extensions)
 
+    @property
+    def modalities(self) -> list[str]:
+        """The modality names this layout can deliver (``data.modalities`` must be among them)."""
+        return list(self.modality_names)
+
     def describe(self) -> str:
         """A one-line description of the expected layout, for error messages."""
         return (
