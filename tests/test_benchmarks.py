@@ -54,6 +54,7 @@ def test_monai_pipeline_sees_our_cases_and_gives_our_shapes(pipeline, tiny_cases
     assert shapes == {"ours": expected, "ours-batch": expected, "monai": expected}
 
 
+@pytest.mark.slow  # runs every pipeline of the benchmark, ours and the peers'
 @pytest.mark.real_data
 def test_input_pipeline_tiny_writes_its_table(pipeline, brats2018_root, tmp_path):
     out = tmp_path / "pipeline.csv"
@@ -219,6 +220,7 @@ def test_loop_overhead_tiny_and_both_loops_train_alike(tmp_path):
         torch.testing.assert_close(lightning.state_dict()[key], value, rtol=1e-5, atol=1e-6, msg=key)
 
 
+@pytest.mark.slow  # times training steps of two networks
 def test_step_variants_tiny_writes_its_table(tmp_path):
     out = tmp_path / "variants.csv"
     _load("step_variants").main(["--tiny", "--csv", str(out)])

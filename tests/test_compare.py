@@ -280,6 +280,7 @@ def _decoded(src: str) -> bytes:
     return base64.b64decode(src[len(prefix):])
 
 
+@pytest.mark.slow  # starts a headless browser
 def test_report_shows_every_case_row_and_picture_in_chromium(tmp_path):
     dice = {"case_b": 0.7, "case&a": 0.9, "case_c": 0.1, "case_d": 0.4}
     folder = write_eval_folder(tmp_path / "eval", {c: _columns(d, 5, d, 5) for c, d in dice.items()})

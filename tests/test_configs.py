@@ -38,7 +38,14 @@ PAIRS = sorted({(data, "unet2d" if data == "lgg" else "unet3d") for data in DATA
                | {(data, model) for model in MODELS for data in ("sample", "lgg", "brats24_gli", "brats_men_rt")})
 
 
-@pytest.mark.parametrize("data,model", PAIRS, ids=[f"{m}-{d}" for d, m in PAIRS])
+#: the quick loop builds every data config and every model once (with the sample data); the other channel
+#: shapes of every model are built in the slow run (`.ci/run` runs both)
+QUICK_PAIRS = {(data, model) for data, model in PAIRS if data == "sample" or model in ("unet2d", "unet3d")}
+
+
+@pytest.mark.parametrize("data,model", [
+    pytest.param(d, m, marks=() if (d, m) in QUICK_PAIRS else pytest.mark.slow, id=f"{m}-{d}") for d, m in PAIRS
+])
 def test_data_model_configs_instantiate(data, model, tmp_path):
     sampling = "2d" if "2d" in model else "3d"  # unet2d, unet2d_ds, nnunet2d, ...
     cfg = compose_config([f"data={data}", f"model={model}", f"data.sampling={sampling}", "data.root=/nonexistent"], tmp_path)
