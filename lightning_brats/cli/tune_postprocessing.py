@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 import lightning_brats  # noqa: F401  (registers resolvers)
+from lightning_brats.cli.summarize import find_job_dirs
 from lightning_brats.configs import CONFIG_PATH
 from lightning_brats.data.readers import DataError, load_case, make_reader
 from lightning_brats.evaluation import write_csv
@@ -34,7 +35,8 @@ log = logging.getLogger("lightning_brats.tune_postprocessing")
 
 
 def _run_folders(cfg: DictConfig) -> list[Path]:
-    """``write_to`` folders, plus ``run_dir`` and its job folders (those holding ``.hydra/``).
+    """``write_to`` folders, plus ``run_dir`` and its job folders (those holding ``.hydra/overrides.yaml``, found
+    as ``lightning-brats summarize`` and ``predict.py run_dir=`` find them).
 
     Raises:
         FileNotFoundError: a folder does not exist.
@@ -42,7 +44,7 @@ def _run_folders(cfg: DictConfig) -> list[Path]:
     folders = [Path(p) for p in (cfg.write_to or [])]
     if cfg.get("run_dir"):
         root = Path(cfg.run_dir)
-        folders += [root, *sorted(p.parent for p in root.glob("*/.hydra"))]
+        folders += [root, *(find_job_dirs(root) if root.is_dir() else [])]
     for folder in folders:
         if not folder.is_dir():
             raise FileNotFoundError(f"write_to/run_dir: {folder} is not a folder")
