@@ -119,6 +119,26 @@ class CaseReader(Protocol):
         ...
 
 
+class CaseLoading:
+    """The :meth:`CaseReader.load_case` every reader shares: a found case knows how to load itself
+    (:meth:`CaseSource.load`: NIfTI cases through :func:`load_nifti_case`, LGG slices through theirs)."""
+
+    def load_case(
+        self,
+        files: CaseSource,
+        modalities: Sequence[str],
+        labels: Mapping[str, int] | None = None,
+        read_label: bool = True,
+    ) -> LoadedCase:
+        """Load a found case: ``image (C, *spatial)`` float32 in ``modalities`` order (``(C, X, Y, Z)`` for
+        volumes, ``(C, H, W, S)`` for slice stacks), and its label map (see :meth:`CaseReader.load_case`).
+
+        Raises:
+            DataError: a file is unreadable or does not match the others; the message names it.
+        """
+        return files.load(modalities, labels, read_label)
+
+
 @dataclass
 class LoadedCase:
     """One case in memory, on its original grid.

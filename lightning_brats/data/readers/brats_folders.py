@@ -13,16 +13,15 @@ from pathlib import Path
 
 from lightning_brats.data.readers.base import (
     CaseFiles,
+    CaseLoading,
     DataError,
-    LoadedCase,
     check_root,
-    load_nifti_case,
     report_problem,
     walk,
 )
 
 
-class BratsFolderReader:
+class BratsFolderReader(CaseLoading):
     """A BraTS-style layout: case folders anywhere under the root, one NIfTI file per modality.
 
     Args:
@@ -121,9 +120,3 @@ class BratsFolderReader:
             cases[case_id] = CaseFiles(case_id, images, label)
         return [cases[k] for k in sorted(cases)]
 
-    def load_case(
-        self, files: CaseFiles, modalities: Sequence[str], labels: Mapping[str, int] | None = None,
-        read_label: bool = True,
-    ) -> LoadedCase:
-        """Load one case: ``image (C, X, Y, Z)``, ``label (X, Y, Z)`` (see :func:`~.base.load_nifti_case`)."""
-        return load_nifti_case(files, modalities, labels, read_label)

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from lightning_brats.data.readers.base import (
+    CaseLoading,
     DataError,
     LoadedCase,
     check_label_values,
@@ -66,7 +67,7 @@ class SliceFiles:
         return load_slices(self, modalities, labels, read_label)
 
 
-class LggSliceReader:
+class LggSliceReader(CaseLoading):
     """Cases stored as 2D image files, one per axial slice: ``kaggle_3m/<case>/<case>_<n>.tif``.
 
     The Kaggle release holds ``kaggle_3m/TCGA_<inst>_<patient>_<date>/<case>_<n>.tif``
@@ -164,12 +165,6 @@ class LggSliceReader:
             )
         return [cases[k] for k in sorted(cases)]
 
-    def load_case(
-        self, files: SliceFiles, modalities: Sequence[str], labels: Mapping[str, int] | None = None,
-        read_label: bool = True,
-    ) -> LoadedCase:
-        """Stack one case's slices: ``image (C, H, W, S)``, ``label (H, W, S)`` (see :func:`load_slices`)."""
-        return load_slices(files, modalities, labels, read_label)
 
 
 def read_image(path: Path) -> np.ndarray:

@@ -12,16 +12,15 @@ from pathlib import Path
 
 from lightning_brats.data.readers.base import (
     CaseFiles,
+    CaseLoading,
     DataError,
-    LoadedCase,
     check_root,
-    load_nifti_case,
     report_problem,
     walk,
 )
 
 
-class MsdReader:
+class MsdReader(CaseLoading):
     """The Decathlon layout: ``<task>/imagesTr/<case>.nii.gz`` holds the modalities on the 4th axis.
 
     ``<task>/labelsTr/<case>.nii.gz`` holds the label map (``imagesTs`` cases have no labels).
@@ -119,9 +118,3 @@ class MsdReader:
             raise DataError(f"no cases found under {root}; expected {self.describe()}")
         return [cases[k] for k in sorted(cases)]
 
-    def load_case(
-        self, files: CaseFiles, modalities: Sequence[str], labels: Mapping[str, int] | None = None,
-        read_label: bool = True,
-    ) -> LoadedCase:
-        """Load one case from its 4D file: ``image (C, X, Y, Z)``, ``label (X, Y, Z)``."""
-        return load_nifti_case(files, modalities, labels, read_label)
