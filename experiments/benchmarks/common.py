@@ -33,6 +33,10 @@ class Timing:
         return " ".join(f"{r:.3g}" for r in self.runs)
 
 
+#: the --tiny mode's 3D U-Net (with experiment=brats_cpu_3d): 4 base filters, batch 2 of 32^3 patches
+TINY_3D_OVERRIDES = ("model.net.base_filters=4", "data.patch_size=[32,32,32]", "data.batch_size=2")
+
+
 def median_seconds(fn: Callable[[], object], repeats: int = 3, warmup: int = 0) -> Timing:
     """Call ``fn`` ``warmup`` times untimed, then ``repeats`` times timed; the medians (:class:`Timing`)."""
     for _ in range(warmup):

@@ -38,7 +38,7 @@ import pytorch_lightning as pl
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import compose, machine, report
+from common import TINY_3D_OVERRIDES, compose, machine, report
 
 from lightning_brats.module import SegmentationModule
 
@@ -172,7 +172,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.tiny:
         args.experiments, args.steps, args.warmup, args.repeats = ["brats_cpu_3d"], 3, 1, 1
-        args.override = ["model.net.base_filters=4", "data.patch_size=[32,32,32]", "data.batch_size=2", *args.override]
+        args.override = [*TINY_3D_OVERRIDES, *args.override]
     return args
 
 

@@ -27,7 +27,7 @@ import hydra
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import compose, machine, median_seconds, report
+from common import TINY_3D_OVERRIDES, compose, machine, median_seconds, report
 from loop_overhead import make_batches, network, plain_loop
 
 VARIANTS = ("eager", "channels_last", "compile", "channels_last+compile")
@@ -102,7 +102,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.tiny:
         args.experiments, args.variants, args.steps, args.warmup, args.repeats = ["brats_cpu_3d"], ["eager", "channels_last"], 1, 1, 1
-        args.override = ["model.net.base_filters=4", "data.patch_size=[32,32,32]", "data.batch_size=2", *args.override]
+        args.override = [*TINY_3D_OVERRIDES, *args.override]
     return args
 
 
