@@ -426,10 +426,12 @@ def _cli(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
                           timeout=timeout, check=False)
 
 
+#: How a DataError's line starts, as Python names the class (written out here, not taken from the code).
+DATA_ERROR = "lightning_brats.data.readers.base.DataError"
 #: (tool, variant) pairs run as real processes: one per kind of damage and tool, not the whole product.
-CLI_CASES = [("check-data", "truncated_gzip"), ("check-data", "label_code_7"), ("train", "other_affine"),
-             ("train", "missing_modality"), ("eval", "label_code_7"), ("predict", "other_shape"),
-             ("predict", "zero_byte_file")]
+CLI_CASES = [("check-data", "truncated_gzip"), ("check-data", "label_code_7"), ("train", "truncated_gzip"),
+             ("train", "other_affine"), ("train", "missing_modality"), ("eval", "label_code_7"),
+             ("predict", "other_shape"), ("predict", "zero_byte_file")]
 
 
 @pytest.mark.slow
@@ -455,14 +457,28 @@ def test_the_clis_stop_on_bad_data_naming_the_file(tool, name, good_root, phanto
     assert proc.returncode == 1, text[-3000:]
     expected = _expected(name, root, path)
     assert [line for line in text.splitlines() if all(part in line for part in expected)], text[-3000:]
-    if tool != "check-data":  # Hydra's short traceback ends in the one DataError line, naming the file
-        traceback = proc.stderr.split("Traceback (most recent call last):")[-1].split("DataError: ")
-        assert len(traceback) == 2 and traceback[1].startswith(expected[0] if VARIANTS[name][3] else ""), proc.stderr[-3000:]
-        if tool != "train":  # train.py preprocesses inside Trainer.fit (prepare_data): Lightning's frames show there
-            assert "site-packages" not in traceback[0], proc.stderr[-3000:]
+    if tool != "check-data":  # the one DataError line, naming the file, and no traceback (Lightning's, nibabel's)
+        assert "Traceback" not in proc.stderr and "site-packages" not in proc.stderr, proc.stderr[-3000:]
+        named = [line for line in proc.stderr.splitlines() if expected[0] in line and not line.startswith("Error executing job")]
+        assert len(named) == 1 and named[0].startswith(f"{DATA_ERROR}: "), proc.stderr[-3000:]
+        assert named[0].startswith(f"{DATA_ERROR}: {expected[0]}") or not VARIANTS[name][3], named
+        assert "HYDRA_FULL_ERROR=1" in proc.stderr  # how to see the whole traceback, as Hydra says it
     if previous is not None:
         assert (previous / f"{OTHER}.nii.gz").read_bytes() == b"earlier output"
         assert not [p for p in previous.rglob("*") if CASE in p.name or ".tmp-" in p.name]
+
+
+@pytest.mark.slow
+def test_hydra_full_error_shows_the_whole_traceback_of_bad_data(good_root, tmp_path):
+    """``HYDRA_FULL_ERROR=1``: the original DataError with Lightning's frames and nibabel's cause."""
+    root, path = _variant(good_root, "truncated_gzip", tmp_path)
+    args = ["train.py", "data=brats20", f"data.root={root}", *SMALL, "logger=csv", "trainer.max_epochs=1",
+            "trainer.accelerator=cpu", f"paths.root_dir={tmp_path / 'out'}"]
+    proc = subprocess.run([sys.executable, *args], cwd=REPO, env={**_env(), "HYDRA_FULL_ERROR": "1"},
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "pytorch_lightning/trainer/trainer.py" in proc.stderr and "nibabel" in proc.stderr, proc.stderr[-3000:]
+    assert f"{DATA_ERROR}: {path}: cannot read NIfTI" in proc.stderr
 
 
 @pytest.mark.slow

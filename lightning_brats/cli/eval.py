@@ -23,6 +23,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 import lightning_brats  # noqa: F401  (registers resolvers)
+from lightning_brats.cli.errors import reports_bad_input
 from lightning_brats.configs import CONFIG_PATH
 from lightning_brats.data.preprocess import atomic_save, remove_stale_temporaries
 from lightning_brats.data.readers import DataError, load_case, make_reader
@@ -264,6 +265,7 @@ def _log_to_wandb(cfg: DictConfig, rows: list[dict], summary: list[dict], output
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
+@reports_bad_input
 def main(cfg: DictConfig) -> None:
     """Hydra entry point."""
     evaluate(cfg)

@@ -25,6 +25,7 @@ from rich.progress import (
 )
 
 import lightning_brats  # noqa: F401  (registers resolvers)
+from lightning_brats.cli.errors import reports_bad_input
 from lightning_brats.configs import CONFIG_PATH
 from lightning_brats.data.preprocess import remove_stale_temporaries
 from lightning_brats.data.readers import CaseSource, DataError, make_reader
@@ -212,6 +213,7 @@ def predict(cfg: DictConfig) -> dict:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="predict")
+@reports_bad_input
 def main(cfg: DictConfig) -> None:
     """Hydra entry point."""
     predict(cfg)

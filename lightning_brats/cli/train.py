@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 import lightning_brats  # noqa: F401  (registers the ${len:...} resolver)
 from lightning_brats.allocator import describe_allocator
 from lightning_brats.checkpoints import WANDB_ID_KEY
+from lightning_brats.cli.errors import reports_bad_input
 from lightning_brats.hardware import configure_threads, resolve_precision
 
 log = logging.getLogger("lightning_brats.train")
@@ -302,6 +303,7 @@ def _finish_wandb(trainer: pl.Trainer) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
+@reports_bad_input
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``cfg.optimized_metric`` for sweepers."""
     metrics = train(cfg)
