@@ -75,6 +75,16 @@ def _nan_voxel(path: Path) -> None:
     _rewrite(path, data)
 
 
+def _non_utf8_name(path: Path) -> None:
+    """Rename ``<case>_t1.nii.gz`` to ``<case>_t1\\xff.nii.gz``: a byte that is not UTF-8 (a Latin-1 name)."""
+    os.rename(path, non_utf8(path))
+
+
+def non_utf8(path: Path) -> bytes:
+    """The bytes of ``path`` with ``\\xff`` before its ``.nii.gz`` (the name the variant gives the file)."""
+    return os.fsencode(path)[: -len(".nii.gz")] + b"\xff.nii.gz"
+
+
 #: name -> (which file of CASE to break (suffix), how, words of the expected message, message names the file).
 #: Each variant is a copy of the good dataset with that one change; the expected words come from the
 #: kind of damage, written here, not from the code under test.
@@ -89,7 +99,17 @@ VARIANTS = {
     "nan_voxels": ("flair", _nan_voxel, "contains NaN or Inf voxels", True),
     "missing_modality": ("t2", lambda p: p.unlink(), "missing modality ['t2']", False),
     "label_code_7": ("seg", _label_code_7, "unknown label values [7]", True),
+    # the t1 file is there under a name that is not UTF-8: not read (a warning names its bytes), so t1 is missing
+    "non_utf8_file_name": ("t1", _non_utf8_name, "missing modality ['t1']", False),
 }
+#: Variants whose broken name is reported besides the one message: check-data lists it as a second problem,
+#: the other tools warn; the words and the file's bytes as ``repr`` prints them.
+NAME_PROBLEMS = {"non_utf8_file_name": "name is not valid UTF-8, not read"}
+
+
+def _name_problem(name: str, path: Path) -> str:
+    """The line reporting the broken name of variant ``name`` (bytes shown as ``b'...\\xff.nii.gz'``)."""
+    return f"{non_utf8(path)!r}: {NAME_PROBLEMS[name]}"
 #: Variants each tool meets: eval reads the label maps and the one modality it draws (t1ce, from
 #: conf/display/default.yaml; a damaged flair does not stop it); predict reads the modalities, never the
 #: label; check-data and train.py's preprocessing read everything.
@@ -130,23 +150,28 @@ def test_check_data_names_the_file_and_the_problem(name, good_root, tmp_path):
     root, path = _variant(good_root, name, tmp_path)
     cfg = compose_config(["data=brats20", f"data.root={root}"], tmp_path / "out")
     report = check_dataset(hydra.utils.instantiate(cfg.data))
+    if name in NAME_PROBLEMS:  # listed first (found while walking the root), then what it leads to
+        assert report.problems[0].startswith(_name_problem(name, path)), report.problems
+        report.problems.pop(0)
     assert len(report.problems) == 1, report.problems
     assert all(part in report.problems[0] for part in _expected(name, root, path)), report.problems[0]
     assert [r["case_id"] for r in report.rows] == [OTHER]  # the good case is still read and listed
 
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))
-def test_train_preprocessing_stops_naming_the_file_and_keeps_the_cache(name, good_root, tmp_path):
+def test_train_preprocessing_stops_naming_the_file_and_keeps_the_cache(name, good_root, tmp_path, caplog):
     """What train.py runs before any training (``prepare_data``: find cases, fill the cache)."""
     cfg = compose_config(["data=brats20", f"data.root={tmp_path / 'data'}", *SMALL], tmp_path / "out", tmp_path / "cache")
     datamodule = hydra.utils.instantiate(cfg.data)
     root, path = _variant(good_root, name, tmp_path, lambda r: datamodule.cache.ensure(  # an earlier run cached OTHER
         [c for c in datamodule.reader.find_cases(r) if c.case_id == OTHER], log=lambda _: None))
     before = _snapshot(datamodule.cache.path)
-    with pytest.raises(DataError) as info:
+    with pytest.raises(DataError) as info, caplog.at_level("WARNING"):
         datamodule.prepare_data()
     message = str(info.value)
     assert all(part in message for part in _expected(name, root, path)), message
+    if name in NAME_PROBLEMS:
+        assert [r for r in caplog.records if r.getMessage().startswith(_name_problem(name, path))], caplog.text
     after = _snapshot(datamodule.cache.path)
     assert {k: v for k, v in after.items() if k in before} == before  # written before: byte for byte
     assert not [k for k in after if CASE in k]  # nothing of the broken case under any name
@@ -204,6 +229,31 @@ def test_a_symlink_loop_under_the_root_is_read_once_with_a_warning(good_root, tm
         cases = reader.find_cases(root)
     assert sorted(c.case_id for c in cases) == sorted([CASE, OTHER])  # each once, no endless walk
     assert any(str(root / CASE / "loop") in r.getMessage() and "links back" in r.getMessage() for r in caplog.records)
+
+
+def _non_utf8_case_folder(good_root: Path, tmp_path: Path) -> tuple[Path, bytes]:
+    """A copy of the good dataset whose CASE folder is renamed ``BraTS20_Training_\\xff01``: ``(root, its bytes)``."""
+    root = tmp_path / "data"
+    shutil.copytree(good_root, root)
+    folder = os.fsencode(root) + b"/BraTS20_Training_\xff01"
+    os.rename(root / CASE, folder)
+    return root, folder
+
+
+def test_a_case_folder_with_a_non_utf8_name_is_named_and_not_read(good_root, tmp_path, caplog):
+    from lightning_brats.cli.check_data import check_dataset
+
+    root, folder = _non_utf8_case_folder(good_root, tmp_path)
+    expected = f"{folder!r}: name is not valid UTF-8, not read"  # b'/.../BraTS20_Training_\\xff01': ...
+    cfg = compose_config(["data=brats20", f"data.root={root}"], tmp_path / "out")
+    report = check_dataset(hydra.utils.instantiate(cfg.data))
+    assert [r["case_id"] for r in report.rows] == [OTHER]
+    assert len(report.problems) == 1 and report.problems[0].startswith(expected), report.problems
+    with caplog.at_level("WARNING"):  # train.py and predict.py: a warning, the other case is read
+        cases = BRATS20_LAYOUT.find_cases(root)
+    assert [c.case_id for c in cases] == [OTHER]
+    assert [r for r in caplog.records if r.levelname == "WARNING" and r.getMessage().startswith(expected)], caplog.text
+    assert all(r.getMessage().encode("utf-8") for r in caplog.records)  # printable: no lone surrogate in any message
 
 
 def test_an_all_zero_modality_is_a_warning_naming_the_file(good_root, tmp_path, caplog):
@@ -431,7 +481,8 @@ DATA_ERROR = "lightning_brats.data.readers.base.DataError"
 #: (tool, variant) pairs run as real processes: one per kind of damage and tool, not the whole product.
 CLI_CASES = [("check-data", "truncated_gzip"), ("check-data", "label_code_7"), ("train", "truncated_gzip"),
              ("train", "other_affine"), ("train", "missing_modality"), ("eval", "label_code_7"),
-             ("predict", "other_shape"), ("predict", "zero_byte_file")]
+             ("predict", "other_shape"), ("predict", "zero_byte_file"), ("check-data", "non_utf8_file_name"),
+             ("train", "non_utf8_file_name"), ("predict", "non_utf8_file_name")]
 
 
 @pytest.mark.slow
@@ -463,9 +514,96 @@ def test_the_clis_stop_on_bad_data_naming_the_file(tool, name, good_root, phanto
         assert len(named) == 1 and named[0].startswith(f"{DATA_ERROR}: "), proc.stderr[-3000:]
         assert named[0].startswith(f"{DATA_ERROR}: {expected[0]}") or not VARIANTS[name][3], named
         assert "HYDRA_FULL_ERROR=1" in proc.stderr  # how to see the whole traceback, as Hydra says it
+    if name in NAME_PROBLEMS:  # named once by check-data's list, in a warning by the others; nothing failed to print
+        assert _name_problem(name, path) in text and "UnicodeEncodeError" not in text and "Logging error" not in text, text
     if previous is not None:
         assert (previous / f"{OTHER}.nii.gz").read_bytes() == b"earlier output"
         assert not [p for p in previous.rglob("*") if CASE in p.name or ".tmp-" in p.name]
+
+
+@pytest.mark.slow
+def test_check_data_lists_a_non_utf8_case_folder_and_prints_it(good_root, tmp_path):
+    root, folder = _non_utf8_case_folder(good_root, tmp_path)
+    proc = _cli(["-m", "lightning_brats.cli", "check-data", "data=brats20", f"data.root={root}",
+                 f"paths.root_dir={tmp_path / 'out'}"])
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 1, text[-3000:]
+    assert f"{folder!r}: name is not valid UTF-8, not read" in text and OTHER in proc.stdout, text[-3000:]
+    assert "Traceback" not in text and "UnicodeEncodeError" not in text and "Logging error" not in text, text[-3000:]
+
+
+#: Runs a command as user nobody (uid/gid 65534), for whom file permissions count (root ignores them).
+AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+def _why_not_as_another_user() -> str | None:
+    """Why the test cannot run a process for which permissions count, or ``None`` when it can."""
+    if os.geteuid() != 0:
+        return None  # not root: permissions count for this user already
+    if shutil.which("setpriv") is None:
+        return "setpriv (util-linux) is not installed: cannot run a process as an unprivileged user"
+    probe = subprocess.run([*AS_NOBODY, "true"], capture_output=True, text=True, check=False)
+    if probe.returncode != 0:  # e.g. a container without CAP_SETUID/CAP_SETGID
+        return f"cannot switch to uid 65534 here (setpriv: {probe.stderr.strip()})"
+    return None
+
+
+@pytest.fixture
+def world_readable_dir():
+    """A fresh folder under the temp dir that another user can read and write (pytest's ``tmp_path`` is 0700)."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="lightning-brats-perm-"))
+    folder.chmod(0o777)
+    yield folder
+    for path in [folder, *folder.rglob("*")]:
+        if path.is_dir() and not path.is_symlink():
+            path.chmod(0o777)  # let rmtree in, also when not root
+    shutil.rmtree(folder)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tool", ["check-data", "train", "predict"])
+def test_a_case_folder_without_read_permission_is_named(tool, good_root, phantom_checkpoint, world_readable_dir):
+    """A case folder ``chmod 000``, the tools run as an unprivileged user: one message naming the folder, exit 1,
+    nothing written under a final name. (Before: ``os.walk`` skipped the folder silently and the case vanished.)"""
+    reason = _why_not_as_another_user()
+    if reason is not None:
+        pytest.skip(reason)
+    base = world_readable_dir
+    root = base / "data"
+    shutil.copytree(good_root, root)
+    for path in [root, *root.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)  # readable by anyone, as a shared dataset is
+    checkpoint = base / "model.ckpt"
+    shutil.copy(phantom_checkpoint, checkpoint)
+    checkpoint.chmod(0o644)
+    out = base / "out"
+    (out / "pred").mkdir(parents=True)
+    (out / "pred" / f"{OTHER}.nii.gz").write_bytes(b"earlier output")
+    for path in [base / "home", out, out / "pred"]:
+        path.mkdir(exist_ok=True)
+        path.chmod(0o777)
+    (root / CASE).chmod(0o000)
+    args = {
+        "check-data": ["-m", "lightning_brats.cli", "check-data", "data=brats20", f"data.root={root}"],
+        "train": ["train.py", "data=brats20", f"data.root={root}", *SMALL, "logger=csv", "trainer.max_epochs=1",
+                  "trainer.accelerator=cpu"],
+        "predict": ["predict.py", f"ckpt_path={checkpoint}", f"input={root}", f"output_dir={out / 'pred'}",
+                    "inference.device=cpu"],
+    }[tool]
+    env = {**_env(), "HOME": str(base / "home"), "MPLCONFIGDIR": str(base / "home"), "PYTHONDONTWRITEBYTECODE": "1"}
+    command = [*(AS_NOBODY if os.geteuid() == 0 else []), sys.executable, *args, f"paths.root_dir={out}"]
+    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 1, text[-3000:]
+    expected = f"{root / CASE}: cannot read this folder (Permission denied)"
+    assert [line for line in text.splitlines() if expected in line], text[-3000:]
+    if tool != "check-data":
+        assert f"{DATA_ERROR}: {expected}" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert (out / "pred" / f"{OTHER}.nii.gz").read_bytes() == b"earlier output"
+    written = [p for p in out.rglob("*") if p.suffix in (".npy", ".json", ".ckpt") or p.name.endswith(".nii.gz")]
+    assert written == [out / "pred" / f"{OTHER}.nii.gz"], written  # no cache entry, checkpoint or prediction
 
 
 @pytest.mark.slow

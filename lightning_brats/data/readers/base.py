@@ -198,24 +198,68 @@ class CaseFiles:
         return load_nifti_case(self, modalities, labels, read_label)
 
 
-def walk(root: Path) -> list[Path]:
+def printable(path: str | os.PathLike) -> str:
+    """``path`` as text that can always be printed: the path itself when it is valid UTF-8, else the
+    ``repr`` of its bytes (``b'/data/Brats18_x_t1\\xff.nii.gz'``), which shows the offending byte.
+
+    Python decodes file names that are not valid UTF-8 with ``surrogateescape`` (PEP 383); such a
+    ``str`` cannot be written to a UTF-8 stream or file without ``UnicodeEncodeError``.
+    """
+    text = os.fspath(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return repr(os.fsencode(text))
+    return text
+
+
+def walk(root: Path, problems: list[str] | None = None) -> list[Path]:
     """Every file and folder under ``root``, sorted, following symlinked folders (datasets are often
     linked together on clusters), skipping hidden ones (e.g. half-written temporary files). A folder
-    reached again through a symlink (a loop) is read once, with a warning naming it.
+    reached again through a symlink (a loop) is read once, with a warning naming it. A file or folder
+    whose name is not valid UTF-8 is skipped with a warning naming its bytes (see :func:`printable`):
+    such a name cannot be printed to a UTF-8 log or become a case ID that CSV files and W&B can
+    hold; a case it belonged to then lacks that file, which the reader reports.
+
+    Args:
+        root: the dataset folder.
+        problems: if given (``check-data``), an unreadable folder or a name that is not UTF-8 is
+            described here (instead of raising or warning) and skipped.
 
     Returns:
         paths under ``root`` (files and folders), sorted.
+
+    Raises:
+        DataError: (without ``problems``) a folder under ``root`` (or ``root``) cannot be listed or
+            entered, e.g. no read permission; the message names it.
     """
+
+    def unreadable(folder: str, reason: str) -> None:
+        report_problem(f"{printable(folder)}: cannot read this folder ({reason}), so the cases in it cannot be "
+                       "found; give the user running this read and execute permission (chmod -R u+rX or a+rX)", problems)
+
     found, visited = [], set()
-    for folder, dirs, files in os.walk(root, followlinks=True):
+    for folder, dirs, files in os.walk(root, followlinks=True, onerror=lambda e: unreadable(e.filename, e.strerror)):
         real = os.path.realpath(folder)
         if real in visited:  # a symlink loop (or a second link to a folder already walked): once is enough
             log.warning(f"{folder}: links back to {real}, already read under {root}; not read again")
             dirs[:] = []
             continue
         visited.add(real)
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found.extend(Path(folder) / name for name in [*dirs, *files] if not name.startswith("."))
+        if not os.access(folder, os.X_OK):  # listed, but its files cannot be opened or even stat'ed
+            unreadable(folder, "no execute (search) permission")
+            dirs[:] = []
+            continue
+        for name in [*dirs, *files]:
+            if printable(name) != name:
+                message = (f"{printable(Path(folder) / name)}: name is not valid UTF-8, not read; rename it "
+                           "(e.g. convmv -f latin1 -t utf8 --notest)")
+                if problems is not None:
+                    problems.append(message)
+                else:
+                    log.warning(message)
+        dirs[:] = [d for d in dirs if not d.startswith(".") and printable(d) == d]
+        found.extend(Path(folder) / n for n in [*dirs, *files] if not n.startswith(".") and printable(n) == n)
     return sorted(found)
 
 

@@ -90,7 +90,7 @@ class BratsFolderReader(CaseLoading):
         """
         root = check_root(root, self)
         groups: dict[tuple[Path, str], dict[str, Path]] = {}
-        for path in walk(root):
+        for path in walk(root, problems):
             if not path.is_file():
                 continue
             matched = self._match(path.name)

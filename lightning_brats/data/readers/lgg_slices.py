@@ -127,7 +127,7 @@ class LggSliceReader(CaseLoading):
         """
         root = check_root(root, self)
         groups: dict[tuple[Path, str], dict[str, dict[int, Path]]] = {}
-        for path in walk(root):
+        for path in walk(root, problems):
             if not path.is_file():
                 continue
             ext = next((e for e in self.extensions if path.name.lower().endswith(e)), None)

@@ -15,6 +15,7 @@ from lightning_brats.data.readers.base import (
     CaseLoading,
     DataError,
     check_root,
+    printable,
     report_problem,
     walk,
 )
@@ -96,14 +97,15 @@ class MsdReader(CaseLoading):
         """
         root = check_root(root, self)
         cases: dict[str, CaseFiles] = {}
-        folders = [d for name in self.images_dirs for d in walk(root) if d.name == name and d.is_dir()]
+        found = walk(root, problems)  # once: a problem it reports is reported once
+        folders = [d for name in self.images_dirs for d in found if d.name == name and d.is_dir()]
         if root.name in self.images_dirs:
             folders.append(root)
         for folder in folders:
             channels = self.channels(folder.parent)
             for path in sorted(folder.iterdir()):
                 ext = next((e for e in self.extensions if path.name.endswith(e)), None)
-                if ext is None or path.name.startswith("."):
+                if ext is None or path.name.startswith(".") or printable(path.name) != path.name:  # walk warned
                     continue
                 case_id = path.name[: -len(ext)]
                 if case_id in cases:
