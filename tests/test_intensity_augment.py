@@ -10,7 +10,6 @@ import pytest
 import torch
 from scipy import ndimage
 
-from tests.conftest import compose_config
 from lightning_brats.data.batch_augment import BatchAugmentation
 from lightning_brats.data.intensity_augment import (
     NNUNET_PROBABILITIES,
@@ -20,6 +19,7 @@ from lightning_brats.data.intensity_augment import (
     simulate_low_resolution,
 )
 from lightning_brats.data.sampling import Augmentation
+from tests.conftest import compose_config
 
 OFF = {"flip": False, "intensity": False, "spatial_prob": 0.0}  # the older transforms off: only nnU-Net's set
 
@@ -179,7 +179,7 @@ def test_all_off_leaves_the_cpu_stream_and_result_unchanged():
     image, target = _image((4, 10, 10, 10)).numpy(), np.zeros((3, 10, 10, 10), np.float32)
     plain = Augmentation(spatial_prob=0.0)
     rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
-    out, _ = plain(image, target, rng_a)
+    plain(image, target, rng_a)
     plain.draw(rng_b, 4, 3)  # what the older transforms draw
     assert rng_a.random() == rng_b.random()  # nothing more was drawn
     assert not plain.intensity_set.enabled

@@ -263,6 +263,12 @@ def intensity_seed(rng) -> int:
 
 
 __all__ = [
-    "IntensityAugmentation", "NNUNET_PROBABILITIES", "PROBABILITY_FIELDS", "gaussian_blur", "gaussian_kernels",
-    "gamma_retaining_stats", "intensity_seed", "simulate_low_resolution",
+    "NNUNET_PROBABILITIES",
+    "PROBABILITY_FIELDS",
+    "IntensityAugmentation",
+    "gamma_retaining_stats",
+    "gaussian_blur",
+    "gaussian_kernels",
+    "intensity_seed",
+    "simulate_low_resolution",
 ]

@@ -293,7 +293,7 @@ class Augmentation:
     def __post_init__(self) -> None:
         if self.device not in AUGMENT_DEVICES:
             raise ValueError(f"data.augment.device={self.device!r}: expected one of {list(AUGMENT_DEVICES)}")
-        self.intensity_set  # validates the probabilities
+        IntensityAugmentation.from_settings(self.__dict__)  # validates the probabilities
 
     @property
     def intensity_set(self) -> IntensityAugmentation:
