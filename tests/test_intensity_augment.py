@@ -201,3 +201,14 @@ def test_augment_nnunet_config_reaches_both_paths(tmp_path, phantom_root):
     assert datamodule.batch_augment.intensity_set == IntensityAugmentation(**NNUNET_PROBABILITIES)
     plain = instantiate(compose_config([f"data.root={phantom_root}"], tmp_path / "plain").data)
     assert not plain.augment.intensity_set.enabled
+
+
+def test_brats_nnunet_trains_with_nnunets_intensity_set_and_tilde_augment_removes_it(tmp_path):
+    root = "data.root=unused"
+    cfg = compose_config(["experiment=brats_nnunet", root], tmp_path)
+    assert {k: cfg.data.augment[k] for k in NNUNET_PROBABILITIES} == NNUNET_PROBABILITIES
+    assert cfg.data.augment.spatial_prob == 0.3  # the recipe's own settings stay
+    cfg = compose_config(["experiment=brats_nnunet", "~augment", root], tmp_path / "off")
+    assert all(cfg.data.augment[k] == 0.0 for k in NNUNET_PROBABILITIES)
+    cfg = compose_config(["experiment=brats_cpu", root], tmp_path / "cpu")  # the CPU preset as recorded
+    assert all(cfg.data.augment[k] == 0.0 for k in NNUNET_PROBABILITIES)
