@@ -209,6 +209,23 @@ def test_held_out_cases_come_from_the_checkpoints_run_folder(trained_brats_run, 
     moved.write_bytes((run / "checkpoints" / "last.ckpt").read_bytes())
     with pytest.raises(DataError, match=rf"cases=held_out: no {tmp_path / 'splits.json'}"):
         held_out_cases(moved)
+    # a checkpoint outside checkpoints/ (SLURM's hpc_ckpt_<n>.ckpt in the run folder) finds the run's folds beside it
+    (run / "hpc_ckpt_1.ckpt").write_bytes((run / "checkpoints" / "last.ckpt").read_bytes())
+    try:
+        assert held_out_cases(run / "hpc_ckpt_1.ckpt") == sorted(expected)
+    finally:
+        (run / "hpc_ckpt_1.ckpt").unlink()
+
+
+def test_run_dir_of_a_checkpoint(tmp_path):
+    from lightning_brats.checkpoints import run_dir_of
+
+    assert run_dir_of(tmp_path / "run" / "checkpoints" / "epoch_003.ckpt") == tmp_path / "run"
+    assert run_dir_of(tmp_path / "run" / "hpc_ckpt_2.ckpt") == tmp_path / "run"
+    assert run_dir_of(tmp_path / "models" / "fold0.ckpt") == tmp_path / "models"
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "link.ckpt").symlink_to(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert run_dir_of(tmp_path / "link.ckpt") == tmp_path / "run"  # a link resolves to its run
 
 
 @pytest.mark.slow
