@@ -202,6 +202,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return load_checkpoint(path, map_location=map_location if map_location is not None else "cpu")
 
 
+def run_dir_of(ckpt_path: str | os.PathLike) -> Path:
+    """The run folder of a checkpoint: the folder above ``checkpoints/`` for the checkpoints Lightning's
+    ``ModelCheckpoint`` writes (``<run>/checkpoints/last.ckpt``), else the checkpoint's own folder (SLURM's
+    ``<run>/hpc_ckpt_<n>.ckpt``, or a checkpoint copied elsewhere with its run's files beside it).
+
+    The one rule for finding a run's ``splits.json``, model card and ``postprocessing.yaml`` from a checkpoint.
+    """
+    path = Path(ckpt_path).resolve()
+    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+
+
 def training_config(checkpoint: Mapping, path: str | os.PathLike = "checkpoint") -> dict:
     """The training run's resolved config a checkpoint carries: ``{"data": {...}, "model": {...}}``.
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from lightning_brats.checkpoints import run_dir_of
 from lightning_brats.data.preprocess import atomic_save
 from lightning_brats.inference import InferenceSettings
 from lightning_brats.labels import labels_to_regions
@@ -207,7 +208,7 @@ def read_tuned_postprocessing(checkpoints: Sequence[Path], run_dir: str | Path |
         ValueError: the files disagree (an ensemble whose members were tuned differently; the message
             names two that differ), or one is not a mapping with ``threshold`` and ``postprocess``.
     """
-    folders = [p.parent.parent if p.parent.name == "checkpoints" else p.parent for p in map(Path, checkpoints)]
+    folders = [run_dir_of(p) for p in checkpoints]
     if run_dir:
         folders.append(Path(run_dir))
     files = [f / TUNED_FILE for f in dict.fromkeys(folders) if (f / TUNED_FILE).is_file()]

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from lightning_brats.checkpoints import check_same_channels, load_checkpoint, training_config
-from lightning_brats.data.preprocess import atomic_save, preprocess_case, restore_to_original
+from lightning_brats.data.preprocess import atomic_save, preprocess_case, resample_to_crop, uncrop
 from lightning_brats.data.readers import CaseFiles, CaseSource, DataError, LoadedCase, load_case
 from lightning_brats.data.settings import PreprocessingSettings
 from lightning_brats.hardware import inference_precision
@@ -304,18 +304,28 @@ class CasePrediction:
     Attributes:
         case_id: the case identifier.
         label: ``(X, Y, Z)`` uint8 label map with the release's codes.
-        probabilities: ``(R, X, Y, Z)`` float32 per-region probabilities (before nesting).
+        box_probabilities: ``(R, x, y, z)`` float32 per-region probabilities (before nesting) inside the
+            case's crop box (``record["crop_box"]``) of the original grid; :attr:`probabilities` places
+            them on the whole grid.
         case: the loaded input (image, affine, spacing, files).
         seconds: wall time of loading, inference and post-processing.
         relabelled_voxels: voxels changed by post-processing.
+        record: the case's preprocessing record (crop box, shapes).
     """
 
     case_id: str
     label: np.ndarray
-    probabilities: np.ndarray
+    box_probabilities: np.ndarray = field(repr=False)
     case: LoadedCase = field(repr=False)
     seconds: float = 0.0
     relabelled_voxels: int = 0
+    record: Mapping = field(default_factory=dict, repr=False)
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        """``(R, X, Y, Z)`` float32 per-region probabilities on the original grid (0 outside the crop box);
+        built on each access, so only callers that write or compare them pay for the whole-grid copy."""
+        return uncrop(self.box_probabilities, self.record, fill=0.0)
 
 
 class Predictor:
@@ -324,8 +334,10 @@ class Predictor:
     Per case: read the modalities, preprocess exactly as in training (from the checkpoint's
     config), Gaussian-weighted sliding window (3D patches, or slice by slice for a 2D network)
     with optional flip test-time augmentation, probabilities resampled back to the original
-    grid (trilinear) and un-cropped, thresholded per region, turned into labels with ET inside
-    TC inside WT (:func:`~lightning_brats.labels.regions_to_labels`), then post-processed.
+    spacing (trilinear) inside the crop box, thresholded per region, turned into labels with ET
+    inside TC inside WT (:func:`~lightning_brats.labels.regions_to_labels`), post-processed, and
+    the label map placed on the whole original grid (the box holds every non-zero probability, so
+    this equals doing the steps on the whole grid, at the box's cost).
 
     With several models, each runs its own sliding window (its patch size, 2D or 3D) and TTA on
     the same preprocessed case, and their probabilities are averaged before the threshold
@@ -385,9 +397,12 @@ class Predictor:
                 )
             probs = probs[0].float().cpu()
             total = probs if total is None else total + probs
-        probs = restore_to_original((total / len(self.models)).numpy(), record, fill=0.0, order=1)
-        label, relabelled = probabilities_to_labels(probs, self.model.regions, self.settings, self.postprocess)
-        return CasePrediction(files.case_id, label, probs, case, time.perf_counter() - start, relabelled)
+        # thresholds, labels and post-processing run inside the crop box (outside it every probability is 0,
+        # so no label and no component changes); only the uint8 label map is placed on the whole grid
+        probs = resample_to_crop((total / len(self.models)).numpy(), record, order=1)
+        box_label, relabelled = probabilities_to_labels(probs, self.model.regions, self.settings, self.postprocess)
+        label = uncrop(box_label, record, fill=0)
+        return CasePrediction(files.case_id, label, probs, case, time.perf_counter() - start, relabelled, record)
 
 
 def probabilities_to_labels(

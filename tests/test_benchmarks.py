@@ -190,7 +190,7 @@ def test_prediction_benchmark_tiny_times_every_stage(brats2018_root, tmp_path):
     out = tmp_path / "prediction.csv"
     _load("prediction").main(["--tiny", "--root", str(brats2018_root), "--csv", str(out)])
     written = _rows(out)
-    stages = ["read", "preprocess", "network", "resample_back", "uncrop", "labels", "postprocess", "write",
+    stages = ["read", "preprocess", "network", "resample_back", "labels", "postprocess", "uncrop", "write",
               "sliding_window", "whole", "all but the network"]
     assert [r["stage"] for r in written] == stages
     assert all(float(r["s_per_case"]) >= 0 for r in written) and float(written[9]["s_per_case"]) > 0

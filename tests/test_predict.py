@@ -209,6 +209,23 @@ def test_held_out_cases_come_from_the_checkpoints_run_folder(trained_brats_run, 
     moved.write_bytes((run / "checkpoints" / "last.ckpt").read_bytes())
     with pytest.raises(DataError, match=rf"cases=held_out: no {tmp_path / 'splits.json'}"):
         held_out_cases(moved)
+    # a checkpoint outside checkpoints/ (SLURM's hpc_ckpt_<n>.ckpt in the run folder) finds the run's folds beside it
+    (run / "hpc_ckpt_1.ckpt").write_bytes((run / "checkpoints" / "last.ckpt").read_bytes())
+    try:
+        assert held_out_cases(run / "hpc_ckpt_1.ckpt") == sorted(expected)
+    finally:
+        (run / "hpc_ckpt_1.ckpt").unlink()
+
+
+def test_run_dir_of_a_checkpoint(tmp_path):
+    from lightning_brats.checkpoints import run_dir_of
+
+    assert run_dir_of(tmp_path / "run" / "checkpoints" / "epoch_003.ckpt") == tmp_path / "run"
+    assert run_dir_of(tmp_path / "run" / "hpc_ckpt_2.ckpt") == tmp_path / "run"
+    assert run_dir_of(tmp_path / "models" / "fold0.ckpt") == tmp_path / "models"
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "link.ckpt").symlink_to(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert run_dir_of(tmp_path / "link.ckpt") == tmp_path / "run"  # a link resolves to its run
 
 
 @pytest.mark.slow
@@ -234,3 +251,34 @@ def test_2d_lgg_model_predicts_a_patient_as_nifti(lgg_root, cache_dir, tmp_path)
     assert img.shape == (256, 256, slices)
     np.testing.assert_allclose(img.header.get_zooms()[:3], (1.0, 1.0, 1.0))  # data=lgg's nominal spacing
     assert set(np.unique(np.asarray(img.dataobj))) <= {0, 255}
+
+
+@pytest.mark.slow
+def test_labels_made_in_the_crop_box_equal_labels_made_on_the_whole_grid(phantom_checkpoint, phantom_root):
+    """predict_case thresholds, nests and post-processes inside the crop box: the same labels (and the
+    same relabelled voxel count) as doing it on the whole grid from the whole-grid probabilities."""
+    from lightning_brats.data.readers import make_reader
+    from lightning_brats.prediction import (
+        PostProcessing,
+        Predictor,
+        load_trained_model,
+        probabilities_to_labels,
+    )
+    from tests.conftest import inference_settings
+
+    model = load_trained_model(phantom_checkpoint, device="cpu")
+    case = min(p for p in phantom_root.iterdir() if p.is_dir())
+    files = make_reader(model.data["layout"]).find_cases(case)[0]
+    settings = inference_settings(precision="32", overlap=0.25, sw_batch_size=8, flip_tta=False)
+    rule = PostProcessing("et", 30)
+    result = Predictor(model, settings, rule).predict_case(files)
+    whole = result.probabilities
+    assert whole.shape == (len(model.regions), *result.label.shape)
+    inside = np.zeros(result.label.shape, bool)
+    inside[tuple(slice(a, b) for a, b in result.record["crop_box"])] = True
+    assert not inside.all()  # the box is smaller than the grid: the comparison means something
+    assert (whole[:, ~inside] == 0).all()
+    expected, relabelled = probabilities_to_labels(whole, model.regions, settings, rule)
+    np.testing.assert_array_equal(result.label, expected)
+    assert relabelled == result.relabelled_voxels
+    assert (result.label > 0).any()

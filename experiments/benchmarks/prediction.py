@@ -13,9 +13,10 @@ each timed on its own (median of ``--repeats``, in the order they run):
 
 ``read`` (``load_case``, 4 modalities) -> ``preprocess`` (crop, z-score, resampling to the experiment's
 spacing) -> ``network`` (the configured sliding window with flip TTA, ``inference.flip_tta``) ->
-``resample_back`` (probabilities to the cropped original grid, trilinear) -> ``uncrop`` ->
-``labels`` (threshold, nested regions to label codes) -> ``postprocess`` (small ET components)
--> ``write`` (the label map as ``.nii.gz``, atomically).
+``resample_back`` (probabilities to the crop box of the original grid, trilinear) -> ``labels``
+(threshold, nested regions to label codes, in the box) -> ``postprocess`` (small ET components, in
+the box) -> ``uncrop`` (the uint8 label map onto the whole grid) -> ``write`` (the label map as
+``.nii.gz``, atomically).
 
 ``sliding_window`` is one pass without TTA, the figure the issue compares with. ``whole`` times
 ``Predictor.predict_case`` plus the write in one go, a check that the stages add up. ``share`` is a
@@ -32,6 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
+import numpy as np
 import torch
 from omegaconf import OmegaConf
 
@@ -39,13 +41,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import compose, machine, median_seconds, report
 
 from lightning_brats.data.layouts import load_case
-from lightning_brats.data.preprocess import preprocess_case, resize, restore_to_original
+from lightning_brats.data.preprocess import preprocess_case, resample_to_crop, uncrop
 from lightning_brats.data.readers import make_reader
 from lightning_brats.inference import InferenceSettings, predict_probabilities
 from lightning_brats.labels import regions_to_labels
 from lightning_brats.prediction import Predictor, TrainedModel, postprocessing_for, write_nifti
 
-STAGES = ("read", "preprocess", "network", "resample_back", "uncrop", "labels", "postprocess", "write")
+STAGES = ("read", "preprocess", "network", "resample_back", "labels", "postprocess", "uncrop", "write")
 
 
 def build_predictor(root: str | Path, overrides: Sequence[str], device: str = "cpu") -> Predictor:
@@ -82,15 +84,14 @@ def profile(predictor: Predictor, files, out: Path, repeats: int) -> tuple[dict,
     timings["sliding_window"] = median_seconds(lambda: network(False), repeats)
     timed("network", lambda: network(settings.flip_tta))
     probs = state["network"]
-    cropped = tuple(record["cropped_shape"])
-    timed("resample_back", lambda: resize(probs, cropped, order=1) if probs.shape[1:] != cropped else probs)
-    restored = median_seconds(lambda: restore_to_original(probs, record, fill=0.0, order=1), repeats)
-    timings["uncrop"] = type(restored)(max(restored.wall - timings["resample_back"].wall, 0.0),
-                                       max(restored.cpu - timings["resample_back"].cpu, 0.0), restored.runs)
-    full = restore_to_original(probs, record, fill=0.0, order=1)
-    timed("labels", lambda: regions_to_labels(full > settings.threshold, model.regions))
-    label = state["labels"]
-    timed("postprocess", lambda: predictor.postprocess.apply(label, model.regions) if predictor.postprocess else None)
+    timed("resample_back", lambda: resample_to_crop(probs, record, order=1))
+    box = state["resample_back"]
+    thresholds = np.asarray(settings.thresholds(list(model.regions)), dtype=box.dtype).reshape(-1, 1, 1, 1)
+    timed("labels", lambda: regions_to_labels(box > thresholds, model.regions))
+    box_label = state["labels"]
+    timed("postprocess", lambda: predictor.postprocess.apply(box_label, model.regions)[0] if predictor.postprocess else box_label)
+    timed("uncrop", lambda: uncrop(state["postprocess"], record, fill=0))
+    label = state["uncrop"]
     case = state["read"]
     timed("write", lambda: write_nifti(label, case, out / f"{files.case_id}.nii.gz", "benchmark"))
 

@@ -22,6 +22,7 @@ import torch
 
 import lightning_brats
 from lightning_brats.callbacks.publish import log_file, log_summary
+from lightning_brats.checkpoints import run_dir_of
 from lightning_brats.data.preprocess import atomic_save
 
 log = logging.getLogger(__name__)
@@ -339,7 +340,7 @@ def append_evaluation(ckpt_paths: str | Path | Iterable, summary: list[dict], de
     text = "\n".join(section) + "\n"
     appended = []
     for ckpt in paths:
-        card = Path(str(ckpt)).resolve().parent.parent / CARD_NAME
+        card = run_dir_of(ckpt) / CARD_NAME
         if not card.is_file():
             log.warning(f"{card} does not exist (a run from before model cards?): the evaluation is not appended")
             continue

@@ -84,10 +84,10 @@ def held_out_cases(ckpt_path: str | Path) -> list[str]:
         lightning_brats.checkpoints.CheckpointError: a corrupt or foreign checkpoint (see
             :func:`~lightning_brats.checkpoints.load_checkpoint`).
     """
-    from lightning_brats.checkpoints import load_checkpoint, training_config
+    from lightning_brats.checkpoints import load_checkpoint, run_dir_of, training_config
     from lightning_brats.data.splits import read_splits
 
-    path = Path(ckpt_path).resolve().parent.parent / "splits.json"
+    path = run_dir_of(ckpt_path) / "splits.json"
     if not path.is_file():
         raise DataError(f"cases=held_out: no {path} (train.py copies the folds there); list the cases instead: cases=[...]")
     # memory-mapped: only the stored config is read, not the weights

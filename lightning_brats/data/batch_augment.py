@@ -24,6 +24,8 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 
+from lightning_brats.data.intensity_augment import IntensityAugmentation
+
 
 def rotation_matrices(angles: torch.Tensor) -> torch.Tensor:
     """Rotation matrices as MONAI's ``create_rotate`` builds them (``"XYZ"``: ``Rx @ Ry @ Rz``).
@@ -85,15 +87,19 @@ class BatchAugmentation:
         spatial_prob: probability, per sample, of a random rotation and scaling.
         rotate_deg: rotation range in degrees, ``U(-r, r)`` about each axis (about the slice normal in 2D).
         scale: relative scaling range, ``1 + U(-s, s)`` per axis.
+        **intensity_probs: nnU-Net's intensity augmentations' probabilities (``noise_prob`` ...,
+            :class:`~lightning_brats.data.intensity_augment.IntensityAugmentation`), 0 by default.
 
-    The order matches the CPU path: affine, then flips, then scale, then shift.
+    The order matches the CPU path: affine, then flips, then scale, then shift, then nnU-Net's intensity set.
     """
 
     def __init__(
-        self, flip: bool = True, intensity: bool = True, spatial_prob: float = 0.2, rotate_deg: float = 15.0, scale: float = 0.15
+        self, flip: bool = True, intensity: bool = True, spatial_prob: float = 0.2, rotate_deg: float = 15.0,
+        scale: float = 0.15, **intensity_probs: float,
     ) -> None:
         self.flip, self.intensity = flip, intensity
         self.spatial_prob, self.rotate_deg, self.scale = float(spatial_prob), float(rotate_deg), float(scale)
+        self.intensity_set = IntensityAugmentation(**intensity_probs)
 
     def draw(
         self, batch: int, channels: int, dims: int, generator: torch.Generator, device: torch.device | str = "cpu"
@@ -169,7 +175,10 @@ class BatchAugmentation:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw with ``generator`` (on the batch's device) and apply; see :meth:`draw` and :meth:`apply`."""
         params = self.draw(image.shape[0], image.shape[1], image.ndim - 2, generator, image.device)
-        return self.apply(image, target, params)
+        image, target = self.apply(image, target, params)
+        if self.intensity_set.enabled:
+            image = self.intensity_set(image, generator)
+        return image, target
 
 
 def _sample(x: torch.Tensor, grid: torch.Tensor, mode: str) -> torch.Tensor:

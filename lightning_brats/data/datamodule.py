@@ -210,8 +210,7 @@ class SegmentationDataModule(pl.LightningDataModule):
             self.augment = Augmentation(**augment) if augment else None
         self.batch_augment = None
         if self.augment is not None and self.augment.device == "batch":
-            settings = {k: getattr(self.augment, k) for k in ("flip", "intensity", "spatial_prob", "rotate_deg", "scale")}
-            self.batch_augment = BatchAugmentation(**settings)
+            self.batch_augment = BatchAugmentation(**self.augment.batch_settings())
         self.num_workers = num_workers
         self.phantoms = phantoms
         self.notice = notice

@@ -179,10 +179,10 @@ def preprocess_case(case: LoadedCase, settings: PreprocessingSettings) -> tuple[
 def restore_to_original(array: np.ndarray, record: Mapping, fill: float = 0, order: int = 0) -> np.ndarray:
     """Put an array on the preprocessed grid back on the case's original grid.
 
-    Undoes the resampling and the crop. Label maps use nearest neighbour (``order=0``) so
-    their codes survive; probabilities use trilinear interpolation (``order=1``), as nnU-Net
-    resamples its softmax before taking labels, which avoids blocky outlines after training
-    at a coarser spacing.
+    Undoes the resampling (:func:`resample_to_crop`) and the crop (:func:`uncrop`). Label maps use
+    nearest neighbour (``order=0``) so their codes survive; probabilities use trilinear interpolation
+    (``order=1``), as nnU-Net resamples its softmax before taking labels, which avoids blocky outlines
+    after training at a coarser spacing.
 
     Args:
         array: ``(x, y, z)`` or ``(C, x, y, z)`` on the preprocessed grid.
@@ -193,11 +193,33 @@ def restore_to_original(array: np.ndarray, record: Mapping, fill: float = 0, ord
     Returns:
         ``(X, Y, Z)`` or ``(C, X, Y, Z)`` on the original grid, same dtype as ``array``.
     """
+    return uncrop(resample_to_crop(array, record, order), record, fill)
+
+
+def resample_to_crop(array: np.ndarray, record: Mapping, order: int = 0) -> np.ndarray:
+    """Undo the resampling only: ``array`` on the preprocessed grid -> the crop box of the original grid.
+
+    Args:
+        array: ``(x, y, z)`` or ``(C, x, y, z)`` on the preprocessed grid.
+        record: the case's preprocessing record (``cropped_shape``: the box's size in original voxels).
+        order: 0 nearest neighbour, 1 trilinear (floating-point arrays only).
+
+    Returns:
+        ``(*cropped_shape)`` or ``(C, *cropped_shape)``, same dtype (``array`` itself at the original spacing).
+    """
+    cropped_shape = tuple(record["cropped_shape"])
+    if array.shape[-3:] == cropped_shape:
+        return array
+    channels = array[None] if array.ndim == 3 else array
+    out = resize(channels, cropped_shape, order=order).astype(array.dtype)
+    return out[0] if array.ndim == 3 else out
+
+
+def uncrop(array: np.ndarray, record: Mapping, fill: float = 0) -> np.ndarray:
+    """Place ``array`` (the crop box, ``(*cropped_shape)`` or ``(C, *cropped_shape)``) into the original grid,
+    ``fill`` outside the box; same dtype."""
     squeeze = array.ndim == 3
     channels = array[None] if squeeze else array
-    cropped_shape = tuple(record["cropped_shape"])
-    if channels.shape[1:] != cropped_shape:
-        channels = resize(channels, cropped_shape, order=order).astype(array.dtype)
     out = np.full((channels.shape[0], *record["original_shape"]), fill, dtype=array.dtype)
     box = record["crop_box"]
     out[(slice(None), *(slice(a, b) for a, b in box))] = channels

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler
 
+from lightning_brats.data.intensity_augment import IntensityAugmentation, intensity_seed
 from lightning_brats.data.preprocess import CachedCase
 from lightning_brats.labels import labels_to_regions
 
@@ -265,9 +266,14 @@ class Augmentation:
         device: ``"cpu"``: each sample is augmented in the dataset (in the loader workers);
             ``"batch"``: the dataset leaves samples alone and the same transforms run on whole
             batches on the training device (:class:`~lightning_brats.data.batch_augment.BatchAugmentation`).
+        noise_prob, blur_prob, brightness_prob, contrast_prob, low_res_prob, inverted_gamma_prob, gamma_prob:
+            probabilities per sample of nnU-Net's intensity augmentations, applied after the above
+            (:class:`~lightning_brats.data.intensity_augment.IntensityAugmentation`; 0, the default, switches
+            one off; ``+augment=nnunet`` sets nnU-Net's). When all are 0 the sample's random stream is
+            the same as without them.
 
     Raises:
-        ValueError: an unknown ``device``.
+        ValueError: an unknown ``device``; a probability outside ``[0, 1]``.
     """
 
     flip: bool = True
@@ -276,10 +282,27 @@ class Augmentation:
     rotate_deg: float = 15.0
     scale: float = 0.15
     device: str = "cpu"
+    noise_prob: float = 0.0
+    blur_prob: float = 0.0
+    brightness_prob: float = 0.0
+    contrast_prob: float = 0.0
+    low_res_prob: float = 0.0
+    inverted_gamma_prob: float = 0.0
+    gamma_prob: float = 0.0
 
     def __post_init__(self) -> None:
         if self.device not in AUGMENT_DEVICES:
             raise ValueError(f"data.augment.device={self.device!r}: expected one of {list(AUGMENT_DEVICES)}")
+        IntensityAugmentation.from_settings(self.__dict__)  # validates the probabilities
+
+    @property
+    def intensity_set(self) -> IntensityAugmentation:
+        """nnU-Net's intensity augmentations with this object's probabilities."""
+        return IntensityAugmentation.from_settings(self.__dict__)
+
+    def batch_settings(self) -> dict:
+        """The arguments of :class:`~lightning_brats.data.batch_augment.BatchAugmentation` for the same transforms."""
+        return {k: v for k, v in self.__dict__.items() if k != "device"}
 
     def draw(self, rng: np.random.Generator, channels: int, dims: int) -> dict:
         """Draw one sample's parameters (the same distributions as
@@ -312,6 +335,10 @@ class Augmentation:
             image = image * params["factors"].astype(np.float32).reshape(channels)
         if params["shifts"] is not None:
             image = image + params["shifts"].astype(np.float32).reshape(channels)
+        intensity = self.intensity_set
+        if intensity.enabled:  # nnU-Net's set, the batch path's code on a batch of one
+            generator = torch.Generator().manual_seed(intensity_seed(rng))
+            image = intensity(torch.from_numpy(np.ascontiguousarray(image))[None], generator)[0].numpy()
         return image, target
 
     @staticmethod

@@ -1,0 +1,274 @@
+"""nnU-Net's intensity augmentations, on ``(B, C, *spatial)`` batches in torch, for both augmentation paths.
+
+The transforms and their ranges follow nnU-Net v2's default training transforms
+(``nnUNetTrainer.get_training_transforms``, Isensee et al., Nature Methods 2021, with the
+``batchgeneratorsv2`` transforms it composes), each applied to a sample with its own probability
+(nnU-Net's ``RandomTransform(apply_probability=...)``), in nnU-Net's order:
+
+============================  ======  ==============================================================
+transform                     nnU-Net what it does (z-scored intensities)
+============================  ======  ==============================================================
+Gaussian noise                0.1     add ``N(0, s^2)`` noise, ``s ~ U(0, 0.1)``, one field for all channels
+Gaussian blur                 0.2     each channel with p 0.5: a separable Gaussian, ``sigma ~ U(0.5, 1)`` voxels per axis
+multiplicative brightness     0.15    each channel times ``m``, ``m`` drawn as nnU-Net's ``BGContrast((0.75, 1.25))``
+contrast                      0.15    each channel ``(x - mean) * m + mean`` (same ``m`` draw), clipped to its old range
+simulated low resolution      0.25    each channel with p 0.5: nearest down to ``U(0.5, 1)`` of the size, linear back up
+inverted gamma                0.1     each channel negated, gamma ``g`` (``BGContrast((0.7, 1.5))``), negated back
+gamma                         0.3     each channel ``((x - min) / range) ** g * range + min``, mean and SD restored
+============================  ======  ==============================================================
+
+``BGContrast((lo, hi))``: with probability 0.5 ``U(lo, 1)``, else ``U(1, hi)`` (as many darker as brighter draws).
+The probabilities are settings (``data.augment.noise_prob`` ...; 0 switches a transform off, the default, so
+that presets train as they were recorded); ``+augment=nnunet`` sets nnU-Net's. Labels are never touched.
+
+Both paths run this same code: the per-sample CPU path (:class:`~lightning_brats.data.sampling.Augmentation`)
+as a batch of one, with a ``torch.Generator`` seeded from the sample's NumPy generator, and the batch path
+(:class:`~lightning_brats.data.batch_augment.BatchAugmentation`) on the training device, so both draw from
+the same distributions by construction. Every parameter of a batch is drawn at once from one generator
+(a fixed stream whatever is switched on); only the simulated low resolution loops, over the (sample,
+channel) pairs it picked, since each has its own target size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+#: the settings, in application order; their values are probabilities per sample
+PROBABILITY_FIELDS = (
+    "noise_prob", "blur_prob", "brightness_prob", "contrast_prob", "low_res_prob", "inverted_gamma_prob", "gamma_prob"
+)
+#: nnU-Net v2's apply probabilities (``nnUNetTrainer.get_training_transforms``)
+NNUNET_PROBABILITIES = {
+    "noise_prob": 0.1, "blur_prob": 0.2, "brightness_prob": 0.15, "contrast_prob": 0.15,
+    "low_res_prob": 0.25, "inverted_gamma_prob": 0.1, "gamma_prob": 0.3,
+}
+NOISE_SD = (0.0, 0.1)            # nnU-Net's noise_variance, used by batchgeneratorsv2 as the SD
+BLUR_SIGMA = (0.5, 1.0)          # voxels
+BLUR_CHANNEL_PROB = 0.5
+BRIGHTNESS = (0.75, 1.25)
+CONTRAST = (0.75, 1.25)
+LOW_RES_SCALE = (0.5, 1.0)
+LOW_RES_CHANNEL_PROB = 0.5
+GAMMA = (0.7, 1.5)
+#: batchgeneratorsv2's blur kernel: ``round_to_odd(6 sigma + 0.5)`` taps (7 for sigma <= 1)
+BLUR_TAPS = 7
+
+
+@dataclass(frozen=True)
+class IntensityAugmentation:
+    """nnU-Net's intensity augmentations (table in the module docstring), each with its probability per sample.
+
+    Args:
+        noise_prob, blur_prob, brightness_prob, contrast_prob, low_res_prob, inverted_gamma_prob, gamma_prob:
+            probability in ``[0, 1]`` that a sample gets the transform (nnU-Net's: :data:`NNUNET_PROBABILITIES`).
+
+    Raises:
+        ValueError: a probability outside ``[0, 1]``.
+    """
+
+    noise_prob: float = 0.0
+    blur_prob: float = 0.0
+    brightness_prob: float = 0.0
+    contrast_prob: float = 0.0
+    low_res_prob: float = 0.0
+    inverted_gamma_prob: float = 0.0
+    gamma_prob: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if not 0.0 <= float(value) <= 1.0:
+                raise ValueError(f"data.augment.{name}={value!r}: expected a probability in [0, 1]")
+
+    @classmethod
+    def from_settings(cls, settings: Mapping) -> IntensityAugmentation:
+        """Pick this class's fields out of a larger settings mapping (``data.augment``)."""
+        return cls(**{name: settings[name] for name in PROBABILITY_FIELDS if name in settings})
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any transform has a non-zero probability."""
+        return any(value > 0 for value in asdict(self).values())
+
+    def draw(
+        self, batch: int, channels: int, dims: int, generator: torch.Generator, device: torch.device | str = "cpu"
+    ) -> dict[str, torch.Tensor]:
+        """Draw the parameters of a batch with ``generator`` (of ``device``).
+
+        Returns:
+            For each transform ``t`` a ``(B,)`` bool ``do_t`` (applied to the sample) and its parameters:
+            ``noise_sd (B,)``; ``blur_channels (B, C)`` bool, ``blur_sigma (B, C, dims)`` voxels;
+            ``brightness (B, C)``; ``contrast (B, C)``; ``low_res_channels (B, C)`` bool,
+            ``low_res_scale (B, C)``; ``inverted_gamma_value (B, C)``; ``gamma_value (B, C)``.
+        """
+        def uniform(*shape: int, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
+            return low + (high - low) * torch.rand(*shape, generator=generator, device=device)
+
+        def bg_contrast(low: float, high: float) -> torch.Tensor:  # nnU-Net's BGContrast, per (B, C)
+            below = uniform(batch, channels) < 0.5
+            return torch.where(below, uniform(batch, channels, low=low, high=1.0), uniform(batch, channels, low=1.0, high=high))
+
+        params = {}
+        for name in PROBABILITY_FIELDS:
+            params["do_" + name.removesuffix("_prob")] = uniform(batch) < getattr(self, name)
+        params["noise_sd"] = uniform(batch, low=NOISE_SD[0], high=NOISE_SD[1])
+        params["blur_channels"] = uniform(batch, channels) < BLUR_CHANNEL_PROB
+        params["blur_sigma"] = uniform(batch, channels, dims, low=BLUR_SIGMA[0], high=BLUR_SIGMA[1])
+        params["brightness"] = bg_contrast(*BRIGHTNESS)
+        params["contrast"] = bg_contrast(*CONTRAST)
+        params["low_res_channels"] = uniform(batch, channels) < LOW_RES_CHANNEL_PROB
+        params["low_res_scale"] = uniform(batch, channels, low=LOW_RES_SCALE[0], high=LOW_RES_SCALE[1])
+        params["inverted_gamma_value"] = bg_contrast(*GAMMA)
+        params["gamma_value"] = bg_contrast(*GAMMA)
+        params["noise_field"] = None  # drawn in apply, only when some sample gets noise (its size is the patch's)
+        return params
+
+    def apply(
+        self, image: torch.Tensor, params: Mapping[str, torch.Tensor], generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Apply drawn parameters to ``image (B, C, *spatial)`` (float); returns a new tensor of the same shape.
+
+        ``generator`` draws the noise field when some sample gets noise (it must be on ``image``'s device).
+        Computations run in float32 and the result is cast back to ``image``'s dtype.
+        """
+        dtype = image.dtype
+        x = image.float()
+        batch, channels, spatial = x.shape[0], x.shape[1], tuple(x.shape[2:])
+        dims = len(spatial)
+        per_channel = (batch, channels) + (1,) * dims
+        per_sample = (batch,) + (1,) * (dims + 1)
+
+        def chosen(name: str, channel_mask: torch.Tensor | None = None) -> torch.Tensor:
+            mask = params["do_" + name][:, None].expand(batch, channels)
+            return mask if channel_mask is None else mask & channel_mask
+
+        if params["do_noise"].any():
+            field = torch.randn((batch, 1, *spatial), generator=generator, device=x.device)
+            x = x + torch.where(params["do_noise"].view(per_sample), field * params["noise_sd"].view(per_sample), 0.0)
+        mask = chosen("blur", params["blur_channels"])
+        if mask.any():
+            x = torch.where(mask.view(per_channel), gaussian_blur(x, params["blur_sigma"]), x)
+        mask = chosen("brightness")
+        x = x * torch.where(mask, params["brightness"], 1.0).view(per_channel)
+        mask = chosen("contrast")
+        if mask.any():
+            mean = x.mean(dim=tuple(range(2, x.ndim)), keepdim=True)
+            low, high = _channel_min(x), _channel_max(x)
+            contrasted = ((x - mean) * params["contrast"].view(per_channel) + mean).clamp(low, high)
+            x = torch.where(mask.view(per_channel), contrasted, x)
+        mask = chosen("low_res", params["low_res_channels"])
+        if mask.any():
+            x = x.clone()
+            for b, c in torch.nonzero(mask).tolist():
+                x[b, c] = simulate_low_resolution(x[b, c], float(params["low_res_scale"][b, c]))
+        for name, sign in (("inverted_gamma", -1.0), ("gamma", 1.0)):
+            mask = chosen(name)
+            if mask.any():
+                x = torch.where(mask.view(per_channel), sign * gamma_retaining_stats(sign * x, params[f"{name}_value"]), x)
+        return x.to(dtype)
+
+    def __call__(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Draw with ``generator`` (on ``image``'s device) and apply to ``image (B, C, *spatial)``."""
+        params = self.draw(image.shape[0], image.shape[1], image.ndim - 2, generator, image.device)
+        return self.apply(image, params, generator)
+
+
+def _channel_min(x: torch.Tensor) -> torch.Tensor:
+    return x.flatten(2).amin(dim=2).view(*x.shape[:2], *(1,) * (x.ndim - 2))
+
+
+def _channel_max(x: torch.Tensor) -> torch.Tensor:
+    return x.flatten(2).amax(dim=2).view(*x.shape[:2], *(1,) * (x.ndim - 2))
+
+
+def gaussian_kernels(sigma: torch.Tensor, taps: int = BLUR_TAPS) -> torch.Tensor:
+    """Normalised 1D Gaussian kernels of ``taps`` taps centred on the middle one.
+
+    Args:
+        sigma: ``(...)`` standard deviations in voxels (> 0).
+
+    Returns:
+        ``(..., taps)`` kernels summing to 1. With ``taps=7`` a sigma of 0.5-1 voxel keeps what
+        batchgeneratorsv2's ``round_to_odd(6 sigma + 0.5)`` taps keep (its outer taps, where present, are the same
+        Gaussian).
+    """
+    offsets = torch.arange(taps, device=sigma.device, dtype=torch.float32) - (taps - 1) / 2
+    weights = torch.exp(-0.5 * (offsets / sigma[..., None].float()) ** 2)
+    return weights / weights.sum(dim=-1, keepdim=True)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur of every channel of every sample with its own sigma per axis.
+
+    Args:
+        x: ``(B, C, *spatial)`` float32, 2 or 3 spatial axes.
+        sigma: ``(B, C, dims)`` voxels.
+
+    Returns:
+        ``(B, C, *spatial)``: one grouped 1D convolution per axis, reflect padding (``torch``'s ``reflect``,
+        scipy's ``mirror``), as batchgeneratorsv2's ``blur_dimension``.
+    """
+    batch, channels, spatial = x.shape[0], x.shape[1], x.shape[2:]
+    dims = len(spatial)
+    conv = {2: F.conv2d, 3: F.conv3d}[dims]
+    kernels = gaussian_kernels(sigma)  # (B, C, dims, taps)
+    half = (kernels.shape[-1] - 1) // 2
+    out = x.reshape(1, batch * channels, *spatial)
+    for axis in range(dims):
+        shape = [batch * channels, 1] + [1] * dims
+        shape[2 + axis] = kernels.shape[-1]
+        weight = kernels[:, :, axis].reshape(shape)
+        padding = [0, 0] * dims
+        padding[2 * (dims - 1 - axis)] = padding[2 * (dims - 1 - axis) + 1] = half  # F.pad: last axis first
+        # F.pad's reflect mode needs the padding below the axis size; patches are far larger than 3 voxels
+        out = conv(F.pad(out, padding, mode="reflect"), weight, groups=batch * channels)
+    return out.reshape(x.shape)
+
+
+def simulate_low_resolution(channel: torch.Tensor, scale: float) -> torch.Tensor:
+    """nnU-Net's simulated low resolution of one channel ``(*spatial)``: nearest-exact down to
+    ``round(size * scale)`` voxels per axis, then (bi/tri)linear back to the original size (batchgeneratorsv2's
+    ``SimulateLowResolutionTransform`` with synchronised axes)."""
+    spatial = tuple(channel.shape)
+    small = [max(1, round(size * scale)) for size in spatial]
+    mode = {2: "bilinear", 3: "trilinear"}[len(spatial)]
+    down = F.interpolate(channel[None, None], size=small, mode="nearest-exact")
+    return F.interpolate(down, size=spatial, mode=mode, align_corners=False)[0, 0]
+
+
+def gamma_retaining_stats(x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """``((x - min) / range) ** gamma * range + min`` per channel, then the channel's mean and SD restored
+    (batchgeneratorsv2's ``GammaTransform`` with ``p_retain_stats=1``).
+
+    Args:
+        x: ``(B, C, *spatial)`` float32.
+        gamma: ``(B, C)`` exponents.
+    """
+    shape = (*x.shape[:2], *(1,) * (x.ndim - 2))
+    axes = tuple(range(2, x.ndim))
+    mean, sd = x.mean(dim=axes, keepdim=True), x.std(dim=axes, keepdim=True)
+    low = _channel_min(x)
+    span = (_channel_max(x) - low).clamp_min(1e-7)
+    y = ((x - low) / span).pow(gamma.view(shape)) * span + low
+    new_mean, new_sd = y.mean(dim=axes, keepdim=True), y.std(dim=axes, keepdim=True)
+    return (y - new_mean) * (sd / new_sd.clamp_min(1e-7)) + mean
+
+
+def intensity_seed(rng) -> int:
+    """A ``torch.Generator`` seed drawn from a NumPy generator (the CPU path's per-sample stream)."""
+    return int(rng.integers(0, 2**62))
+
+
+__all__ = [
+    "NNUNET_PROBABILITIES",
+    "PROBABILITY_FIELDS",
+    "IntensityAugmentation",
+    "gamma_retaining_stats",
+    "gaussian_blur",
+    "gaussian_kernels",
+    "intensity_seed",
+    "simulate_low_resolution",
+]
