@@ -1,4 +1,4 @@
-"""The cache's slice-major copy (issue 12, input-pipeline speed): 2D samples cut from it are the
+"""The cache's slice-major copies (issue 12, input-pipeline speed): 2D samples cut from it are the
 voxels of the cached image, the same for a fixed seed as from the image itself, read from np.memmap;
 older caches without the copy stay readable and get it added without being preprocessed again."""
 
@@ -36,6 +36,7 @@ def test_axial_slices_are_the_cached_voxels_for_a_fixed_seed(phantom_root, tmp_p
     raw = {f.case_id: np.load(cache.path / f"{f.case_id}_image.npy") for f in files}  # whole arrays, not the code under test
     labels = {f.case_id: np.load(cache.path / f"{f.case_id}_label.npy") for f in files}
     assert all(isinstance(c.axial, np.memmap) and c.axial.shape == (c.image.shape[3], *c.image.shape[:3]) for c in cases)
+    assert all(isinstance(c.axial_label, np.memmap) and c.axial_label.shape == (c.label.shape[2], *c.label.shape[:2]) for c in cases)
     # no oversampling: every draw is (case, slice, start) from the key's generator, redone here by hand
     dataset = sampling.TrainingSampleDataset(cases, BRATS20_REGIONS, PATCH, 4, oversample_foreground=0.0, seed=7)
     checked = 0
@@ -78,9 +79,10 @@ def test_2d_items_read_the_axial_copy_from_np_memmap(phantom_root, tmp_path, mon
     monkeypatch.setattr(sampling, "crop_or_pad", lambda array, *a: read_from.append(array) or original(array, *a))
     for i in range(4):
         dataset[(0, i)]
-    images = read_from[0::2]
-    assert all(type(r) is np.memmap for r in read_from)
-    assert all(r.flags["C_CONTIGUOUS"] and r.ndim == 3 for r in images)  # one contiguous (C, x, y) block per slice
+    assert len(read_from) == 8 and all(type(r) is np.memmap for r in read_from)
+    # one contiguous block per slice: (C, x, y) of the image, (1, x, y) of the label
+    assert all(r.flags["C_CONTIGUOUS"] and r.ndim == 3 for r in read_from)
+    assert [r.shape[0] for r in read_from] == [4, 1] * 4
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
@@ -89,7 +91,7 @@ def test_an_old_cache_gets_the_copy_without_being_preprocessed_again(phantom_roo
     settings = PreprocessingSettings(tuple(BRATS_MODALITIES))
     old = PreprocessedCache(tmp_path, "x", settings, BRATS20_LABELS, dtype=dtype)
     old.ensure(files, log=lambda *_: None)
-    assert old.load(files[0].case_id).axial is None  # a cache without the copy reads as before
+    assert old.load(files[0].case_id).axial is None is old.load(files[0].case_id).axial_label  # read as before
     image_file = old.path / f"{files[0].case_id}_image.npy"
     written = image_file.stat().st_mtime_ns
     messages = []
@@ -101,11 +103,20 @@ def test_an_old_cache_gets_the_copy_without_being_preprocessed_again(phantom_roo
     for f in files:
         case = new.load(f.case_id)
         image = np.load(new.path / f"{f.case_id}_image.npy")
-        assert case.axial.dtype == np.dtype(dtype)
+        label = np.load(new.path / f"{f.case_id}_label.npy")
+        assert case.axial.dtype == np.dtype(dtype) and case.axial_label.dtype == label.dtype
         for z in (0, image.shape[3] // 2, image.shape[3] - 1):
             np.testing.assert_array_equal(case.axial[z], image[..., z])
+            np.testing.assert_array_equal(case.axial_label[z], label[..., z])
     # a damaged copy is found and rewritten
-    axial_file = new.path / f"{files[1].case_id}_image_axial.npy"
+    axial_file = new.path / f"{files[1].case_id}_label_axial.npy"
     axial_file.write_bytes(axial_file.read_bytes()[:-100])
     new.ensure(files, log=messages.append)
-    np.testing.assert_array_equal(new.load(files[1].case_id).axial[3], np.load(new.path / f"{files[1].case_id}_image.npy")[..., 3])
+    np.testing.assert_array_equal(new.load(files[1].case_id).axial_label[3], np.load(new.path / f"{files[1].case_id}_label.npy")[..., 3])
+
+
+def test_a_new_cache_with_the_copy_writes_it_with_the_case(phantom_root, tmp_path):
+    cache, files = _cache(phantom_root, tmp_path, axial=True, count=1)
+    record = (cache.path / f"{files[0].case_id}.json").read_text()
+    assert "image_axial" in record and "label_axial" in record
+    assert cache._axial_problem(files[0].case_id) is None

@@ -349,6 +349,7 @@ class CachedCase:
             ``None`` when the cache has no such copy (see ``PreprocessedCache(axial_copy=True)``). An
             axial slice ``image[..., z]`` is strided across the whole volume (one voxel every ``z``
             values, so every page of the file is touched); ``axial[z]`` is one contiguous block.
+        axial_label: ``(z, x, y)``, ``label`` stored slice-major likewise, or ``None``.
     """
 
     case_id: str
@@ -356,6 +357,7 @@ class CachedCase:
     label: np.ndarray | None
     record: dict
     axial: np.ndarray | None = None
+    axial_label: np.ndarray | None = None
 
 
 class PreprocessedCache:
@@ -381,8 +383,8 @@ class PreprocessedCache:
             page cache; z-scored intensities keep about 3 significant digits). A storage format, not a
             preprocessing setting (prediction preprocesses in float32): a float16 cache has its own
             fingerprint, float32 keeps the fingerprint caches had before this option.
-        axial_copy: also keep ``<case>_image_axial.npy``, the image stored slice-major ``(z, C, x, y)``,
-            for 2D training: cutting an axial slice from it reads one contiguous block instead of
+        axial_copy: also keep ``<case>_image_axial.npy`` and ``<case>_label_axial.npy``, the image and
+            label stored slice-major (``(z, C, x, y)``, ``(z, x, y)``), for 2D training: cutting an axial slice from it reads one contiguous block instead of
             one voxel per ``z`` values of the whole volume (6x less CPU per 224^2 slice of a
             1 mm BraTS case, experiments/benchmarks/README.md). It doubles the image's disk and
             page-cache size, so 3D training leaves it off. A storage option, not part of the
@@ -431,27 +433,38 @@ class PreprocessedCache:
     def _files(self, case_id: str) -> tuple[Path, Path, Path]:
         return (self.path / f"{case_id}_image.npy", self.path / f"{case_id}_label.npy", self.path / f"{case_id}.json")
 
-    def _axial_file(self, case_id: str) -> Path:
-        return self.path / f"{case_id}_image_axial.npy"
+    def _axial_files(self, case_id: str) -> dict[str, Path]:
+        """Record key -> file of the slice-major copies (image, label)."""
+        return {"image_axial": self.path / f"{case_id}_image_axial.npy", "label_axial": self.path / f"{case_id}_label_axial.npy"}
 
     def _axial_problem(self, case_id: str) -> str | None:
-        """Why a usable case's slice-major copy must be (re)written, or ``None`` (also when none is wanted)."""
+        """Why a usable case's slice-major copies must be (re)written, or ``None`` (also when none are wanted)."""
         if not self.axial_copy:
             return None
         stored = json.loads(self._files(case_id)[2].read_text())
-        expected = stored.get("arrays", {}).get("image_axial")
-        if expected is None:
-            return "no slice-major copy"
-        return _npy_problem(self._axial_file(case_id), expected)
+        arrays = stored.get("arrays", {})
+        for key, path in self._axial_files(case_id).items():
+            if key == "label_axial" and not stored.get("has_label"):
+                continue
+            if key not in arrays:
+                return "no slice-major copy"
+            problem = _npy_problem(path, arrays[key])
+            if problem:
+                return problem
+        return None
 
     def _write_axial(self, case_id: str) -> None:
-        """Write the slice-major copy ``(z, C, x, y)`` of a cached image and add it to the case's record."""
-        image_path, _, record_path = self._files(case_id)
-        image = np.load(image_path, mmap_mode="r")
-        axial_path = self._axial_file(case_id)
-        atomic_save(axial_path, lambda p: _save_npy(p, np.ascontiguousarray(np.moveaxis(image, 3, 0))))
+        """Write the slice-major copies of a cached case (image ``(z, C, x, y)``, label ``(z, x, y)``) from its
+        cached arrays, and add them to its record (rewritten last, atomically)."""
+        image_path, label_path, record_path = self._files(case_id)
         record = json.loads(record_path.read_text())
-        record["arrays"]["image_axial"] = _npy_entry(axial_path)
+        sources = {"image_axial": image_path, "label_axial": label_path if record.get("has_label") else None}
+        for key, path in self._axial_files(case_id).items():
+            if sources[key] is None:
+                continue
+            array = np.load(sources[key], mmap_mode="r")
+            atomic_save(path, lambda p, a=array: _save_npy(p, np.ascontiguousarray(np.moveaxis(a, -1, 0))))
+            record["arrays"][key] = _npy_entry(path)
         atomic_save(record_path, lambda p: p.write_text(json.dumps(record, indent=1)))
 
     def is_cached(self, files: CaseSource) -> bool:
@@ -569,16 +582,15 @@ class PreprocessedCache:
         if label is not None:
             atomic_save(label_path, lambda p: _save_npy(p, label))
             record["arrays"]["label"] = _npy_entry(label_path)
-        if self.axial_copy:
-            axial_path = self._axial_file(files.case_id)
-            atomic_save(axial_path, lambda p: _save_npy(p, np.ascontiguousarray(np.moveaxis(image.astype(self.dtype, copy=False), 3, 0))))
-            record["arrays"]["image_axial"] = _npy_entry(axial_path)
         atomic_save(record_path, lambda p: p.write_text(json.dumps(record, indent=1)))
+        if self.axial_copy:
+            self._write_axial(files.case_id)
 
     def load(self, case_id: str) -> CachedCase:
         """Read one cached case with memory mapping (with its slice-major copy when the record lists one)."""
         image_path, label_path, record_path = self._files(case_id)
         record = json.loads(record_path.read_text())
         label = np.load(label_path, mmap_mode="r") if record["has_label"] else None
-        axial = np.load(self._axial_file(case_id), mmap_mode="r") if "image_axial" in record.get("arrays", {}) else None
-        return CachedCase(case_id, np.load(image_path, mmap_mode="r"), label, record, axial)
+        arrays = record.get("arrays", {})
+        axial = {k: np.load(p, mmap_mode="r") if k in arrays else None for k, p in self._axial_files(case_id).items()}
+        return CachedCase(case_id, np.load(image_path, mmap_mode="r"), label, record, axial["image_axial"], axial["label_axial"])

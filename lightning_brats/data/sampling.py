@@ -145,8 +145,8 @@ class TrainingSampleDataset(Dataset):
 
     Args:
         cases: the training cases (image ``(C, x, y, z)``, label ``(x, y, z)``); 2D slices are read from
-            a case's slice-major copy (:attr:`CachedCase.axial <lightning_brats.data.preprocess.CachedCase.axial>`)
-            when it has one, the same voxels at a sixth of the CPU.
+            a case's slice-major copies (:attr:`CachedCase.axial <lightning_brats.data.preprocess.CachedCase.axial>`,
+            ``axial_label``) when it has them: the same voxels at a sixth of the CPU.
         regions: region name -> label codes (see :func:`~lightning_brats.labels.labels_to_regions`).
         patch_size: ``(px, py, pz)`` for 3D patches or ``(px, py)`` for 2D axial slices (voxels).
         batch_size: the batch size, which fixes the oversampled positions in each batch.
@@ -233,9 +233,10 @@ class TrainingSampleDataset(Dataset):
             slices = self.slices[case_index]
             z = int(center[2]) if center is not None else int(slices[rng.integers(len(slices))])
             start = patch_start(case.image.shape[1:3], self.patch_size, rng, None if center is None else center[:2])
-            # the slice-major copy holds the slice in one block; image[..., z] reads across the whole volume
+            # the slice-major copies hold the slice in one block; image[..., z] reads across the whole volume
             image = crop_or_pad(case.image[..., z] if case.axial is None else case.axial[z], start, self.patch_size)
-            label = crop_or_pad(case.label[None, ..., z], start, self.patch_size)[0]
+            label = case.label[None, ..., z] if case.axial_label is None else case.axial_label[z : z + 1]
+            label = crop_or_pad(label, start, self.patch_size)[0]
         image = image.astype(np.float32, copy=False)  # a float16 cache (data.cache_dtype) reads back as float32
         target = labels_to_regions(label, self.regions)
         if self.augment is not None and self.augment.device == "cpu":
