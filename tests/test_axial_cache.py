@@ -47,10 +47,12 @@ def test_axial_slices_are_the_cached_voxels_for_a_fixed_seed(phantom_root, tmp_p
         start = [int(rng.integers(min(0, n - s), max(0, n - s) + 1)) for n, s in zip(case.image.shape[1:3], PATCH)]
         item = dataset[(3, index)]
         expected = _window(raw[case.case_id][..., z], start, PATCH)
-        wt = np.isin(_window(labels[case.case_id][None, ..., z], start, PATCH)[0], [1, 2, 4])
+        label = _window(labels[case.case_id][None, ..., z], start, PATCH)[0]
+        wt, tc, et = (label == 1) | (label == 2) | (label == 4), (label == 1) | (label == 4), label == 4
         assert item["case_id"] == case.case_id
         np.testing.assert_array_equal(item["image"].numpy(), expected)
-        np.testing.assert_array_equal(item["target"][0].numpy(), wt.astype(np.float32))
+        assert item["target"].dtype == torch.float32
+        np.testing.assert_array_equal(item["target"].numpy(), np.stack([wt, tc, et]).astype(np.float32))
         checked += bool(wt.any())
     assert checked  # some of the checked slices hold tumour
 
@@ -120,3 +122,27 @@ def test_a_new_cache_with_the_copy_writes_it_with_the_case(phantom_root, tmp_pat
     record = (cache.path / f"{files[0].case_id}.json").read_text()
     assert "image_axial" in record and "label_axial" in record
     assert cache._axial_problem(files[0].case_id) is None
+
+
+def test_3d_targets_are_the_regions_of_the_cached_labels(phantom_root, tmp_path):
+    """The uint8 lookup gives each region's mask, worked out here with comparisons on the cached label
+    (and a label of another dtype, the general path, the same)."""
+    cache, files = _cache(phantom_root, tmp_path, axial=False, count=2)
+    cases = [cache.load(f.case_id) for f in files]
+    labels = {f.case_id: np.load(cache.path / f"{f.case_id}_label.npy") for f in files}
+    wider = [sampling.CachedCase(c.case_id, c.image, np.asarray(c.label, dtype=np.int32), c.record) for c in cases]
+    size = (24, 24, 24)
+    for dataset_cases in (cases, wider):
+        dataset = sampling.TrainingSampleDataset(dataset_cases, BRATS20_REGIONS, size, 2, oversample_foreground=0.0, seed=3)
+        tumour = 0
+        for index in range(8):
+            rng = np.random.default_rng((3, 0, index))  # the draws: case, then a uniform start per axis
+            case = cases[int(rng.integers(len(cases)))]
+            start = [int(rng.integers(0, n - s + 1)) for n, s in zip(case.label.shape, size)]
+            label = labels[case.case_id][tuple(slice(a, a + s) for a, s in zip(start, size))]
+            expected = np.stack([(label == 1) | (label == 2) | (label == 4), (label == 1) | (label == 4), label == 4])
+            item = dataset[(0, index)]
+            assert item["case_id"] == case.case_id and item["target"].dtype == torch.float32
+            np.testing.assert_array_equal(item["target"].numpy(), expected.astype(np.float32))
+            tumour += bool(expected[0].any())
+        assert tumour  # some windows hold tumour

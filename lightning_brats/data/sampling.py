@@ -188,6 +188,9 @@ class TrainingSampleDataset(Dataset):
         self.seed = seed
         self.cases, self.slices, self.dropped = self._select(list(cases), float(min_foreground_fraction or 0))
         self.foreground = [foreground_voxels(c.label, seed=seed) for c in self.cases]
+        # the targets of every uint8 code, (R, 256), from labels_to_regions itself: one np.take per sample
+        # gives its result for the cache's uint8 labels at about 60 % of its CPU (3 np.isin, stack, cast)
+        self.region_table = labels_to_regions(np.arange(256, dtype=np.uint8), self.regions)
         if len(self.patch_size) == 2:  # only tumour voxels on kept slices may centre a slice
             self.foreground = [fg[np.isin(fg[:, 2], kept)] for fg, kept in zip(self.foreground, self.slices)]
 
@@ -238,7 +241,10 @@ class TrainingSampleDataset(Dataset):
             label = case.label[None, ..., z] if case.axial_label is None else case.axial_label[z : z + 1]
             label = crop_or_pad(label, start, self.patch_size)[0]
         image = image.astype(np.float32, copy=False)  # a float16 cache (data.cache_dtype) reads back as float32
-        target = labels_to_regions(label, self.regions)
+        if label.dtype == np.uint8:
+            target = np.take(self.region_table, label, axis=1)  # == labels_to_regions(label, self.regions)
+        else:
+            target = labels_to_regions(label, self.regions)
         if self.augment is not None and self.augment.device == "cpu":
             image, target = self.augment(image, target, rng)
         return {
