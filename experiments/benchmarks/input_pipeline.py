@@ -324,6 +324,8 @@ def time_pipeline(batches: Iterable, count: int, warmup: int = 2) -> tuple[float
 
 
 def run(args: argparse.Namespace) -> list[dict]:
+    global SPATIAL_PROB  # every pipeline reads it when built
+    SPATIAL_PROB = args.spatial_prob
     torch.set_num_threads(1)
     cases = load_cases(args.root, args.cases, args.cache_dir, args.spacing, axial_copy=2 in args.dims)
     rows = []
@@ -334,7 +336,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         for name in args.pipelines:
             for workers in args.workers:
                 row = {"pipeline": name, "dims": dims, "patch": "x".join(map(str, patch)), "batch": batch, "workers": workers,
-                       "cases": len(cases), "batches": count, "warmup": 2}
+                       "cases": len(cases), "batches": count, "warmup": 2, "spatial_prob": SPATIAL_PROB}
                 reason = available(name)
                 if reason is None:
                     batches, _ = PIPELINES[name](cases, patch, batch, workers)
@@ -366,6 +368,9 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch3d", type=int, default=2)
     parser.add_argument("--patch2d", type=int, nargs=2, default=[224, 224])
     parser.add_argument("--batch2d", type=int, default=32)
+    parser.add_argument("--spatial-prob", type=float, default=SPATIAL_PROB,
+                        help="probability of the rotation/scaling in every pipeline; 0 times all but the resampling, "
+                             "whose share at 0.2 swings with the few draws a short run makes")
     parser.add_argument("--csv", default="experiments/benchmarks/input_pipeline.csv")
     parser.add_argument("--tiny", action="store_true", help="2 cases at 3 mm, 32^3 / 8 x 48^2 patches, 2 batches, 0 workers")
     args = parser.parse_args(argv)
