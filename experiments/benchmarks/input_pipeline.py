@@ -16,7 +16,8 @@ each) and a random rotation (+-15 deg) and scaling (+-15 %) with p 0.2:
   per-sample CPU augmentation) in a ``DataLoader``.
 - ``ours-batch``: the same samples un-augmented, then :class:`~lightning_brats.data.batch_augment.BatchAugmentation`
   on each batch in the main process (on a GPU it would run there; here on the CPU).
-- ``monai``: ``CacheDataset`` (cases in memory, padded to the patch, with ``FgBgToIndicesd``) + ``RandCropByPosNegLabeld`` (pos 0.33, neg 0.67) +
+- ``monai``: ``CacheDataset`` (cases in memory, padded to the patch, with ``FgBgToIndicesd``; ``copy_cache=False``) +
+  ``RandCropByPosNegLabeld`` (pos 0.33, neg 0.67) +
   ``RandFlipd`` x3 + ``RandScaleIntensityd`` + ``RandShiftIntensityd`` + ``RandAffined`` +
   ``ConvertToMultiChannelBasedOnBratsClassesd``.
 - ``torchio`` (optional): ``SubjectsDataset`` (cases in memory, padded to the patch) + ``RandomFlip`` + ``RandomAffine`` (p 0.2) + the
@@ -140,7 +141,10 @@ def monai_pipeline(cases, patch, batch, workers) -> tuple[Iterable, list[str]]:
         mt.Lambdad(keys="label", func=lambda x: x[[1, 0, 2]]),  # WT, TC, ET as ours
     ]
     data = [{"image": np.array(c.image), "label": np.array(c.label[None]), "case_id": c.case_id} for c in cases]
-    dataset = CacheDataset(data, mt.Compose(steps).set_random_state(0), cache_rate=1.0, num_workers=1, progress=False)
+    # copy_cache=False, as MONAI's docs advise when the random transforms leave the cache alone (ours crop first,
+    # then flip, scale and resample copies): the default deep-copies the whole case, indices included, per sample
+    dataset = CacheDataset(data, mt.Compose(steps).set_random_state(0), cache_rate=1.0, num_workers=1, progress=False,
+                           copy_cache=False)
     # a random case per sample, as ours (an epoch of len(cases) samples could be shorter than a batch)
     sampler = RandomSampler(dataset, replacement=True, num_samples=10**4, generator=torch.Generator().manual_seed(0))
     loader = MonaiLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers, worker_init_fn=_one_thread,
