@@ -16,7 +16,8 @@ each) and a random rotation (+-15 deg) and scaling (+-15 %) with p 0.2:
   per-sample CPU augmentation) in a ``DataLoader``.
 - ``ours-batch``: the same samples un-augmented, then :class:`~lightning_brats.data.batch_augment.BatchAugmentation`
   on each batch in the main process (on a GPU it would run there; here on the CPU).
-- ``monai``: ``CacheDataset`` (cases in memory, padded to the patch, with ``FgBgToIndicesd``) + ``RandCropByPosNegLabeld`` (pos 0.33, neg 0.67) +
+- ``monai``: ``CacheDataset`` (cases in memory, padded to the patch, with ``FgBgToIndicesd``; ``copy_cache=False``) +
+  ``RandCropByPosNegLabeld`` (pos 0.33, neg 0.67) +
   ``RandFlipd`` x3 + ``RandScaleIntensityd`` + ``RandShiftIntensityd`` + ``RandAffined`` +
   ``ConvertToMultiChannelBasedOnBratsClassesd``.
 - ``torchio`` (optional): ``SubjectsDataset`` (cases in memory, padded to the patch) + ``RandomFlip`` + ``RandomAffine`` (p 0.2) + the
@@ -38,6 +39,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import resource
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -48,7 +51,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import report  # the shared table and CSV writer
+from common import machine, report  # the shared machine line, table and CSV writer
 
 from lightning_brats.data.batch_augment import BatchAugmentation
 from lightning_brats.data.preprocess import CachedCase, PreprocessedCache
@@ -72,11 +75,13 @@ OVERSAMPLE, SPATIAL_PROB, ROTATE_DEG, SCALE = 0.33, 0.2, 15.0, 0.15
 PEERS = ("ours", "ours-batch", "monai", "torchio", "bgv2")
 
 
-def load_cases(root: str | Path, count: int, cache_dir: str | Path, spacing: Sequence[float] | None) -> list[CachedCase]:
-    """The first ``count`` cases under ``root`` (sorted), preprocessed into our cache once and memory-mapped."""
+def load_cases(root: str | Path, count: int, cache_dir: str | Path, spacing: Sequence[float] | None,
+               axial_copy: bool = False) -> list[CachedCase]:
+    """The first ``count`` cases under ``root`` (sorted), preprocessed into our cache once and memory-mapped;
+    ``axial_copy``: with the slice-major copy our 2D training reads (as the data module keeps for 2D)."""
     files = sorted(LAYOUT.find_cases(Path(root)), key=lambda c: c.case_id)[:count]
     settings = PreprocessingSettings(tuple(MODALITIES), None if spacing is None else tuple(spacing))
-    cache = PreprocessedCache(cache_dir, Path(root).resolve().name, settings, LABELS)
+    cache = PreprocessedCache(cache_dir, Path(root).resolve().name, settings, LABELS, axial_copy=axial_copy)
     cache.ensure(files)
     return [cache.load(f.case_id) for f in files]
 
@@ -136,7 +141,10 @@ def monai_pipeline(cases, patch, batch, workers) -> tuple[Iterable, list[str]]:
         mt.Lambdad(keys="label", func=lambda x: x[[1, 0, 2]]),  # WT, TC, ET as ours
     ]
     data = [{"image": np.array(c.image), "label": np.array(c.label[None]), "case_id": c.case_id} for c in cases]
-    dataset = CacheDataset(data, mt.Compose(steps).set_random_state(0), cache_rate=1.0, num_workers=1, progress=False)
+    # copy_cache=False, as MONAI's docs advise when the random transforms leave the cache alone (ours crop first,
+    # then flip, scale and resample copies): the default deep-copies the whole case, indices included, per sample
+    dataset = CacheDataset(data, mt.Compose(steps).set_random_state(0), cache_rate=1.0, num_workers=1, progress=False,
+                           copy_cache=False)
     # a random case per sample, as ours (an epoch of len(cases) samples could be shorter than a batch)
     sampler = RandomSampler(dataset, replacement=True, num_samples=10**4, generator=torch.Generator().manual_seed(0))
     loader = MonaiLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers, worker_init_fn=_one_thread,
@@ -273,8 +281,38 @@ def available(name: str) -> str | None:
     return None
 
 
-def time_pipeline(batches: Iterable, count: int, warmup: int = 2) -> tuple[float, tuple, tuple]:
-    """Seconds per batch over ``count`` batches after ``warmup``; the image and target shapes.
+def _children_cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process's descendants: the live ones (loader workers, read
+    from ``/proc``) and those already ended and reaped; 0 where ``/proc`` is missing."""
+    ticks, total = os.sysconf("SC_CLK_TCK"), 0.0
+    pending = [os.getpid()]
+    while pending:
+        pid = pending.pop()
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                children = Path(f"/proc/{pid}/task/{tid}/children").read_text().split()
+            except OSError:
+                continue
+            for child in map(int, children):
+                pending.append(child)
+                try:
+                    fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+                    total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+                except (OSError, IndexError, ValueError):
+                    pass
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return total + usage.ru_utime + usage.ru_stime
+
+
+def time_pipeline(batches: Iterable, count: int, warmup: int = 2) -> tuple[float, float, tuple, tuple]:
+    """Wall seconds and CPU seconds per batch over ``count`` batches after ``warmup``; the image and
+    target shapes. CPU seconds are those of every process of the pipeline (this one,
+    ``time.process_time``, and its loader workers): on a shared core they estimate the cost on an idle
+    one, and per worker they say how many samples one fully used core delivers.
 
     TorchIO's queue (2 batches long, refilled with 2 transformed subjects when empty) is full after
     the warm-up, so an even ``count`` times whole fill-and-drain cycles, not a pre-filled queue.
@@ -282,28 +320,34 @@ def time_pipeline(batches: Iterable, count: int, warmup: int = 2) -> tuple[float
     iterator = iter(batches)
     for _ in range(warmup):
         first = next(iterator)
-    start = time.perf_counter()
+    cpu, start = time.process_time() + _children_cpu_seconds(), time.perf_counter()
     for _ in range(count):
         next(iterator)
-    return (time.perf_counter() - start) / count, tuple(first["image"].shape), tuple(first["target"].shape)
+    wall, cpu = time.perf_counter() - start, time.process_time() + _children_cpu_seconds() - cpu
+    return wall / count, cpu / count, tuple(first["image"].shape), tuple(first["target"].shape)
 
 
 def run(args: argparse.Namespace) -> list[dict]:
+    global SPATIAL_PROB  # every pipeline reads it when built
+    SPATIAL_PROB = args.spatial_prob
     torch.set_num_threads(1)
-    cases = load_cases(args.root, args.cases, args.cache_dir, args.spacing)
+    cases = load_cases(args.root, args.cases, args.cache_dir, args.spacing, axial_copy=2 in args.dims)
     rows = []
     for dims in args.dims:
         patch, batch = (args.patch3d, args.batch3d) if dims == 3 else (args.patch2d, args.batch2d)
+        count = args.batches3d if dims == 3 and args.batches3d else args.batches
+        count += count % 2
         for name in args.pipelines:
             for workers in args.workers:
                 row = {"pipeline": name, "dims": dims, "patch": "x".join(map(str, patch)), "batch": batch, "workers": workers,
-                       "cases": len(cases), "batches": args.batches}
+                       "cases": len(cases), "batches": count, "warmup": 2, "spatial_prob": SPATIAL_PROB}
                 reason = available(name)
                 if reason is None:
                     batches, _ = PIPELINES[name](cases, patch, batch, workers)
-                    seconds, image_shape, target_shape = time_pipeline(batches, args.batches + args.batches % 2)
+                    seconds, cpu, image_shape, target_shape = time_pipeline(batches, count)
                     row.update({"s_per_batch": seconds, "samples_per_s": batch / seconds,
                                 "samples_per_s_per_worker": batch / seconds / max(1, workers),
+                                "cpu_s_per_batch": cpu, "samples_per_cpu_s": batch / cpu,
                                 "image": "x".join(map(str, image_shape)), "target": "x".join(map(str, target_shape))})
                 else:
                     row["note"] = reason
@@ -322,15 +366,20 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pipelines", nargs="+", default=list(PEERS), choices=PEERS)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--batches", type=int, default=6, help="timed batches per setting (even; after two warm-up)")
+    parser.add_argument("--batches3d", type=int, default=None,
+                        help="timed 3D batches (default --batches): more, as one 3D sample in five pays a resampling")
     parser.add_argument("--patch3d", type=int, nargs=3, default=[128, 128, 128])
     parser.add_argument("--batch3d", type=int, default=2)
     parser.add_argument("--patch2d", type=int, nargs=2, default=[224, 224])
     parser.add_argument("--batch2d", type=int, default=32)
+    parser.add_argument("--spatial-prob", type=float, default=SPATIAL_PROB,
+                        help="probability of the rotation/scaling in every pipeline; 0 times all but the resampling, "
+                             "whose share at 0.2 swings with the few draws a short run makes")
     parser.add_argument("--csv", default="experiments/benchmarks/input_pipeline.csv")
     parser.add_argument("--tiny", action="store_true", help="2 cases at 3 mm, 32^3 / 8 x 48^2 patches, 2 batches, 0 workers")
     args = parser.parse_args(argv)
     if args.tiny:
-        args.cases, args.spacing, args.batches, args.workers = 2, [3.0, 3.0, 3.0], 2, [0]
+        args.cases, args.spacing, args.batches, args.batches3d, args.workers = 2, [3.0, 3.0, 3.0], 2, None, [0]
         args.patch3d, args.patch2d, args.batch2d = [32, 32, 32], [48, 48], 8
     return args
 
@@ -338,7 +387,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     args = parse(argv)
     rows = run(args)
-    report(rows, args.csv, f"Training input pipeline ({len(rows)} settings, {args.cases} cases)")
+    report(rows, args.csv, f"Training input pipeline ({len(rows)} settings, {args.cases} cases)", machine())
     return rows
 
 

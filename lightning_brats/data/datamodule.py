@@ -226,6 +226,7 @@ class SegmentationDataModule(pl.LightningDataModule):
             self.labels,
             source={"root": str(self.root.resolve()), "layout": reader.describe()},
             dtype=cache_dtype,
+            axial_copy=self.spatial_dims == 2,  # 2D training reads axial slices: keep them contiguous
         )
         self.train_ids: list[str] = []
         self.val_ids: list[str] = []
