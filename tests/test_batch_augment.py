@@ -88,6 +88,29 @@ def test_batch_affine_resamples_as_monai_affine(spatial):
         assert np.mean(out_label[b].numpy() == ref["label"]) > 0.999  # nearest: ties may round apart
 
 
+@pytest.mark.parametrize("spatial", [(20, 24, 28), (30, 26)])
+def test_cpu_path_affine_resamples_as_monai_affine(spatial):
+    """The per-sample path's rotation and scaling (the batch path's grid_sample on one sample) equals MONAI's
+    ``Affine``, which it replaced, for the same parameters."""
+    from monai.transforms import Affine
+
+    rng = np.random.default_rng(1)
+    dims = len(spatial)
+    image = rng.normal(size=(2, *spatial)).astype(np.float32)
+    target = (ndimage.gaussian_filter(rng.normal(size=(3, *spatial)), 2) > 0).astype(np.float32)
+    angles, scales = rng.uniform(-0.3, 0.3, 1 if dims == 2 else 3), 1 + rng.uniform(-0.15, 0.15, dims)
+    out_image, out_target = Augmentation._affine(image, target, angles, scales)
+    for array, out, mode in ((image, out_image, "bilinear"), (target, out_target, "nearest")):
+        affine = Affine(rotate_params=list(map(float, angles)), scale_params=list(map(float, scales)),
+                        mode=mode, padding_mode="zeros", image_only=True)
+        ref = np.asarray(affine(array))
+        if mode == "bilinear":
+            np.testing.assert_allclose(out, ref, atol=1e-4)
+        else:
+            assert np.mean(out == ref) > 0.999 and set(np.unique(out)) <= {0.0, 1.0}
+    assert out_image.dtype == np.float32 and out_image.shape == image.shape
+
+
 def test_rotation_matrices_are_rotations_in_monai_order():
     angles = torch.tensor([[0.1, -0.2, 0.3]], dtype=torch.float64)
     m = rotation_matrices(angles)[0]

@@ -151,13 +151,13 @@ class BatchAugmentation:
                 if len(chosen):
                     grid = affine_grid(matrices[chosen], spatial)
                     image, target = image.clone(), target.clone()
-                    image[chosen] = _sample(image[chosen], grid, "bilinear")
-                    target[chosen] = _sample(target[chosen], grid, "nearest")
+                    image[chosen] = resample(image[chosen], grid, "bilinear")
+                    target[chosen] = resample(target[chosen], grid, "nearest")
             else:
                 grid = affine_grid(matrices, spatial)
                 keep = params["spatial"].view(-1, *(1,) * (dims + 1))
-                image = torch.where(keep, _sample(image, grid, "bilinear"), image)
-                target = torch.where(keep, _sample(target, grid, "nearest"), target)
+                image = torch.where(keep, resample(image, grid, "bilinear"), image)
+                target = torch.where(keep, resample(target, grid, "nearest"), target)
         if self.flip:
             for axis in range(dims):
                 chosen = params["flips"][:, axis].view(-1, *(1,) * (dims + 1))
@@ -181,7 +181,9 @@ class BatchAugmentation:
         return image, target
 
 
-def _sample(x: torch.Tensor, grid: torch.Tensor, mode: str) -> torch.Tensor:
-    """``grid_sample`` with zero padding in ``x``'s dtype (float32 grids for half inputs)."""
+def resample(x: torch.Tensor, grid: torch.Tensor, mode: str) -> torch.Tensor:
+    """``grid_sample`` of ``x (B, C, *spatial)`` on ``grid`` (from :func:`affine_grid`) with zero padding,
+    ``align_corners=False``, in ``x``'s dtype (computed in float32 for half inputs); ``mode`` ``"bilinear"``
+    (trilinear in 3D) or ``"nearest"``."""
     out = F.grid_sample(x.float(), grid, mode=mode, padding_mode="zeros", align_corners=False)
     return out.to(x.dtype)

@@ -269,7 +269,8 @@ class Augmentation:
         intensity: with probability 0.5 each, scale channels by ``U(0.9, 1.1)`` and shift them by
             ``U(-0.1, 0.1)`` (independently per channel; z-scored units).
         spatial_prob: probability of a random rotation and scaling of the sample
-            (MONAI ``RandAffine``'s draws and ``Affine``: trilinear image, nearest-neighbour target, zero padding).
+            (MONAI ``RandAffine``'s draws and ``Affine``'s resampling: trilinear image, nearest-neighbour
+            target, zero padding; computed by the batch path's ``grid_sample``).
         rotate_deg: rotation range in degrees, ``U(-r, r)`` about each axis (about the slice
             normal only in 2D).
         scale: relative scaling range, ``1 + U(-s, s)`` per axis.
@@ -355,10 +356,16 @@ class Augmentation:
     def _affine(
         image: np.ndarray, target: np.ndarray, angles: np.ndarray, scales: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        from monai.transforms import Affine
+        """Rotate and scale one sample with the batch path's code (one ``grid_sample`` grid for image and
+        target), which resamples as MONAI's ``Affine`` does (``test_batch_affine_resamples_as_monai_affine``:
+        images within 1e-4, nearest-neighbour targets but for rare ties) at a tenth of its cost in 2D
+        (0.4 vs 4.0 ms per 4x96^2 sample) and two thirds in 3D (263 vs 388 ms per 4x128^3, one core of an
+        AMD EPYC with AVX-512): MONAI built the grid twice and wrapped every call in metadata handling."""
+        from lightning_brats.data.batch_augment import affine_grid, resample, rotation_matrices
 
-        out = []
-        for array, mode in ((image, "bilinear"), (target, "nearest")):
-            affine = Affine(rotate_params=[float(a) for a in angles], scale_params=[float(s) for s in scales], mode=mode, padding_mode="zeros", image_only=True)
-            out.append(np.asarray(affine(np.ascontiguousarray(array)), dtype=np.float32))
-        return out[0], out[1]
+        matrices = rotation_matrices(torch.tensor(angles, dtype=torch.float32)[None])
+        matrices = matrices @ torch.diag_embed(torch.tensor(scales, dtype=torch.float32)[None])
+        grid = affine_grid(matrices, tuple(image.shape[1:]))
+        image = resample(torch.from_numpy(np.ascontiguousarray(image))[None], grid, "bilinear")[0]
+        target = resample(torch.from_numpy(np.ascontiguousarray(target))[None], grid, "nearest")[0]
+        return image.numpy(), target.numpy()
