@@ -310,16 +310,16 @@ class CasePrediction:
         case: the loaded input (image, affine, spacing, files).
         seconds: wall time of loading, inference and post-processing.
         relabelled_voxels: voxels changed by post-processing.
-        record: the case's preprocessing record (crop box, shapes).
+        record: the case's preprocessing record (``crop_box``, ``original_shape``: where the box sits).
     """
 
     case_id: str
     label: np.ndarray
     box_probabilities: np.ndarray = field(repr=False)
     case: LoadedCase = field(repr=False)
+    record: Mapping = field(repr=False)
     seconds: float = 0.0
     relabelled_voxels: int = 0
-    record: Mapping = field(default_factory=dict, repr=False)
 
     @property
     def probabilities(self) -> np.ndarray:
@@ -402,7 +402,7 @@ class Predictor:
         probs = resample_to_crop((total / len(self.models)).numpy(), record, order=1)
         box_label, relabelled = probabilities_to_labels(probs, self.model.regions, self.settings, self.postprocess)
         label = uncrop(box_label, record, fill=0)
-        return CasePrediction(files.case_id, label, probs, case, time.perf_counter() - start, relabelled, record)
+        return CasePrediction(files.case_id, label, probs, case, record, time.perf_counter() - start, relabelled)
 
 
 def probabilities_to_labels(

@@ -212,3 +212,29 @@ def test_brats_nnunet_trains_with_nnunets_intensity_set_and_tilde_augment_remove
     assert all(cfg.data.augment[k] == 0.0 for k in NNUNET_PROBABILITIES)
     cfg = compose_config(["experiment=brats_cpu", root], tmp_path / "cpu")  # the CPU preset as recorded
     assert all(cfg.data.augment[k] == 0.0 for k in NNUNET_PROBABILITIES)
+
+
+def test_the_background_stays_zero_in_both_paths():
+    """Voxels outside the brain (0 in every channel) are 0 again after the set, as nnU-Net's MaskImageTransform
+    leaves them, whatever noise, blur, contrast, low resolution and gamma did; the brain itself changes."""
+    every = {name: 1.0 for name in NNUNET_PROBABILITIES}
+    image = _image((3, 4, 20, 20), seed=12).numpy()
+    image[:, :, :5] = 0.0  # a band of background in every sample
+    target = np.zeros((3, 3, 20, 20), np.float32)
+    cpu = np.stack([Augmentation(**OFF, **every)(image[i], target[i], np.random.default_rng(i))[0] for i in range(3)])
+    batch, _ = BatchAugmentation(**OFF, **every)(torch.from_numpy(image), torch.from_numpy(target),
+                                                 torch.Generator().manual_seed(3))
+    for out in (cpu, batch.numpy()):
+        assert (out[:, :, :5] == 0).all()
+        assert np.abs(out[:, :, 5:] - image[:, :, 5:]).mean() > 0.05
+    # with the older intensity shift on, the background is still set back to 0 (it was 0 before the shift)
+    shifted = Augmentation(flip=False, spatial_prob=0.0, **every)
+    out = np.stack([shifted(image[i], target[i], np.random.default_rng(i))[0] for i in range(3)])
+    assert (out[:, :, :5] == 0).all()
+
+
+def test_blur_refuses_axes_below_its_padding():
+    aug, params = _only("blur", 1, 1, 2)
+    params["blur_channels"][:] = True
+    with pytest.raises(ValueError, match=r"axis >= 4 voxels"):
+        aug.apply(_image((1, 1, 3, 12)), params)

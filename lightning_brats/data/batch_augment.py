@@ -7,7 +7,8 @@ device (``data.augment.device=batch``, from :meth:`SegmentationDataModule.on_aft
 for the whole batch with one ``torch.Generator`` on the batch's device, the random rotation and
 scaling of every sample is one ``affine_grid`` and one ``grid_sample`` per tensor (images
 trilinear, targets nearest so they stay binary), flips and intensity changes are masked tensor
-operations. Nothing leaves the device, so a GPU runs it with no CPU in the loop; this follows the
+operations. Nothing leaves the device, so a GPU runs it with no CPU in the loop (nnU-Net's simulated low
+resolution, when on, reads which channels it picked back to the host); this follows the
 GPU-batched augmentation of nnU-Net users' trainers (batchgeneratorsv2 transforms run per
 batch), written for our transforms.
 
@@ -127,7 +128,12 @@ class BatchAugmentation:
         }
 
     def apply(
-        self, image: torch.Tensor, target: torch.Tensor, params: Mapping[str, torch.Tensor], subset: bool | None = None
+        self,
+        image: torch.Tensor,
+        target: torch.Tensor,
+        params: Mapping[str, torch.Tensor],
+        subset: bool | None = None,
+        generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Apply drawn parameters to a batch.
 
@@ -137,6 +143,8 @@ class BatchAugmentation:
             params: from :meth:`draw`.
             subset: resample only the samples drawn for the affine (needs their indices on the host:
                 a device sync) instead of resampling all and keeping those; default: on CPU only.
+            generator: draws nnU-Net's intensity set's parameters and noise (when the set is on), on the
+                batch's device.
 
         Returns:
             ``(image, target)`` augmented, same shapes and dtypes.
@@ -163,11 +171,14 @@ class BatchAugmentation:
                 chosen = params["flips"][:, axis].view(-1, *(1,) * (dims + 1))
                 image = torch.where(chosen, image.flip(axis + 2), image)
                 target = torch.where(chosen, target.flip(axis + 2), target)
+        outside = (image == 0).all(dim=1, keepdim=True) if self.intensity_set.enabled else None  # background
         if self.intensity:
             shape = (*image.shape[:2], *(1,) * dims)
             factors = torch.where(params["do_scale"][:, None], params["factors"], 1.0).view(shape).to(image.dtype)
             shifts = torch.where(params["do_shift"][:, None], params["shifts"], 0.0).view(shape).to(image.dtype)
             image = image * factors + shifts
+        if self.intensity_set.enabled:
+            image = self.intensity_set(image, generator, outside)
         return image, target
 
     def __call__(
@@ -175,10 +186,7 @@ class BatchAugmentation:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw with ``generator`` (on the batch's device) and apply; see :meth:`draw` and :meth:`apply`."""
         params = self.draw(image.shape[0], image.shape[1], image.ndim - 2, generator, image.device)
-        image, target = self.apply(image, target, params)
-        if self.intensity_set.enabled:
-            image = self.intensity_set(image, generator)
-        return image, target
+        return self.apply(image, target, params, generator=generator)
 
 
 def resample(x: torch.Tensor, grid: torch.Tensor, mode: str) -> torch.Tensor:

@@ -18,15 +18,21 @@ gamma                         0.3     each channel ``((x - min) / range) ** g * 
 ============================  ======  ==============================================================
 
 ``BGContrast((lo, hi))``: with probability 0.5 ``U(lo, 1)``, else ``U(1, hi)`` (as many darker as brighter draws).
+Voxels outside the brain (0 in every channel before the set, as ``zscore`` normalisation inside the brain
+mask and the affine's zero padding leave them) are set back to 0 afterwards, as nnU-Net's
+``MaskImageTransform(set_outside_to=0)`` does for datasets normalised inside a mask (BraTS), so that
+training sees the background inference sees.
 The probabilities are settings (``data.augment.noise_prob`` ...; 0 switches a transform off, the default, so
-that presets train as they were recorded); ``+augment=nnunet`` sets nnU-Net's. Labels are never touched.
+that presets train as they were recorded); ``augment=nnunet`` sets nnU-Net's. Labels are never touched.
 
 Both paths run this same code: the per-sample CPU path (:class:`~lightning_brats.data.sampling.Augmentation`)
 as a batch of one, with a ``torch.Generator`` seeded from the sample's NumPy generator, and the batch path
 (:class:`~lightning_brats.data.batch_augment.BatchAugmentation`) on the training device, so both draw from
 the same distributions by construction. Every parameter of a batch is drawn at once from one generator
 (a fixed stream whatever is switched on); only the simulated low resolution loops, over the (sample,
-channel) pairs it picked, since each has its own target size.
+channel) pairs it picked, since each has its own target size: on a GPU that choice is the one read back
+to the host (the other transforms run unconditionally there and keep their result where drawn, so the
+batch path syncs only when low resolution is on).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -54,7 +61,8 @@ CONTRAST = (0.75, 1.25)
 LOW_RES_SCALE = (0.5, 1.0)
 LOW_RES_CHANNEL_PROB = 0.5
 GAMMA = (0.7, 1.5)
-#: batchgeneratorsv2's blur kernel: ``round_to_odd(6 sigma + 0.5)`` taps (7 for sigma <= 1)
+#: taps of our blur kernels: batchgeneratorsv2 uses ``round_to_odd(6 sigma + 0.5)``, at most 7 for sigma <= 1;
+#: ours always 7 (their outer taps, where present, are the same Gaussian; weights differ by < 0.5 %)
 BLUR_TAPS = 7
 
 
@@ -102,7 +110,8 @@ class IntensityAugmentation:
             For each transform ``t`` a ``(B,)`` bool ``do_t`` (applied to the sample) and its parameters:
             ``noise_sd (B,)``; ``blur_channels (B, C)`` bool, ``blur_sigma (B, C, dims)`` voxels;
             ``brightness (B, C)``; ``contrast (B, C)``; ``low_res_channels (B, C)`` bool,
-            ``low_res_scale (B, C)``; ``inverted_gamma_value (B, C)``; ``gamma_value (B, C)``.
+            ``low_res_scale (B, C)``; ``inverted_gamma_value (B, C)``; ``gamma_value (B, C)``; and
+            ``noise_field`` ``None`` (the field is drawn by :meth:`apply`, which knows the patch size).
         """
         def uniform(*shape: int, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
             return low + (high - low) * torch.rand(*shape, generator=generator, device=device)
@@ -127,12 +136,26 @@ class IntensityAugmentation:
         return params
 
     def apply(
-        self, image: torch.Tensor, params: Mapping[str, torch.Tensor], generator: torch.Generator | None = None
+        self,
+        image: torch.Tensor,
+        params: Mapping[str, torch.Tensor],
+        generator: torch.Generator | None = None,
+        outside: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Apply drawn parameters to ``image (B, C, *spatial)`` (float); returns a new tensor of the same shape.
 
-        ``generator`` draws the noise field when some sample gets noise (it must be on ``image``'s device).
+        Args:
+            image: ``(B, C, *spatial)``, every spatial axis at least 4 voxels when blur is on.
+            params: from :meth:`draw`.
+            generator: draws the noise field when some sample gets noise (on ``image``'s device); ``None``
+                uses torch's global generator (not reproducible per batch).
+            outside: ``(B, 1, *spatial)`` bool, voxels set to 0 afterwards (outside the brain); default:
+                where every channel of ``image`` is 0.
+
         Computations run in float32 and the result is cast back to ``image``'s dtype.
+
+        Raises:
+            ValueError: blur is drawn and a spatial axis has fewer than 4 voxels (its reflect padding).
         """
         dtype = image.dtype
         x = image.float()
@@ -140,40 +163,49 @@ class IntensityAugmentation:
         dims = len(spatial)
         per_channel = (batch, channels) + (1,) * dims
         per_sample = (batch,) + (1,) * (dims + 1)
+        if outside is None:
+            outside = (x == 0).all(dim=1, keepdim=True)
+        on_host = x.device.type == "cpu"  # on a GPU, no host sync: run a transform and keep it where drawn
 
         def chosen(name: str, channel_mask: torch.Tensor | None = None) -> torch.Tensor:
             mask = params["do_" + name][:, None].expand(batch, channels)
             return mask if channel_mask is None else mask & channel_mask
 
-        if params["do_noise"].any():
+        def any_of(probability: float, mask: torch.Tensor) -> bool:
+            return probability > 0 and (bool(mask.any()) if on_host else True)
+
+        if any_of(self.noise_prob, params["do_noise"]):
             field = torch.randn((batch, 1, *spatial), generator=generator, device=x.device)
             x = x + torch.where(params["do_noise"].view(per_sample), field * params["noise_sd"].view(per_sample), 0.0)
         mask = chosen("blur", params["blur_channels"])
-        if mask.any():
+        if any_of(self.blur_prob, mask):
+            if min(spatial) < 4:
+                raise ValueError(f"Gaussian blur needs every axis >= 4 voxels (reflect padding of 3); got {spatial}")
             x = torch.where(mask.view(per_channel), gaussian_blur(x, params["blur_sigma"]), x)
-        mask = chosen("brightness")
-        x = x * torch.where(mask, params["brightness"], 1.0).view(per_channel)
+        x = x * torch.where(chosen("brightness"), params["brightness"], 1.0).view(per_channel)
         mask = chosen("contrast")
-        if mask.any():
+        if any_of(self.contrast_prob, mask):
             mean = x.mean(dim=tuple(range(2, x.ndim)), keepdim=True)
             low, high = _channel_min(x), _channel_max(x)
             contrasted = ((x - mean) * params["contrast"].view(per_channel) + mean).clamp(low, high)
             x = torch.where(mask.view(per_channel), contrasted, x)
         mask = chosen("low_res", params["low_res_channels"])
-        if mask.any():
+        if self.low_res_prob > 0 and bool(mask.any()):  # per-channel sizes: the one host sync
             x = x.clone()
             for b, c in torch.nonzero(mask).tolist():
                 x[b, c] = simulate_low_resolution(x[b, c], float(params["low_res_scale"][b, c]))
         for name, sign in (("inverted_gamma", -1.0), ("gamma", 1.0)):
             mask = chosen(name)
-            if mask.any():
+            if any_of(getattr(self, f"{name}_prob"), mask):
                 x = torch.where(mask.view(per_channel), sign * gamma_retaining_stats(sign * x, params[f"{name}_value"]), x)
-        return x.to(dtype)
+        return x.masked_fill(outside, 0.0).to(dtype)
 
-    def __call__(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Draw with ``generator`` (on ``image``'s device) and apply to ``image (B, C, *spatial)``."""
+    def __call__(
+        self, image: torch.Tensor, generator: torch.Generator, outside: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Draw with ``generator`` (on ``image``'s device) and apply to ``image (B, C, *spatial)``; see :meth:`apply`."""
         params = self.draw(image.shape[0], image.shape[1], image.ndim - 2, generator, image.device)
-        return self.apply(image, params, generator)
+        return self.apply(image, params, generator, outside)
 
 
 def _channel_min(x: torch.Tensor) -> torch.Tensor:
@@ -204,12 +236,15 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Separable Gaussian blur of every channel of every sample with its own sigma per axis.
 
     Args:
-        x: ``(B, C, *spatial)`` float32, 2 or 3 spatial axes.
+        x: ``(B, C, *spatial)`` float32, 2 or 3 spatial axes of at least 4 voxels.
         sigma: ``(B, C, dims)`` voxels.
 
     Returns:
         ``(B, C, *spatial)``: one grouped 1D convolution per axis, reflect padding (``torch``'s ``reflect``,
         scipy's ``mirror``), as batchgeneratorsv2's ``blur_dimension``.
+
+    Raises:
+        KeyError: ``x`` has neither 2 nor 3 spatial axes. RuntimeError (from ``F.pad``): an axis below 4 voxels.
     """
     batch, channels, spatial = x.shape[0], x.shape[1], x.shape[2:]
     dims = len(spatial)
@@ -229,9 +264,17 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 
 
 def simulate_low_resolution(channel: torch.Tensor, scale: float) -> torch.Tensor:
-    """nnU-Net's simulated low resolution of one channel ``(*spatial)``: nearest-exact down to
-    ``round(size * scale)`` voxels per axis, then (bi/tri)linear back to the original size (batchgeneratorsv2's
-    ``SimulateLowResolutionTransform`` with synchronised axes)."""
+    """nnU-Net's simulated low resolution of one channel (batchgeneratorsv2's ``SimulateLowResolutionTransform``
+    with synchronised axes).
+
+    Args:
+        channel: ``(*spatial)`` float, 2 or 3 axes.
+        scale: relative size, e.g. 0.5 halves every axis (at least 1 voxel).
+
+    Returns:
+        ``(*spatial)``: nearest-exact down to ``round(size * scale)`` voxels per axis, then (bi/tri)linear
+        (``align_corners=False``) back to the original size.
+    """
     spatial = tuple(channel.shape)
     small = [max(1, round(size * scale)) for size in spatial]
     mode = {2: "bilinear", 3: "trilinear"}[len(spatial)]
@@ -257,7 +300,7 @@ def gamma_retaining_stats(x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
     return (y - new_mean) * (sd / new_sd.clamp_min(1e-7)) + mean
 
 
-def intensity_seed(rng) -> int:
+def intensity_seed(rng: np.random.Generator) -> int:
     """A ``torch.Generator`` seed drawn from a NumPy generator (the CPU path's per-sample stream)."""
     return int(rng.integers(0, 2**62))
 

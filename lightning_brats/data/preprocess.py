@@ -217,7 +217,8 @@ def resample_to_crop(array: np.ndarray, record: Mapping, order: int = 0) -> np.n
 
 def uncrop(array: np.ndarray, record: Mapping, fill: float = 0) -> np.ndarray:
     """Place ``array`` (the crop box, ``(*cropped_shape)`` or ``(C, *cropped_shape)``) into the original grid,
-    ``fill`` outside the box; same dtype."""
+    ``fill`` outside the box; same dtype. Reads ``record["original_shape"]`` (voxels) and ``record["crop_box"]``
+    (``[[start, stop], ...]`` per axis, voxels of the original grid)."""
     squeeze = array.ndim == 3
     channels = array[None] if squeeze else array
     out = np.full((channels.shape[0], *record["original_shape"]), fill, dtype=array.dtype)
@@ -561,6 +562,9 @@ class PreprocessedCache:
                     log(f"Cache entry of case {case.case_id} is damaged: {problem}; rebuilding it")
             elif self._axial_problem(case.case_id) is not None:
                 axial_todo.append(case.case_id)
+        if axial_todo:
+            log(f"Adding the slice-major copy (2D sampling reads slices from it; as large as the images) to "
+                f"{len(axial_todo)} cached cases in {self.path}")
         for case_id in axial_todo:  # entries written without the copy (or with a damaged one)
             self._write_axial(case_id)
         if axial_todo:

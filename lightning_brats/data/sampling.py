@@ -280,7 +280,7 @@ class Augmentation:
         noise_prob, blur_prob, brightness_prob, contrast_prob, low_res_prob, inverted_gamma_prob, gamma_prob:
             probabilities per sample of nnU-Net's intensity augmentations, applied after the above
             (:class:`~lightning_brats.data.intensity_augment.IntensityAugmentation`; 0, the default, switches
-            one off; ``+augment=nnunet`` sets nnU-Net's). When all are 0 the sample's random stream is
+            one off; ``augment=nnunet`` sets nnU-Net's). When all are 0 the sample's random stream is
             the same as without them.
 
     Raises:
@@ -342,14 +342,16 @@ class Augmentation:
             if flip:
                 image, target = np.flip(image, axis), np.flip(target, axis)
         channels = (image.shape[0],) + (1,) * (image.ndim - 1)
+        intensity = self.intensity_set
+        outside = np.all(image == 0, axis=0)[None] if intensity.enabled else None  # the background, set back to 0
         if params["factors"] is not None:
             image = image * params["factors"].astype(np.float32).reshape(channels)
         if params["shifts"] is not None:
             image = image + params["shifts"].astype(np.float32).reshape(channels)
-        intensity = self.intensity_set
         if intensity.enabled:  # nnU-Net's set, the batch path's code on a batch of one
             generator = torch.Generator().manual_seed(intensity_seed(rng))
-            image = intensity(torch.from_numpy(np.ascontiguousarray(image))[None], generator)[0].numpy()
+            image = intensity(torch.from_numpy(np.ascontiguousarray(image))[None], generator,
+                              torch.from_numpy(outside)[None])[0].numpy()
         return image, target
 
     @staticmethod

@@ -251,7 +251,7 @@ def walk(root: Path, problems: list[str] | None = None) -> list[Path]:
             dirs[:] = []
             continue
         for name in [*dirs, *files]:
-            if printable(name) != name:
+            if not name.startswith(".") and printable(name) != name:  # hidden names are skipped anyway
                 message = (f"{printable(Path(folder) / name)}: name is not valid UTF-8, not read; rename it "
                            "(e.g. convmv -f latin1 -t utf8 --notest)")
                 if problems is not None:

@@ -7,6 +7,7 @@ segmentation algorithms", arXiv:1902.09063 (2019). Registry name: ``msd``.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -102,6 +103,8 @@ class MsdReader(CaseLoading):
         if root.name in self.images_dirs:
             folders.append(root)
         for folder in folders:
+            if not os.access(folder, os.R_OK | os.X_OK):  # walk reported it (check-data goes on)
+                continue
             channels = self.channels(folder.parent)
             for path in sorted(folder.iterdir()):
                 ext = next((e for e in self.extensions if path.name.endswith(e)), None)
