@@ -1,8 +1,8 @@
-"""Augmentation per sample: the CPU path (per sample, NumPy + MONAI ``Affine``) against the batch
+"""Augmentation per sample: the CPU path (per sample, NumPy + one-sample ``grid_sample``) against the batch
 path (:class:`~lightning_brats.data.batch_augment.BatchAugmentation`, whole batches in torch).
 
 Usage:
-    python experiments/benchmarks/augmentation.py [--device cpu] [--repeats 3]
+    python experiments/benchmarks/augmentation.py [--device cpu] [--repeats 3] [--intensity-set nnunet]
         [--csv experiments/benchmarks/augmentation.csv]
     python experiments/benchmarks/augmentation.py --tiny     # seconds: small patches, 1 repeat
 
@@ -13,7 +13,8 @@ images and binary targets: the transforms' cost does not depend on the values. O
 (``--device cuda``) the batch path runs there with no CPU in the loop (timed with synchronisation);
 the CPU path always runs on the CPU, as in the loader workers. Each path draws its transforms as
 in training (so a figure is the mean over ``--repeats`` batches of random draws: small repeats
-give noisy means at ``spatial_prob=0.2``). Prints a rich table and writes a CSV.
+give noisy means at ``spatial_prob=0.2``). ``--intensity-set nnunet`` adds nnU-Net's intensity
+augmentations with its probabilities (``augment=nnunet``) to both paths. Prints a rich table and writes a CSV.
 """
 
 from __future__ import annotations
@@ -31,13 +32,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import report, sync
 
 from lightning_brats.data.batch_augment import BatchAugmentation
+from lightning_brats.data.intensity_augment import NNUNET_PROBABILITIES
 from lightning_brats.data.sampling import Augmentation
 
+INTENSITY_SETS = {"none": {}, "nnunet": NNUNET_PROBABILITIES}
 
-def time_cpu_path(image: np.ndarray, target: np.ndarray, spatial_prob: float, repeats: int) -> float:
+
+def time_cpu_path(
+    image: np.ndarray, target: np.ndarray, spatial_prob: float, repeats: int, intensity_set: str = "none"
+) -> float:
     """Mean seconds per sample of :class:`Augmentation` over ``repeats`` passes through the batch's
     samples, one after another (each its own draw), including the contiguous copy the dataset makes."""
-    augment = Augmentation(spatial_prob=spatial_prob)
+    augment = Augmentation(spatial_prob=spatial_prob, **INTENSITY_SETS[intensity_set])
     start = time.perf_counter()
     for r in range(repeats):
         for b in range(len(image)):
@@ -46,9 +52,11 @@ def time_cpu_path(image: np.ndarray, target: np.ndarray, spatial_prob: float, re
     return (time.perf_counter() - start) / (repeats * len(image))
 
 
-def time_batch_path(image: torch.Tensor, target: torch.Tensor, spatial_prob: float, repeats: int) -> float:
+def time_batch_path(
+    image: torch.Tensor, target: torch.Tensor, spatial_prob: float, repeats: int, intensity_set: str = "none"
+) -> float:
     """Mean seconds per sample of :class:`BatchAugmentation` over ``repeats`` batches (after one warm-up batch)."""
-    augment = BatchAugmentation(spatial_prob=spatial_prob)
+    augment = BatchAugmentation(spatial_prob=spatial_prob, **INTENSITY_SETS[intensity_set])
     generator = torch.Generator(device=image.device).manual_seed(0)
     augment(image, target, generator)
     sync(image.device)
@@ -68,10 +76,11 @@ def run(args: argparse.Namespace) -> list[dict]:
         image = rng.normal(size=(batch, 4, *patch)).astype(np.float32)
         target = (rng.random((batch, 3, *patch)) > 0.9).astype(np.float32)
         for spatial_prob in (0.2, 1.0):
-            cpu = time_cpu_path(image, target, spatial_prob, args.repeats)
+            cpu = time_cpu_path(image, target, spatial_prob, args.repeats, args.intensity_set)
             on_device = time_batch_path(torch.from_numpy(image).to(device), torch.from_numpy(target).to(device),
-                                        spatial_prob, args.repeats)
+                                        spatial_prob, args.repeats, args.intensity_set)
             row = {"dims": dims, "patch": "x".join(map(str, patch)), "batch": batch, "spatial_prob": spatial_prob,
+                   "intensity_set": args.intensity_set,
                    "cpu_ms_per_sample": 1e3 * cpu, f"batch_{device.type}_ms_per_sample": 1e3 * on_device,
                    "speedup": cpu / on_device, "threads": torch.get_num_threads()}
             rows.append(row)
@@ -84,6 +93,8 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="where the batch path runs (cpu, cuda)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--intensity-set", choices=sorted(INTENSITY_SETS), default="none",
+                        help="nnunet: add nnU-Net's intensity augmentations (augment=nnunet) to both paths")
     parser.add_argument("--patch3d", type=int, nargs=3, default=[128, 128, 128])
     parser.add_argument("--batch3d", type=int, default=2)
     parser.add_argument("--patch2d", type=int, nargs=2, default=[224, 224])
