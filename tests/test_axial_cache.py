@@ -146,3 +146,24 @@ def test_3d_targets_are_the_regions_of_the_cached_labels(phantom_root, tmp_path)
             np.testing.assert_array_equal(item["target"].numpy(), expected.astype(np.float32))
             tumour += bool(expected[0].any())
         assert tumour  # some windows hold tumour
+
+
+@pytest.mark.parametrize("size", [(24, 24, 24), PATCH])
+def test_augmenting_the_label_map_gives_the_targets_of_augmenting_the_targets(phantom_root, tmp_path, size):
+    """uint8 labels: the CPU augmentation moves the one-channel label map and the regions are taken after;
+    other label types take the regions first and move the R target channels. Same keys, same draws
+    (resampling on every sample, flips): the same images and targets."""
+    cache, files = _cache(phantom_root, tmp_path, axial=len(size) == 2, count=2)
+    cases = [cache.load(f.case_id) for f in files]
+    wider = [sampling.CachedCase(c.case_id, c.image, np.asarray(c.label, dtype=np.int32), c.record) for c in cases]
+    assert cases[0].label.dtype == np.uint8
+    augment = sampling.Augmentation(spatial_prob=1.0, rotate_deg=25.0, scale=0.2)
+    a = sampling.TrainingSampleDataset(cases, BRATS20_REGIONS, size, 2, augment=augment, seed=4)
+    b = sampling.TrainingSampleDataset(wider, BRATS20_REGIONS, size, 2, augment=augment, seed=4)
+    tumour = 0
+    for key in [(0, i) for i in range(6)]:
+        x, y = a[key], b[key]
+        assert torch.equal(x["image"], y["image"])
+        assert torch.equal(x["target"], y["target"])
+        tumour += int(x["target"][0].sum() > 0)
+    assert tumour  # resampled windows that hold tumour were compared

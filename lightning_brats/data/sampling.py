@@ -242,12 +242,18 @@ class TrainingSampleDataset(Dataset):
             label = case.label[None, ..., z] if case.axial_label is None else case.axial_label[z : z + 1]
             label = crop_or_pad(label, start, self.patch_size)[0]
         image = image.astype(np.float32, copy=False)  # a float16 cache (data.cache_dtype) reads back as float32
+        augment = self.augment is not None and self.augment.device == "cpu"
         if label.dtype == np.uint8:
+            if augment:  # move the one-channel label map, not R region targets: nearest resampling and flips
+                # pick the same source voxel for every channel (zero padding is background), so the targets
+                # equal those of augmenting the targets themselves, at a third of the resampling's target work
+                image, moved = self.augment(image, label[None].astype(np.float32), rng)
+                label = moved[0].astype(np.uint8)
             target = np.take(self.region_table, label, axis=1)  # == labels_to_regions(label, self.regions)
         else:
             target = labels_to_regions(label, self.regions)
-        if self.augment is not None and self.augment.device == "cpu":
-            image, target = self.augment(image, target, rng)
+            if augment:
+                image, target = self.augment(image, target, rng)
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image)),
             "target": torch.from_numpy(np.ascontiguousarray(target)),
