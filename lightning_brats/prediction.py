@@ -211,17 +211,14 @@ def multirun_checkpoints(run_dir: str | Path) -> list[Path]:
         FileNotFoundError: ``run_dir`` is not a folder, holds no job, or a job has no single
             best checkpoint (the message names the job folder and what is there).
     """
-    from lightning_brats.cli.summarize import find_job_dirs
+    from lightning_brats.cli.summarize import find_job_dirs, no_job_folder
 
     root = Path(run_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"run_dir={root}: no such folder (expected logs/<task>/multiruns/<date>_<time>)")
     jobs = find_job_dirs(root)
     if not jobs:
-        raise FileNotFoundError(
-            f"run_dir={root}: no job folder (none has .hydra/overrides.yaml); pass the folder of a multirun "
-            "(python train.py -m ...), such as logs/train/multiruns/<date>_<time>"
-        )
+        raise FileNotFoundError(f"run_dir={no_job_folder(root)}")
     found = []
     for job in jobs:
         best = sorted((job / "checkpoints").glob("epoch_*.ckpt"))

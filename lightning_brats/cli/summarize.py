@@ -92,6 +92,12 @@ def _natural(text: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
+def no_job_folder(root: Path) -> str:
+    """The message for a folder that holds no job of a multirun (summarize, and ``predict.py run_dir=``)."""
+    return (f"{root} holds no job folder (none has .hydra/overrides.yaml); pass the folder of a multirun "
+            "(python train.py -m ...), such as logs/train/multiruns/<date>_<time>")
+
+
 def find_job_dirs(root: Path) -> list[Path]:
     """Every folder under ``root`` holding ``.hydra/overrides.yaml``, in natural order (2 before 10)."""
     found = {p.parent.parent for p in root.rglob("overrides.yaml") if p.parent.name == ".hydra"}
@@ -154,10 +160,7 @@ def summarize_multirun(root: Path | str, fold_key: str = FOLD_KEY) -> MultirunSu
         raise SummaryError(f"{root} is not a folder; pass a multirun folder such as logs/train/multiruns/<date>_<time>")
     job_dirs = find_job_dirs(root)
     if not job_dirs:
-        raise SummaryError(
-            f"{root} holds no job folder (none has .hydra/overrides.yaml); pass the folder of a multirun "
-            "(python train.py -m ...), such as logs/train/multiruns/<date>_<time>"
-        )
+        raise SummaryError(no_job_folder(root))
     jobs, skipped, regions = [], [], []
     for job_dir in job_dirs:
         name = str(job_dir.relative_to(root))
