@@ -609,6 +609,45 @@ def test_a_case_folder_without_read_permission_is_named(tool, good_root, phantom
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("tool", ["train", "predict"])
+def test_an_unwritable_output_folder_is_named(tool, good_root, phantom_checkpoint, world_readable_dir):
+    """The cache folder (train.py) or the output folder (predict.py) is read-only for the user running the
+    tool (a real unprivileged process): one message naming the folder, exit 1, and what was there before
+    stays byte for byte."""
+    reason = _why_not_as_another_user()
+    if reason is not None:
+        pytest.skip(reason)
+    base = world_readable_dir
+    root = base / "data"
+    shutil.copytree(good_root, root)
+    for path in [root, *root.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    checkpoint = base / "model.ckpt"
+    shutil.copy(phantom_checkpoint, checkpoint)
+    checkpoint.chmod(0o644)
+    out, home, locked = base / "out", base / "home", base / "locked"
+    for path in (out, home, locked):
+        path.mkdir()
+        path.chmod(0o777)
+    (locked / "earlier.txt").write_text("earlier output")
+    locked.chmod(0o555)  # readable, not writable
+    args = {
+        "train": ["train.py", "data=brats20", f"data.root={root}", *SMALL, "logger=csv", "trainer.max_epochs=1",
+                  "trainer.accelerator=cpu", f"paths.cache_dir={locked}"],
+        "predict": ["predict.py", f"ckpt_path={checkpoint}", f"input={root}", f"output_dir={locked}",
+                    "inference.device=cpu"],
+    }[tool]
+    env = {**_env(), "HOME": str(home), "MPLCONFIGDIR": str(home), "PYTHONDONTWRITEBYTECODE": "1"}
+    command = [*(AS_NOBODY if os.geteuid() == 0 else []), sys.executable, *args, f"paths.root_dir={out}"]
+    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert str(locked) in proc.stderr and "Permission denied" in proc.stderr, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert sorted(p.name for p in locked.iterdir()) == ["earlier.txt"]
+    assert (locked / "earlier.txt").read_text() == "earlier output"
+
+
+@pytest.mark.slow
 def test_hydra_full_error_shows_the_whole_traceback_of_bad_data(good_root, tmp_path):
     """``HYDRA_FULL_ERROR=1``: the original DataError with Lightning's frames and nibabel's cause."""
     root, path = _variant(good_root, "truncated_gzip", tmp_path)

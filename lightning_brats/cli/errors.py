@@ -8,6 +8,10 @@ Hydra entry points wrap their task function in :func:`reports_bad_input`, which 
 error as a :class:`BadInput`, a Hydra ``CompactHydraException``: Hydra prints compact exceptions
 as their message alone (as it prints an unknown ``model=`` or key), then exits with status 1.
 
+The same for a folder or disk the command cannot write to (a ``PermissionError``, a full disk, a
+read-only file system, a quota): the message names the path (``atomic_save`` and the file locks
+keep the ``OSError``'s file name), and what was written before stays as it was.
+
 For the whole traceback (the original error, its cause, e.g. nibabel's exception, and every frame)
 set ``HYDRA_FULL_ERROR=1``, as Hydra's own hint under the message says; Hydra also re-raises in
 full under a debugger. In-process callers (``train()``, ``predict()``, ``evaluate()``, the tests)
@@ -16,6 +20,7 @@ still get the original ``DataError`` / ``CheckpointError``: only the command-lin
 
 from __future__ import annotations
 
+import errno
 import functools
 from collections.abc import Callable
 from typing import TypeVar
@@ -27,6 +32,9 @@ from lightning_brats.data.readers import DataError
 
 #: Errors that name a bad file or folder given to a command (both ``ValueError`` subclasses).
 BAD_INPUT = (DataError, CheckpointError)
+
+#: ``OSError`` numbers of an output the command cannot write: the machine's problem, not the program's.
+UNWRITABLE = (errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT)
 
 T = TypeVar("T")
 
@@ -47,7 +55,8 @@ def reports_bad_input(task: Callable[..., T]) -> Callable[..., T]:
     function behaves as the original for Hydra.
 
     Raises:
-        BadInput: the task raised a :data:`BAD_INPUT` error (chained to it, with its message).
+        BadInput: the task raised a :data:`BAD_INPUT` error, or an ``OSError`` of :data:`UNWRITABLE`
+            naming a path (chained to it, with its message).
     """
 
     @functools.wraps(task)
@@ -57,5 +66,9 @@ def reports_bad_input(task: Callable[..., T]) -> Callable[..., T]:
         except BAD_INPUT as exc:
             kind = type(exc)
             raise BadInput(f"{kind.__module__}.{kind.__qualname__}: {exc}") from exc
+        except OSError as exc:
+            if exc.errno not in UNWRITABLE or not (exc.filename or "/" in str(exc)):
+                raise
+            raise BadInput(f"{type(exc).__qualname__}: {exc}") from exc
 
     return wrapper
