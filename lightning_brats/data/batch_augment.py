@@ -12,7 +12,7 @@ resolution, when on, reads which channels it picked back to the host); this foll
 GPU-batched augmentation of nnU-Net users' trainers (batchgeneratorsv2 transforms run per
 batch), written for our transforms.
 
-The affine follows MONAI's ``Affine`` (``RandAffined`` of the CPU path): an output voxel at
+The affine follows MONAI's ``Affine`` (which the CPU path used before it called this module's): an output voxel at
 centred coordinates ``p`` (voxels from the patch centre) samples the input at ``R S p`` with
 ``R = Rx Ry Rz`` (3D; one angle in 2D) and ``S = diag(scales)``, zero padding, ``align_corners=False``.
 """
