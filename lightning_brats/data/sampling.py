@@ -9,7 +9,8 @@ from ``(seed, epoch, index)``, so an epoch is reproducible whatever the number o
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -310,16 +311,20 @@ class Augmentation:
     def __post_init__(self) -> None:
         if self.device not in AUGMENT_DEVICES:
             raise ValueError(f"data.augment.device={self.device!r}: expected one of {list(AUGMENT_DEVICES)}")
-        IntensityAugmentation.from_settings(self.__dict__)  # validates the probabilities
+        _ = self.intensity_set  # built once here (it validates the probabilities), then reused for every sample
 
-    @property
+    @cached_property
     def intensity_set(self) -> IntensityAugmentation:
         """nnU-Net's intensity augmentations with this object's probabilities."""
-        return IntensityAugmentation.from_settings(self.__dict__)
+        return IntensityAugmentation.from_settings(self.settings())
+
+    def settings(self) -> dict:
+        """The fields as a mapping, e.g. ``{"flip": True, ..., "gamma_prob": 0.0}`` (``data.augment``)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def batch_settings(self) -> dict:
         """The arguments of :class:`~lightning_brats.data.batch_augment.BatchAugmentation` for the same transforms."""
-        return {k: v for k, v in self.__dict__.items() if k != "device"}
+        return {k: v for k, v in self.settings().items() if k != "device"}
 
     def draw(self, rng: np.random.Generator, channels: int, dims: int) -> dict:
         """Draw one sample's parameters (the same distributions as
