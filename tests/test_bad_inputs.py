@@ -564,27 +564,47 @@ def world_readable_dir():
     shutil.rmtree(folder)
 
 
+def _shared_copy(base: Path, good_root: Path, checkpoint: Path) -> tuple[Path, Path, Path]:
+    """Skip unless a process can run as another user; else copy the phantom cases and the checkpoint into
+    ``base``, readable by anyone (as a shared dataset is), and make a home folder anyone can write.
+
+    Returns:
+        ``(data root, checkpoint, home)``.
+    """
+    reason = _why_not_as_another_user()
+    if reason is not None:
+        pytest.skip(reason)
+    root = base / "data"
+    shutil.copytree(good_root, root)
+    for path in [root, *root.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    copied = base / "model.ckpt"
+    shutil.copy(checkpoint, copied)
+    copied.chmod(0o644)
+    home = base / "home"
+    home.mkdir()
+    home.chmod(0o777)
+    return root, copied, home
+
+
+def _run_unprivileged(args: list[str], home: Path, root_dir: Path) -> subprocess.CompletedProcess:
+    """``python ARGS paths.root_dir=ROOT_DIR`` from the repository, as uid 65534 when this is root."""
+    env = {**_env(), "HOME": str(home), "MPLCONFIGDIR": str(home), "PYTHONDONTWRITEBYTECODE": "1"}
+    command = [*(AS_NOBODY if os.geteuid() == 0 else []), sys.executable, *args, f"paths.root_dir={root_dir}"]
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("tool", ["check-data", "train", "predict"])
 def test_a_case_folder_without_read_permission_is_named(tool, good_root, phantom_checkpoint, world_readable_dir):
     """A case folder ``chmod 000``, the tools run as an unprivileged user: one message naming the folder, exit 1,
     nothing written under a final name. (Before: ``os.walk`` skipped the folder silently and the case vanished.)"""
-    reason = _why_not_as_another_user()
-    if reason is not None:
-        pytest.skip(reason)
     base = world_readable_dir
-    root = base / "data"
-    shutil.copytree(good_root, root)
-    for path in [root, *root.rglob("*")]:
-        path.chmod(0o755 if path.is_dir() else 0o644)  # readable by anyone, as a shared dataset is
-    checkpoint = base / "model.ckpt"
-    shutil.copy(phantom_checkpoint, checkpoint)
-    checkpoint.chmod(0o644)
+    root, checkpoint, home = _shared_copy(base, good_root, phantom_checkpoint)
     out = base / "out"
     (out / "pred").mkdir(parents=True)
     (out / "pred" / f"{OTHER}.nii.gz").write_bytes(b"earlier output")
-    for path in [base / "home", out, out / "pred"]:
-        path.mkdir(exist_ok=True)
+    for path in [out, out / "pred"]:
         path.chmod(0o777)
     (root / CASE).chmod(0o000)
     args = {
@@ -594,9 +614,7 @@ def test_a_case_folder_without_read_permission_is_named(tool, good_root, phantom
         "predict": ["predict.py", f"ckpt_path={checkpoint}", f"input={root}", f"output_dir={out / 'pred'}",
                     "inference.device=cpu"],
     }[tool]
-    env = {**_env(), "HOME": str(base / "home"), "MPLCONFIGDIR": str(base / "home"), "PYTHONDONTWRITEBYTECODE": "1"}
-    command = [*(AS_NOBODY if os.geteuid() == 0 else []), sys.executable, *args, f"paths.root_dir={out}"]
-    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+    proc = _run_unprivileged(args, home, out)
     text = proc.stdout + proc.stderr
     assert proc.returncode == 1, text[-3000:]
     expected = f"{root / CASE}: cannot read this folder (Permission denied)"
@@ -614,19 +632,10 @@ def test_an_unwritable_output_folder_is_named(tool, good_root, phantom_checkpoin
     """The cache folder (train.py) or the output folder (predict.py) is read-only for the user running the
     tool (a real unprivileged process): one message naming the folder, exit 1, and what was there before
     stays byte for byte."""
-    reason = _why_not_as_another_user()
-    if reason is not None:
-        pytest.skip(reason)
     base = world_readable_dir
-    root = base / "data"
-    shutil.copytree(good_root, root)
-    for path in [root, *root.rglob("*")]:
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    checkpoint = base / "model.ckpt"
-    shutil.copy(phantom_checkpoint, checkpoint)
-    checkpoint.chmod(0o644)
-    out, home, locked = base / "out", base / "home", base / "locked"
-    for path in (out, home, locked):
+    root, checkpoint, home = _shared_copy(base, good_root, phantom_checkpoint)
+    out, locked = base / "out", base / "locked"
+    for path in (out, locked):
         path.mkdir()
         path.chmod(0o777)
     (locked / "earlier.txt").write_text("earlier output")
@@ -637,9 +646,7 @@ def test_an_unwritable_output_folder_is_named(tool, good_root, phantom_checkpoin
         "predict": ["predict.py", f"ckpt_path={checkpoint}", f"input={root}", f"output_dir={locked}",
                     "inference.device=cpu"],
     }[tool]
-    env = {**_env(), "HOME": str(home), "MPLCONFIGDIR": str(home), "PYTHONDONTWRITEBYTECODE": "1"}
-    command = [*(AS_NOBODY if os.geteuid() == 0 else []), sys.executable, *args, f"paths.root_dir={out}"]
-    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+    proc = _run_unprivileged(args, home, out)
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert str(locked) in proc.stderr and "Permission denied" in proc.stderr, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
