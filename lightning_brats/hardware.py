@@ -25,6 +25,33 @@ AUTO = "auto"
 #: claims native bf16.
 CPU_BF16_ENV = "LIGHTNING_BRATS_CPU_BF16"
 
+#: oneDNN's own cap on the instruction sets it may use (``ONEDNN_MAX_CPU_ISA``, oneDNN's documented
+#: variable). Below ``AVX512_CORE_BF16`` oneDNN has no native bf16 convolutions even on a CPU that
+#: has the instructions: capped at ``AVX2`` on an AVX512-BF16 EPYC, a bf16 convolution took 1.89 s
+#: against 0.058 s in fp32 (the AVX2-only machine's slow path, reproduced); capped at
+#: ``AVX512_CORE_VNNI`` it emulates bf16 at 0.078 s, still slower than fp32.
+ONEDNN_ISA_ENV = "ONEDNN_MAX_CPU_ISA"
+
+#: ``ONEDNN_MAX_CPU_ISA`` values under which oneDNN runs bf16 natively (oneDNN's ISA names; the
+#: AMX, AVX512-FP16 and AVX10 levels include AVX512-BF16). ``ALL`` and ``DEFAULT`` set no cap.
+_ONEDNN_NATIVE_BF16_MARKERS = ("BF16", "AMX", "FP16", "AVX10")
+_ONEDNN_NO_CAP = ("", "ALL", "DEFAULT")
+
+
+def onednn_allows_native_bf16(cap: str | None = None) -> bool:
+    """Whether oneDNN's ISA cap (``$ONEDNN_MAX_CPU_ISA`` when ``cap`` is None) leaves it native bf16.
+
+    Args:
+        cap: an oneDNN ISA name such as ``"AVX2"``, ``"AVX512_CORE_BF16"`` or ``"ALL"``
+            (case-insensitive); None reads the environment.
+
+    Returns:
+        False when the cap is an ISA level without bf16 arithmetic (``SSE41`` ... ``AVX512_CORE_VNNI``,
+        ``AVX2_VNNI_2``), True when no cap is set or the cap includes it.
+    """
+    cap = (os.environ.get(ONEDNN_ISA_ENV, "") if cap is None else cap).strip().upper()
+    return cap in _ONEDNN_NO_CAP or any(marker in cap for marker in _ONEDNN_NATIVE_BF16_MARKERS)
+
 
 @dataclass(frozen=True)
 class CpuInfo:
@@ -76,8 +103,12 @@ def _cpu_model_name(caps: dict) -> str:
 
 
 def cpu_info() -> CpuInfo:
-    """Describe this CPU (see :class:`CpuInfo`); ``$LIGHTNING_BRATS_CPU_BF16`` (``0``/``1``) overrides
-    :attr:`CpuInfo.native_bf16` and is then named in :attr:`CpuInfo.isa`."""
+    """Describe this CPU (see :class:`CpuInfo`).
+
+    A CPU with bf16 instructions counts as native bf16 only if ``$ONEDNN_MAX_CPU_ISA`` does not cap
+    oneDNN below them (:func:`onednn_allows_native_bf16`); ``$LIGHTNING_BRATS_CPU_BF16`` (``0``/``1``)
+    overrides both. Either is then named in :attr:`CpuInfo.isa`, e.g.
+    ``"AVX512-BF16, ONEDNN_MAX_CPU_ISA=AVX2"``."""
     caps = _capabilities()
     amx_bf16 = bool(caps.get("amx_bf16") or (caps.get("amx_tile") and "amx_bf16" not in caps))
     avx512_bf16 = bool(caps.get("avx512_bf16"))
@@ -92,6 +123,9 @@ def cpu_info() -> CpuInfo:
     else:
         isa = "other"
     native_bf16 = amx_bf16 or avx512_bf16
+    if native_bf16 and not onednn_allows_native_bf16():
+        native_bf16 = False
+        isa += f", {ONEDNN_ISA_ENV}={os.environ[ONEDNN_ISA_ENV].strip()}"
     forced = os.environ.get(CPU_BF16_ENV, "").strip()
     if forced in ("0", "1"):
         native_bf16 = forced == "1"

@@ -21,6 +21,7 @@ SKYLAKE = {**AVX2_ONLY, "avx512_f": True}
 def cpu(monkeypatch):
     """Pretend to run on a CPU with the given PyTorch capability flags, without CUDA."""
     monkeypatch.delenv(hardware.CPU_BF16_ENV, raising=False)
+    monkeypatch.delenv(hardware.ONEDNN_ISA_ENV, raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
     def use(caps: dict) -> None:
@@ -60,6 +61,7 @@ def test_auto_precision_on_cuda(monkeypatch, bf16, precision):
     # a run told to use the CPU does not look at the GPU
     monkeypatch.setattr(hardware, "_capabilities", lambda: dict(AVX2_ONLY))
     monkeypatch.delenv(hardware.CPU_BF16_ENV, raising=False)
+    monkeypatch.delenv(hardware.ONEDNN_ISA_ENV, raising=False)
     assert hardware.resolve_precision("auto", "cpu")[0] == "32"
 
 
@@ -69,6 +71,24 @@ def test_environment_overrides_the_bf16_detection(cpu, monkeypatch):
     assert hardware.resolve_precision("auto", "cpu")[0] == "32"
     assert f"{hardware.CPU_BF16_ENV}=0" in hardware.cpu_info().isa
     cpu(AVX2_ONLY)
+    monkeypatch.setenv(hardware.CPU_BF16_ENV, "1")
+    assert hardware.resolve_precision("auto", "cpu")[0] == "bf16-mixed"
+
+
+@pytest.mark.parametrize(
+    "cap,precision",
+    [("AVX2", "32"), ("avx512_core_vnni", "32"), ("AVX2_VNNI_2", "32"), ("AVX512_CORE_BF16", "bf16-mixed"),
+     ("AVX512_CORE_AMX", "bf16-mixed"), ("AVX10_1_512", "bf16-mixed"), ("ALL", "bf16-mixed"), ("", "bf16-mixed")],
+)
+def test_onednn_isa_cap_below_bf16_chooses_fp32(cpu, monkeypatch, cap, precision):
+    """A bf16 CPU whose oneDNN is capped below AVX512_CORE_BF16 runs bf16 convolutions on reference
+    kernels (30x slower here), so auto must choose fp32 there and say why."""
+    cpu(ZEN4)
+    monkeypatch.setenv(hardware.ONEDNN_ISA_ENV, cap)
+    chosen, reason = hardware.resolve_precision("auto", "cpu")
+    assert chosen == precision
+    assert (f"{hardware.ONEDNN_ISA_ENV}={cap}" in reason) == (precision == "32")
+    # an explicit LIGHTNING_BRATS_CPU_BF16=1 still wins over the cap
     monkeypatch.setenv(hardware.CPU_BF16_ENV, "1")
     assert hardware.resolve_precision("auto", "cpu")[0] == "bf16-mixed"
 
