@@ -130,6 +130,24 @@ def test_identity_grid_returns_the_input():
     torch.testing.assert_close(out, x, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("spatial", [(9, 10, 11), (12, 7)])
+def test_affine_grid_samples_the_input_at_the_matrix_times_the_centred_voxel(spatial):
+    """Each grid point is where ``M @ (p - centre)`` lands, in grid_sample's normalised reversed axes,
+    computed here voxel by voxel in float64 (independent of the broadcast construction)."""
+    d = len(spatial)
+    gen = torch.Generator().manual_seed(3)
+    angles = torch.rand(2, 3 if d == 3 else 1, generator=gen) - 0.5
+    matrices = rotation_matrices(angles) * (0.8 + 0.4 * torch.rand(2, 1, d, generator=gen))
+    grid = affine_grid(matrices, spatial)
+    assert grid.shape == (2, *spatial, d) and grid.is_contiguous()
+    n = torch.tensor(spatial, dtype=torch.float64)
+    index = torch.stack(torch.meshgrid(*[torch.arange(k, dtype=torch.float64) for k in spatial], indexing="ij"), -1)
+    for b in range(2):
+        source = (index - (n - 1) / 2) @ matrices[b].double().T + (n - 1) / 2  # input voxel index, array order
+        expected = ((2 * source + 1) / n - 1).flip(-1)  # normalised, align_corners=False, reversed axes
+        torch.testing.assert_close(grid[b].double(), expected, atol=1e-6, rtol=0)
+
+
 def _blobs(batch: int, spatial: tuple[int, ...], channels: int, seed: int) -> torch.Tensor:
     rng = np.random.default_rng(seed)
     smooth = ndimage.gaussian_filter(rng.normal(size=(batch, channels, *spatial)), (0, 0, *(2,) * len(spatial)))
