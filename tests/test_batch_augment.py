@@ -9,7 +9,9 @@ import pytest
 import torch
 from scipy import ndimage
 
-from lightning_brats.data.batch_augment import BatchAugmentation, affine_grid, rotation_matrices
+from lightning_brats.data.batch_augment import (
+    BatchAugmentation, affine_grid, displacement_to_grid, elastic_displacement, rotation_matrices,
+)
 from lightning_brats.data.sampling import Augmentation
 
 N = 4000  # parameter draws per path: frequencies within ~0.03 at 4 sigma, KS distance critical value 0.044
@@ -99,7 +101,7 @@ def test_cpu_path_affine_resamples_as_monai_affine(spatial):
     image = rng.normal(size=(2, *spatial)).astype(np.float32)
     target = (ndimage.gaussian_filter(rng.normal(size=(3, *spatial)), 2) > 0).astype(np.float32)
     angles, scales = rng.uniform(-0.3, 0.3, 1 if dims == 2 else 3), 1 + rng.uniform(-0.15, 0.15, dims)
-    out_image, out_target = Augmentation._affine(image, target, angles, scales)
+    out_image, out_target = Augmentation()._resample(image, target, {"spatial": True, "angles": angles, "scales": scales})
     for array, out, mode in ((image, out_image, "bilinear"), (target, out_target, "nearest")):
         affine = Affine(rotate_params=list(map(float, angles)), scale_params=list(map(float, scales)),
                         mode=mode, padding_mode="zeros", image_only=True)
@@ -261,3 +263,115 @@ def test_loaders_keep_workers_and_pin_batches_for_a_gpu(phantom_root, tmp_path):
     assert datamodule.train_dataloader().pin_memory and datamodule.val_dataloader().pin_memory
     datamodule.num_workers = 0
     assert not datamodule.train_dataloader().pin_memory and not datamodule.train_dataloader().persistent_workers
+
+
+# -- elastic deformation ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spatial,sigma", [((40, 40, 40), 9.0), ((40, 40, 40), 13.0), ((96, 96), 9.0)])
+def test_elastic_displacement_has_the_statistics_of_the_full_resolution_filter(spatial, sigma):
+    """The coarse-grid field against batchgenerators' definition computed here at full resolution with
+    scipy (``gaussian_filter(U(-1, 1), sigma, mode="constant") * alpha``): the same SD in the interior
+    and at the border (where the zero padding thins it), and the same correlation 4 voxels apart."""
+    alpha, draws = 200.0, 24
+    rng = np.random.default_rng(0)
+    d = len(spatial)
+    reference = np.stack([ndimage.gaussian_filter(rng.uniform(-1, 1, spatial), sigma, mode="constant") * alpha
+                          for _ in range(draws)])
+    field = elastic_displacement(torch.full((draws,), alpha), torch.full((draws,), sigma), spatial,
+                                 torch.Generator().manual_seed(0), (9.0, 13.0))
+    assert field.shape == (draws, *spatial, d)
+    ours = field[..., 0].numpy()  # one axis's offsets; the others are independent draws of the same field
+    centre = tuple(slice(n // 2 - 4, n // 2 + 4) for n in spatial)
+    corner = tuple(slice(0, 4) for _ in spatial)
+
+    def stats(x: np.ndarray) -> tuple[float, float, float]:
+        inner = x[(slice(None), *centre)]
+        shifted = x[(slice(None), *centre[:-1], slice(spatial[-1] // 2, spatial[-1] // 2 + 8))]
+        unshifted = x[(slice(None), *centre[:-1], slice(spatial[-1] // 2 - 4, spatial[-1] // 2 + 4))]
+        correlation = np.mean(shifted * unshifted) / np.sqrt(np.mean(shifted ** 2) * np.mean(unshifted ** 2))
+        return float(inner.std()), float(x[(slice(None), *corner)].std()), float(correlation)
+
+    (sd, sd_edge, corr), (ref_sd, ref_sd_edge, ref_corr) = stats(ours), stats(reference)
+    assert 0.75 < sd / ref_sd < 1.33, (sd, ref_sd)
+    assert 0.7 < sd_edge / ref_sd_edge < 1.43 and sd_edge < sd, (sd_edge, ref_sd_edge)
+    assert abs(corr - ref_corr) < 0.1 and 0.6 < ref_corr < 1.0, (corr, ref_corr)
+    # the scale moves with alpha and sigma as the definition says: alpha 0 -> no offsets
+    zero = elastic_displacement(torch.zeros(2), torch.full((2,), sigma), spatial, torch.Generator().manual_seed(1), (9.0, 13.0))
+    assert torch.count_nonzero(zero) == 0
+
+
+def test_displacement_to_grid_moves_the_sample_by_whole_voxels():
+    """An offset of +2 voxels along the second axis samples the input 2 voxels further along it."""
+    x = torch.randn(1, 2, 10, 12, 14)
+    offsets = torch.zeros(1, 10, 12, 14, 3)
+    offsets[..., 1] = 2.0
+    grid = affine_grid(torch.eye(3)[None], (10, 12, 14)) + displacement_to_grid(offsets)
+    out = torch.nn.functional.grid_sample(x, grid, align_corners=False)
+    torch.testing.assert_close(out[:, :, :, :-2], x[:, :, :, 2:], atol=1e-5, rtol=0)
+    assert torch.count_nonzero(out[:, :, :, -2:]) == 0  # zero padding beyond the patch
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_both_paths_draw_the_same_elastic_distributions(dims):
+    settings = {"spatial_prob": 0.0, "elastic_prob": 0.3, "elastic_alpha": [0, 200], "elastic_sigma": [9, 13]}
+    cpu = [Augmentation(**settings).draw(np.random.default_rng((6, i)), 4, dims) for i in range(N)]
+    batch = {k: v.numpy() for k, v in BatchAugmentation(**settings).draw(N, 4, dims, torch.Generator().manual_seed(6)).items()}
+    sigma = 4 * math.sqrt(0.3 * 0.7 / N)
+    assert abs(np.mean([c["elastic"] for c in cpu]) - 0.3) < sigma and abs(batch["elastic"].mean() - 0.3) < sigma
+    for name, (low, high) in (("alpha", (0, 200)), ("sigma", (9, 13))):
+        a = np.array([c[name] for c in cpu if c["elastic"]])
+        b = batch[name][batch["elastic"]]
+        assert low <= a.min() and a.max() <= high and low <= b.min() and b.max() <= high, name
+        assert _ks_distance(a, b) < _ks_critical(len(a), len(b)), name
+    # off by default, and then the draws are those of a run that never heard of it
+    plain = Augmentation(spatial_prob=0.3).draw(np.random.default_rng(1), 4, dims)
+    assert "elastic" not in plain
+
+
+@pytest.mark.parametrize("spatial", [(32, 28, 24), (64, 56)])
+@pytest.mark.parametrize("subset", [True, False])
+def test_elastic_masks_stay_aligned_with_images_and_binary(spatial, subset):
+    """Deformed images (thresholded) equal their deformed masks but next to the boundary; the masks
+    stay binary and move (a strong deformation changes some voxels) without vanishing."""
+    target = _blobs(4, spatial, 3, seed=4)
+    aug = BatchAugmentation(flip=False, intensity=False, spatial_prob=0.0, elastic_prob=1.0,
+                            elastic_alpha=(120, 120) if len(spatial) == 3 else (60, 60), elastic_sigma=(4, 5))
+    generator = torch.Generator().manual_seed(0)
+    params = aug.draw(4, 3, len(spatial), generator)
+    image, out = aug.apply(target.clone(), target.clone(), params, subset=subset, generator=generator)
+    assert set(torch.unique(out).tolist()) <= {0.0, 1.0}
+    for b in range(4):
+        changed = (out[b] != target[b]).float().mean()
+        assert 0.002 < changed < 0.3, changed
+        disagree = ((image[b] > 0.5) != out[b].bool()).numpy()
+        # next to the mask's boundary, but for a few voxels of one-voxel-thin parts of the blobs (where the
+        # thresholded (tri)linear value and the nearest neighbour can differ wherever they land): masks
+        # deformed apart from their images would disagree on whole bands
+        edge = np.stack([ndimage.binary_dilation(m) & ~ndimage.binary_erosion(m) for m in out[b].bool().numpy()])
+        assert (disagree & ~edge).sum() <= 1e-3 * disagree.size and disagree.sum() < 0.3 * edge.sum()
+        assert out[b].sum() > 0.5 * target[b].sum()
+
+
+def test_cpu_path_applies_the_elastic_deformation_of_its_draw():
+    """The per-sample path deforms exactly as the batch path's code does for the parameters it drew."""
+    aug = Augmentation(flip=False, intensity=False, spatial_prob=0.0, elastic_prob=1.0)
+    image = np.random.default_rng(2).normal(size=(2, 24, 20, 16)).astype(np.float32)
+    target = _blobs(1, (24, 20, 16), 3, seed=5)[0].numpy()
+    out_image, out_target = aug(image, target, np.random.default_rng(7))
+    params = aug.draw(np.random.default_rng(7), 2, 3)
+    offsets = elastic_displacement(torch.tensor([params["alpha"]]), torch.tensor([params["sigma"]]), (24, 20, 16),
+                                   torch.Generator().manual_seed(params["elastic_seed"]), (9.0, 13.0))
+    grid = affine_grid(torch.eye(3)[None], (24, 20, 16)) + displacement_to_grid(offsets)
+    expected = torch.nn.functional.grid_sample(torch.from_numpy(image)[None], grid, align_corners=False)[0].numpy()
+    np.testing.assert_allclose(out_image, expected, atol=1e-4)  # the path scales before interpolating
+    assert not np.allclose(out_image, image, atol=1e-3) and set(np.unique(out_target)) <= {0.0, 1.0}
+
+
+@pytest.mark.parametrize("bad", [{"elastic_prob": 1.5}, {"elastic_alpha": [10, 5]}, {"elastic_sigma": [0, 3]},
+                                 {"elastic_sigma": 9}])
+def test_bad_elastic_settings_are_errors(bad):
+    with pytest.raises(ValueError, match="elastic"):
+        Augmentation(**bad)
+    with pytest.raises(ValueError, match="elastic"):
+        BatchAugmentation(**bad)

@@ -81,14 +81,16 @@ def test_a_missing_peer_is_reported_not_timed(pipeline, monkeypatch):
     assert pipeline.available("monai") is None
 
 
-@pytest.mark.parametrize("intensity_set", ["none", "nnunet"])
-def test_augmentation_benchmark_tiny_writes_its_table(tmp_path, intensity_set):
+@pytest.mark.parametrize("intensity_set,elastic", [("none", "0"), ("nnunet", "1")])
+def test_augmentation_benchmark_tiny_writes_its_table(tmp_path, intensity_set, elastic):
     out = tmp_path / "augmentation.csv"
-    rows = _load("augmentation").main(["--tiny", "--csv", str(out), "--intensity-set", intensity_set])
+    rows = _load("augmentation").main(["--tiny", "--csv", str(out), "--intensity-set", intensity_set,
+                                       "--elastic-prob", elastic])
     with open(out) as handle:
         written = list(csv.DictReader(handle))
     assert [(r["dims"], r["spatial_prob"]) for r in written] == [("3", "0.2"), ("3", "1.0"), ("2", "0.2"), ("2", "1.0")]
     assert {r["intensity_set"] for r in written} == {intensity_set}
+    assert {float(r["elastic_prob"]) for r in written} == {float(elastic)}
     assert all(r["cpu_ms_per_sample"] > 0 and r["batch_cpu_ms_per_sample"] > 0 for r in rows)
 
 

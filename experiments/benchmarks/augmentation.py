@@ -14,7 +14,8 @@ images and binary targets: the transforms' cost does not depend on the values. O
 the CPU path always runs on the CPU, as in the loader workers. Each path draws its transforms as
 in training (so a figure is the mean over ``--repeats`` batches of random draws: small repeats
 give noisy means at ``spatial_prob=0.2``). ``--intensity-set nnunet`` adds nnU-Net's intensity
-augmentations with its probabilities (``augment=nnunet``) to both paths. Prints a rich table and writes a CSV.
+augmentations with its probabilities (``augment=nnunet``) to both paths; ``--elastic-prob 1`` adds the
+elastic deformation (default ranges) to every sample, in the same resampling. Prints a rich table and writes a CSV.
 """
 
 from __future__ import annotations
@@ -39,11 +40,12 @@ INTENSITY_SETS = {"none": {}, "nnunet": NNUNET_PROBABILITIES}
 
 
 def time_cpu_path(
-    image: np.ndarray, target: np.ndarray, spatial_prob: float, repeats: int, intensity_set: str = "none"
+    image: np.ndarray, target: np.ndarray, spatial_prob: float, repeats: int, intensity_set: str = "none",
+    elastic_prob: float = 0.0,
 ) -> float:
     """Mean seconds per sample of :class:`Augmentation` over ``repeats`` passes through the batch's
     samples, one after another (each its own draw), including the contiguous copy the dataset makes."""
-    augment = Augmentation(spatial_prob=spatial_prob, **INTENSITY_SETS[intensity_set])
+    augment = Augmentation(spatial_prob=spatial_prob, elastic_prob=elastic_prob, **INTENSITY_SETS[intensity_set])
     start = time.perf_counter()
     for r in range(repeats):
         for b in range(len(image)):
@@ -53,10 +55,11 @@ def time_cpu_path(
 
 
 def time_batch_path(
-    image: torch.Tensor, target: torch.Tensor, spatial_prob: float, repeats: int, intensity_set: str = "none"
+    image: torch.Tensor, target: torch.Tensor, spatial_prob: float, repeats: int, intensity_set: str = "none",
+    elastic_prob: float = 0.0,
 ) -> float:
     """Mean seconds per sample of :class:`BatchAugmentation` over ``repeats`` batches (after one warm-up batch)."""
-    augment = BatchAugmentation(spatial_prob=spatial_prob, **INTENSITY_SETS[intensity_set])
+    augment = BatchAugmentation(spatial_prob=spatial_prob, elastic_prob=elastic_prob, **INTENSITY_SETS[intensity_set])
     generator = torch.Generator(device=image.device).manual_seed(0)
     augment(image, target, generator)
     sync(image.device)
@@ -76,11 +79,11 @@ def run(args: argparse.Namespace) -> list[dict]:
         image = rng.normal(size=(batch, 4, *patch)).astype(np.float32)
         target = (rng.random((batch, 3, *patch)) > 0.9).astype(np.float32)
         for spatial_prob in (0.2, 1.0):
-            cpu = time_cpu_path(image, target, spatial_prob, args.repeats, args.intensity_set)
+            cpu = time_cpu_path(image, target, spatial_prob, args.repeats, args.intensity_set, args.elastic_prob)
             on_device = time_batch_path(torch.from_numpy(image).to(device), torch.from_numpy(target).to(device),
-                                        spatial_prob, args.repeats, args.intensity_set)
+                                        spatial_prob, args.repeats, args.intensity_set, args.elastic_prob)
             row = {"dims": dims, "patch": "x".join(map(str, patch)), "batch": batch, "spatial_prob": spatial_prob,
-                   "intensity_set": args.intensity_set,
+                   "intensity_set": args.intensity_set, "elastic_prob": args.elastic_prob,
                    "cpu_ms_per_sample": 1e3 * cpu, f"batch_{device.type}_ms_per_sample": 1e3 * on_device,
                    "speedup": cpu / on_device, "threads": torch.get_num_threads()}
             rows.append(row)
@@ -95,6 +98,8 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--intensity-set", choices=sorted(INTENSITY_SETS), default="none",
                         help="nnunet: add nnU-Net's intensity augmentations (augment=nnunet) to both paths")
+    parser.add_argument("--elastic-prob", type=float, default=0.0,
+                        help="probability of the elastic deformation on both paths (default ranges)")
     parser.add_argument("--patch3d", type=int, nargs=3, default=[128, 128, 128])
     parser.add_argument("--batch3d", type=int, default=2)
     parser.add_argument("--patch2d", type=int, nargs=2, default=[224, 224])

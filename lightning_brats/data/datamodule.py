@@ -77,7 +77,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         splits_file: a user-supplied splits file (see :func:`~lightning_brats.data.splits.read_splits`); ``data.fold`` picks
             one of its folds and ``num_folds``/``seed`` are then not used.
         augment: training augmentation settings (see :class:`~lightning_brats.data.sampling.Augmentation`:
-            ``flip``, ``intensity``, ``spatial_prob``, ``rotate_deg``, ``scale``, ``device``), or ``None``/``False``
+            ``flip``, ``intensity``, ``spatial_prob``, ``rotate_deg``, ``scale``, ``elastic_*``, ``device``, nnU-Net's
+            ``*_prob`` intensity set), or ``None``/``False``
             for none. ``device: batch`` augments whole batches on the training device in
             :meth:`on_after_batch_transfer` instead of each sample in the loader workers.
         num_workers: DataLoader workers; with any, they are persistent and batches are pinned

@@ -281,6 +281,13 @@ class Augmentation:
         rotate_deg: rotation range in degrees, ``U(-r, r)`` about each axis (about the slice
             normal only in 2D).
         scale: relative scaling range, ``1 + U(-s, s)`` per axis.
+        elastic_prob: probability of an elastic deformation, resampled together with the rotation and
+            scaling (:func:`~lightning_brats.data.batch_augment.elastic_displacement`: batchgenerators'
+            ``elastic_deform_coordinates``, as in the nnU-Net BraTS 2020 entry). 0 (the default) is off,
+            as in nnU-Net v2's default set.
+        elastic_alpha: ``(low, high)``: magnitude ``alpha ~ U(low, high)`` (voxels per unit of smoothed
+            ``U(-1, 1)`` noise; DA3's ``(0, 200)`` moves voxels by ~0.6 voxel SD in 3D at sigma 9).
+        elastic_sigma: ``(low, high)``: smoothness ``sigma ~ U(low, high)`` voxels (DA3: ``(9, 13)``).
         device: ``"cpu"``: each sample is augmented in the dataset (in the loader workers);
             ``"batch"``: the dataset leaves samples alone and the same transforms run on whole
             batches on the training device (:class:`~lightning_brats.data.batch_augment.BatchAugmentation`).
@@ -291,7 +298,8 @@ class Augmentation:
             the same as without them.
 
     Raises:
-        ValueError: an unknown ``device``; a probability outside ``[0, 1]``.
+        ValueError: an unknown ``device``; a probability outside ``[0, 1]``; an elastic range that is not
+            ``[low, high]`` with ``low <= high``.
     """
 
     flip: bool = True
@@ -299,6 +307,9 @@ class Augmentation:
     spatial_prob: float = 0.2
     rotate_deg: float = 15.0
     scale: float = 0.15
+    elastic_prob: float = 0.0
+    elastic_alpha: tuple[float, float] = (0.0, 200.0)
+    elastic_sigma: tuple[float, float] = (9.0, 13.0)
     device: str = "cpu"
     noise_prob: float = 0.0
     blur_prob: float = 0.0
@@ -311,6 +322,11 @@ class Augmentation:
     def __post_init__(self) -> None:
         if self.device not in AUGMENT_DEVICES:
             raise ValueError(f"data.augment.device={self.device!r}: expected one of {list(AUGMENT_DEVICES)}")
+        from lightning_brats.data.batch_augment import elastic_ranges
+
+        alpha, sigma = elastic_ranges(self.elastic_prob, self.elastic_alpha, self.elastic_sigma)
+        object.__setattr__(self, "elastic_alpha", alpha)  # config lists -> float pairs
+        object.__setattr__(self, "elastic_sigma", sigma)
         _ = self.intensity_set  # built once here (it validates the probabilities), then reused for every sample
 
     @cached_property
@@ -332,7 +348,9 @@ class Augmentation:
 
         Returns:
             ``spatial`` bool, ``angles`` ``(1 | 3,)`` radians, ``scales`` ``(dims,)``, ``flips`` ``(dims,)`` bool,
-            ``factors`` ``(C,)`` or ``None``, ``shifts`` ``(C,)`` or ``None`` (``None``: not applied).
+            ``factors`` ``(C,)`` or ``None``, ``shifts`` ``(C,)`` or ``None`` (``None``: not applied); with
+            ``elastic_prob > 0`` also ``elastic`` bool and, where drawn, ``alpha``, ``sigma`` (voxels) and
+            ``elastic_seed`` (its noise's torch seed), drawn last so the other draws do not change.
         """
         params: dict = {"spatial": self.spatial_prob > 0 and rng.random() < self.spatial_prob}
         if params["spatial"]:  # MONAI RandAffineGrid: U(-r, r) per angle, 1 + U(-s, s) per axis
@@ -342,13 +360,19 @@ class Augmentation:
         params["flips"] = np.array([self.flip and rng.random() < 0.5 for _ in range(dims)], dtype=bool)
         params["factors"] = rng.uniform(0.9, 1.1, channels) if self.intensity and rng.random() < 0.5 else None
         params["shifts"] = rng.uniform(-0.1, 0.1, channels) if self.intensity and rng.random() < 0.5 else None
+        if self.elastic_prob > 0:
+            params["elastic"] = bool(rng.random() < self.elastic_prob)
+            if params["elastic"]:
+                params["alpha"] = rng.uniform(*self.elastic_alpha)
+                params["sigma"] = rng.uniform(*self.elastic_sigma)
+                params["elastic_seed"] = intensity_seed(rng)
         return params
 
     def __call__(self, image: np.ndarray, target: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Augment one sample: ``image (C, *spatial)`` and ``target (R, *spatial)``, float32."""
         params = self.draw(rng, image.shape[0], image.ndim - 1)
-        if params["spatial"]:
-            image, target = self._affine(image, target, params["angles"], params["scales"])
+        if params["spatial"] or params.get("elastic"):
+            image, target = self._resample(image, target, params)
         for axis, flip in enumerate(params["flips"], start=1):
             if flip:
                 image, target = np.flip(image, axis), np.flip(target, axis)
@@ -365,20 +389,29 @@ class Augmentation:
                               torch.from_numpy(outside)[None])[0].numpy()
         return image, target
 
-    @staticmethod
-    def _affine(
-        image: np.ndarray, target: np.ndarray, angles: np.ndarray, scales: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Rotate and scale one sample with the batch path's code (one ``grid_sample`` grid for image and
-        target), which resamples as MONAI's ``Affine`` does (``test_batch_affine_resamples_as_monai_affine``:
-        images within 1e-4, nearest-neighbour targets but for rare ties) at a tenth of its cost in 2D
-        (0.4 vs 4.0 ms per 4x96^2 sample) and two thirds in 3D (263 vs 388 ms per 4x128^3, one core of an
-        AMD EPYC with AVX-512): MONAI built the grid twice and wrapped every call in metadata handling."""
-        from lightning_brats.data.batch_augment import affine_grid, resample, rotation_matrices
+    def _resample(self, image: np.ndarray, target: np.ndarray, params: dict) -> tuple[np.ndarray, np.ndarray]:
+        """Rotate and scale and/or elastically deform one sample with the batch path's code (one
+        ``grid_sample`` grid for image and target), which resamples as MONAI's ``Affine`` does
+        (``test_batch_affine_resamples_as_monai_affine``: images within 1e-4, nearest-neighbour targets but
+        for rare ties) at a tenth of its cost in 2D (0.4 vs 4.0 ms per 4x96^2 sample) and two thirds in 3D
+        (263 vs 388 ms per 4x128^3, one core of an AMD EPYC with AVX-512): MONAI built the grid twice and
+        wrapped every call in metadata handling."""
+        from lightning_brats.data.batch_augment import (
+            affine_grid, elastic_grid_offsets, resample, rotation_matrices,
+        )
 
-        matrices = rotation_matrices(torch.tensor(angles, dtype=torch.float32)[None])
-        matrices = matrices @ torch.diag_embed(torch.tensor(scales, dtype=torch.float32)[None])
-        grid = affine_grid(matrices, tuple(image.shape[1:]))
+        spatial = tuple(image.shape[1:])
+        dims = len(spatial)
+        if params["spatial"]:
+            matrices = rotation_matrices(torch.tensor(params["angles"], dtype=torch.float32)[None])
+            matrices = matrices @ torch.diag_embed(torch.tensor(params["scales"], dtype=torch.float32)[None])
+        else:
+            matrices = torch.eye(dims)[None]
+        grid = affine_grid(matrices, spatial)
+        if params.get("elastic"):
+            generator = torch.Generator().manual_seed(params["elastic_seed"])
+            grid = grid + elastic_grid_offsets(torch.tensor([params["alpha"]]), torch.tensor([params["sigma"]]),
+                                               spatial, generator, self.elastic_sigma)
         image = resample(torch.from_numpy(np.ascontiguousarray(image))[None], grid, "bilinear")[0]
         target = resample(torch.from_numpy(np.ascontiguousarray(target))[None], grid, "nearest")[0]
         return image.numpy(), target.numpy()
