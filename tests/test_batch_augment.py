@@ -10,7 +10,11 @@ import torch
 from scipy import ndimage
 
 from lightning_brats.data.batch_augment import (
-    BatchAugmentation, affine_grid, displacement_to_grid, elastic_displacement, rotation_matrices,
+    BatchAugmentation,
+    affine_grid,
+    displacement_to_grid,
+    elastic_displacement,
+    rotation_matrices,
 )
 from lightning_brats.data.sampling import Augmentation
 

@@ -397,7 +397,10 @@ class Augmentation:
         (263 vs 388 ms per 4x128^3, one core of an AMD EPYC with AVX-512): MONAI built the grid twice and
         wrapped every call in metadata handling."""
         from lightning_brats.data.batch_augment import (
-            affine_grid, elastic_grid_offsets, resample, rotation_matrices,
+            affine_grid,
+            elastic_grid_offsets,
+            resample,
+            rotation_matrices,
         )
 
         spatial = tuple(image.shape[1:])
