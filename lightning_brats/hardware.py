@@ -26,31 +26,39 @@ AUTO = "auto"
 CPU_BF16_ENV = "LIGHTNING_BRATS_CPU_BF16"
 
 #: oneDNN's own cap on the instruction sets it may use (``ONEDNN_MAX_CPU_ISA``, oneDNN's documented
-#: variable). Below ``AVX512_CORE_BF16`` oneDNN has no native bf16 convolutions even on a CPU that
-#: has the instructions: capped at ``AVX2`` on an AVX512-BF16 EPYC, a bf16 convolution took 1.89 s
-#: against 0.058 s in fp32 (the AVX2-only machine's slow path, reproduced); capped at
-#: ``AVX512_CORE_VNNI`` it emulates bf16 at 0.078 s, still slower than fp32.
+#: variable; ``DNNL_MAX_CPU_ISA`` is its older name, read when the new one is unset). Below
+#: ``AVX512_CORE_BF16`` oneDNN has no native bf16 convolutions even on a CPU that has the instructions:
+#: capped at ``AVX2`` on an AVX512-BF16 EPYC, a bf16 convolution took 1.89 s against 0.058 s in fp32
+#: (the AVX2-only machine's slow path, reproduced); capped at ``AVX512_CORE_VNNI`` it emulates bf16 at
+#: 0.078 s, still slower than fp32.
 ONEDNN_ISA_ENV = "ONEDNN_MAX_CPU_ISA"
+_ONEDNN_ISA_ENV_OLD = "DNNL_MAX_CPU_ISA"
 
-#: ``ONEDNN_MAX_CPU_ISA`` values under which oneDNN runs bf16 natively (oneDNN's ISA names; the
-#: AMX, AVX512-FP16 and AVX10 levels include AVX512-BF16). ``ALL`` and ``DEFAULT`` set no cap.
-_ONEDNN_NATIVE_BF16_MARKERS = ("BF16", "AMX", "FP16", "AVX10")
-_ONEDNN_NO_CAP = ("", "ALL", "DEFAULT")
+#: oneDNN's ISA levels below native bf16 (its ``cpu_isa`` names). Any other value (``AVX512_CORE_BF16``,
+#: the AMX, FP16 and AVX10 levels, ``ALL``) leaves bf16 native, and oneDNN ignores names it does not know.
+_ONEDNN_CAPS_WITHOUT_BF16 = frozenset(
+    {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+)
+
+
+def onednn_isa_cap() -> str:
+    """The oneDNN ISA cap set in the environment (``$ONEDNN_MAX_CPU_ISA``, else ``$DNNL_MAX_CPU_ISA``), or ``""``."""
+    return (os.environ.get(ONEDNN_ISA_ENV) or os.environ.get(_ONEDNN_ISA_ENV_OLD) or "").strip()
 
 
 def onednn_allows_native_bf16(cap: str | None = None) -> bool:
-    """Whether oneDNN's ISA cap (``$ONEDNN_MAX_CPU_ISA`` when ``cap`` is None) leaves it native bf16.
+    """Whether oneDNN's ISA cap (:func:`onednn_isa_cap` when ``cap`` is None) leaves it native bf16.
 
     Args:
         cap: an oneDNN ISA name such as ``"AVX2"``, ``"AVX512_CORE_BF16"`` or ``"ALL"``
-            (case-insensitive); None reads the environment.
+            (compared in upper case); None reads the environment.
 
     Returns:
-        False when the cap is an ISA level without bf16 arithmetic (``SSE41`` ... ``AVX512_CORE_VNNI``,
-        ``AVX2_VNNI_2``), True when no cap is set or the cap includes it.
+        False when the cap is a level without bf16 arithmetic (``SSE41`` ... ``AVX512_CORE_VNNI``,
+        ``AVX2_VNNI_2``), True otherwise (no cap, a level with bf16, or a name oneDNN would ignore).
     """
-    cap = (os.environ.get(ONEDNN_ISA_ENV, "") if cap is None else cap).strip().upper()
-    return cap in _ONEDNN_NO_CAP or any(marker in cap for marker in _ONEDNN_NATIVE_BF16_MARKERS)
+    cap = onednn_isa_cap() if cap is None else cap.strip()
+    return cap.upper() not in _ONEDNN_CAPS_WITHOUT_BF16
 
 
 @dataclass(frozen=True)
@@ -125,7 +133,8 @@ def cpu_info() -> CpuInfo:
     native_bf16 = amx_bf16 or avx512_bf16
     if native_bf16 and not onednn_allows_native_bf16():
         native_bf16 = False
-        isa += f", {ONEDNN_ISA_ENV}={os.environ[ONEDNN_ISA_ENV].strip()}"
+        name = ONEDNN_ISA_ENV if os.environ.get(ONEDNN_ISA_ENV) else _ONEDNN_ISA_ENV_OLD
+        isa += f", {name}={onednn_isa_cap()}"
     forced = os.environ.get(CPU_BF16_ENV, "").strip()
     if forced in ("0", "1"):
         native_bf16 = forced == "1"

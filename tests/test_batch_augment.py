@@ -14,6 +14,7 @@ from lightning_brats.data.batch_augment import (
     affine_grid,
     displacement_to_grid,
     elastic_displacement,
+    elastic_grid_offsets,
     rotation_matrices,
 )
 from lightning_brats.data.sampling import Augmentation
@@ -272,82 +273,114 @@ def test_loaders_keep_workers_and_pin_batches_for_a_gpu(phantom_root, tmp_path):
 # -- elastic deformation ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("spatial,sigma", [((40, 40, 40), 9.0), ((40, 40, 40), 13.0), ((96, 96), 9.0)])
-def test_elastic_displacement_has_the_statistics_of_the_full_resolution_filter(spatial, sigma):
-    """The coarse-grid field against batchgenerators' definition computed here at full resolution with
-    scipy (``gaussian_filter(U(-1, 1), sigma, mode="constant") * alpha``): the same SD in the interior
-    and at the border (where the zero padding thins it), and the same correlation 4 voxels apart."""
-    alpha, draws = 200.0, 24
-    rng = np.random.default_rng(0)
-    d = len(spatial)
-    reference = np.stack([ndimage.gaussian_filter(rng.uniform(-1, 1, spatial), sigma, mode="constant") * alpha
-                          for _ in range(draws)])
-    field = elastic_displacement(torch.full((draws,), alpha), torch.full((draws,), sigma), spatial,
-                                 torch.Generator().manual_seed(0), (9.0, 13.0))
+def _reference_elastic(spatial, sigma, magnitude, rng):
+    """batchgenerators' ``elastic_deform_coordinates_2`` for one axis, at full resolution: U(-1, 1) noise,
+    ``scipy.ndimage.fourier_gaussian``, scaled so its largest absolute value is ``magnitude``."""
+    field = np.fft.ifftn(ndimage.fourier_gaussian(np.fft.fftn(rng.uniform(-1, 1, spatial)), sigma)).real
+    return field / np.abs(field).max() * magnitude
+
+
+@pytest.mark.parametrize("spatial,scale", [((48, 48, 48), 0.2), ((48, 40, 56), 0.12), ((96, 96), 0.1)])
+def test_elastic_displacement_has_the_statistics_of_the_full_resolution_field(spatial, scale):
+    """Against the full-resolution definition: each axis's largest offset is exactly its magnitude, and
+    the field's SD (relative to that largest offset) and its correlation 4 voxels apart match."""
+    draws, d = 16, len(spatial)
+    magnitude = torch.tensor([[2.0 + a for a in range(d)]]).expand(draws, d)
+    field = elastic_displacement(torch.full((draws,), scale), magnitude, spatial, torch.Generator().manual_seed(0))
     assert field.shape == (draws, *spatial, d)
-    ours = field[..., 0].numpy()  # one axis's offsets; the others are independent draws of the same field
-    centre = tuple(slice(n // 2 - 4, n // 2 + 4) for n in spatial)
-    corner = tuple(slice(0, 4) for _ in spatial)
+    peak = field.abs().amax(dim=tuple(range(1, 1 + d)))
+    torch.testing.assert_close(peak, magnitude, atol=1e-5, rtol=0)
+    rng = np.random.default_rng(0)
+    sigma = [scale * n for n in spatial]
+    reference = np.stack([_reference_elastic(spatial, sigma, 2.0, rng) for _ in range(draws)])
 
-    def stats(x: np.ndarray) -> tuple[float, float, float]:
-        inner = x[(slice(None), *centre)]
-        shifted = x[(slice(None), *centre[:-1], slice(spatial[-1] // 2, spatial[-1] // 2 + 8))]
-        unshifted = x[(slice(None), *centre[:-1], slice(spatial[-1] // 2 - 4, spatial[-1] // 2 + 4))]
-        correlation = np.mean(shifted * unshifted) / np.sqrt(np.mean(shifted ** 2) * np.mean(unshifted ** 2))
-        return float(inner.std()), float(x[(slice(None), *corner)].std()), float(correlation)
+    def stats(x: np.ndarray) -> tuple[float, float]:
+        a, b = x[..., :-4], x[..., 4:]  # 4 voxels apart along the last axis
+        return float(x.std() / np.abs(x).max(axis=tuple(range(1, 1 + d))).mean()), float(
+            np.mean(a * b) / np.sqrt(np.mean(a * a) * np.mean(b * b)))
 
-    (sd, sd_edge, corr), (ref_sd, ref_sd_edge, ref_corr) = stats(ours), stats(reference)
-    assert 0.75 < sd / ref_sd < 1.33, (sd, ref_sd)
-    assert 0.7 < sd_edge / ref_sd_edge < 1.43 and sd_edge < sd, (sd_edge, ref_sd_edge)
-    assert abs(corr - ref_corr) < 0.1 and 0.6 < ref_corr < 1.0, (corr, ref_corr)
-    # the scale moves with alpha and sigma as the definition says: alpha 0 -> no offsets
-    zero = elastic_displacement(torch.zeros(2), torch.full((2,), sigma), spatial, torch.Generator().manual_seed(1), (9.0, 13.0))
-    assert torch.count_nonzero(zero) == 0
+    (sd, corr), (ref_sd, ref_corr) = stats(field[..., 0].numpy()), stats(reference)
+    assert 0.8 < sd / ref_sd < 1.25, (sd, ref_sd)
+    assert abs(corr - ref_corr) < 0.06 and 0.5 < ref_corr < 1.0, (corr, ref_corr)
 
 
-def test_displacement_to_grid_moves_the_sample_by_whole_voxels():
-    """An offset of +2 voxels along the second axis samples the input 2 voxels further along it."""
-    x = torch.randn(1, 2, 10, 12, 14)
-    offsets = torch.zeros(1, 10, 12, 14, 3)
-    offsets[..., 1] = 2.0
-    grid = affine_grid(torch.eye(3)[None], (10, 12, 14)) + displacement_to_grid(offsets)
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_displacement_to_grid_moves_the_sample_along_its_own_axis(axis):
+    """An offset of +2 voxels along one axis of a non-cubic patch samples the input 2 voxels further along it."""
+    spatial = (10, 12, 14)
+    x = torch.randn(1, 2, *spatial)
+    offsets = torch.zeros(1, *spatial, 3)
+    offsets[..., axis] = 2.0
+    grid = affine_grid(torch.eye(3)[None], spatial) + displacement_to_grid(offsets)
     out = torch.nn.functional.grid_sample(x, grid, align_corners=False)
-    torch.testing.assert_close(out[:, :, :, :-2], x[:, :, :, 2:], atol=1e-5, rtol=0)
-    assert torch.count_nonzero(out[:, :, :, -2:]) == 0  # zero padding beyond the patch
+    n = spatial[axis]
+    torch.testing.assert_close(out.narrow(axis + 2, 0, n - 2), x.narrow(axis + 2, 2, n - 2), atol=1e-5, rtol=0)
+    assert torch.count_nonzero(out.narrow(axis + 2, n - 2, 2)) == 0  # zero padding beyond the patch
+
+
+def test_elastic_offsets_apply_before_the_affine():
+    """As batchgenerators does (offsets added to the coordinates, then rotated and scaled): a voxel at
+    centred position p samples the input at M (p + offset(p)), worked out here voxel by voxel in float64."""
+    spatial = (9, 10, 11)
+    gen = torch.Generator().manual_seed(4)
+    matrices = rotation_matrices(torch.rand(2, 3, generator=gen) - 0.5) * (0.8 + 0.4 * torch.rand(2, 1, 3, generator=gen))
+    offsets = torch.randn(2, *spatial, 3, generator=gen)
+    grid = affine_grid(matrices, spatial) + elastic_grid_offsets(offsets, matrices)
+    n = torch.tensor(spatial, dtype=torch.float64)
+    index = torch.stack(torch.meshgrid(*[torch.arange(k, dtype=torch.float64) for k in spatial], indexing="ij"), -1)
+    for b in range(2):
+        source = (index - (n - 1) / 2 + offsets[b].double()) @ matrices[b].double().T + (n - 1) / 2
+        expected = ((2 * source + 1) / n - 1).flip(-1)
+        torch.testing.assert_close(grid[b].double(), expected, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("dims", [2, 3])
 def test_both_paths_draw_the_same_elastic_distributions(dims):
-    settings = {"spatial_prob": 0.0, "elastic_prob": 0.3, "elastic_alpha": [0, 200], "elastic_sigma": [9, 13]}
+    settings = {"spatial_prob": 0.3, "elastic_prob": 0.3, "elastic_scale": [0, 0.25]}
     cpu = [Augmentation(**settings).draw(np.random.default_rng((6, i)), 4, dims) for i in range(N)]
     batch = {k: v.numpy() for k, v in BatchAugmentation(**settings).draw(N, 4, dims, torch.Generator().manual_seed(6)).items()}
     sigma = 4 * math.sqrt(0.3 * 0.7 / N)
     assert abs(np.mean([c["elastic"] for c in cpu]) - 0.3) < sigma and abs(batch["elastic"].mean() - 0.3) < sigma
-    for name, (low, high) in (("alpha", (0, 200)), ("sigma", (9, 13))):
-        a = np.array([c[name] for c in cpu if c["elastic"]])
-        b = batch[name][batch["elastic"]]
+    for name, (low, high) in (("elastic_scale", (0, 0.25)), ("elastic_magnitude", (1 / 8, 1 / 2))):
+        a = np.concatenate([np.ravel(c[name]) for c in cpu if c["elastic"]])
+        b = batch[name][batch["elastic"]].ravel()
         assert low <= a.min() and a.max() <= high and low <= b.min() and b.max() <= high, name
         assert _ks_distance(a, b) < _ks_critical(len(a), len(b)), name
-    # off by default, and then the draws are those of a run that never heard of it
-    plain = Augmentation(spatial_prob=0.3).draw(np.random.default_rng(1), 4, dims)
-    assert "elastic" not in plain
+        assert abs(np.mean(a > (low + high) / 2) - 0.5) < 0.05, name  # uniform
+    assert len(np.concatenate([c["elastic_magnitude"] for c in cpu if c["elastic"]])) == dims * sum(c["elastic"] for c in cpu)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_turning_the_elastic_deformation_on_leaves_the_other_draws_alone(dims):
+    """The elastic parameters are drawn after all others, on both paths: the rest of a sample's (or a
+    batch's) draws are the same with it on as with it off, so presets without it train as recorded."""
+    on, off = Augmentation(elastic_prob=0.3), Augmentation()
+    for i in range(50):
+        a, b = on.draw(np.random.default_rng(i), 4, dims), off.draw(np.random.default_rng(i), 4, dims)
+        assert b.keys() <= a.keys()
+        for key in b:
+            assert (a[key] is None and b[key] is None) or np.array_equal(a[key], b[key]), key
+    on, off = BatchAugmentation(elastic_prob=0.3), BatchAugmentation()
+    a = on.draw(64, 4, dims, torch.Generator().manual_seed(1))
+    b = off.draw(64, 4, dims, torch.Generator().manual_seed(1))
+    assert set(a) - set(b) == {"elastic", "elastic_scale", "elastic_magnitude"}
+    assert all(torch.equal(a[k], b[k]) for k in b)
 
 
 @pytest.mark.parametrize("spatial", [(32, 28, 24), (64, 56)])
 @pytest.mark.parametrize("subset", [True, False])
 def test_elastic_masks_stay_aligned_with_images_and_binary(spatial, subset):
     """Deformed images (thresholded) equal their deformed masks but next to the boundary; the masks
-    stay binary and move (a strong deformation changes some voxels) without vanishing."""
+    stay binary and move without vanishing."""
     target = _blobs(4, spatial, 3, seed=4)
-    aug = BatchAugmentation(flip=False, intensity=False, spatial_prob=0.0, elastic_prob=1.0,
-                            elastic_alpha=(120, 120) if len(spatial) == 3 else (60, 60), elastic_sigma=(4, 5))
+    aug = BatchAugmentation(flip=False, intensity=False, spatial_prob=0.0, elastic_prob=1.0, elastic_scale=(0.1, 0.15))
     generator = torch.Generator().manual_seed(0)
     params = aug.draw(4, 3, len(spatial), generator)
     image, out = aug.apply(target.clone(), target.clone(), params, subset=subset, generator=generator)
     assert set(torch.unique(out).tolist()) <= {0.0, 1.0}
     for b in range(4):
         changed = (out[b] != target[b]).float().mean()
-        assert 0.002 < changed < 0.3, changed
+        assert 0.002 < changed < 0.35, changed
         disagree = ((image[b] > 0.5) != out[b].bool()).numpy()
         # next to the mask's boundary, but for a few voxels of one-voxel-thin parts of the blobs (where the
         # thresholded (tri)linear value and the nearest neighbour can differ wherever they land): masks
@@ -358,22 +391,24 @@ def test_elastic_masks_stay_aligned_with_images_and_binary(spatial, subset):
 
 
 def test_cpu_path_applies_the_elastic_deformation_of_its_draw():
-    """The per-sample path deforms exactly as the batch path's code does for the parameters it drew."""
-    aug = Augmentation(flip=False, intensity=False, spatial_prob=0.0, elastic_prob=1.0)
-    image = np.random.default_rng(2).normal(size=(2, 24, 20, 16)).astype(np.float32)
-    target = _blobs(1, (24, 20, 16), 3, seed=5)[0].numpy()
-    out_image, out_target = aug(image, target, np.random.default_rng(7))
-    params = aug.draw(np.random.default_rng(7), 2, 3)
-    offsets = elastic_displacement(torch.tensor([params["alpha"]]), torch.tensor([params["sigma"]]), (24, 20, 16),
-                                   torch.Generator().manual_seed(params["elastic_seed"]), (9.0, 13.0))
-    grid = affine_grid(torch.eye(3)[None], (24, 20, 16)) + displacement_to_grid(offsets)
-    expected = torch.nn.functional.grid_sample(torch.from_numpy(image)[None], grid, align_corners=False)[0].numpy()
-    np.testing.assert_allclose(out_image, expected, atol=1e-4)  # the path scales before interpolating
-    assert not np.allclose(out_image, image, atol=1e-3) and set(np.unique(out_target)) <= {0.0, 1.0}
+    """The per-sample path deforms with the parameters it drew: the largest offset per axis is the drawn
+    fraction of sigma_a = scale * n_a, seen in the image as sampling positions (image = its own coordinate)."""
+    spatial = (24, 20, 16)
+    aug = Augmentation(flip=False, intensity=False, spatial_prob=0.0, elastic_prob=1.0, elastic_scale=(0.2, 0.25))
+    # channel a holds the voxel's coordinate along axis a: trilinear resampling returns where each voxel sampled
+    coords = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in spatial], indexing="ij"))
+    target = np.zeros((1, *spatial), np.float32)
+    out, _ = aug(coords, target, np.random.default_rng(7))
+    params = aug.draw(np.random.default_rng(7), 3, 3)
+    inner = tuple(slice(4, n - 4) for n in spatial)  # away from the zero padding
+    moved = (out - coords)[(slice(None), *inner)]
+    for a, n in enumerate(spatial):
+        largest = params["elastic_magnitude"][a] * params["elastic_scale"] * n
+        assert 0.5 * largest < np.abs(moved[a]).max() <= largest + 1e-4, (a, np.abs(moved[a]).max(), largest)
 
 
-@pytest.mark.parametrize("bad", [{"elastic_prob": 1.5}, {"elastic_alpha": [10, 5]}, {"elastic_sigma": [0, 3]},
-                                 {"elastic_sigma": 9}])
+@pytest.mark.parametrize("bad", [{"elastic_prob": 1.5}, {"elastic_scale": [0.3, 0.2]}, {"elastic_scale": [-0.1, 0.2]},
+                                 {"elastic_scale": 0.2}])
 def test_bad_elastic_settings_are_errors(bad):
     with pytest.raises(ValueError, match="elastic"):
         Augmentation(**bad)

@@ -43,12 +43,12 @@ def test_nnunet_recipe_is_isensee_2020(tmp_path):
     assert isinstance(scheduler, PolyLRByProgress) and scheduler.power == 0.9
     augment = cfg.data.augment
     assert (augment.flip, augment.spatial_prob, augment.rotate_deg, augment.scale) == (True, 0.3, 30, 0.35)
-    # DA3's elastic deformation: p 0.3, alpha U(0, 200), sigma U(9, 13) voxels, on both augmentation paths
+    # DA3's elastic deformation: p 0.3, width U(0, 0.25) of the patch, on both augmentation paths
     from lightning_brats.data.batch_augment import BatchAugmentation
 
     cpu_path = hydra.utils.instantiate(cfg.data).augment
     for aug in (cpu_path, BatchAugmentation(**cpu_path.batch_settings())):
-        assert (aug.elastic_prob, aug.elastic_alpha, aug.elastic_sigma) == (0.3, (0.0, 200.0), (9.0, 13.0))
+        assert (aug.elastic_prob, aug.elastic_scale) == (0.3, (0.0, 0.25))
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ def cpu(monkeypatch):
     """Pretend to run on a CPU with the given PyTorch capability flags, without CUDA."""
     monkeypatch.delenv(hardware.CPU_BF16_ENV, raising=False)
     monkeypatch.delenv(hardware.ONEDNN_ISA_ENV, raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
     def use(caps: dict) -> None:
@@ -78,7 +79,8 @@ def test_environment_overrides_the_bf16_detection(cpu, monkeypatch):
 @pytest.mark.parametrize(
     "cap,precision",
     [("AVX2", "32"), ("avx512_core_vnni", "32"), ("AVX2_VNNI_2", "32"), ("AVX512_CORE_BF16", "bf16-mixed"),
-     ("AVX512_CORE_AMX", "bf16-mixed"), ("AVX10_1_512", "bf16-mixed"), ("ALL", "bf16-mixed"), ("", "bf16-mixed")],
+     ("AVX512_CORE_AMX", "bf16-mixed"), ("AVX10_1_512", "bf16-mixed"), ("ALL", "bf16-mixed"), ("", "bf16-mixed"),
+     ("AVX3", "bf16-mixed")],  # a name oneDNN does not know: it ignores it, and so do we
 )
 def test_onednn_isa_cap_below_bf16_chooses_fp32(cpu, monkeypatch, cap, precision):
     """A bf16 CPU whose oneDNN is capped below AVX512_CORE_BF16 runs bf16 convolutions on reference
@@ -91,6 +93,13 @@ def test_onednn_isa_cap_below_bf16_chooses_fp32(cpu, monkeypatch, cap, precision
     # an explicit LIGHTNING_BRATS_CPU_BF16=1 still wins over the cap
     monkeypatch.setenv(hardware.CPU_BF16_ENV, "1")
     assert hardware.resolve_precision("auto", "cpu")[0] == "bf16-mixed"
+
+
+def test_onednn_older_variable_name_caps_too(cpu, monkeypatch):
+    cpu(ZEN4)
+    monkeypatch.setenv("DNNL_MAX_CPU_ISA", "AVX2")
+    chosen, reason = hardware.resolve_precision("auto", "cpu")
+    assert chosen == "32" and "DNNL_MAX_CPU_ISA=AVX2" in reason
 
 
 def test_inference_precision(cpu):

@@ -15,8 +15,9 @@ batch), written for our transforms.
 The affine follows MONAI's ``Affine`` (which the CPU path used before it called this module's): an output voxel at
 centred coordinates ``p`` (voxels from the patch centre) samples the input at ``R S p`` with
 ``R = Rx Ry Rz`` (3D; one angle in 2D) and ``S = diag(scales)``, zero padding, ``align_corners=False``.
-An elastic deformation (:func:`elastic_displacement`, batchgenerators' ``elastic_deform_coordinates``)
-adds a smooth random offset to where each voxel samples, in the same ``grid_sample``.
+An elastic deformation (:func:`elastic_displacement`, batchgenerators' ``elastic_deform_coordinates_2``
+as nnU-Net's BraTS 2020 entry used it) moves where each voxel samples by a smooth random offset before
+the rotation and scaling, in the same ``grid_sample``.
 """
 
 from __future__ import annotations
@@ -70,11 +71,11 @@ def affine_grid(matrices: torch.Tensor, spatial: tuple[int, ...]) -> torch.Tenso
         ``(B, *spatial, d)`` grid in ``grid_sample``'s normalised coordinates (last axis reversed:
         ``(z, y, x)`` order, ``align_corners=False``).
     """
-    sizes = torch.tensor(spatial, dtype=matrices.dtype, device=matrices.device)
     # theta maps normalised output coordinates (reversed axes) to normalised input coordinates:
-    # p = u * n / 2 (align_corners=False), q = M p, v = q * 2 / n
-    scale = sizes / 2
-    theta = matrices * (scale[None, None, :] / scale[None, :, None])  # diag(1/scale) M diag(scale)
+    # p = u * n / 2 (align_corners=False), q = M p, v = q * 2 / n: theta = diag(2/n) M diag(n/2)
+    d = len(spatial)
+    theta = torch.stack([torch.stack([matrices[:, i, j] * (spatial[j] / spatial[i]) for j in range(d)], -1)
+                         for i in range(d)], 1)  # scalar factors: no host-to-device copy (no sync on a GPU)
     theta = theta.flip(1).flip(2)  # array-axis order -> grid_sample's (last axis first) order
     return _centred_affine_grid(theta, spatial)
 
@@ -106,94 +107,76 @@ def _centred_affine_grid(theta: torch.Tensor, spatial: tuple[int, ...]) -> torch
     return grid
 
 
-def elastic_displacement(
-    alpha: torch.Tensor, sigma: torch.Tensor, spatial: tuple[int, ...], generator: torch.Generator,
-    sigma_range: tuple[float, float],
-) -> torch.Tensor:
-    """Random elastic offsets: ``U(-1, 1)`` noise per voxel and axis, smoothed by a Gaussian of ``sigma``
-    voxels (zero outside the patch), times ``alpha``.
+#: Coarse grid nodes per axis on which :func:`elastic_displacement` smooths its noise.
+ELASTIC_NODES = 32
 
-    This is batchgenerators' ``elastic_deform_coordinates`` (Isensee et al., the nnU-Net BraTS 2020
-    entry's "DA3": ``alpha`` U(0, 200), ``sigma`` U(9, 13), ``scipy.ndimage.gaussian_filter(...,
-    mode="constant")``), computed on a coarse grid: white noise summed over cells of ~``sigma_min / 2``
-    voxels, smoothed there and interpolated back. The smoothed field is band-limited, so the result has
-    the same statistics (tested against the full-resolution scipy filter) at a fraction of the cost;
-    everything stays on ``alpha``'s device, with no host sync.
+
+def elastic_displacement(
+    scale: torch.Tensor, magnitude: torch.Tensor, spatial: tuple[int, ...], generator: torch.Generator,
+) -> torch.Tensor:
+    """Random elastic offsets, as batchgenerators' ``elastic_deform_coordinates_2`` (used by
+    ``augment_spatial_2``, the spatial transform of nnU-Net's BraTS 2020 entry, Isensee et al. 2020, "DA3").
+
+    For each axis ``a``: ``U(-1, 1)`` noise, smoothed by a periodic Gaussian (``fourier_gaussian``) of
+    ``sigma_a = scale * n_a`` voxels, then divided by its largest absolute value and multiplied by
+    ``magnitude[:, a]``, so that axis's largest offset is exactly ``magnitude[:, a]`` voxels.
+    batchgenerators smooths the full-resolution noise; here the noise is drawn on a periodic grid of
+    ``ELASTIC_NODES`` nodes per axis, smoothed there by FFT and interpolated (linearly, periodically) to
+    the patch. The smoothed field is band-limited, so this matches the full-resolution field's statistics
+    where ``sigma_a`` spans two nodes or more (tested against scipy); for smaller ``sigma_a`` (under
+    ``2 n_a / ELASTIC_NODES`` voxels, largest offsets under ``n_a / ELASTIC_NODES``) the field comes out
+    smoother than asked. Everything stays on ``scale``'s device with no host sync.
 
     Args:
-        alpha: ``(B,)`` magnitudes (voxels per unit of smoothed noise).
-        sigma: ``(B,)`` Gaussian widths in voxels, inside ``sigma_range``.
+        scale: ``(B,)`` the Gaussian's width as a fraction of the patch size (DA3: ``U(0, 0.25)``).
+        magnitude: ``(B, d)`` the largest offset per axis in voxels (DA3: ``U(sigma_a / 8, sigma_a / 2)``).
         spatial: the patch's spatial shape (voxels), 2 or 3 axes.
-        generator: draws the noise, on ``alpha``'s device.
-        sigma_range: ``(low, high)`` bounds of ``sigma`` (voxels); they fix the coarse grid and the
-            kernel length, so that shapes do not depend on the drawn values.
+        generator: draws the noise, on ``scale``'s device.
 
     Returns:
         ``(B, *spatial, d)`` float32 offsets in voxels, last axis in array-axis order.
     """
-    coarse = _coarse_elastic_field(alpha, sigma, spatial, generator, sigma_range)
-    return _upsample(coarse, spatial).movedim(1, -1).contiguous()
-
-
-def elastic_grid_offsets(
-    alpha: torch.Tensor, sigma: torch.Tensor, spatial: tuple[int, ...], generator: torch.Generator,
-    sigma_range: tuple[float, float],
-) -> torch.Tensor:
-    """:func:`elastic_displacement` as offsets to add to :func:`affine_grid`'s grid, made in one pass: the
-    coarse field is scaled and reordered before it is interpolated (both are linear), and the result is
-    a ``(B, *spatial, d)`` view in ``grid_sample``'s normalised, reversed axes (not contiguous: adding it
-    to the grid reads it once). The same random stream as :func:`elastic_displacement`."""
-    coarse = _coarse_elastic_field(alpha, sigma, spatial, generator, sigma_range)
-    scale = torch.tensor([2.0 / n for n in spatial], dtype=coarse.dtype, device=coarse.device)
-    coarse = (coarse * scale.view(1, -1, *(1,) * len(spatial))).flip(1)
-    return _upsample(coarse, spatial).movedim(1, -1)
-
-
-def _coarse_elastic_field(
-    alpha: torch.Tensor, sigma: torch.Tensor, spatial: tuple[int, ...], generator: torch.Generator,
-    sigma_range: tuple[float, float],
-) -> torch.Tensor:
-    """The smoothed noise times ``alpha`` on the coarse grid: ``(B, d, *nodes)`` voxels, nodes spanning the
-    patch from its first to its last voxel (``align_corners=True`` when interpolated)."""
-    batch, d, device = alpha.shape[0], len(spatial), alpha.device
-    step = max(1.0, float(sigma_range[0]) / 2)  # coarse node spacing: the smallest sigma spans >= 2 nodes
-    nodes = [max(2, math.ceil((n - 1) / step) + 1) for n in spatial]
-    spacing = [max(n - 1, 1) / (m - 1) for n, m in zip(spatial, nodes)]  # voxels between nodes, per axis
-    # U(-1, 1) noise (variance 1/3 per voxel) summed over each node's cell of prod(spacing) voxels, in the
-    # units where the smoothing kernel sums to 1 over nodes: variance 1/3 / prod(spacing) per node
+    batch, d, device = scale.shape[0], len(spatial), scale.device
+    nodes = [min(ELASTIC_NODES, n) for n in spatial]
     noise = torch.rand(batch, d, *nodes, generator=generator, device=device, dtype=torch.float32) * 2 - 1
-    noise = noise / math.sqrt(math.prod(spacing))
-    for axis, m in enumerate(nodes):  # the first and last nodes' cells lie half outside the patch
-        edge = torch.ones(m, device=device)
-        edge[[0, -1]] = math.sqrt(0.5)
-        noise = noise * edge.view(*([1] * (2 + axis)), m, *([1] * (d - axis - 1)))
-    field = noise.reshape(1, batch * d, *nodes)
-    conv = F.conv2d if d == 2 else F.conv3d
-    for axis in range(d):
-        radius = math.ceil(4 * float(sigma_range[1]) / spacing[axis])  # scipy's truncate=4.0
-        taps = torch.arange(-radius, radius + 1, device=device, dtype=torch.float32)
-        width = (sigma.to(torch.float32) / spacing[axis]).clamp_min(1e-3)
-        kernel = torch.exp(-0.5 * (taps[None] / width[:, None]) ** 2)
-        kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(d, 0)  # (B * d, K)
-        shape = [batch * d, 1] + [1] * d
-        shape[2 + axis] = kernel.shape[1]
-        padding = [radius if a == axis else 0 for a in range(d)]  # zeros outside, scipy's mode="constant"
-        field = conv(field, kernel.view(shape), padding=padding, groups=batch * d)
-    return field.view(batch, d, *nodes) * alpha.to(torch.float32).view(batch, 1, *(1,) * d)
+    spectrum = torch.fft.fftn(noise, dim=tuple(range(2, 2 + d)))
+    for axis, (n, m) in enumerate(zip(spatial, nodes)):
+        # fourier_gaussian: exp(-2 pi^2 sigma^2 f^2), f in cycles per node, sigma in nodes (n / m voxels each)
+        frequency = torch.fft.fftfreq(m, device=device)
+        width = scale.to(torch.float32) * m  # sigma_a / (n / m)
+        gain = torch.exp(-2 * math.pi ** 2 * (width[:, None] * frequency[None]) ** 2)  # (B, m)
+        spectrum = spectrum * gain.view(batch, 1, *([1] * axis), m, *([1] * (d - axis - 1)))
+    field = torch.fft.ifftn(spectrum, dim=tuple(range(2, 2 + d))).real
+    for axis in range(d):  # periodic: node 0 again after the last, so the patch spans nodes 0 .. m exactly
+        field = torch.cat([field, field.narrow(2 + axis, 0, 1)], dim=2 + axis)
+    mode = "bilinear" if d == 2 else "trilinear"
+    field = F.interpolate(field, size=tuple(n + 1 for n in spatial), mode=mode, align_corners=True)
+    field = field[(slice(None), slice(None), *(slice(0, n) for n in spatial))]
+    peak = field.abs().amax(dim=tuple(range(2, 2 + d)), keepdim=True).clamp_min(1e-8)
+    field = field / peak * magnitude.to(torch.float32).view(batch, d, *(1,) * d)
+    return field.movedim(1, -1)
 
 
-def _upsample(coarse: torch.Tensor, spatial: tuple[int, ...]) -> torch.Tensor:
-    """``(B, d, *nodes)`` -> ``(B, d, *spatial)``, (bi/tri)linear, first and last nodes on the patch's edges."""
-    mode = "bilinear" if len(spatial) == 2 else "trilinear"
-    return F.interpolate(coarse, size=tuple(spatial), mode=mode, align_corners=True)
+def elastic_grid_offsets(offsets: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
+    """Grid offsets that deform before the affine, as batchgenerators does (offsets added to the
+    coordinates, then rotated and scaled): a voxel at ``p`` samples the input at ``M (p + offset(p))``.
+
+    Args:
+        offsets: ``(B, *spatial, d)`` voxel offsets from :func:`elastic_displacement`.
+        matrices: ``(B, d, d)`` the affine's matrices (identity where only the elastic deformation is drawn).
+
+    Returns:
+        ``(B, *spatial, d)`` offsets to add to :func:`affine_grid`'s grid (normalised, reversed axes).
+    """
+    moved = torch.einsum("b...j,bij->b...i", offsets, matrices.to(offsets.dtype))  # M @ offset per voxel
+    return displacement_to_grid(moved)
 
 
 def displacement_to_grid(displacement: torch.Tensor) -> torch.Tensor:
     """Voxel offsets ``(B, *spatial, d)`` (array-axis order) as ``grid_sample`` offsets (normalised,
     ``align_corners=False``, last axis reversed), to add to :func:`affine_grid`'s grid."""
     spatial = displacement.shape[1:-1]
-    scale = torch.tensor([2.0 / n for n in spatial], dtype=displacement.dtype, device=displacement.device)
-    return (displacement * scale).flip(-1)
+    return torch.stack([displacement[..., a] * (2.0 / n) for a, n in enumerate(spatial)], -1).flip(-1)
 
 
 class BatchAugmentation:
@@ -208,8 +191,9 @@ class BatchAugmentation:
         scale: relative scaling range, ``1 + U(-s, s)`` per axis.
         elastic_prob: probability, per sample, of an elastic deformation (:func:`elastic_displacement`),
             resampled in the same ``grid_sample`` as the rotation and scaling (0: off, nnU-Net v2's default).
-        elastic_alpha: ``(low, high)``: its magnitude ``alpha ~ U(low, high)``.
-        elastic_sigma: ``(low, high)``: its smoothness ``sigma ~ U(low, high)`` voxels.
+        elastic_scale: ``(low, high)``: its Gaussian's width as a fraction of the patch size,
+            ``U(low, high)`` per sample (DA3: ``(0, 0.25)``); each axis's largest offset is then
+            ``U(sigma_a / 8, sigma_a / 2)`` voxels (batchgenerators' rule).
         **intensity_probs: nnU-Net's intensity augmentations' probabilities (``noise_prob`` ...,
             :class:`~lightning_brats.data.intensity_augment.IntensityAugmentation`), 0 by default.
 
@@ -217,19 +201,19 @@ class BatchAugmentation:
     intensity set.
 
     Raises:
-        ValueError: ``elastic_prob`` outside ``[0, 1]``, or an elastic range that is not ``low <= high``
-            (with ``sigma > 0``, ``alpha >= 0``).
+        ValueError: ``elastic_prob`` outside ``[0, 1]``, or ``elastic_scale`` not ``[low, high]`` with
+            ``0 <= low <= high``.
     """
 
     def __init__(
         self, flip: bool = True, intensity: bool = True, spatial_prob: float = 0.2, rotate_deg: float = 15.0,
-        scale: float = 0.15, elastic_prob: float = 0.0, elastic_alpha: tuple[float, float] = (0.0, 200.0),
-        elastic_sigma: tuple[float, float] = (9.0, 13.0), **intensity_probs: float,
+        scale: float = 0.15, elastic_prob: float = 0.0, elastic_scale: tuple[float, float] = (0.0, 0.25),
+        **intensity_probs: float,
     ) -> None:
         self.flip, self.intensity = flip, intensity
         self.spatial_prob, self.rotate_deg, self.scale = float(spatial_prob), float(rotate_deg), float(scale)
         self.elastic_prob = float(elastic_prob)
-        self.elastic_alpha, self.elastic_sigma = elastic_ranges(elastic_prob, elastic_alpha, elastic_sigma)
+        self.elastic_scale = elastic_range(elastic_prob, elastic_scale)
         self.intensity_set = IntensityAugmentation(**intensity_probs)
 
     def draw(
@@ -241,8 +225,9 @@ class BatchAugmentation:
             ``spatial (B,)`` bool, ``angles (B, 1 | 3)`` radians, ``scales (B, dims)``, ``flips (B, dims)``
             bool, ``do_scale (B,)`` bool, ``factors (B, C)``, ``do_shift (B,)`` bool, ``shifts (B, C)``.
             Parameters of transforms that are switched off are drawn all the same (a fixed stream).
-            With ``elastic_prob > 0`` also ``elastic (B,)`` bool, ``alpha (B,)`` and ``sigma (B,)``, drawn
-            after the others (so the stream of the others does not change).
+            With ``elastic_prob > 0`` also ``elastic (B,)`` bool, ``elastic_scale (B,)`` and
+            ``elastic_magnitude (B, dims)`` (fractions of ``sigma_a`` in ``[1/8, 1/2]``), drawn after the
+            others (so the stream of the others does not change).
         """
         def uniform(*shape: int, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
             return low + (high - low) * torch.rand(*shape, generator=generator, device=device)
@@ -259,8 +244,8 @@ class BatchAugmentation:
             "shifts": uniform(batch, channels, low=-0.1, high=0.1),
             **({
                 "elastic": uniform(batch) < self.elastic_prob,
-                "alpha": uniform(batch, low=self.elastic_alpha[0], high=self.elastic_alpha[1]),
-                "sigma": uniform(batch, low=self.elastic_sigma[0], high=self.elastic_sigma[1]),
+                "elastic_scale": uniform(batch, low=self.elastic_scale[0], high=self.elastic_scale[1]),
+                "elastic_magnitude": uniform(batch, dims, low=1 / 8, high=1 / 2),
             } if self.elastic_prob > 0 else {}),
         }
 
@@ -298,7 +283,9 @@ class BatchAugmentation:
                     raise ValueError("elastic deformation (elastic_prob > 0) needs a generator to draw its noise")
                 eye = torch.eye(dims, dtype=matrices.dtype, device=matrices.device)
                 matrices = torch.where(moved.view(-1, 1, 1), matrices, eye)  # elastic only: no affine
-                offsets = elastic_grid_offsets(params["alpha"], params["sigma"], spatial, generator, self.elastic_sigma)
+                voxels = elastic_displacement(params["elastic_scale"], elastic_magnitudes(params, spatial), spatial,
+                                              generator)
+                offsets = elastic_grid_offsets(voxels, matrices)
                 offsets = offsets * params["elastic"].view(-1, *(1,) * (dims + 1)).to(offsets.dtype)
                 moved = moved | params["elastic"]
             subset = image.device.type == "cpu" if subset is None else subset
@@ -341,26 +328,29 @@ class BatchAugmentation:
         return self.apply(image, target, params, generator=generator)
 
 
-def elastic_ranges(prob: float, alpha, sigma) -> tuple[tuple[float, float], tuple[float, float]]:
-    """``(alpha, sigma)`` ranges as float pairs (config lists accepted).
+def elastic_magnitudes(params: Mapping, spatial: tuple[int, ...]) -> torch.Tensor:
+    """The largest offset per axis in voxels, ``(B, d)``: the drawn fraction (``elastic_magnitude``, in
+    ``[1/8, 1/2]``) of ``sigma_a = elastic_scale * n_a`` (batchgenerators' ``augment_spatial_2``)."""
+    fraction, scale = params["elastic_magnitude"], params["elastic_scale"]
+    return torch.stack([fraction[:, a] * scale * n for a, n in enumerate(spatial)], -1)
+
+
+def elastic_range(prob: float, scale) -> tuple[float, float]:
+    """``elastic_scale`` as a float pair (config lists accepted).
 
     Raises:
-        ValueError: ``prob`` outside ``[0, 1]``; a range that is not two numbers ``low <= high``;
-            ``alpha`` below 0 or ``sigma`` not above 0.
+        ValueError: ``prob`` outside ``[0, 1]``; ``scale`` not two numbers ``0 <= low <= high``.
     """
     if not 0.0 <= float(prob) <= 1.0:
         raise ValueError(f"data.augment.elastic_prob={prob}: expected a probability in [0, 1]")
-    pairs = []
-    for name, value, low_ok in (("elastic_alpha", alpha, lambda v: v >= 0), ("elastic_sigma", sigma, lambda v: v > 0)):
-        try:
-            low, high = (float(v) for v in value)
-        except (TypeError, ValueError):
-            raise ValueError(f"data.augment.{name}={value!r}: expected [low, high]") from None
-        if not (low <= high and low_ok(low)):
-            raise ValueError(f"data.augment.{name}=[{low}, {high}]: expected low <= high, "
-                             + ("alpha >= 0" if name == "elastic_alpha" else "sigma > 0 voxels"))
-        pairs.append((low, high))
-    return pairs[0], pairs[1]
+    try:
+        low, high = (float(v) for v in scale)
+    except (TypeError, ValueError):
+        raise ValueError(f"data.augment.elastic_scale={scale!r}: expected [low, high]") from None
+    if not 0.0 <= low <= high:
+        raise ValueError(f"data.augment.elastic_scale=[{low}, {high}]: expected 0 <= low <= high "
+                         "(fractions of the patch size)")
+    return low, high
 
 
 def resample(x: torch.Tensor, grid: torch.Tensor, mode: str) -> torch.Tensor:

@@ -281,13 +281,13 @@ class Augmentation:
         rotate_deg: rotation range in degrees, ``U(-r, r)`` about each axis (about the slice
             normal only in 2D).
         scale: relative scaling range, ``1 + U(-s, s)`` per axis.
-        elastic_prob: probability of an elastic deformation, resampled together with the rotation and
-            scaling (:func:`~lightning_brats.data.batch_augment.elastic_displacement`: batchgenerators'
-            ``elastic_deform_coordinates``, as in the nnU-Net BraTS 2020 entry). 0 (the default) is off,
-            as in nnU-Net v2's default set.
-        elastic_alpha: ``(low, high)``: magnitude ``alpha ~ U(low, high)`` (voxels per unit of smoothed
-            ``U(-1, 1)`` noise; DA3's ``(0, 200)`` moves voxels by ~0.6 voxel SD in 3D at sigma 9).
-        elastic_sigma: ``(low, high)``: smoothness ``sigma ~ U(low, high)`` voxels (DA3: ``(9, 13)``).
+        elastic_prob: probability of an elastic deformation, applied before the rotation and scaling in the
+            same resampling (:func:`~lightning_brats.data.batch_augment.elastic_displacement`: batchgenerators'
+            ``elastic_deform_coordinates_2``, as in the nnU-Net BraTS 2020 entry, "DA3", p 0.3). 0 (the
+            default) is off, as in nnU-Net v2's default set.
+        elastic_scale: ``(low, high)``: the deformation's Gaussian width as a fraction of the patch size,
+            ``U(low, high)`` (DA3: ``(0, 0.25)``); each axis's largest offset is ``U(sigma_a / 8, sigma_a / 2)``
+            voxels with ``sigma_a`` the width on that axis (up to 16 voxels on a 128^3 patch).
         device: ``"cpu"``: each sample is augmented in the dataset (in the loader workers);
             ``"batch"``: the dataset leaves samples alone and the same transforms run on whole
             batches on the training device (:class:`~lightning_brats.data.batch_augment.BatchAugmentation`).
@@ -298,8 +298,8 @@ class Augmentation:
             the same as without them.
 
     Raises:
-        ValueError: an unknown ``device``; a probability outside ``[0, 1]``; an elastic range that is not
-            ``[low, high]`` with ``low <= high``.
+        ValueError: an unknown ``device``; a probability outside ``[0, 1]``; an ``elastic_scale`` that is not
+            ``[low, high]`` with ``0 <= low <= high``.
     """
 
     flip: bool = True
@@ -308,8 +308,7 @@ class Augmentation:
     rotate_deg: float = 15.0
     scale: float = 0.15
     elastic_prob: float = 0.0
-    elastic_alpha: tuple[float, float] = (0.0, 200.0)
-    elastic_sigma: tuple[float, float] = (9.0, 13.0)
+    elastic_scale: tuple[float, float] = (0.0, 0.25)
     device: str = "cpu"
     noise_prob: float = 0.0
     blur_prob: float = 0.0
@@ -322,11 +321,10 @@ class Augmentation:
     def __post_init__(self) -> None:
         if self.device not in AUGMENT_DEVICES:
             raise ValueError(f"data.augment.device={self.device!r}: expected one of {list(AUGMENT_DEVICES)}")
-        from lightning_brats.data.batch_augment import elastic_ranges
+        from lightning_brats.data.batch_augment import elastic_range
 
-        alpha, sigma = elastic_ranges(self.elastic_prob, self.elastic_alpha, self.elastic_sigma)
-        object.__setattr__(self, "elastic_alpha", alpha)  # config lists -> float pairs
-        object.__setattr__(self, "elastic_sigma", sigma)
+        # a config list -> a float pair
+        object.__setattr__(self, "elastic_scale", elastic_range(self.elastic_prob, self.elastic_scale))
         _ = self.intensity_set  # built once here (it validates the probabilities), then reused for every sample
 
     @cached_property
@@ -349,8 +347,9 @@ class Augmentation:
         Returns:
             ``spatial`` bool, ``angles`` ``(1 | 3,)`` radians, ``scales`` ``(dims,)``, ``flips`` ``(dims,)`` bool,
             ``factors`` ``(C,)`` or ``None``, ``shifts`` ``(C,)`` or ``None`` (``None``: not applied); with
-            ``elastic_prob > 0`` also ``elastic`` bool and, where drawn, ``alpha``, ``sigma`` (voxels) and
-            ``elastic_seed`` (its noise's torch seed), drawn last so the other draws do not change.
+            ``elastic_prob > 0`` also ``elastic`` bool and, where drawn, ``elastic_scale``,
+            ``elastic_magnitude`` ``(dims,)`` (fractions of ``sigma_a`` in ``[1/8, 1/2]``) and ``elastic_seed``
+            (its noise's torch seed), drawn last so the other draws do not change.
         """
         params: dict = {"spatial": self.spatial_prob > 0 and rng.random() < self.spatial_prob}
         if params["spatial"]:  # MONAI RandAffineGrid: U(-r, r) per angle, 1 + U(-s, s) per axis
@@ -363,8 +362,8 @@ class Augmentation:
         if self.elastic_prob > 0:
             params["elastic"] = bool(rng.random() < self.elastic_prob)
             if params["elastic"]:
-                params["alpha"] = rng.uniform(*self.elastic_alpha)
-                params["sigma"] = rng.uniform(*self.elastic_sigma)
+                params["elastic_scale"] = rng.uniform(*self.elastic_scale)
+                params["elastic_magnitude"] = rng.uniform(1 / 8, 1 / 2, dims)
                 params["elastic_seed"] = intensity_seed(rng)
         return params
 
@@ -398,7 +397,9 @@ class Augmentation:
         wrapped every call in metadata handling."""
         from lightning_brats.data.batch_augment import (
             affine_grid,
+            elastic_displacement,
             elastic_grid_offsets,
+            elastic_magnitudes,
             resample,
             rotation_matrices,
         )
@@ -412,9 +413,11 @@ class Augmentation:
             matrices = torch.eye(dims)[None]
         grid = affine_grid(matrices, spatial)
         if params.get("elastic"):
+            drawn = {"elastic_scale": torch.tensor([params["elastic_scale"]], dtype=torch.float32),
+                     "elastic_magnitude": torch.tensor(params["elastic_magnitude"], dtype=torch.float32)[None]}
             generator = torch.Generator().manual_seed(params["elastic_seed"])
-            grid = grid + elastic_grid_offsets(torch.tensor([params["alpha"]]), torch.tensor([params["sigma"]]),
-                                               spatial, generator, self.elastic_sigma)
+            voxels = elastic_displacement(drawn["elastic_scale"], elastic_magnitudes(drawn, spatial), spatial, generator)
+            grid = grid + elastic_grid_offsets(voxels, matrices)
         image = resample(torch.from_numpy(np.ascontiguousarray(image))[None], grid, "bilinear")[0]
         target = resample(torch.from_numpy(np.ascontiguousarray(target))[None], grid, "nearest")[0]
         return image.numpy(), target.numpy()
