@@ -93,7 +93,8 @@ def real_datamodule(brats2018_root, cache_dir, tmp_path_factory):
 
 
 #: Steps of the session's brats_cpu model (batches of 8 slices), and the wall-clock guard they must
-#: fit in on any CPU (about 1.2 s a step on a 2-core AVX2-only EPYC in fp32).
+#: fit in on any CPU (the full-width U-Net the preset trained before took about 1.2 s a step on a 2-core
+#: AVX2-only EPYC in fp32; the half-width one a third of that).
 TRAINED_RUN_STEPS = 240
 TRAINED_RUN_GUARD = "00:00:10:00"
 
