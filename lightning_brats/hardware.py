@@ -41,24 +41,14 @@ _ONEDNN_CAPS_WITHOUT_BF16 = frozenset(
 )
 
 
-def onednn_isa_cap() -> str:
-    """The oneDNN ISA cap set in the environment (``$ONEDNN_MAX_CPU_ISA``, else ``$DNNL_MAX_CPU_ISA``), or ``""``."""
-    return (os.environ.get(ONEDNN_ISA_ENV) or os.environ.get(_ONEDNN_ISA_ENV_OLD) or "").strip()
-
-
-def onednn_allows_native_bf16(cap: str | None = None) -> bool:
-    """Whether oneDNN's ISA cap (:func:`onednn_isa_cap` when ``cap`` is None) leaves it native bf16.
-
-    Args:
-        cap: an oneDNN ISA name such as ``"AVX2"``, ``"AVX512_CORE_BF16"`` or ``"ALL"``
-            (compared in upper case); None reads the environment.
-
-    Returns:
-        False when the cap is a level without bf16 arithmetic (``SSE41`` ... ``AVX512_CORE_VNNI``,
-        ``AVX2_VNNI_2``), True otherwise (no cap, a level with bf16, or a name oneDNN would ignore).
-    """
-    cap = onednn_isa_cap() if cap is None else cap.strip()
-    return cap.upper() not in _ONEDNN_CAPS_WITHOUT_BF16
+def onednn_isa_cap() -> tuple[str, str]:
+    """The oneDNN ISA cap set in the environment: ``(variable, value)``, e.g.
+    ``("ONEDNN_MAX_CPU_ISA", "AVX2")`` (``$ONEDNN_MAX_CPU_ISA``, else ``$DNNL_MAX_CPU_ISA``), or ``("", "")``."""
+    for variable in (ONEDNN_ISA_ENV, _ONEDNN_ISA_ENV_OLD):
+        value = os.environ.get(variable)
+        if value:
+            return variable, value.strip()
+    return "", ""
 
 
 @dataclass(frozen=True)
@@ -113,8 +103,9 @@ def _cpu_model_name(caps: dict) -> str:
 def cpu_info() -> CpuInfo:
     """Describe this CPU (see :class:`CpuInfo`).
 
-    A CPU with bf16 instructions counts as native bf16 only if ``$ONEDNN_MAX_CPU_ISA`` does not cap
-    oneDNN below them (:func:`onednn_allows_native_bf16`); ``$LIGHTNING_BRATS_CPU_BF16`` (``0``/``1``)
+    A CPU with bf16 instructions counts as native bf16 only if oneDNN's ISA cap (:func:`onednn_isa_cap`)
+    is not a level below them (``SSE41`` ... ``AVX512_CORE_VNNI``, ``AVX2_VNNI_2``; compared in upper case,
+    other names left alone as oneDNN ignores them); ``$LIGHTNING_BRATS_CPU_BF16`` (``0``/``1``)
     overrides both. Either is then named in :attr:`CpuInfo.isa`, e.g.
     ``"AVX512-BF16, ONEDNN_MAX_CPU_ISA=AVX2"``."""
     caps = _capabilities()
@@ -131,10 +122,10 @@ def cpu_info() -> CpuInfo:
     else:
         isa = "other"
     native_bf16 = amx_bf16 or avx512_bf16
-    if native_bf16 and not onednn_allows_native_bf16():
+    variable, cap = onednn_isa_cap()
+    if native_bf16 and cap.upper() in _ONEDNN_CAPS_WITHOUT_BF16:
         native_bf16 = False
-        name = ONEDNN_ISA_ENV if os.environ.get(ONEDNN_ISA_ENV) else _ONEDNN_ISA_ENV_OLD
-        isa += f", {name}={onednn_isa_cap()}"
+        isa += f", {variable}={cap}"
     forced = os.environ.get(CPU_BF16_ENV, "").strip()
     if forced in ("0", "1"):
         native_bf16 = forced == "1"
