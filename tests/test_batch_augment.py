@@ -249,6 +249,160 @@ def test_datamodule_augments_training_batches_after_transfer(phantom_root, tmp_p
     assert datamodule.on_after_batch_transfer(datamodule.on_before_batch_transfer(val, 0), 0) is val
 
 
+def test_the_batch_path_sends_label_maps_and_makes_the_same_targets_on_the_device(phantom_root, tmp_path):
+    """data.augment.device=batch: the loader sends uint8 label maps (1 byte a voxel, not 3 float32 targets);
+    the targets made after augmenting them on the device equal those of augmenting the float targets, as
+    the batch path did before, for the same draws (elastic, rotation, flips all on)."""
+    import hydra
+
+    from lightning_brats.labels import labels_to_regions
+    from tests.conftest import compose_config
+
+    cfg = compose_config(
+        ["data=sample", f"data.root={phantom_root}", "data.num_folds=4", "data.patch_size=[32,32,32]",
+         "data.augment.device=batch", "data.augment.spatial_prob=1.0", "data.augment.elastic_prob=1.0"],
+        tmp_path, tmp_path / "cache",
+    )
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    assert "target" not in batch and batch["label"].dtype == torch.uint8 and batch["label"].shape == (2, 1, 32, 32, 32)
+    assert batch["image"].dtype == torch.float32 and batch["label"].max() > 0  # oversampled: some tumour
+    # what the batch path did before: float targets from the loader, augmented as such
+    targets = torch.from_numpy(labels_to_regions(batch["label"][:, 0].numpy(), datamodule.regions)).movedim(0, 1)
+    seed = datamodule.batch_seed(batch["key"])
+    before = datamodule.batch_augment(batch["image"], targets.contiguous(), torch.Generator().manual_seed(seed))
+    after = datamodule.on_after_batch_transfer(datamodule.on_before_batch_transfer(dict(batch), 0), 0)
+    assert "label" not in after and after["target"].dtype == torch.float32 and after["target"].is_contiguous()
+    assert torch.equal(after["image"], before[0]) and torch.equal(after["target"], before[1])
+    assert not torch.equal(after["target"], targets)  # it was augmented
+    # the CPU path is untouched: float targets from the loader, as before
+    cpu = hydra.utils.instantiate(compose_config(
+        ["data=sample", f"data.root={phantom_root}", "data.num_folds=4", "data.patch_size=[32,32,32]"],
+        tmp_path, tmp_path / "cache").data)
+    cpu.setup("fit")
+    item = cpu.train_set[(0, 1)]
+    assert "label" not in item and item["target"].dtype == torch.float32 and item["target"].shape == (3, 32, 32, 32)
+
+
+@pytest.mark.parametrize("spatial", [(12, 10, 8), (14, 12)])
+@pytest.mark.parametrize("subset", [True, False])
+def test_augmenting_a_label_map_gives_the_targets_of_augmenting_the_targets(spatial, subset):
+    """Nearest resampling and flips pick one source voxel for every channel, and zero padding is background,
+    so a uint8 label map augmented and looked up equals its targets augmented (image untouched by the choice)."""
+    from lightning_brats.data.batch_augment import label_regions, region_table
+    from lightning_brats.labels import labels_to_regions
+
+    regions = {"wt": [1, 2, 4], "tc": [1, 4], "et": [4]}
+    rng = np.random.default_rng(5)
+    label = rng.choice(np.array([0, 1, 2, 4], np.uint8), size=(6, 1, *spatial))
+    targets = torch.from_numpy(labels_to_regions(label[:, 0], regions)).movedim(0, 1).contiguous()
+    image = torch.randn(6, 4, *spatial)
+    aug = BatchAugmentation(spatial_prob=0.5, rotate_deg=30, scale=0.3, elastic_prob=0.5)
+    params = aug.draw(6, 4, len(spatial), torch.Generator().manual_seed(2))
+    image_a, moved = aug.apply(image, torch.from_numpy(label), params, subset=subset, generator=torch.Generator().manual_seed(3))
+    image_b, expected = aug.apply(image, targets, params, subset=subset, generator=torch.Generator().manual_seed(3))
+    assert moved.dtype == torch.uint8 and torch.equal(image_a, image_b)
+    table = region_table(labels_to_regions(np.arange(256, dtype=np.uint8), regions), "cpu")
+    assert torch.equal(label_regions(moved, table), expected)
+    assert not torch.equal(expected, targets)
+
+
+def test_label_regions_equals_labels_to_regions_for_every_code():
+    from lightning_brats.data.batch_augment import label_regions, region_table
+    from lightning_brats.labels import labels_to_regions
+
+    regions = {"wt": [1, 2, 3], "tc": [1, 3], "et": [3], "rc": [4]}
+    label = np.random.default_rng(0).integers(0, 256, size=(3, 1, 9, 7, 5), dtype=np.uint8)
+    out = label_regions(torch.from_numpy(label), region_table(labels_to_regions(np.arange(256, dtype=np.uint8), regions), "cpu"))
+    assert out.shape == (3, 4, 9, 7, 5) and out.dtype == torch.float32 and out.is_contiguous()
+    for b in range(3):
+        np.testing.assert_array_equal(out[b].numpy(), labels_to_regions(label[b, 0], regions))
+
+
+# -- no host syncs in the batch path ---------------------------------------------------------------------
+
+
+def test_the_sync_counter_sees_every_kind_of_host_read():
+    """So that a count of 0 below means something: each way of reading a value back is counted once."""
+    from tests.sync_counter import count_host_syncs
+
+    x = torch.rand(4, 5)
+    mask = x > 0.5
+    with count_host_syncs() as syncs:
+        x[0, 0].item(), bool(mask[0, 0]), int(x[0, 0]), float(x[0, 0]), x.tolist(), x.cpu(), x.numpy()
+        torch.nonzero(x), x.nonzero(), x[mask], torch.where(mask), torch.equal(x, x), torch.unique(x)
+        [0, 1][torch.tensor(1)]
+        if x[0, 0]:
+            pass
+        torch.nn.functional.interpolate(x[None, None], scale_factor=float(x[0, 0] + 1))  # float() inside a call
+        y = x.clone()
+        y[mask] = 0
+    assert syncs.calls == [
+        "Tensor.item", "Tensor.__bool__", "Tensor.__int__", "Tensor.__float__", "Tensor.tolist", "Tensor.cpu",
+        "Tensor.numpy", "torch.nonzero", "Tensor.nonzero", "Tensor.__getitem__[bool mask]", "aten.nonzero",
+        "torch.equal", "torch.unique", "Tensor.__index__", "Tensor.__bool__", "Tensor.__float__",
+        "Tensor.__setitem__[bool mask]",
+    ]
+    with count_host_syncs() as syncs:
+        torch.where(mask, x.flip(0), x) * 2, x[torch.tensor([0, 2])], x[:, 1:3], x.amax(dim=1), x.to(torch.float64)
+    assert syncs.count == 0, syncs.calls
+
+
+ALL_INTENSITY = ("noise_prob", "blur_prob", "brightness_prob", "contrast_prob", "inverted_gamma_prob", "gamma_prob")
+
+
+@pytest.mark.parametrize("probability", [1.0, 0.5])
+@pytest.mark.parametrize("patch", [[16, 16, 16], [24, 24]])
+def test_the_batch_path_makes_no_host_sync(phantom_root, tmp_path, probability, patch):
+    """``augment_batch`` (what ``on_after_batch_transfer`` runs on a GPU batch) with every augmentation on
+    reads nothing back to the host. The batch is on the ``meta`` device: it takes the non-CPU branches (the
+    CPU ones may read values back to skip work, which costs nothing there), and has no values, so any read
+    back would also fail. Simulated low resolution is off: it syncs (below)."""
+    import hydra
+
+    from tests.conftest import compose_config
+    from tests.sync_counter import count_host_syncs
+
+    sampling = f"data.sampling={len(patch)}d"
+    cfg = compose_config(
+        ["data=sample", f"data.root={phantom_root}", "data.num_folds=4", sampling, f"data.patch_size={patch}",
+         "data.augment.device=batch", f"data.augment.spatial_prob={probability}",
+         f"data.augment.elastic_prob={probability}", *[f"data.augment.{p}={probability}" for p in ALL_INTENSITY]],
+        tmp_path, tmp_path / "cache",
+    )
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    meta = {k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    with count_host_syncs() as syncs:
+        out = datamodule.augment_batch(meta, torch.Generator().manual_seed(0))
+    assert syncs.count == 0, syncs.calls
+    assert out["target"].shape == (2, 3, *patch) and out["image"].shape == (2, 4, *patch)
+    # and on real CPU tensors the same code, told to resample the whole batch, reads back only where the
+    # CPU intensity set skips what no sample drew (one any() per transform but brightness; on a GPU it computes)
+    aug = datamodule.batch_augment
+    params = aug.draw(2, 4, len(patch), torch.Generator().manual_seed(0))
+    with count_host_syncs() as syncs:
+        aug.apply(batch["image"], batch["label"], params, subset=False, generator=torch.Generator().manual_seed(1))
+    assert syncs.calls == ["Tensor.__bool__"] * 5
+
+
+@pytest.mark.xfail(strict=True, raises=(AssertionError, RuntimeError),
+                   reason="intensity_augment.IntensityAugmentation.apply: simulated low resolution reads which "
+                          "(sample, channel) pairs it picked and their sizes back to the host")
+def test_simulated_low_resolution_makes_no_host_sync():
+    from tests.sync_counter import count_host_syncs
+
+    aug = BatchAugmentation(low_res_prob=1.0)
+    image, label = torch.empty(2, 4, 16, 16, 16, device="meta"), torch.empty(2, 1, 16, 16, 16, dtype=torch.uint8, device="meta")
+    with count_host_syncs() as syncs:
+        aug(image, label, torch.Generator())
+    assert syncs.count == 0, syncs.calls
+
+
 def test_loaders_keep_workers_and_pin_batches_for_a_gpu(phantom_root, tmp_path):
     import types
 

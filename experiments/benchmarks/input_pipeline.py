@@ -14,8 +14,9 @@ each) and a random rotation (+-15 deg) and scaling (+-15 %) with p 0.2:
 
 - ``ours``: :class:`~lightning_brats.data.sampling.TrainingSampleDataset` (memory-mapped cache,
   per-sample CPU augmentation) in a ``DataLoader``.
-- ``ours-batch``: the same samples un-augmented, then :class:`~lightning_brats.data.batch_augment.BatchAugmentation`
-  on each batch in the main process (on a GPU it would run there; here on the CPU).
+- ``ours-batch``: the same samples un-augmented (label maps, not targets), then
+  :class:`~lightning_brats.data.batch_augment.BatchAugmentation` on each batch in the main process and the
+  targets made from the augmented label maps (on a GPU it would run there; here on the CPU).
 - ``monai``: ``CacheDataset`` (cases in memory, padded to the patch, with ``FgBgToIndicesd``; ``copy_cache=False``) +
   ``RandCropByPosNegLabeld`` (pos 0.33, neg 0.67) +
   ``RandFlipd`` x3 + ``RandScaleIntensityd`` + ``RandShiftIntensityd`` + ``RandAffined`` +
@@ -53,7 +54,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, report  # the shared machine line, table and CSV writer
 
-from lightning_brats.data.batch_augment import BatchAugmentation
+from lightning_brats.data.batch_augment import BatchAugmentation, label_regions, region_table
 from lightning_brats.data.preprocess import CachedCase, PreprocessedCache
 from lightning_brats.data.readers import BratsFolderReader
 from lightning_brats.data.sampling import (
@@ -99,10 +100,16 @@ def ours(cases, patch, batch, workers, device_augment: bool = False) -> tuple[It
         return loader, [c.case_id for c in dataset.cases]
     on_device = BatchAugmentation(spatial_prob=SPATIAL_PROB, rotate_deg=ROTATE_DEG, scale=SCALE)
     generator = torch.Generator().manual_seed(0)
+    table = region_table(dataset.region_table, "cpu")
 
-    def batches():
+    def batches():  # as SegmentationDataModule.augment_batch: the label map is augmented, then made targets
         for b in loader:
-            b["image"], b["target"] = on_device(b["image"], b["target"], generator)
+            image = b["image"].float()
+            if "label" in b:
+                b["image"], label = on_device(image, b.pop("label"), generator)
+                b["target"] = label_regions(label, table)
+            else:
+                b["image"], b["target"] = on_device(image, b["target"], generator)
             yield b
 
     return batches(), [c.case_id for c in dataset.cases]

@@ -6,9 +6,10 @@ device (``data.augment.device=batch``, from :meth:`SegmentationDataModule.on_aft
 <lightning_brats.data.datamodule.SegmentationDataModule.on_after_batch_transfer>`): parameters are drawn
 for the whole batch with one ``torch.Generator`` on the batch's device, the random rotation and
 scaling of every sample is one ``affine_grid`` and one ``grid_sample`` per tensor (images
-trilinear, targets nearest so they stay binary), flips and intensity changes are masked tensor
-operations. Nothing leaves the device, so a GPU runs it with no CPU in the loop (nnU-Net's simulated low
-resolution, when on, reads which channels it picked back to the host); this follows the
+trilinear, label maps or targets nearest so they keep their values), flips and intensity changes are masked
+tensor operations. The loader sends uint8 label maps, turned into float region targets here after the
+augmentation (:func:`label_regions`). Nothing leaves the device, so a GPU runs it with no CPU in the loop
+(nnU-Net's simulated low resolution, when on, reads which channels it picked back to the host); this follows the
 GPU-batched augmentation of nnU-Net users' trainers (batchgeneratorsv2 transforms run per
 batch), written for our transforms.
 
@@ -261,7 +262,11 @@ class BatchAugmentation:
 
         Args:
             image: ``(B, C, *spatial)`` float images.
-            target: ``(B, R, *spatial)`` binary float targets (resampled nearest, so they stay binary).
+            target: ``(B, R, *spatial)`` binary float targets, or ``(B, 1, *spatial)`` integer label maps
+                (uint8 codes, as the training loader sends them: :func:`label_regions` then gives the same
+                targets as augmenting the targets, since nearest resampling and flips pick the same source
+                voxel for every channel and zero padding is background); resampled nearest, so they keep
+                their values and dtype.
             params: from :meth:`draw`.
             subset: resample only the samples drawn for the affine (needs their indices on the host:
                 a device sync) instead of resampling all and keeping those; default: on CPU only.
@@ -326,6 +331,36 @@ class BatchAugmentation:
         """Draw with ``generator`` (on the batch's device) and apply; see :meth:`draw` and :meth:`apply`."""
         params = self.draw(image.shape[0], image.shape[1], image.ndim - 2, generator, image.device)
         return self.apply(image, target, params, generator=generator)
+
+
+def region_table(table, device: torch.device | str) -> torch.Tensor:
+    """A label -> regions lookup table as a float32 tensor on ``device``.
+
+    Args:
+        table: ``(R, 256)`` array, ``table[r, code]`` 1 where label ``code`` belongs to region ``r``
+            (:attr:`TrainingSampleDataset.region_table <lightning_brats.data.sampling.TrainingSampleDataset.region_table>`,
+            built by :func:`~lightning_brats.labels.labels_to_regions` itself).
+        device: where the labels are.
+
+    Returns:
+        ``(256, R)`` float32 tensor (one row per code; the layout :func:`label_regions` indexes).
+    """
+    return torch.as_tensor(table, dtype=torch.float32).T.contiguous().to(device)
+
+
+def label_regions(label: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Region targets from a label map, on the label map's device with no host sync.
+
+    Args:
+        label: ``(B, 1, *spatial)`` uint8 label codes.
+        table: ``(256, R)`` float32 from :func:`region_table`, on ``label``'s device.
+
+    Returns:
+        ``(B, R, *spatial)`` contiguous float32 binary targets, equal to
+        :func:`~lightning_brats.labels.labels_to_regions` of each sample's labels.
+    """
+    regions = table[label[:, 0].long()]  # (B, *spatial, R): one gather
+    return regions.movedim(-1, 1).contiguous()
 
 
 def elastic_magnitudes(params: Mapping, spatial: tuple[int, ...]) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_brats.data.batch_augment import BatchAugmentation
+from lightning_brats.data.batch_augment import BatchAugmentation, label_regions, region_table
 from lightning_brats.data.preprocess import CachedCase, PreprocessedCache
 from lightning_brats.data.readers import CaseReader, CaseSource, DataError, make_reader
 from lightning_brats.data.sampling import Augmentation, EpochSampler, TrainingSampleDataset
@@ -212,6 +212,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.batch_augment = None
         if self.augment is not None and self.augment.device == "batch":
             self.batch_augment = BatchAugmentation(**self.augment.batch_settings())
+        self._region_tables: dict[torch.device, torch.Tensor] = {}  # label -> regions, per device (batch path)
         self.num_workers = num_workers
         self.phantoms = phantoms
         self.notice = notice
@@ -379,13 +380,40 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """With ``data.augment.device=batch``: augment the training batch on its device
-        (:class:`~lightning_brats.data.batch_augment.BatchAugmentation`); other batches pass unchanged."""
+        (:meth:`augment_batch`); other batches pass unchanged."""
         if isinstance(batch, dict) and "augment_seed" in batch:
             seed = batch.pop("augment_seed")
-            image = batch["image"]
-            generator = torch.Generator(device=image.device).manual_seed(seed)
-            batch["image"], batch["target"] = self.batch_augment(image, batch["target"], generator)
+            generator = torch.Generator(device=batch["image"].device).manual_seed(seed)
+            self.augment_batch(batch, generator)
         return batch
+
+    def augment_batch(self, batch: dict, generator: torch.Generator) -> dict:
+        """Augment a training batch where it is (:class:`~lightning_brats.data.batch_augment.BatchAugmentation`),
+        with no host sync on a GPU.
+
+        Args:
+            batch: ``image (B, C, *spatial)`` (float32 or the cache's float16) and either ``label
+                (B, 1, *spatial)`` uint8 (what the loader sends for uint8 caches) or ``target (B, R, *spatial)``
+                float32; changed in place.
+            generator: on the batch's device; draws every random parameter.
+
+        Returns:
+            ``batch`` with ``image`` float32 and ``target (B, R, *spatial)`` float32 augmented; the label
+            map, augmented first, is turned into the targets on the device and removed.
+        """
+        image = batch["image"].float()
+        if "label" not in batch:
+            batch["image"], batch["target"] = self.batch_augment(image, batch["target"], generator)
+            return batch
+        batch["image"], label = self.batch_augment(image, batch.pop("label"), generator)
+        batch["target"] = label_regions(label, self._region_table(label.device))
+        return batch
+
+    def _region_table(self, device: torch.device) -> torch.Tensor:
+        """The training set's label -> regions table on ``device`` (copied there once)."""
+        if device not in self._region_tables:
+            self._region_tables[device] = region_table(self.train_set.region_table, device)
+        return self._region_tables[device]
 
     def val_dataloader(self) -> DataLoader:
         """Whole cases, one per batch; under DDP process ``r`` of ``W`` gets cases ``r, r + W, ...``."""

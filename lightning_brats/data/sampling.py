@@ -167,6 +167,11 @@ class TrainingSampleDataset(Dataset):
     ``image`` ``(C, *patch_size)`` float32 (also from a float16 cache), ``target`` ``(R, *patch_size)`` float32,
     ``key`` ``(2,)`` int64, the ``(epoch, index)`` that drew the sample, and ``case_id`` (str),
     the case the sample was cut from (a batch holds a list of them; messages about a batch name them).
+    With ``augment.device == "batch"`` and uint8 labels (the cache's) an item holds ``label``
+    ``(1, *patch_size)`` uint8 instead of ``target``, and ``image`` in the cache's dtype: the data module
+    augments both on the training device and makes the targets there
+    (:meth:`SegmentationDataModule.augment_batch <lightning_brats.data.datamodule.SegmentationDataModule.augment_batch>`),
+    so a sample crosses to the device as ``C + 1/4`` (float32 cache) float32 volumes instead of ``C + R``.
     """
 
     def __init__(
@@ -242,6 +247,15 @@ class TrainingSampleDataset(Dataset):
             image = crop_or_pad(case.image[..., z] if case.axial is None else case.axial[z], start, self.patch_size)
             label = case.label[None, ..., z] if case.axial_label is None else case.axial_label[z : z + 1]
             label = crop_or_pad(label, start, self.patch_size)[0]
+        on_device = self.augment is not None and self.augment.device == "batch"
+        if on_device and label.dtype == np.uint8:  # the batch path augments the label map on the device and
+            # makes the targets there: 1 byte per voxel crosses to the device instead of R float32 targets' 4 R
+            return {
+                "image": torch.from_numpy(np.ascontiguousarray(image)),  # the cache's dtype, float32 on the device
+                "label": torch.from_numpy(np.ascontiguousarray(label[None])),
+                "key": torch.tensor([epoch, index], dtype=torch.int64),
+                "case_id": case.case_id,
+            }
         image = image.astype(np.float32, copy=False)  # a float16 cache (data.cache_dtype) reads back as float32
         augment = self.augment is not None and self.augment.device == "cpu"
         if label.dtype == np.uint8:
