@@ -162,8 +162,7 @@ def resolve_precision(requested: str | int, accelerator: str = "auto") -> tuple[
     """
     if str(requested) != AUTO:
         return str(requested), f"trainer.precision={requested} set explicitly"
-    on_cuda = str(accelerator) in ("gpu", "cuda") or (str(accelerator) == "auto" and torch.cuda.is_available())
-    if on_cuda:
+    if on_cuda(accelerator):
         name = torch.cuda.get_device_name() if torch.cuda.is_available() else "the GPU"
         if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
             return "bf16-mixed", f"{name} supports bf16"
@@ -212,3 +211,56 @@ def configure_threads(num_workers: int = 0, deterministic: bool = False) -> int:
     why = ", trainer.deterministic: not reduced for the workers" if deterministic else ""
     log.info(f"CPU threads: {threads} intra-op (of {cpus} CPUs in this process's affinity), {num_workers} loader workers{why}")
     return threads
+
+
+#: ``torch.set_float32_matmul_precision`` on CUDA: ``"high"`` lets float32 matrix products (and
+#: cuDNN convolutions, through ``torch.backends.cudnn.allow_tf32``, on by default) use TF32 tensor
+#: cores on Ampere and newer GPUs, as Lightning recommends; mixed-precision runs compute in bf16/fp16 anyway.
+CUDA_FLOAT32_MATMUL_PRECISION = "high"
+
+
+def on_cuda(accelerator: str = "auto") -> bool:
+    """Whether ``trainer.accelerator`` (``"auto"``, ``"cpu"``, ``"gpu"``, ``"cuda"``) trains on a CUDA GPU here."""
+    return str(accelerator) in ("gpu", "cuda") or (str(accelerator) == "auto" and torch.cuda.is_available())
+
+
+def configure_cuda(accelerator: str = "auto") -> str | None:
+    """Set what a CUDA run needs before the trainer is built: float32 matrix products on TF32 tensor
+    cores (:data:`CUDA_FLOAT32_MATMUL_PRECISION`). cuDNN's autotuner is ``trainer.benchmark``
+    (``conf/trainer/gpu.yaml``), which Lightning applies.
+
+    Returns:
+        one line for the log, or ``None`` when the run is not on CUDA (nothing is changed).
+    """
+    if not on_cuda(accelerator):
+        return None
+    torch.set_float32_matmul_precision(CUDA_FLOAT32_MATMUL_PRECISION)
+    return f"CUDA: float32 matmul precision {CUDA_FLOAT32_MATMUL_PRECISION!r} (TF32 tensor cores)"
+
+
+class OutOfDeviceMemory(RuntimeError):
+    """The GPU (or the CPU's allocator) ran out of memory; the message is one line naming the run's
+    memory settings, the peak memory reached and what to lower. Raised from ``torch.OutOfMemoryError``
+    (its ``__cause__``); the command-line entry points print it without a traceback."""
+
+
+def out_of_memory(stage: str, settings: dict, lower: str, device: torch.device | None = None) -> OutOfDeviceMemory:
+    """An :class:`OutOfDeviceMemory` for ``stage`` (``"training"``, ``"prediction of case X"``).
+
+    Args:
+        stage: what ran out of memory.
+        settings: the settings that size memory, as ``{name: value}`` (``data.patch_size``,
+            ``data.batch_size``, ``trainer.precision``; ``inference.sw_batch_size`` ...), named in the message.
+        lower: what to change, e.g. ``"data.batch_size or data.patch_size"``.
+        device: the CUDA device whose peak allocation is named (``None``: the current one, when CUDA is available).
+    """
+    peak = ""
+    if torch.cuda.is_available() and (device is None or device.type == "cuda"):
+        try:
+            used = torch.cuda.max_memory_allocated(device) / 2**30
+            total = torch.cuda.get_device_properties(device or torch.cuda.current_device()).total_memory / 2**30
+            peak = f"; peak {used:.1f} GiB allocated of the GPU's {total:.1f} GiB"
+        except (RuntimeError, ValueError, AssertionError):
+            peak = ""
+    named = ", ".join(f"{k}={v}" for k, v in settings.items())
+    return OutOfDeviceMemory(f"out of memory during {stage} ({named}{peak}); lower {lower}")

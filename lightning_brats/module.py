@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -34,6 +35,7 @@ from lightning_brats.data.datamodule import adopt_legacy_state
 from lightning_brats.inference import InferenceSettings, predict_logits
 from lightning_brats.losses import deep_supervision_loss
 from lightning_brats.metrics import RegionDice
+from lightning_brats.nonfinite import NonFiniteLosses
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +232,10 @@ class SegmentationModule(pl.LightningModule):
         #: the run's resolved data and model config (see ``run_config`` above), or ``None``
         self.run_config: dict | None = _plain(run_config) if run_config is not None else None
         self.nonfinite_skipped = 0
+        #: non-finite training losses, recorded on the device and read now and then
+        self.nonfinite = NonFiniteLosses()
+        self._found_inf: torch.Tensor | None = None
+        self._last_loss: torch.Tensor | None = None
 
     @classmethod
     def load_from_checkpoint(
@@ -317,24 +323,64 @@ class SegmentationModule(pl.LightningModule):
                 lg.log_hyperparams(info)
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
+        """Forward, loss and logging of one batch, with no host synchronisation.
+
+        Whether the loss is finite is recorded on the device (:class:`~lightning_brats.nonfinite.NonFiniteLosses`)
+        and read every ``trainer.log_every_n_steps`` steps. With a fused optimiser (``fused: true``,
+        the model configs' default) a non-finite step's update is skipped on the device through the
+        optimiser's ``found_inf``; with any other optimiser and no ``GradScaler`` the flag is read at
+        once (one synchronisation per step) and the step skipped or stopped as before.
+        """
         logits = self.compiled_net(batch["image"])
         loss = self.train_loss(logits, batch["target"])
-        if not self._all_finite(loss):
-            self._on_nonfinite_loss(loss, batch, batch_idx)  # raises, or counts the batch to skip
-            if self.trainer.world_size == 1:
-                return None  # Lightning: no backward, no gradients
-            # DDP refuses None: every process runs a backward of zero (so the gradient all-reduce
-            # completes), then on_after_backward drops the gradients
-            self._drop_gradients = True
-            return sum((p * 0).sum() for p in self.parameters() if p.requires_grad)
-        # sync_dist: under DDP the logged loss is the mean over all processes' samples, not rank 0's
-        self.log(
-            "train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch["image"].shape[0], sync_dist=True
+        bad = (~torch.isfinite(loss.detach())).float()
+        if self._trainer is not None and self.trainer.world_size > 1:
+            bad = (self.trainer.strategy.reduce(bad, reduce_op="sum") > 0).float()  # a device all-reduce
+        self.nonfinite.observe(
+            bad, loss, self.global_step, self.current_epoch, batch_idx,
+            cases=list(batch.get("case_id", [])), keys=[batch["key"].detach()] if "key" in batch else [],
         )
-        return loss
+        # sync_dist: under DDP the logged loss is the mean over all processes' samples, not rank 0's. A
+        # non-finite step logs 0 with weight 0, so it does not enter the epoch's mean (no host read needed).
+        # Not prog_bar: Lightning copies progress-bar values to the host after every batch (see on_train_batch_end)
+        size = batch["image"].shape[0]
+        self._last_loss = loss.detach()
+        self.log(
+            "train/loss", torch.where(bad > 0, torch.zeros_like(self._last_loss), self._last_loss), on_step=True,
+            on_epoch=True, batch_size=(1 - bad) * size, sync_dist=True,
+        )
+        if self._skips_on_device():
+            pending = self._found_inf
+            self._found_inf = bad if pending is None else torch.maximum(pending, bad)
+            self.trainer.optimizers[0].found_inf = self._found_inf
+            return loss
+        if self._grad_scaler() is not None:
+            return loss  # the fp16 GradScaler skips a step with non-finite gradients itself
+        if not self._check_nonfinite(log_count=True):  # no device skip: read the flag now (a sync per step)
+            return loss
+        if self.trainer.world_size == 1:
+            return None  # Lightning: no backward, no gradients
+        # DDP refuses None: every process runs a backward of zero (so the gradient all-reduce
+        # completes), then on_after_backward drops the gradients
+        self._drop_gradients = True
+        return sum((p * 0).sum() for p in self.parameters() if p.requires_grad)
+
+    def _grad_scaler(self):
+        return getattr(self.trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
+
+    def _skips_on_device(self) -> bool:
+        """One optimiser that honours ``found_inf`` on the device (``torch.optim``'s fused Adam, AdamW,
+        SGD, ...: ``_step_supports_amp_scaling``) and no ``GradScaler`` (which sets ``found_inf`` itself)."""
+        if self._trainer is None or len(self.trainer.optimizers) != 1:
+            return False
+        optimizer = self.trainer.optimizers[0]
+        return bool(getattr(optimizer, "_step_supports_amp_scaling", False)) and self._grad_scaler() is None
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
+        self._found_inf = None
+        for optimizer in self.trainer.optimizers:
+            optimizer.__dict__.pop("found_inf", None)
         # Lightning steps "step"-interval LR schedulers right after this: give the budget schedules
         # the progress reached with this step (Lightning counts it in global_step only after we return)
         schedules = [c.scheduler for c in self.trainer.lr_scheduler_configs if isinstance(c.scheduler, PolyLRByProgress)]
@@ -356,27 +402,39 @@ class SegmentationModule(pl.LightningModule):
                 else:
                     param.grad = None
 
-    def _all_finite(self, loss: torch.Tensor) -> bool:
-        """Whether the loss is finite on every process (one reduced flag under DDP, so all agree)."""
-        bad = (~torch.isfinite(loss.detach())).float()
-        if self._trainer is not None and self.trainer.world_size > 1:
-            bad = self.trainer.strategy.reduce(bad, reduce_op="sum")
-        return not bool(bad > 0)
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        """Every ``trainer.log_every_n_steps`` steps (when Lightning copies the logged values to the host
+        too): read the non-finite flags, and show this process's last loss in the progress bar as
+        ``loss``, a host value, so the bar's per-batch refresh reads nothing from the device."""
+        if self.trainer.global_step % max(1, int(self.trainer.log_every_n_steps)) != 0:
+            return
+        self._check_nonfinite(log_count=True)
+        if self._last_loss is not None:
+            self.log("loss", self._last_loss.float().cpu(), prog_bar=True, logger=False, on_step=True, on_epoch=False, batch_size=1)
 
-    def _on_nonfinite_loss(self, loss: torch.Tensor, batch: Mapping, batch_idx: int) -> None:
-        """Stop with :class:`NonFiniteLossError`, or skip the batch (``skip_nonfinite``) and count it.
+    def on_train_epoch_end(self) -> None:
+        self._check_nonfinite(log_count=False)
+
+    def _check_nonfinite(self, log_count: bool) -> bool:
+        """Read the non-finite flags (one host synchronisation); stop or report what they say.
+
+        Returns:
+            whether a non-finite step was found (and, with ``skip_nonfinite``, counted).
 
         Raises:
-            NonFiniteLossError: ``skip_nonfinite`` is off; the message names the global step,
-                the epoch, the batch index, this process's loss and the case IDs of its batch.
+            NonFiniteLossError: a non-finite loss and ``skip_nonfinite`` off; the message names the
+                global step, the epoch, the batch index, this process's loss and the case IDs of its batch.
         """
-        cases = list(batch.get("case_id", [])) or ["(not in the batch)"]
-        keys = batch["key"].tolist() if "key" in batch else []
+        new, step = self.nonfinite.read()
+        if not new:
+            return False
         rank = f", rank {self.global_rank}" if self.trainer.world_size > 1 else ""
-        which = "non-finite" if not torch.isfinite(loss) else "finite here, non-finite on another process"
+        which = "finite here, non-finite on another process" if math.isfinite(step.loss) else "non-finite"
+        keys = [k for key in step.keys for k in (key.tolist() if isinstance(key, torch.Tensor) else [key])]
+        more = f"; {new} non-finite steps since the last check, this the first" if new > 1 else ""
         where = (
-            f"training loss {loss.item()} ({which}) at global step {self.global_step}, epoch {self.current_epoch}, "
-            f"batch {batch_idx}{rank}; cases in the batch: {cases}, sample keys (epoch, index): {keys}"
+            f"training loss {step.loss} ({which}) at global step {step.global_step}, epoch {step.epoch}, "
+            f"batch {step.batch_idx}{rank}; cases in the batch: {step.cases}, sample keys (epoch, index): {keys}{more}"
         )
         if not self.hparams.skip_nonfinite:
             raise NonFiniteLossError(
@@ -384,9 +442,11 @@ class SegmentationModule(pl.LightningModule):
                 "cases (lightning-brats check-data), try trainer.precision=32 or a lower model.optimizer.lr, or set "
                 "model.skip_nonfinite=true to skip such batches"
             )
-        self.nonfinite_skipped += 1
+        self.nonfinite_skipped = self.nonfinite.state()
         log.warning(f"Skipped batch with {where}; {self.nonfinite_skipped} skipped so far (model.skip_nonfinite=true)")
-        self.log("train/nonfinite_skipped", float(self.nonfinite_skipped), on_step=True, on_epoch=False, batch_size=1)
+        if log_count:
+            self.log("train/nonfinite_skipped", float(self.nonfinite_skipped), on_step=True, on_epoch=False, batch_size=1)
+        return True
 
     def validation_step(self, batch: Mapping, batch_idx: int) -> dict[str, torch.Tensor]:
         """Whole-case validation; returns ``{"pred": (B, R, *spatial) bool}`` for callbacks
@@ -419,6 +479,8 @@ class SegmentationModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": getattr(scheduler, "interval", "epoch")}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self._trainer is not None and self.trainer.training:
+            self._check_nonfinite(log_count=False)  # no checkpoint of weights after an unreported non-finite step
         if self.run_config is not None:
             checkpoint[CONFIG_KEY] = self.run_config
         checkpoint[SKIPPED_KEY] = self.nonfinite_skipped
@@ -434,6 +496,7 @@ class SegmentationModule(pl.LightningModule):
         if datamodule is not None:  # a checkpoint saved before BratsDataModule was renamed
             adopt_legacy_state(checkpoint, datamodule)
         self.nonfinite_skipped = int(checkpoint.get(SKIPPED_KEY, 0))
+        self.nonfinite.restore(self.nonfinite_skipped)
         trained = trained_channels(checkpoint)
         if trained is not None:
             check_same_channels(trained, {"modalities": self.modalities, "regions": self.region_names})

@@ -271,3 +271,79 @@ MODEL_VARIANTS = [
     ("swinunetr", 3, ["model.net.feature_size=12"]),
     ("dynunet", 3, ["model.net.filters=[8,16,32,64]"]),
 ]
+
+
+# --- a CUDA machine, faked on a CPU ------------------------------------------------------------------
+
+
+class FakeCudaEvent:
+    """``torch.cuda.Event`` on the host clock: ``record()`` notes the time, ``elapsed_time`` gives
+    milliseconds as CUDA's does, and raises as CUDA's does when either event was never recorded."""
+
+    def __init__(self, enable_timing: bool = False, **kwargs) -> None:
+        self.enable_timing, self.at = enable_timing, None
+
+    def record(self, stream=None) -> None:
+        import time
+
+        self.at = time.perf_counter()
+
+    def elapsed_time(self, end: FakeCudaEvent) -> float:
+        if not (self.enable_timing and end.enable_timing) or self.at is None or end.at is None:
+            raise RuntimeError("CUDA error: device not ready (an event was not recorded with enable_timing=True)")
+        return (end.at - self.at) * 1000
+
+    def synchronize(self) -> None:
+        pass
+
+
+class FakeCuda:
+    """What :func:`fake_cuda` installs, and the calls made to it (``calls``: ``(name, device)``)."""
+
+    def __init__(self, monkeypatch, name: str = "NVIDIA H200", bf16: bool = True) -> None:
+        import torch
+        from torch.cuda._utils import _get_device_index
+
+        self.name, self.bf16, self.calls, self.peak_bytes = name, bf16, [], 3 * 2**30
+
+        def index(device):
+            # torch's own check: a CPU device (as a module has after Lightning's teardown) raises
+            # "ValueError: Expected a cuda device, but got: cpu", as on a GPU machine
+            return 0 if device is None else _get_device_index(device, optional=True)
+
+        def recorded(fn_name, result=None):
+            def fake(device=None, *args, **kwargs):
+                self.calls.append((fn_name, device))
+                index(device)
+                return result() if callable(result) else result
+            return fake
+
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: self.bf16)
+        monkeypatch.setattr(torch.cuda, "get_device_name", recorded("get_device_name", lambda: self.name))
+        monkeypatch.setattr(torch.cuda, "synchronize", recorded("synchronize"))
+        monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", recorded("reset_peak_memory_stats"))
+        monkeypatch.setattr(torch.cuda, "max_memory_allocated", recorded("max_memory_allocated", lambda: self.peak_bytes))
+        monkeypatch.setattr(torch.cuda, "Event", FakeCudaEvent)
+
+    def count(self, name: str) -> int:
+        return sum(1 for called, _ in self.calls if called == name)
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch) -> FakeCuda:
+    """The CUDA API of a one-GPU machine (an H200 with bf16) on this CPU, with the real API's contract
+    where the code under test can get it wrong: ``get_device_name``, ``synchronize``,
+    ``max_memory_allocated`` and ``reset_peak_memory_stats`` raise ``ValueError`` for a CPU device
+    (torch's own device check), ``Event.elapsed_time`` raises for an unrecorded event. Tensors stay on
+    the CPU: drive CUDA branches with a ``cuda`` device object (e.g. :func:`cuda_strategy`)."""
+    return FakeCuda(monkeypatch)
+
+
+def cuda_strategy(trainer, monkeypatch) -> None:
+    """Make ``trainer.strategy.root_device`` say ``cuda:0`` (what a GPU run's strategy says from start
+    to end, while Lightning moves the module back to the CPU before ``on_fit_end``)."""
+    import torch
+
+    monkeypatch.setattr(trainer.strategy, "_root_device", torch.device("cuda", 0), raising=False)

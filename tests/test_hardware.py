@@ -27,6 +27,8 @@ def cpu(monkeypatch):
 
     def use(caps: dict) -> None:
         monkeypatch.setattr(hardware, "_capabilities", lambda: dict(caps))
+        # the name too: /proc/cpuinfo names the machine's own CPU (an Intel Xeon beside a GPU, say)
+        monkeypatch.setattr(hardware, "_cpu_model_name", lambda caps: str(caps.get("cpu_name")))
 
     return use
 

@@ -160,9 +160,9 @@ class ModelCard(pl.Callback):
         data, model = run.get("data", {}), run.get("model", {})
         hydra_facts = _hydra_facts()
         train_ids, val_ids = list(getattr(dm, "train_ids", [])), list(getattr(dm, "val_ids", []))
-        gpu = None
-        if trainer.accelerator is not None and type(trainer.accelerator).__name__ == "CUDAAccelerator":
-            gpu = torch.cuda.get_device_name(pl_module.device)
+        # the strategy's device, not the module's: Lightning moves the module back to the CPU before on_fit_end
+        device = trainer.strategy.root_device
+        gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
         checkpoint = trainer.checkpoint_callback
         best_score = getattr(checkpoint, "best_model_score", None)
         return {

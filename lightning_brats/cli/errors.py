@@ -29,9 +29,11 @@ from hydra.errors import CompactHydraException
 
 from lightning_brats.checkpoints import CheckpointError
 from lightning_brats.data.readers import DataError
+from lightning_brats.hardware import OutOfDeviceMemory
 
-#: Errors that name a bad file or folder given to a command (both ``ValueError`` subclasses).
-BAD_INPUT = (DataError, CheckpointError)
+#: Errors that name a bad file or folder given to a command (both ``ValueError`` subclasses), and
+#: the device running out of memory (its message names the settings to lower).
+BAD_INPUT = (DataError, CheckpointError, OutOfDeviceMemory)
 
 #: ``OSError`` numbers of an output the command cannot write: the machine's problem, not the program's.
 UNWRITABLE = (errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import hydra
 import numpy as np
+import torch
 from filelock import FileLock
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from rich.console import Console
@@ -29,7 +30,7 @@ from lightning_brats.cli.errors import reports_bad_input
 from lightning_brats.configs import CONFIG_PATH
 from lightning_brats.data.preprocess import remove_stale_temporaries
 from lightning_brats.data.readers import CaseSource, DataError, make_reader
-from lightning_brats.hardware import configure_threads
+from lightning_brats.hardware import configure_threads, out_of_memory
 from lightning_brats.inference import InferenceSettings
 from lightning_brats.postprocessing_tuning import apply_tuned, read_tuned_postprocessing
 from lightning_brats.prediction import (
@@ -181,7 +182,16 @@ def predict(cfg: DictConfig) -> dict:
                         progress.advance(task)
                         continue
                     progress.update(task, description=f"Predicting {files.case_id}")
-                    result = predictor.predict_case(files)
+                    try:
+                        result = predictor.predict_case(files)
+                    except torch.OutOfMemoryError as exc:
+                        raise out_of_memory(
+                            f"prediction of case {files.case_id}",
+                            {"window": [m.patch_size for m in predictor.models], "inference.sw_batch_size": predictor.settings.sw_batch_size,
+                             "inference.flip_tta": predictor.settings.flip_tta, "precision": predictor.precision},
+                            "inference.sw_batch_size, or set inference.flip_tta=false or inference.device=cpu",
+                            model.device,
+                        ) from exc
                     regions = ",".join(model.regions)
                     if cfg.save_probabilities:  # the label map last: its presence says the case is done
                         probs = np.ascontiguousarray(np.moveaxis(result.probabilities, 0, -1), dtype=np.float32)

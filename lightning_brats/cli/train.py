@@ -19,13 +19,14 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import lightning_brats  # noqa: F401  (registers the ${len:...} resolver)
 from lightning_brats.allocator import describe_allocator
 from lightning_brats.checkpoints import WANDB_ID_KEY
 from lightning_brats.cli.errors import reports_bad_input
-from lightning_brats.hardware import configure_threads, resolve_precision
+from lightning_brats.hardware import configure_cuda, configure_threads, out_of_memory, resolve_precision
 
 log = logging.getLogger("lightning_brats.train")
 
@@ -207,6 +208,9 @@ def choose_precision_and_threads(cfg: DictConfig) -> None:
     with open_dict(cfg):
         cfg.trainer.precision = precision
     _log_rank_zero(logging.INFO, f"Precision {precision}: {reason}")
+    cuda = configure_cuda(cfg.trainer.get("accelerator", "auto"))
+    if cuda:
+        _log_rank_zero(logging.INFO, cuda)
     configure_threads(int(cfg.data.get("num_workers") or 0), deterministic=bool(cfg.trainer.get("deterministic")))
 
 
@@ -273,7 +277,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
     for lg in trainer.loggers:
         lg.log_hyperparams(resolved)
     try:
-        trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path)
+        try:
+            trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path)
+        except torch.OutOfMemoryError as exc:
+            raise out_of_memory(
+                "training",
+                {"data.patch_size": list(cfg.data.patch_size), "data.batch_size": cfg.data.batch_size,
+                 "trainer.precision": cfg.trainer.precision, "inference.sw_batch_size (validation)": cfg.inference.sw_batch_size},
+                "data.batch_size, data.patch_size or inference.sw_batch_size, or train in bf16-mixed/16-mixed",
+                trainer.strategy.root_device,
+            ) from exc
         if trainer.is_global_zero and datamodule.splits_path.exists():
             shutil.copy(datamodule.splits_path, Path(cfg.paths.output_dir) / "splits.json")
         check_checkpoint_written(trainer)
