@@ -23,6 +23,7 @@ import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
 from lightning_brats.data.readers import DataError
+from tests import unprivileged
 from tests.conftest import BRATS20_LAYOUT, REPO, compose_config, compose_tool_config
 
 MODALITIES = ["flair", "t1", "t1ce", "t2"]
@@ -534,20 +535,43 @@ def test_check_data_lists_a_non_utf8_case_folder_and_prints_it(good_root, tmp_pa
     assert "Traceback" not in text and "UnicodeEncodeError" not in text and "Logging error" not in text, text[-3000:]
 
 
-#: Runs a command as user nobody (uid/gid 65534), for whom file permissions count (root ignores them).
-AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+@pytest.fixture(scope="module")
+def as_nobody():
+    """How to run the tools as a user for whom permissions count: uid 65534 from a world-readable copy of the
+    code (and, where needed, of the interpreter; ``tests/unprivileged.py``) when this is root, else this user.
+    Fails with one line where that cannot be arranged: a permission test that cannot switch users tests nothing."""
+    import tempfile
 
-
-def _why_not_as_another_user() -> str | None:
-    """Why the test cannot run a process for which permissions count, or ``None`` when it can."""
     if os.geteuid() != 0:
-        return None  # not root: permissions count for this user already
-    if shutil.which("setpriv") is None:
-        return "setpriv (util-linux) is not installed: cannot run a process as an unprivileged user"
-    probe = subprocess.run([*AS_NOBODY, "true"], capture_output=True, text=True, check=False)
-    if probe.returncode != 0:  # e.g. a container without CAP_SETUID/CAP_SETGID
-        return f"cannot switch to uid 65534 here (setpriv: {probe.stderr.strip()})"
-    return None
+        yield unprivileged.as_current_user()
+        return
+    reason = unprivileged.why_not_as_another_user()
+    if reason is not None:
+        pytest.fail(reason, pytrace=False)
+    folder = Path(tempfile.mkdtemp(prefix="lightning-brats-as-nobody-"))
+    try:
+        try:
+            runner = unprivileged.stage(folder)
+        except unprivileged.StagingError as error:
+            pytest.fail(str(error), pytrace=False)
+        yield runner
+    finally:
+        shutil.rmtree(folder)
+
+
+def test_staging_for_another_user_names_the_folder_it_cannot_enter(tmp_path):
+    """Code staged under a folder others cannot enter would fail deep in the child (Permission denied on
+    train.py): staging refuses first, in one line naming the folder, its mode and what to do."""
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)
+    closed.chmod(0o700)
+    (closed / "stage").mkdir()
+    with pytest.raises(unprivileged.StagingError) as error:
+        unprivileged.stage(closed / "stage")
+    message = str(error.value)
+    assert "\n" not in message and str(closed / "stage") in message, message
+    assert re.search(r" is mode 700\b", message) and "TMPDIR" in message, message
+    assert not (closed / "stage" / "src").exists()  # nothing copied
 
 
 @pytest.fixture
@@ -565,15 +589,12 @@ def world_readable_dir():
 
 
 def _shared_copy(base: Path, good_root: Path, checkpoint: Path) -> tuple[Path, Path, Path]:
-    """Skip unless a process can run as another user; else copy the phantom cases and the checkpoint into
-    ``base``, readable by anyone (as a shared dataset is), and make a home folder anyone can write.
+    """Copy the phantom cases and the checkpoint into ``base``, readable by anyone (as a shared dataset is),
+    and make a home folder anyone can write.
 
     Returns:
         ``(data root, checkpoint, home)``.
     """
-    reason = _why_not_as_another_user()
-    if reason is not None:
-        pytest.skip(reason)
     root = base / "data"
     shutil.copytree(good_root, root)
     for path in [root, *root.rglob("*")]:
@@ -587,16 +608,16 @@ def _shared_copy(base: Path, good_root: Path, checkpoint: Path) -> tuple[Path, P
     return root, copied, home
 
 
-def _run_unprivileged(args: list[str], home: Path, root_dir: Path) -> subprocess.CompletedProcess:
-    """``python ARGS paths.root_dir=ROOT_DIR`` from the repository, as uid 65534 when this is root."""
+def _run_unprivileged(runner: unprivileged.Runner, args: list[str], home: Path,
+                      root_dir: Path) -> subprocess.CompletedProcess:
+    """``python ARGS paths.root_dir=ROOT_DIR`` as ``runner`` says (uid 65534 from a copy it can read, when root)."""
     env = {**_env(), "HOME": str(home), "MPLCONFIGDIR": str(home), "PYTHONDONTWRITEBYTECODE": "1"}
-    command = [*(AS_NOBODY if os.geteuid() == 0 else []), sys.executable, *args, f"paths.root_dir={root_dir}"]
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+    return runner.run([*args, f"paths.root_dir={root_dir}"], env=env)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("tool", ["check-data", "train", "predict"])
-def test_a_case_folder_without_read_permission_is_named(tool, good_root, phantom_checkpoint, world_readable_dir):
+def test_a_case_folder_without_read_permission_is_named(tool, good_root, phantom_checkpoint, world_readable_dir, as_nobody):
     """A case folder ``chmod 000``, the tools run as an unprivileged user: one message naming the folder, exit 1,
     nothing written under a final name. (Before: ``os.walk`` skipped the folder silently and the case vanished.)"""
     base = world_readable_dir
@@ -614,7 +635,7 @@ def test_a_case_folder_without_read_permission_is_named(tool, good_root, phantom
         "predict": ["predict.py", f"ckpt_path={checkpoint}", f"input={root}", f"output_dir={out / 'pred'}",
                     "inference.device=cpu"],
     }[tool]
-    proc = _run_unprivileged(args, home, out)
+    proc = _run_unprivileged(as_nobody, args, home, out)
     text = proc.stdout + proc.stderr
     assert proc.returncode == 1, text[-3000:]
     expected = f"{root / CASE}: cannot read this folder (Permission denied)"
@@ -628,7 +649,7 @@ def test_a_case_folder_without_read_permission_is_named(tool, good_root, phantom
 
 @pytest.mark.slow
 @pytest.mark.parametrize("tool", ["train", "predict"])
-def test_an_unwritable_output_folder_is_named(tool, good_root, phantom_checkpoint, world_readable_dir):
+def test_an_unwritable_output_folder_is_named(tool, good_root, phantom_checkpoint, world_readable_dir, as_nobody):
     """The cache folder (train.py) or the output folder (predict.py) is read-only for the user running the
     tool (a real unprivileged process): one message naming the folder, exit 1, and what was there before
     stays byte for byte."""
@@ -646,7 +667,7 @@ def test_an_unwritable_output_folder_is_named(tool, good_root, phantom_checkpoin
         "predict": ["predict.py", f"ckpt_path={checkpoint}", f"input={root}", f"output_dir={locked}",
                     "inference.device=cpu"],
     }[tool]
-    proc = _run_unprivileged(args, home, out)
+    proc = _run_unprivileged(as_nobody, args, home, out)
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert str(locked) in proc.stderr and "Permission denied" in proc.stderr, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
