@@ -75,6 +75,21 @@ def _boolean_index(index) -> bool:
     return any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in items)
 
 
+def _caller() -> str:
+    """``file:line`` of the innermost frame outside torch's own package and this module."""
+    import os
+    import sys
+
+    torch_dir = os.path.dirname(torch.__file__)
+    frame = sys._getframe(1)
+    while frame is not None:
+        path = frame.f_code.co_filename
+        if not path.startswith(torch_dir) and path != __file__:
+            return f"{path}:{frame.f_lineno}"
+        frame = frame.f_back
+    return "?"
+
+
 class HostSyncs:
     """What :func:`count_host_syncs` saw.
 
@@ -84,6 +99,13 @@ class HostSyncs:
 
     def __init__(self) -> None:
         self.calls: list[str] = []
+        #: for each call, the first frame outside torch that made it (``"path/to/file.py:123"``)
+        self.sites: list[str] = []
+
+    def add(self, name: str) -> None:
+        """Record one syncing call and where it was made."""
+        self.calls.append(name)
+        self.sites.append(_caller())
 
     @property
     def count(self) -> int:
@@ -107,7 +129,7 @@ class _FunctionCounter(TorchFunctionMode):
             name = f"Tensor.{func.__name__}[bool mask]"
         if name is None:
             return func(*args, **kwargs)
-        self.syncs.calls.append(name)
+        self.syncs.add(name)
         self.depth += 1
         try:
             return func(*args, **kwargs)
@@ -123,7 +145,7 @@ class _OperatorCounter(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if not self.functions.depth and self._syncs(func, args, kwargs):
-            self.syncs.calls.append(f"aten.{func.overloadpacket.__name__}")
+            self.syncs.add(f"aten.{func.overloadpacket.__name__}")
         return func(*args, **kwargs)
 
     @staticmethod

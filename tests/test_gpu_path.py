@@ -204,3 +204,68 @@ def test_out_of_memory_in_prediction_names_the_case_and_the_window(phantom_check
     with pytest.raises(OutOfDeviceMemory, match=r"out of memory during prediction of case BraTS20_Training_\d+ \(window=\[\[32, 32, 32\]\], "
                        r"inference.sw_batch_size=\d+, inference.flip_tta=\w+, precision=\w+\); lower inference.sw_batch_size"):
         predict(cfg)
+
+
+# --- no host synchronisation per training step ----------------------------------------------------------
+
+#: Per-step calls known to read host tensors only (no GPU sync on a GPU), with the reason.
+HOST_ONLY_SITES = {
+    # DiceLoss: torch.arange(2, ndim).tolist() builds the reduced axes from a CPU tensor made without a device
+    ("Tensor.tolist", "monai/losses/dice.py"),
+}
+
+
+class CountSyncs(pl.Callback):
+    """Counts host-syncing calls (tests/sync_counter.py) from the first training batch to the end of training."""
+
+    def __init__(self) -> None:
+        from tests.sync_counter import count_host_syncs
+
+        self.context, self.syncs = count_host_syncs(), None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.syncs is None:
+            self.syncs = self.context.__enter__()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.context.__exit__(None, None, None)
+
+
+def _syncs_per_site(phantom_root, out, steps: int):
+    from collections import Counter
+
+    from lightning_brats.cli.train import train
+
+    counter = CountSyncs()
+    cfg = compose_config(
+        ["data=sample", f"data.root={phantom_root}", "data.num_folds=4", f"data.samples_per_epoch={2 * steps}",
+         "data.patch_size=[32,32,32]", "data.batch_size=2", "model.net.base_filters=4", "trainer.max_epochs=1",
+         "trainer.log_every_n_steps=1000", "+trainer.gradient_clip_val=12", "+trainer.limit_val_batches=0", "validate_best=false", "logger=csv",
+         "trainer.precision=32", "model.optimizer._target_=torch.optim.SGD", "~model.optimizer.weight_decay",
+         "+model.optimizer.momentum=0.9", "+model.optimizer.nesterov=true"],
+        out, out / "cache")
+    import lightning_brats.cli.train as cli
+
+    instantiate = cli._instantiate_dict
+    cli._instantiate_dict = lambda c: [*instantiate(c), counter] if c is cfg.get("callbacks") else instantiate(c)
+    try:
+        train(cfg)
+    finally:
+        cli._instantiate_dict = instantiate
+    # the loader's own work (num_workers=0: in this process) reads host arrays, not the device
+    return Counter((name, site.split("site-packages/")[-1].rsplit(":", 1)[0])
+                   for name, site in zip(counter.syncs.calls, counter.syncs.sites) if "torch/utils/data" not in site
+                   and "lightning_brats/data/" not in site)
+
+
+@pytest.mark.slow
+def test_a_training_step_reads_nothing_from_the_device(phantom_root, tmp_path):
+    """Lightning step, loss, fused optimiser, LR schedule, gradient clipping, logging and callbacks: the
+    calls that would make a GPU wait for the host do not grow with the number of steps (a run of 9
+    steps makes no more of them than a run of 3, beyond host-only reads). The nnU-Net preset's
+    gradient clipping and SGD (fused) are in."""
+    short = _syncs_per_site(phantom_root, tmp_path / "short", 3)
+    long = _syncs_per_site(phantom_root, tmp_path / "long", 9)
+    grown = {site: n - short[site] for site, n in long.items() if n > short[site] and site not in HOST_ONLY_SITES}
+    assert grown == {}, grown
+    assert long[("Tensor.tolist", "monai/losses/dice.py")] >= 9  # the counter sees the step's calls
