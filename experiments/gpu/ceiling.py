@@ -41,7 +41,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "experiments" / "benchmarks"))
+# this checkout's package first (not an installed or editable one of another checkout), and the benchmarks
+sys.path[:0] = [str(REPO), str(REPO / "experiments" / "benchmarks")]
 from common import compose
 from loop_overhead import make_batches, plain_loop
 

@@ -373,7 +373,7 @@ def describe_machine() -> dict:
     """Date, CPU (model, ISA flags, cores), GPU, torch and the commit: the conditions of the check."""
     import torch
 
-    sys.path.insert(0, str(REPO / "experiments" / "benchmarks"))
+    sys.path[:0] = [str(REPO), str(REPO / "experiments" / "benchmarks")]
     from common import machine
 
     info = machine()
