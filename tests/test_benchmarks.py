@@ -144,7 +144,13 @@ def test_debug_benchmark_times_the_configured_steps(phantom_root, tmp_path, monk
     )
     train(cfg)
     record = json.loads((tmp_path / "step_times.json").read_text())
-    assert len(record["steps"]) == 6 and len(record["waits"]) == 6 and record["benchmark/steps_timed"] == 4
+    # a wait between each two steps; the figures from the timed window's totals agree with each other
+    assert len(record["steps"]) == 6 and len(record["waits"]) == 5 and record["benchmark/steps_timed"] == 4
+    with_data, without = record["benchmark/steps_per_s_with_data"], record["benchmark/steps_per_s_without_data"]
+    assert 0 < with_data <= without and record["benchmark/data_wait_share"] == pytest.approx(1 - with_data / without)
+    assert record["benchmark/volumes_per_s"] == pytest.approx(2 * with_data)  # data=sample's batch of 2
+    # FLOPs of a step, counted once, against this CPU's measured matmul rate in the run's precision
+    assert record["benchmark/flops_per_step"] > 0 and 0 < record["benchmark/chip_share"] < 1
     assert not list(tmp_path.rglob("*.ckpt"))
     assert calls == [(2, 4, 32, 32, 32)] * 6
 
