@@ -31,6 +31,37 @@ def test_a_checkout_uses_its_own_conf_folder():
     assert Path(configs.CONFIG_DIR) == REPO / "conf" and configs.CONFIG_PATH == configs.CONFIG_DIR
 
 
+def _commands(text: str) -> list[str]:
+    """The shell commands of ``text``: its lines without blank lines and comments, stripped."""
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+def test_ci_runs_the_readme_set_up_and_test_lines_verbatim():
+    """The README's set-up is CI's set-up (issue 24): every set-up and test line of the README's first block
+    is a line of .ci/run, in the same order, and CI installs and tests with no line the README lacks.
+    Only the torch line differs (CI takes the CPU wheel from our index first) and CI does not train."""
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("## Two commands on a fresh machine", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    readme_lines = [c for c in _commands(block) if not c.startswith("pip install torch ") and c != "python train.py"]
+    ci_lines = _commands((REPO / ".ci" / "run").read_text())
+    assert [c for c in ci_lines if c in readme_lines] == readme_lines, (readme_lines, ci_lines)
+    installs_and_tests = [c for c in ci_lines if "pip install -e" in c or "pytest" in c or c.startswith((".ci/", "export LD_"))]
+    assert installs_and_tests == readme_lines, f"lines of .ci/run the README's set-up lacks: {installs_and_tests}"
+    assert ci_lines[-1] == "python -m pytest -q tests" == readme_lines[-1]
+    assert 'pip install -e ".[test]"' in readme_lines and ".ci/system-packages.sh" in readme_lines
+
+
+def test_the_test_extra_holds_every_extra_but_the_benchmarks():
+    """``pip install -e ".[test]"`` must bring all the tests import: every other extra except ``bench``
+    (input-pipeline benchmarks' peers, not imported by the tests). A new extra goes into ``test``."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    (requirement,) = extras["test"]
+    name, _, listed = requirement.partition("[")
+    assert name == "lightning-brats" and listed.endswith("]"), requirement
+    assert sorted(listed[:-1].split(",")) == sorted(set(extras) - {"test", "bench"})
+
+
 def _copy_sources(dest: Path) -> Path:
     src = dest / "src"
     src.mkdir(parents=True)
