@@ -190,10 +190,13 @@ class IntensityAugmentation:
             contrasted = ((x - mean) * params["contrast"].view(per_channel) + mean).clamp(low, high)
             x = torch.where(mask.view(per_channel), contrasted, x)
         mask = chosen("low_res", params["low_res_channels"])
-        if self.low_res_prob > 0 and bool(mask.any()):  # per-channel sizes: the one host sync
-            x = x.clone()
-            for b, c in torch.nonzero(mask).tolist():
-                x[b, c] = simulate_low_resolution(x[b, c], float(params["low_res_scale"][b, c]))
+        if any_of(self.low_res_prob, mask):
+            if on_host:  # only the picked channels, each at its own size
+                x = x.clone()
+                for b, c in torch.nonzero(mask).tolist():
+                    x[b, c] = simulate_low_resolution(x[b, c], float(params["low_res_scale"][b, c]))
+            else:  # every channel at its drawn size, kept where picked: the sizes never leave the device
+                x = torch.where(mask.view(per_channel), simulate_low_resolution_batch(x, params["low_res_scale"]), x)
         for name, sign in (("inverted_gamma", -1.0), ("gamma", 1.0)):
             mask = chosen(name)
             if any_of(getattr(self, f"{name}_prob"), mask):
@@ -280,6 +283,42 @@ def simulate_low_resolution(channel: torch.Tensor, scale: float) -> torch.Tensor
     mode = {2: "bilinear", 3: "trilinear"}[len(spatial)]
     down = F.interpolate(channel[None, None], size=small, mode="nearest-exact")
     return F.interpolate(down, size=spatial, mode=mode, align_corners=False)[0, 0]
+
+
+def simulate_low_resolution_batch(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """:func:`simulate_low_resolution` of every channel of a batch at once, each at its own scale, with
+    no host synchronisation: the nearest-exact and linear (``align_corners=False``) resampling of
+    ``F.interpolate`` written as gathers whose indices follow from ``scale`` on the device, one axis at a
+    time (separable, as ``F.interpolate``'s linear modes are).
+
+    Args:
+        x: ``(B, C, *spatial)`` float, 2 or 3 spatial axes.
+        scale: ``(B, C)`` relative sizes (``round(size * scale)`` voxels per axis, at least 1).
+
+    Returns:
+        ``(B, C, *spatial)``, equal to :func:`simulate_low_resolution` per channel up to float rounding.
+    """
+    batch, channels, spatial = x.shape[0], x.shape[1], x.shape[2:]
+    out = x
+    for axis, n in enumerate(spatial):
+        m = torch.round(n * scale.float()).clamp_min(1)  # (B, C) reduced sizes
+        j = torch.arange(n, device=x.device, dtype=torch.float32)
+        source = ((m / n)[..., None] * (j + 0.5) - 0.5).clamp_min(0)  # linear up-sampling: where in the small grid
+        i0 = source.floor()
+        w1 = source - i0
+        i1 = torch.minimum(i0 + 1, m[..., None] - 1)
+
+        def nearest(i: torch.Tensor) -> torch.Tensor:  # nearest-exact down-sampling: which full-size voxel
+            return ((i + 0.5) * (n / m)[..., None]).floor().clamp_max(n - 1)
+
+        shape = [batch, channels] + [1] * len(spatial)
+        shape[2 + axis] = n
+        full = list(out.shape)
+        g0 = out.gather(2 + axis, nearest(i0).long().view(shape).expand(full))
+        g1 = out.gather(2 + axis, nearest(i1).long().view(shape).expand(full))
+        w1 = w1.view(shape)
+        out = g0 * (1 - w1) + g1 * w1
+    return out
 
 
 def gamma_retaining_stats(x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
