@@ -308,14 +308,12 @@ def simulate_low_resolution_batch(x: torch.Tensor, scale: torch.Tensor) -> torch
         w1 = source - i0
         i1 = torch.minimum(i0 + 1, m[..., None] - 1)
 
-        def nearest(i: torch.Tensor) -> torch.Tensor:  # nearest-exact down-sampling: which full-size voxel
-            return ((i + 0.5) * (n / m)[..., None]).floor().clamp_max(n - 1)
-
+        step = (n / m)[..., None]  # nearest-exact down-sampling: small voxel i comes from full voxel (i + 0.5) * step
         shape = [batch, channels] + [1] * len(spatial)
         shape[2 + axis] = n
         full = list(out.shape)
-        g0 = out.gather(2 + axis, nearest(i0).long().view(shape).expand(full))
-        g1 = out.gather(2 + axis, nearest(i1).long().view(shape).expand(full))
+        g0 = out.gather(2 + axis, ((i0 + 0.5) * step).floor().clamp_max(n - 1).long().view(shape).expand(full))
+        g1 = out.gather(2 + axis, ((i1 + 0.5) * step).floor().clamp_max(n - 1).long().view(shape).expand(full))
         w1 = w1.view(shape)
         out = g0 * (1 - w1) + g1 * w1
     return out
