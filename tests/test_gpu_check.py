@@ -48,7 +48,7 @@ def test_tiny_check_on_the_cpu_prints_its_table(tmp_path):
     assert list(rows) == names and all(r["exit"] == 0 and r["ok"] for r in rows.values())
     assert 0.0 <= rows[names[0]]["dice"] <= 1.0
     for name in names[1:3]:  # predict.py segmented its case, each way
-        assert rows[name]["s_per_case"] > 0 and rows[name]["note"] == "1 cases"
+        assert rows[name]["s_per_case"] > 0 and rows[name]["note"] == "1 case"
     assert len(list((out / "runs" / "predict_tta_true" / "predictions").glob("*.nii.gz"))) == 1
     ceiling, bench = rows[names[3]], rows[names[4]]
     assert ceiling["tflop_per_step"] > 0 and ceiling["step_s"] > 0 and ceiling["peak_memory_gib"] is None  # CPU

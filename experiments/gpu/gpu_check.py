@@ -181,7 +181,7 @@ def read_predict(step: Step) -> dict:
     written = len(list((step.run_dir / "predictions").glob("*.nii.gz")))
     if int(cases) == 0 or written < int(cases):
         raise ValueError(f"{cases} cases predicted, {written} label maps in {step.run_dir / 'predictions'}")
-    return {"s_per_case": float(seconds) / int(cases), "note": f"{cases} cases"}
+    return {"s_per_case": float(seconds) / int(cases), "note": f"{cases} case{'' if int(cases) == 1 else 's'}"}
 
 
 def read_ceiling(step: Step) -> dict:
@@ -414,7 +414,8 @@ def header(machine: dict, args: argparse.Namespace) -> str:
     data = f"real cases in {args.cases}" if args.cases else "phantoms (data=sample)"
     return (f"GPU check {machine['date']} on {machine['host']}: GPU {machine['gpu']}; CPU {machine['cpu']} "
             f"({machine['cpu_flags']}), {machine['cores']} cores; torch {machine['torch']}, Python {machine['python']}, "
-            f"commit {machine['commit']}; {'--tiny, ' if args.tiny else ''}{args.accelerator}, {data}")
+            f"commit {machine['commit']}; load average {machine['load_avg']} at the start; "
+            f"{'--tiny, ' if args.tiny else ''}{args.accelerator}, {data}")
 
 
 # ---- command line --------------------------------------------------------------------------------
