@@ -29,8 +29,8 @@ traceback:
    ``data.augment.device=<cpu|batch>`` and ``data.num_workers=<workers>``: ``step_times.json`` of the run
    folder (StepTimer's ``benchmark/*`` keys; a key a StepTimer version does not write is shown as "-";
    FLOPs and the chip's rate missing there are taken from the ceiling of the same network and shape).
-   ``callbacks.model_card=null``: a model card is no benchmark figure, and the card's failure at the end
-   of every GPU fit (GPU.md) would stop the fit's end before StepTimer writes its file.
+   Every default callback stays on: an end-of-fit hook that fails before StepTimer's (the model card's
+   did on every GPU fit until f53d7b3, GPU.md) is a failing row, not a hidden one.
 5. ``pytest``: ``pytest -q tests -m 'not slow and not real_data' -n <workers>`` with the GPU visible: the
    counts of its JUnit XML (not with ``--tiny`` or ``--skip-tests``).
 
@@ -303,7 +303,7 @@ def plan(args: argparse.Namespace, out: Path) -> list[Step]:
                 cmd = [py, "train.py", f"experiment={experiment}", "debug=benchmark", trainer, "logger=csv", *data, *paths,
                        *sizes, f"data.augment.device={aug}", f"data.num_workers={workers}",
                        f"debug_steps={args.bench_steps}", f"callbacks.step_timer.skip={args.bench_skip}",
-                       "callbacks.model_card=null", f"hydra.run.dir={run_dir}"]
+                       f"hydra.run.dir={run_dir}"]
                 steps.append(Step(f"bench {experiment} aug={aug} w={workers}", "benchmark", cmd, run_dir,
                                   args.timeout_bench, {"experiment": experiment}))
 
