@@ -1,7 +1,7 @@
 """The GPU check in one go: train, benchmark, plain-loop ceiling, predict and the quick tests, one table.
 
 Usage (from the repository root):
-    python experiments/gpu/gpu_check.py                         # on a GPU machine: about 7 minutes
+    python experiments/gpu/gpu_check.py                         # on a GPU machine: sized for 8 minutes (--budget 480)
     python experiments/gpu/gpu_check.py --cases data/gpu_cases  # real cases (default: data/gpu_cases if present)
     python experiments/gpu/gpu_check.py --tiny                  # on a CPU: tiny sizes, 3 steps, no tests
     python experiments/gpu/gpu_check.py --tiny --experiments brats_nvidia --aug cpu --workers 0   # one row of each kind
