@@ -138,6 +138,12 @@ class SegmentationModule(pl.LightningModule):
         name: the model's name in messages and logs (the ``model=`` config name).
         compile: run the network through ``torch.compile`` for training and validation
             (the checkpoint keeps the plain network's weights).
+        compile_mode: ``torch.compile``'s ``mode`` with ``compile``: ``None`` (its default),
+            ``"reduce-overhead"`` (CUDA graphs: one launch per step where the shapes are static, as
+            training patches are), ``"max-autotune"``.
+        channels_last: keep the network's weights and inputs channels-last (``torch.channels_last_3d``
+            for 3D, ``torch.channels_last`` for 2D): cuDNN's fastest convolutions on tensor cores
+            read that layout; the checkpoint's weights are the same numbers either way.
         skip_nonfinite: on a NaN or infinite training loss, skip the batch (no backward; the
             gradients stay ``None``, so the optimiser leaves every weight and its state as they
             were; Lightning still counts the step in ``global_step``) and count it
@@ -175,6 +181,8 @@ class SegmentationModule(pl.LightningModule):
         display_modality: str | Sequence[str] = ("t1ce", "flair"),
         name: str = "model",
         compile: bool = False,
+        compile_mode: str | None = None,
+        channels_last: bool = False,
         skip_nonfinite: bool = False,
         run_config: Mapping | None = None,
     ) -> None:
@@ -218,13 +226,21 @@ class SegmentationModule(pl.LightningModule):
             "display_modality": shown_first,
             "name": str(name),
             "compile": bool(compile),
+            "compile_mode": compile_mode,
+            "channels_last": bool(channels_last),
             "skip_nonfinite": bool(skip_nonfinite),
         }
         self.save_hyperparameters(hparams, logger=False)
         num_outputs = int(getattr(self.net, "num_outputs", 1))
         self.train_loss = deep_supervision_loss(self.loss, num_outputs) if num_outputs > 1 else self.loss
         # kept out of the module tree so the checkpoint holds the plain network's weights only
-        self.__dict__["compiled_net"] = torch.compile(self.net) if compile else self.net
+        #: the input layout (``torch.contiguous_format`` unless ``channels_last``)
+        self.memory_format = (
+            (torch.channels_last_3d if len(self.patch_size) == 3 else torch.channels_last) if channels_last else torch.contiguous_format
+        )
+        if channels_last:
+            self.net.to(memory_format=self.memory_format)
+        self.__dict__["compiled_net"] = torch.compile(self.net, mode=compile_mode) if compile else self.net
         self.val_dice = RegionDice(len(self.region_names))
         # mean validation loss over cases, reduced over all processes by torchmetrics (Lightning's
         # sync_dist mean divides an integer case count on gloo, wrong when counts differ)
@@ -282,7 +298,8 @@ class SegmentationModule(pl.LightningModule):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.compiled_net(x)
+        """Logits ``(B, R, *spatial)`` of ``x (B, C, *spatial)`` (a list of them in training with deep supervision)."""
+        return self.compiled_net(x.contiguous(memory_format=self.memory_format))
 
     def describe_network(self) -> dict:
         """Parameter count and input/output shapes at the training patch (one forward in eval mode).
@@ -331,7 +348,7 @@ class SegmentationModule(pl.LightningModule):
         optimiser's ``found_inf``; with any other optimiser and no ``GradScaler`` the flag is read at
         once (one synchronisation per step) and the step skipped or stopped as before.
         """
-        logits = self.compiled_net(batch["image"])
+        logits = self(batch["image"])
         loss = self.train_loss(logits, batch["target"])
         bad = (~torch.isfinite(loss.detach())).float()
         if self._trainer is not None and self.trainer.world_size > 1:
@@ -401,6 +418,31 @@ class SegmentationModule(pl.LightningModule):
                     param.grad.fill_(float("inf"))
                 else:
                     param.grad = None
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """``trainer.gradient_clip_val`` with fused optimisers too (Lightning's mixed-precision plugin refuses
+        them, since a fused step unscales fp16 gradients itself): without a ``GradScaler`` (32, bf16-mixed)
+        the gradients are not scaled and are clipped as Lightning clips them.
+
+        Raises:
+            ValueError: 16-mixed (a ``GradScaler``), a fused optimiser and gradient clipping together: the
+                gradients are still scaled when they would be clipped.
+        """
+        if not gradient_clip_val:
+            return
+        if self._grad_scaler() is None:
+            plugin = self.trainer.precision_plugin
+            if gradient_clip_algorithm == "value":
+                plugin.clip_grad_by_value(optimizer, gradient_clip_val)
+            else:
+                plugin.clip_grad_by_norm(optimizer, gradient_clip_val)
+            return
+        if getattr(optimizer, "_step_supports_amp_scaling", False):
+            raise ValueError(
+                f"trainer.gradient_clip_val={gradient_clip_val} with trainer.precision=16-mixed and a fused optimiser: "
+                "its gradients are still scaled when clipped; set model.optimizer.fused=false or train in bf16-mixed"
+            )
+        self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         """Every ``trainer.log_every_n_steps`` steps (when Lightning copies the logged values to the host

@@ -269,3 +269,52 @@ def test_a_training_step_reads_nothing_from_the_device(phantom_root, tmp_path):
     grown = {site: n - short[site] for site, n in long.items() if n > short[site] and site not in HOST_ONLY_SITES}
     assert grown == {}, grown
     assert long[("Tensor.tolist", "monai/losses/dice.py")] >= 9  # the counter sees the step's calls
+
+
+def test_channels_last_changes_the_layout_not_the_numbers(tmp_path):
+    cfg = compose_config(["data=sample", "data.patch_size=[16,16,16]", "model.net.base_filters=4", "model.net.depth=3"], tmp_path)
+    plain = hydra.utils.instantiate(cfg.model)
+    cfg.model.channels_last = True
+    last = hydra.utils.instantiate(cfg.model)
+    last.load_state_dict(plain.state_dict())
+    last.net.to(memory_format=torch.channels_last_3d)  # load_state_dict copies values into the channels-last weights
+    convs = [m.weight for m in last.net.modules() if isinstance(m, nn.Conv3d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last_3d) for w in convs)
+    assert last.hparams.channels_last is True and plain.hparams.channels_last is False
+    x = torch.randn(2, 4, 16, 16, 16)
+    plain.eval(), last.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(last(x), plain(x), rtol=1e-4, atol=1e-5)
+
+
+class RecordWeights(pl.Callback):
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.before = torch.cat([p.detach().flatten().clone() for p in pl_module.parameters()])
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.after = torch.cat([p.detach().flatten().clone() for p in pl_module.parameters()])
+
+
+@pytest.mark.slow
+def test_fused_optimiser_clips_gradients_in_bf16_mixed(phantom_root, tmp_path):
+    """brats_nnunet's recipe (SGD, gradient norm clipped) in mixed precision, where Lightning's plugin
+    refuses fused optimisers: one step of plain SGD at lr 1 moves the weights by the clipped gradient."""
+    from lightning_brats.cli.train import train
+
+    recorder = RecordWeights()
+    cfg = compose_config(
+        ["data=sample", f"data.root={phantom_root}", "data.num_folds=4", "data.samples_per_epoch=2", "data.patch_size=[32,32,32]",
+         "model.net.base_filters=4", "trainer.max_steps=1", "+trainer.limit_val_batches=0", "validate_best=false",
+         "logger=csv", "trainer.precision=bf16-mixed", "+trainer.gradient_clip_val=0.01", "model.scheduler=null",
+         "model.optimizer._target_=torch.optim.SGD", "model.optimizer.lr=1.0", "model.optimizer.weight_decay=0"],
+        tmp_path, tmp_path / "cache")
+    import lightning_brats.cli.train as cli
+
+    instantiate = cli._instantiate_dict
+    cli._instantiate_dict = lambda c: [*instantiate(c), recorder] if c is cfg.get("callbacks") else instantiate(c)
+    try:
+        train(cfg)
+    finally:
+        cli._instantiate_dict = instantiate
+    moved = (recorder.after - recorder.before).norm()
+    assert 0 < moved <= 0.01 * 1.001
