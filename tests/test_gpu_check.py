@@ -34,12 +34,12 @@ def test_tiny_check_on_the_cpu_prints_its_table(tmp_path):
     out = tmp_path / "check"
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--tiny", "--experiments", "brats_nvidia", "--aug", "cpu", "--workers", "0",
-         "--out", str(out)],
+         "--variants", "channels_last", "--out", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=900, check=False,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     names = ["main: train.py trainer=cpu logger=csv", "predict TTA on", "predict TTA off",
-             "ceiling brats_nvidia (plain loop)", "bench brats_nvidia aug=cpu w=0"]
+             "ceiling brats_nvidia (plain loop)", "bench brats_nvidia aug=cpu w=0", "bench brats_nvidia channels_last w=0"]
     table_lines = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
     assert table_lines[0].startswith("| step | exit | wall s | val Dice |")
     assert [line.split(" | ")[0][2:] for line in table_lines[1:]] == names
@@ -53,6 +53,7 @@ def test_tiny_check_on_the_cpu_prints_its_table(tmp_path):
     ceiling, bench = rows[names[3]], rows[names[4]]
     assert ceiling["tflop_per_step"] > 0 and ceiling["step_s"] > 0 and ceiling["peak_memory_gib"] is None  # CPU
     assert bench["steps_per_s_with_data"] > 0 and bench["volumes_per_s"] > 0
+    assert rows[names[5]]["steps_per_s_with_data"] > 0  # the channels-last variant trained too
     # the benchmark's FLOPs per step are the ceiling's (same network and batch) where StepTimer gives none
     assert bench["tflop_per_step"] == pytest.approx(ceiling["tflop_per_step"])
     # the table's main row shows the Dice it read

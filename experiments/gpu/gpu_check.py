@@ -61,6 +61,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 EXPERIMENTS = ("brats_nnunet", "brats_nvidia")
+#: Benchmark variants (--variants): the module's layout and compilation switches, measured one at a time.
+VARIANTS = {
+    "channels_last": ["model.channels_last=true"],
+    "compile": ["model.compile=true"],
+    "cuda_graphs": ["model.compile=true", "model.compile_mode=reduce-overhead"],
+}
 #: tiny network and batch per experiment (CPU): same families, a few filters, 32^3 patches
 TINY_NETS = {
     "brats_nnunet": ["model.net.base_filters=4", "model.net.depth=4"],
@@ -308,6 +314,17 @@ def plan(args: argparse.Namespace, out: Path) -> list[Step]:
                 steps.append(Step(f"bench {experiment} aug={aug} w={workers}", "benchmark", cmd, run_dir,
                                   args.timeout_bench, {"experiment": experiment}))
 
+    # the levers to measure on a GPU (issue 22): the nnU-Net preset with the CPU augmentation path, each alone
+    for variant in args.variants:
+        experiment = "brats_nnunet" if "brats_nnunet" in args.experiments else args.experiments[0]
+        sizes = [*TINY_SHAPE, *TINY_NETS[experiment]] if args.tiny else []
+        run_dir = runs / f"bench_{experiment}_{variant}"
+        cmd = [py, "train.py", f"experiment={experiment}", "debug=benchmark", trainer, "logger=csv", *data, *paths, *sizes,
+               "data.augment.device=cpu", f"data.num_workers={args.workers[-1]}", f"debug_steps={args.bench_steps}",
+               f"callbacks.step_timer.skip={args.bench_skip}", *VARIANTS[variant], f"hydra.run.dir={run_dir}"]
+        steps.append(Step(f"bench {experiment} {variant} w={args.workers[-1]}", "benchmark", cmd, run_dir,
+                          args.timeout_bench, {"experiment": experiment}))
+
     if not args.skip_tests:
         junit = out / "runs" / "pytest" / "junit.xml"
         cmd = [py, "-m", "pytest", "-q", "tests", "-m", "not slow and not real_data", "-n", str(args.pytest_workers),
@@ -434,6 +451,8 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--experiments", nargs="+", choices=EXPERIMENTS, default=list(EXPERIMENTS))
     parser.add_argument("--aug", nargs="+", choices=["cpu", "batch"], default=["cpu", "batch"],
                         help="data.augment.device of the benchmark runs")
+    parser.add_argument("--variants", nargs="*", choices=sorted(VARIANTS), default=None,
+                        help="benchmark variants of the nnU-Net preset (default all on a GPU, none with --tiny)")
     parser.add_argument("--workers", nargs="+", type=int, default=None, help="data.num_workers (default 2 14; --tiny 0 2)")
     parser.add_argument("--bench-steps", type=int, default=None, help="debug_steps of each benchmark (default 40; --tiny 3)")
     parser.add_argument("--bench-skip", type=int, default=None, help="warm-up steps StepTimer leaves out (default 5; --tiny 1)")
@@ -449,6 +468,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     tiny = args.tiny
     args.accelerator = args.accelerator or ("cpu" if tiny else "gpu")
     args.workers = args.workers if args.workers is not None else ([0, 2] if tiny else [2, 14])
+    args.variants = args.variants if args.variants is not None else ([] if tiny else list(VARIANTS))
     args.bench_steps = args.bench_steps or (3 if tiny else 40)
     args.bench_skip = args.bench_skip if args.bench_skip is not None else (1 if tiny else 5)
     args.loop_steps = args.loop_steps or (2 if tiny else 20)
