@@ -7,6 +7,7 @@ import csv
 import importlib.util
 import json
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -96,32 +97,45 @@ def test_augmentation_benchmark_tiny_writes_its_table(tmp_path, intensity_set, e
 
 class _Module:
     device = torch.device("cpu")
+    hparams = types.MappingProxyType({"compile": False})
 
 
 class _Trainer:
     loggers = ()
     global_step = 0
     is_global_zero = True
+    world_size = 1
+    precision = "32"
+    strategy = type("Strategy", (), {"root_device": torch.device("cpu")})()
 
 
 def test_step_timer_separates_steps_from_data_waits(tmp_path, monkeypatch):
-    from lightning_brats.callbacks.step_timer import StepTimer
+    from lightning_brats.callbacks import step_timer
 
     # a clock: each batch waits 0.5 s for data, then its step takes 2 s
-    clock = iter([0.0, 0.5, 2.5, 3.0, 5.0, 5.5, 7.5, 8.0, 10.0])
-    monkeypatch.setattr(StepTimer, "_now", staticmethod(lambda module: next(clock)))
-    timer = StepTimer(skip=1, dirpath=str(tmp_path))
+    now = [0.0]
+    monkeypatch.setattr(step_timer.time, "perf_counter", lambda: now[0])
+    timer = step_timer.StepTimer(skip=1, dirpath=str(tmp_path), count_flops=False)
     trainer, module = _Trainer(), _Module()
-    timer.on_train_epoch_start(trainer, module)
+    timer.on_train_start(trainer, module)
     for i in range(4):
-        timer.on_train_batch_start(trainer, module, None, i)
+        now[0] += 0.5
+        timer.on_train_batch_start(trainer, module, {"image": torch.zeros(2, 4, 8, 8, 8)}, i)
+        now[0] += 2.0
         timer.on_train_batch_end(trainer, module, None, None, i)
-    timer.on_fit_end(trainer, module)
-    assert timer.summary["benchmark/steps_timed"] == 3
-    assert timer.summary["benchmark/step_s"] == pytest.approx(2.0)
-    assert timer.summary["benchmark/data_wait_s"] == pytest.approx(0.5)
-    assert timer.summary["benchmark/steps_per_s_with_data"] == pytest.approx(1 / 2.5)
-    assert timer.summary["benchmark/data_wait_share"] == pytest.approx(0.2)
+    timer.on_train_end(trainer, module)
+    s = timer.summary
+    # the window: from the start of step 1 (t = 3.0) to the end of step 3 (t = 10.0), 3 steps of 2 s
+    assert s["benchmark/steps_timed"] == 3
+    assert s["benchmark/step_s"] == pytest.approx(2.0) and s["benchmark/median_step_s"] == pytest.approx(2.0)
+    assert s["benchmark/wall_s_per_step"] == pytest.approx(7.0 / 3)
+    assert s["benchmark/data_wait_s"] == pytest.approx(1.0 / 3)  # two waits of 0.5 s inside the window
+    assert s["benchmark/median_data_wait_s"] == pytest.approx(0.5)
+    assert s["benchmark/steps_per_s_with_data"] == pytest.approx(3 / 7.0)
+    assert s["benchmark/steps_per_s_without_data"] == pytest.approx(0.5)
+    assert s["benchmark/data_wait_share"] == pytest.approx(1 / 7.0)
+    assert s["benchmark/volumes_per_s"] == pytest.approx(2 * 3 / 7.0)
+    assert s["benchmark/flops_per_step"] is None and s["benchmark/peak_memory_gib"] is None
     assert len(json.loads((tmp_path / "step_times.json").read_text())["steps"]) == 4
 
 
