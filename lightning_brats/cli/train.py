@@ -234,6 +234,11 @@ def check_checkpoint_written(trainer: pl.Trainer) -> None:
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
+    """:func:`run_training`'s final metrics as floats (``val/dice_wt``, ``val/dice_mean``, ...)."""
+    return run_training(cfg).metrics
+
+
+def run_training(cfg: DictConfig):
     """Train (and validate the best checkpoint) as ``cfg`` says.
 
     ``cfg.ckpt_path`` resumes a run exactly (see :func:`resolve_ckpt_path`): Lightning restores
@@ -242,7 +247,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     The resumed run writes into its own new run folder.
 
     Returns:
-        the final callback metrics as floats (``val/dice_wt``, ``val/dice_mean``, ...).
+        a :class:`~lightning_brats.api.TrainResult`: the run folder, the best checkpoint, the final
+        callback metrics as floats (``val/dice_wt``, ``val/dice_mean``, ...), the module and the datamodule.
 
     Raises:
         lightning_brats.data.readers.DataError: ``data.root`` is missing or holds no cases
@@ -302,7 +308,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if trainer.is_global_zero:
         log.info("Final metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
         log.info(f"Run folder: {cfg.paths.output_dir}")
-    return metrics
+    from lightning_brats.api import TrainResult
+
+    return TrainResult(Path(cfg.paths.output_dir), Path(best) if best else None, metrics, model, datamodule)
 
 
 def _finish_wandb(trainer: pl.Trainer) -> None:
@@ -319,7 +327,9 @@ def _finish_wandb(trainer: pl.Trainer) -> None:
 @reports_bad_input
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``cfg.optimized_metric`` for sweepers."""
-    metrics = train(cfg)
+    from lightning_brats import api
+
+    metrics = api.train(cfg).metrics  # the Python API's code path: Hydra has set up the run folder
     name = cfg.get("optimized_metric")
     if not name:
         return None
