@@ -224,18 +224,34 @@ def on_cuda(accelerator: str = "auto") -> bool:
     return str(accelerator) in ("gpu", "cuda") or (str(accelerator) == "auto" and torch.cuda.is_available())
 
 
+#: Environment variable naming ``torch.cuda.set_sync_debug_mode`` for a CUDA run (``warn``: a warning
+#: at every operation that makes the host wait for the GPU; ``error``: an exception), to find them.
+SYNC_DEBUG_ENV = "LIGHTNING_BRATS_SYNC_DEBUG"
+
+
 def configure_cuda(accelerator: str = "auto") -> str | None:
     """Set what a CUDA run needs before the trainer is built: float32 matrix products on TF32 tensor
-    cores (:data:`CUDA_FLOAT32_MATMUL_PRECISION`). cuDNN's autotuner is ``trainer.benchmark``
+    cores (:data:`CUDA_FLOAT32_MATMUL_PRECISION`), and ``torch.cuda.set_sync_debug_mode`` where
+    ``$LIGHTNING_BRATS_SYNC_DEBUG`` asks for it. cuDNN's autotuner is ``trainer.benchmark``
     (``conf/trainer/gpu.yaml``), which Lightning applies.
 
     Returns:
         one line for the log, or ``None`` when the run is not on CUDA (nothing is changed).
+
+    Raises:
+        ValueError: ``$LIGHTNING_BRATS_SYNC_DEBUG`` is not ``warn``, ``error`` or ``default``.
     """
     if not on_cuda(accelerator):
         return None
     torch.set_float32_matmul_precision(CUDA_FLOAT32_MATMUL_PRECISION)
-    return f"CUDA: float32 matmul precision {CUDA_FLOAT32_MATMUL_PRECISION!r} (TF32 tensor cores)"
+    line = f"CUDA: float32 matmul precision {CUDA_FLOAT32_MATMUL_PRECISION!r} (TF32 tensor cores)"
+    mode = os.environ.get(SYNC_DEBUG_ENV, "").strip()
+    if mode:
+        if mode not in ("warn", "error", "default"):
+            raise ValueError(f"{SYNC_DEBUG_ENV}={mode!r}: expected warn, error or default")
+        torch.cuda.set_sync_debug_mode(mode)
+        line += f"; torch.cuda.set_sync_debug_mode({mode!r}) ({SYNC_DEBUG_ENV})"
+    return line
 
 
 class OutOfDeviceMemory(RuntimeError):

@@ -318,3 +318,20 @@ def test_fused_optimiser_clips_gradients_in_bf16_mixed(phantom_root, tmp_path):
         cli._instantiate_dict = instantiate
     moved = (recorder.after - recorder.before).norm()
     assert 0 < moved <= 0.01 * 1.001
+
+
+def test_sync_debug_mode_from_the_environment(fake_cuda, monkeypatch):
+    modes = []
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
+    before = torch.get_float32_matmul_precision()
+    try:
+        monkeypatch.delenv(hardware.SYNC_DEBUG_ENV, raising=False)
+        assert "sync_debug" not in hardware.configure_cuda("gpu") and modes == []
+        monkeypatch.setenv(hardware.SYNC_DEBUG_ENV, "warn")
+        assert "set_sync_debug_mode('warn')" in hardware.configure_cuda("gpu") and modes == ["warn"]
+        assert hardware.configure_cuda("cpu") is None and modes == ["warn"]  # a CPU run is left alone
+        monkeypatch.setenv(hardware.SYNC_DEBUG_ENV, "loud")
+        with pytest.raises(ValueError, match="LIGHTNING_BRATS_SYNC_DEBUG='loud'"):
+            hardware.configure_cuda("gpu")
+    finally:
+        torch.set_float32_matmul_precision(before)

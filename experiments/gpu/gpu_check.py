@@ -61,8 +61,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 EXPERIMENTS = ("brats_nnunet", "brats_nvidia")
+#: lightning_brats.hardware.SYNC_DEBUG_ENV: torch.cuda.set_sync_debug_mode for a CUDA run
+SYNC_DEBUG_ENV = "LIGHTNING_BRATS_SYNC_DEBUG"
 #: Benchmark variants (--variants): the module's layout and compilation switches, measured one at a time.
 VARIANTS = {
+    # torch.cuda.set_sync_debug_mode("warn") through lightning_brats.hardware.configure_cuda: where the host waits
+    "sync_debug": [],
     "channels_last": ["model.channels_last=true"],
     "compile": ["model.compile=true"],
     "cuda_graphs": ["model.compile=true", "model.compile_mode=reduce-overhead"],
@@ -115,7 +119,8 @@ def run_step(step: Step, log_dir: Path, timeout: float) -> tuple[int, float, Pat
     with open(log, "w") as handle:
         handle.write("$ " + " ".join(step.command) + "\n")
         handle.flush()
-        proc = subprocess.Popen(step.command, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+        env = {**os.environ, **step.extra.get("env", {})}
+        proc = subprocess.Popen(step.command, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         try:
             code = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -228,6 +233,11 @@ def read_benchmark(step: Step, ceilings: dict) -> dict:
     if row["chip_share"] is None and row["achieved_tflops"] and peak:
         row["chip_share"] = row["achieved_tflops"] / peak
     row["note"] = f"{get('steps_timed')} steps timed"
+    if step.extra.get("env", {}).get(SYNC_DEBUG_ENV):  # each place that made the host wait warns once
+        log = step.extra.get("log")
+        sites = sorted({line.strip() for line in log.read_text(errors="replace").splitlines()
+                        if "synchronizing CUDA operation" in line}) if log and log.is_file() else []
+        row["note"] += f"; {len(sites)} syncing call sites (log: {log.name if log else '-'})"
     return row
 
 
@@ -322,8 +332,11 @@ def plan(args: argparse.Namespace, out: Path) -> list[Step]:
         cmd = [py, "train.py", f"experiment={experiment}", "debug=benchmark", trainer, "logger=csv", *data, *paths, *sizes,
                "data.augment.device=cpu", f"data.num_workers={args.workers[-1]}", f"debug_steps={args.bench_steps}",
                f"callbacks.step_timer.skip={args.bench_skip}", *VARIANTS[variant], f"hydra.run.dir={run_dir}"]
+        extra = {"experiment": experiment}
+        if variant == "sync_debug":
+            extra["env"] = {SYNC_DEBUG_ENV: "warn"}
         steps.append(Step(f"bench {experiment} {variant} w={args.workers[-1]}", "benchmark", cmd, run_dir,
-                          args.timeout_bench, {"experiment": experiment}))
+                          args.timeout_bench, extra))
 
     if not args.skip_tests:
         junit = out / "runs" / "pytest" / "junit.xml"
@@ -367,6 +380,7 @@ def run_check(args: argparse.Namespace) -> tuple[list[dict], dict]:
             continue
         print(f"[gpu_check] {step.name} ...", flush=True)
         code, wall, log = run_step(step, out / "logs", min(step.timeout, left))
+        step.extra["log"] = log
         row.update(exit=code, wall_s=wall)
         try:
             figures = {"main": read_main, "predict": read_predict, "ceiling": read_ceiling,
