@@ -145,3 +145,15 @@ def test_a_registered_metric_reaches_eval_compare_and_the_report_with_no_other_c
             compare(pair, rank=[TOY], n_resamples=200)
     finally:
         metric_registry.register(toy_metric)
+
+
+@pytest.mark.parametrize("data", ["brats20", "brats23"])
+def test_the_best_checkpoint_is_chosen_in_the_registrys_direction(tmp_path, data):
+    """conf/callbacks/default.yaml keeps the checkpoint with the best ``val/<metric>_mean``; its ``mode``
+    must be the registry's direction of that metric (Dice for brats20, lesion-wise Dice for brats23)."""
+    from tests.conftest import compose_config
+
+    checkpoint = compose_config([f"data={data}", "data.root=/nowhere"], tmp_path).callbacks.model_checkpoint
+    metric = checkpoint.monitor.removeprefix("val/").removesuffix("_mean")
+    assert metric == {"brats20": "dice", "brats23": "lesionwise_dice"}[data]
+    assert checkpoint.mode == {1: "max", -1: "min"}[metric_registry.direction(metric)]
