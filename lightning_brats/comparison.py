@@ -16,11 +16,12 @@ Two analyses:
 * The BraTS ranking scheme (Bakas et al. 2018, arXiv:1811.02629; Baid et al. 2021,
   arXiv:2107.02314; LaBella et al. 2024, arXiv:2405.09787): every model is ranked against the others
   on every case, for every ranked metric and region (Dice: higher is better; HD95: lower is
-  better); a model's cumulative rank on a case is the mean of those ranks, and its final ranking
-  score the mean of its cumulative ranks over the cases (lower is better). The published
-  descriptions do not say how ties are ranked; here tied models share the mean of the ranks they
-  span (``scipy.stats.rankdata(method="average")``), so two models equal on every case share the
-  same score. Since 2023 the challenge ranks by the lesion-wise Dice and HD95; they are ranked
+  better; every metric's direction is the one :mod:`lightning_brats.metric_registry` declares); a
+  model's cumulative rank on a case is the mean of those ranks, and its final ranking score the
+  mean of its cumulative ranks over the cases (lower is better). The published descriptions do not
+  say how ties are ranked; here tied models share the mean of the ranks they span
+  (``scipy.stats.rankdata(method="average")``), so two models equal on every case share the same
+  score. Since 2023 the challenge ranks by the lesion-wise Dice and HD95; they are ranked
   by default when every folder has them, the per-case (legacy) Dice and HD95 otherwise.
 """
 
@@ -36,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lightning_brats import metric_registry
 from lightning_brats.evaluation import read_csv, write_csv
 
 #: The per-case columns of ``metrics.csv`` that are not metrics.
@@ -43,11 +45,6 @@ ID_COLUMNS = ("case_id", "missing")
 #: Metric names (the column prefix before ``_<region>``) that the challenge ranks, in order of
 #: preference: the first group every folder has is ranked by default.
 RANKED_METRICS = (("lesionwise_dice", "lesionwise_hd95"), ("dice", "hd95"))
-#: Name tokens of metrics where lower is better (distances, false detections); see :func:`direction`.
-_LOWER_TOKENS = {"hd", "hd95", "hausdorff", "asd", "assd", "distance", "fp", "fn", "error", "ravd"}
-#: Name tokens of metrics where higher is better (overlap, detection); see :func:`direction`.
-_HIGHER_TOKENS = {"dice", "dsc", "iou", "jaccard", "sensitivity", "specificity", "precision", "recall", "f1",
-                  "tp", "nsd", "pq", "sq", "rq"}
 
 
 class ComparisonError(ValueError):
@@ -58,15 +55,10 @@ class ComparisonError(ValueError):
 def direction(metric: str) -> int:
     """Which way a metric is better: ``1`` higher (Dice), ``-1`` lower (HD95), ``0`` neither (volumes).
 
-    Decided by the tokens of the name split at ``_``: a distance or false-detection token
-    (``hd95``, ``fp``, ...) means lower; an overlap or detection token (``dice``, ``f1``, ...) higher.
+    As :mod:`lightning_brats.metric_registry` declares it; a metric the registry does not hold has
+    no direction (compared, with no winner named, and never ranked), whatever its name.
     """
-    tokens = set(metric.lower().split("_"))
-    if tokens & _LOWER_TOKENS:
-        return -1
-    if tokens & _HIGHER_TOKENS:
-        return 1
-    return 0
+    return metric_registry.direction(metric)
 
 
 @dataclass
@@ -371,7 +363,11 @@ def compare(
         raise ComparisonError(f"rank={unknown}: not a metric of every folder (common metrics: {known})")
     undirected = [m for m in metrics if direction(m) == 0]
     if undirected or not metrics:
-        raise ComparisonError(f"rank={undirected or metrics}: no better direction known (rank Dice- or HD95-like metrics)")
+        directed = [m for m in dict.fromkeys(metric for metric, _ in columns) if direction(m) != 0]
+        raise ComparisonError(
+            f"rank={undirected or metrics}: no better direction known (lightning_brats.metric_registry declares "
+            f"none); rank metrics that have one: {directed}"
+        )
     ranked = [c for m in metrics for c in columns if c[0] == m]
     comparison.ranked = ranked
     comparison.ranks = brats_ranks(np.stack([comparison.values(c) for c in ranked]), [direction(m) for m, _ in ranked])

@@ -1,10 +1,11 @@
 """Scoring label maps like the BraTS challenge: per case and region, then summary statistics.
 
 Regions (WT, TC, ET) are scored, not labels: each is the set of voxels whose label is one of
-the region's codes in ``data.regions``. Per case and region: Dice, HD95 (mm), sensitivity,
-specificity and volumes (mL), with the BraTS empty-mask conventions of
-:func:`~lightning_brats.metrics.case_region_metrics` (the ``legacy`` definition, always computed),
-plus, for ``brats2023``/``brats2024``/``brats2025``, the lesion-wise scores and lesion counts of
+the region's codes in ``data.regions``. Per case and region: every metric of
+:mod:`lightning_brats.metric_registry` with a compute function (built in: Dice, HD95 (mm),
+sensitivity, specificity and volumes (mL), with the BraTS empty-mask conventions of
+:func:`~lightning_brats.metrics.case_region_metrics`; always computed), plus, for
+``brats2023``/``brats2024``/``brats2025``, the lesion-wise scores and lesion counts of
 :mod:`lightning_brats.lesion_metrics`.
 """
 
@@ -18,24 +19,27 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from lightning_brats import metric_registry
 from lightning_brats.data.preprocess import atomic_save
 from lightning_brats.data.readers import DataError, LoadedCase, check_label_values, check_same_grid
-from lightning_brats.lesion_metrics import metric_names, score_lesion_wise
-from lightning_brats.metrics import case_region_metrics
+from lightning_brats.lesion_metrics import score_lesion_wise
 
-#: Per-region metrics, the column prefixes of ``metrics.csv`` (``dice_wt``, ``hd95_et``, ...).
-METRICS = ("dice", "hd95", "sensitivity", "specificity", "volume_pred_ml", "volume_true_ml")
+#: The built-in per-region metrics of the ``legacy`` definition, the column prefixes of ``metrics.csv``
+#: (``dice_wt``, ``hd95_et``, ...): the registry's at import; :func:`case_metrics` reads it at call time.
+METRICS = metric_registry.scored("legacy")
 #: Statistics of ``summary.csv``, one column each.
 STATISTICS = ("mean", "std", "median", "q25", "q75")
 
 
 def case_metrics(definition: str = "legacy") -> tuple[str, ...]:
-    """Per-region metrics a definition scores: :data:`METRICS`, then its lesion-wise ones.
+    """Per-region metrics a definition scores, from the registry
+    (:func:`~lightning_brats.metric_registry.scored`): those computed per case and region, then the
+    definition's lesion-wise ones.
 
     Raises:
         ValueError: unknown definition.
     """
-    return (*METRICS, *metric_names(definition))
+    return metric_registry.scored(definition)
 
 
 def score_case(
@@ -63,9 +67,10 @@ def score_case(
         ValueError: unknown definition or missing lesion-wise settings.
     """
     row = {}
+    computed = metric_registry.computed(definition)
     for region, codes in regions.items():
-        scores = case_region_metrics(np.isin(prediction, codes), np.isin(truth, codes), spacing)
-        row.update({f"{metric}_{region}": float(scores[metric]) for metric in METRICS})
+        pred, true = np.isin(prediction, codes), np.isin(truth, codes)
+        row.update({f"{m.name}_{region}": float(m.compute(pred, true, spacing)) for m in computed})
     row.update(score_lesion_wise(prediction, truth, regions, spacing, definition, lesion_wise))
     return row
 
@@ -99,7 +104,7 @@ def read_prediction(path: Path, case: LoadedCase, labels: Mapping[str, int]) -> 
 
 
 def summarize(
-    rows: Sequence[Mapping[str, float]], regions: Sequence[str], metrics: Sequence[str] = METRICS
+    rows: Sequence[Mapping[str, float]], regions: Sequence[str], metrics: Sequence[str] | None = None
 ) -> list[dict]:
     """Mean, standard deviation (n - 1), median, 25th and 75th percentile per metric and region.
 
@@ -109,13 +114,13 @@ def summarize(
     Args:
         rows: per-case rows of :func:`score_case`.
         regions: region names, in output order.
-        metrics: metric names, in output order (:func:`case_metrics`).
+        metrics: metric names, in output order (default: :func:`case_metrics` of ``legacy``).
 
     Returns:
         one dict per (metric, region): ``metric``, ``region``, ``cases`` and :data:`STATISTICS`.
     """
     summary = []
-    for metric in metrics:
+    for metric in case_metrics() if metrics is None else metrics:
         for region in regions:
             values = np.asarray([row[f"{metric}_{region}"] for row in rows], dtype=np.float64)
             values = values[~np.isnan(values)]

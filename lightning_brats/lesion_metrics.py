@@ -67,14 +67,17 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
+from lightning_brats import metric_registry
+from lightning_brats.metric_registry import DEFINITIONS  # noqa: F401  (what ``eval.py metrics=`` accepts)
 from lightning_brats.metrics import case_region_metrics
 
-#: What ``eval.py metrics=`` accepts.
-DEFINITIONS = ("legacy", "brats2023", "brats2024", "brats2025")
-#: Per-region lesion-wise metrics of ``brats2023``/``brats2024``: column prefixes of ``metrics.csv``.
-LESION_METRICS = ("lesionwise_dice", "lesionwise_hd95", "lesionwise_tp", "lesionwise_fp", "lesionwise_fn")
-#: ``brats2025`` adds panoptica's detection scores.
-PANOPTIC_METRICS = (*LESION_METRICS, "lesionwise_precision", "lesionwise_recall", "lesionwise_f1")
+#: Per-region lesion-wise metrics of ``brats2023``/``brats2024``: column prefixes of ``metrics.csv``,
+#: declared (with unit, direction and label) in :mod:`lightning_brats.metric_registry`.
+LESION_METRICS = metric_registry.lesion_wise("brats2023")
+#: ``brats2025`` adds panoptica's detection scores (precision, recall, F1).
+PANOPTIC_METRICS = metric_registry.lesion_wise("brats2025")
+#: The definitions that need the data config's ``evaluation.lesion_wise`` (dilation, min_volume, hd95_penalty).
+NEEDS_SETTINGS = ("brats2023", "brats2024")
 #: HD95 (mm) the BraTS-Lighthouse 2025 parser writes for an infinite distance.
 PANOPTIC_HD95_INF_MM = 373.0
 #: 18-connected structuring element of the 2023+ dilation (faces and edges, not corners).
@@ -82,14 +85,13 @@ DILATION_STRUCTURE = ndimage.generate_binary_structure(3, 2)
 
 
 def metric_names(definition: str) -> tuple[str, ...]:
-    """The per-region lesion-wise metrics a definition adds to the legacy ones (none for ``legacy``).
+    """The per-region lesion-wise metrics a definition adds to the legacy ones (none for ``legacy``),
+    as the registry declares them (:func:`~lightning_brats.metric_registry.lesion_wise`).
 
     Raises:
         ValueError: ``definition`` is not one of :data:`DEFINITIONS`.
     """
-    if definition not in DEFINITIONS:
-        raise ValueError(f"metrics={definition!r} is unknown; choose one of {', '.join(DEFINITIONS)}")
-    return {"legacy": (), "brats2025": PANOPTIC_METRICS}.get(definition, LESION_METRICS)
+    return metric_registry.lesion_wise(definition)
 
 
 def components(mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -376,7 +378,8 @@ def check_settings(definition: str, settings: Mapping | None, regions: Mapping[s
     Raises:
         ValueError: unknown definition, or settings missing, naming the override that adds them.
     """
-    if metric_names(definition) != LESION_METRICS:
+    metric_names(definition)  # an unknown definition is an error
+    if definition not in NEEDS_SETTINGS:
         return
     if not settings or any(k not in settings for k in ("dilation", "min_volume", "hd95_penalty")):
         raise ValueError(

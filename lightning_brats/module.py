@@ -34,10 +34,13 @@ from lightning_brats.checkpoints import (
 from lightning_brats.data.datamodule import adopt_legacy_state
 from lightning_brats.inference import InferenceSettings, predict_logits
 from lightning_brats.losses import deep_supervision_loss
-from lightning_brats.metrics import RegionDice
+from lightning_brats.metric_registry import get as registered_metric
 from lightning_brats.nonfinite import NonFiniteLosses
 
 log = logging.getLogger(__name__)
+#: Validation's Dice is the registry's ``dice`` (its name in ``val/dice_<region>``, its convention and
+#: direction, the same as eval.py's), computed on batched tensors by its ``batched`` form, RegionDice.
+VAL_DICE = registered_metric("dice")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -241,7 +244,7 @@ class SegmentationModule(pl.LightningModule):
         if channels_last:
             self.net.to(memory_format=self.memory_format)
         self.__dict__["compiled_net"] = torch.compile(self.net, mode=compile_mode) if compile else self.net
-        self.val_dice = RegionDice(len(self.region_names))
+        self.val_dice = VAL_DICE.batched(len(self.region_names))
         # mean validation loss over cases, reduced over all processes by torchmetrics (Lightning's
         # sync_dist mean divides an integer case count on gloo, wrong when counts differ)
         self.val_loss = MeanMetric()
@@ -509,8 +512,8 @@ class SegmentationModule(pl.LightningModule):
         # holds the Dice of all validation cases; sync_dist then averages equal values
         dice = self.val_dice.compute().reshape(-1)  # torchmetrics squeezes a single region to 0-d
         for name, value in zip(self.region_names, dice):
-            self.log(f"val/dice_{name}", value.float(), sync_dist=True)
-        self.log("val/dice_mean", dice.mean().float(), prog_bar=True, sync_dist=True)
+            self.log(f"val/{VAL_DICE.name}_{name}", value.float(), sync_dist=True)
+        self.log(f"val/{VAL_DICE.name}_mean", dice.mean().float(), prog_bar=True, sync_dist=True)
         self.val_dice.reset()
 
     def configure_optimizers(self):

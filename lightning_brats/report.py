@@ -5,7 +5,9 @@ a row per case (``metrics.csv``) with its picture (``pictures/<case>.png``); the
 embedded as base64 ``data:`` URIs, so the file opens in any browser without W&B, a server or the
 folder beside it. Clicking a column header sorts the case table (again: the other way); a link
 ending in ``#sort=<column>`` (``#sort=-<column>`` for descending) opens the page sorted, e.g.
-``report.html#sort=dice_et``. A few lines of inline JavaScript, no external assets.
+``report.html#sort=dice_et``. A few lines of inline JavaScript, no external assets. Hovering a
+metric's column header shows what :mod:`lightning_brats.metric_registry` declares for it: label,
+unit and which way is better (e.g. "HD95 (mm; lower is better), ET").
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import math
 from datetime import datetime
 from pathlib import Path
 
+from lightning_brats import metric_registry
 from lightning_brats.data.preprocess import atomic_save
 from lightning_brats.evaluation import read_csv
 
@@ -84,10 +87,19 @@ def _cell(value, column: str) -> str:
     return f'<td class="text" data-value="{text}">{text}</td>'
 
 
-def _header(columns: list[str]) -> str:
+def _header(columns: list[str], regions: list[str] = ()) -> str:
+    """The header row; a ``<metric>_<region>`` column of a registered metric gets a ``title`` (the
+    registry's label, unit and direction, then the region)."""
+
+    def title(column: str) -> str:
+        split = metric_registry.split_column(column, regions)
+        if split is None:
+            return ""
+        return f' title="{html.escape(metric_registry.get(split[0]).describe())}, {html.escape(split[1].upper())}"'
+
     cells = "".join(
-        f'<th data-column="{html.escape(c)}"{" class=text" if c in ("case_id", "metric", "region", "picture") else ""}>'
-        f"{html.escape(c)}</th>"
+        f'<th data-column="{html.escape(c)}"{" class=text" if c in ("case_id", "metric", "region", "picture") else ""}'
+        f"{title(c)}>{html.escape(c)}</th>"
         for c in columns
     )
     return f"<thead><tr>{cells}</tr></thead>"
@@ -135,6 +147,7 @@ def write_report(eval_dir: Path | str, embed: bool = True) -> Path:
     if boxplot:
         parts += ["<h2>Dice per case</h2>", boxplot]
     columns = [c for c in (rows[0] if rows else {}) if c != "case_id"]
+    regions = list(dict.fromkeys(str(row["region"]) for row in summary if "region" in row))
     body = []
     for row in rows:
         case = str(row.get("case_id", ""))
@@ -144,7 +157,7 @@ def write_report(eval_dir: Path | str, embed: bool = True) -> Path:
                     f'<td class="text" data-value="">{image or "no picture"}</td>{cells}</tr>')
     parts += [
         "<h2>Cases</h2>",
-        f'<table id="cases" class="sortable">{_header(["case_id", "picture", *columns])}<tbody>{"".join(body)}</tbody></table>',
+        f'<table id="cases" class="sortable">{_header(["case_id", "picture", *columns], regions)}<tbody>{"".join(body)}</tbody></table>',
         f"<script>{_SCRIPT}</script></body></html>",
     ]
     path = eval_dir / REPORT_HTML
