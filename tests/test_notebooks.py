@@ -32,7 +32,7 @@ def test_every_notebook_is_stored_without_outputs_and_opens_with_the_install_cel
         assert "widgets" not in notebook["metadata"], f"{name}: widget state stored (clear it before committing)"
         code = [c for c in notebook["cells"] if c["cell_type"] == "code"]
         for cell in code:
-            assert cell["outputs"] == [] and cell["execution_count"] is None, (
+            assert cell["outputs"] == [] and cell["execution_count"] is None and "execution" not in cell["metadata"], (
                 f"{name}: a cell is stored with outputs or an execution count; clear them "
                 "(Jupyter: Edit > Clear Outputs of All Cells, or nbstripout) before committing")
         first = "".join(notebook["cells"][0]["source"])
@@ -41,6 +41,20 @@ def test_every_notebook_is_stored_without_outputs_and_opens_with_the_install_cel
         # the install cell is the only one that installs; the note on git checkouts names no made-up URL
         assert not any("pip" in "".join(c["source"]) for c in code[1:]), name
         assert "<your clone URL>" in "".join("".join(c["source"]) for c in notebook["cells"] if c["cell_type"] == "markdown")
+
+
+@pytest.mark.slow
+def test_the_python3_kernel_is_this_interpreter():
+    """nbclient's ``python3`` kernel (ipykernel's spec, argv ``python -m ipykernel_launcher``) runs this
+    interpreter, whatever ``python`` is on PATH: jupyter_client puts ``sys.executable`` in place of it."""
+    import sys
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import sys; print(sys.executable)")])
+    NotebookClient(notebook, timeout=60, kernel_name="python3").execute()
+    assert notebook.cells[0].outputs[0]["text"].strip() == sys.executable
 
 
 def _execute(name: str, tmp_path: Path, env: dict[str, str]):
