@@ -35,6 +35,7 @@ from lightning_brats.data.datamodule import adopt_legacy_state
 from lightning_brats.inference import InferenceSettings, predict_logits
 from lightning_brats.losses import deep_supervision_loss
 from lightning_brats.metric_registry import get as registered_metric
+from lightning_brats.models.protocol import check_network
 from lightning_brats.nonfinite import NonFiniteLosses
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,8 @@ class SegmentationModule(pl.LightningModule):
     hyper-parameters, so that ``SegmentationModule.load_from_checkpoint(path)`` rebuilds the module
     (see :meth:`load_from_checkpoint` and the schema in :mod:`lightning_brats.checkpoints`).
 
-    A network with deep supervision (a ``num_outputs`` attribute above 1) returns a list of
+    The network is a :class:`~lightning_brats.models.SegmentationNetwork`; with deep supervision
+    (``num_outputs`` above 1) it returns a list of
     logits in training; the loss is then MONAI's ``DeepSupervisionLoss`` with nnU-Net's weights,
     and validation uses the full-resolution output only (the network returns just that in eval
     mode). The module draws no pictures: :class:`~lightning_brats.callbacks.pictures.ValidationPictures`
@@ -166,6 +168,7 @@ class SegmentationModule(pl.LightningModule):
         ValueError: the patch does not suit the network (dimensionality or divisibility; the
             message starts with ``model=<name>``), a part's config cannot be built (names
             ``model.<part>``), or ``sampling``/``patch_size`` are invalid.
+        TypeError: the network is not a :class:`~lightning_brats.models.SegmentationNetwork`.
     """
 
     def __init__(
@@ -203,12 +206,10 @@ class SegmentationModule(pl.LightningModule):
         self.modalities = [str(m) for m in modalities]
         #: validation's sliding-window size in voxels (2 or 3 values)
         self.patch_size = window_size(list(patch_size), sampling)
-        check = getattr(self.net, "check_patch_size", None)
-        if check is not None:
-            try:
-                check(self.patch_size)
-            except ValueError as exc:
-                raise ValueError(f"model={name}: {exc}") from exc
+        try:
+            check_network(self.net, name).check_patch_size(self.patch_size)
+        except ValueError as exc:
+            raise ValueError(f"model={name}: {exc}") from exc
         shown_first = [display_modality] if isinstance(display_modality, str) else [str(m) for m in display_modality]
         shown = [m for m in shown_first if m in self.modalities]
         #: the input channel pictures show
@@ -234,7 +235,7 @@ class SegmentationModule(pl.LightningModule):
             "skip_nonfinite": bool(skip_nonfinite),
         }
         self.save_hyperparameters(hparams, logger=False)
-        num_outputs = int(getattr(self.net, "num_outputs", 1))
+        num_outputs = int(self.net.num_outputs)
         self.train_loss = deep_supervision_loss(self.loss, num_outputs) if num_outputs > 1 else self.loss
         # kept out of the module tree so the checkpoint holds the plain network's weights only
         #: the input layout (``torch.contiguous_format`` unless ``channels_last``)
@@ -324,7 +325,7 @@ class SegmentationModule(pl.LightningModule):
             "model/input_shape": list(shape),
             "model/output_shape": [batch, *out.shape[1:]],
         }
-        num_outputs = int(getattr(self.net, "num_outputs", 1))
+        num_outputs = int(self.net.num_outputs)
         if num_outputs > 1:
             info["model/deep_supervision_shapes"] = [
                 [batch, out.shape[1], *(p // 2**k for p in self.patch_size)] for k in range(num_outputs)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -143,3 +145,20 @@ def test_region_dice_brats_conventions():
     metric.update(pred, target)
     metric.update(target, target)
     assert metric.compute().tolist() == pytest.approx([(2 / 3 + 1) / 2, 1.0, 0.5])
+
+
+def test_every_zoo_network_is_a_segmentation_network_and_others_are_named():
+    """The module reads num_outputs and check_patch_size through one contract, not getattr defaults."""
+    import hydra
+    from torch import nn
+
+    from lightning_brats.models import SegmentationNetwork, check_network
+    from tests.conftest import MODEL_VARIANTS, compose_config
+
+    for name, _, overrides in MODEL_VARIANTS:
+        cfg = compose_config([f"model={name}", "data=sample", *overrides], Path("/tmp/unused"))
+        net = hydra.utils.instantiate(cfg.model.net)
+        assert isinstance(net, SegmentationNetwork), name
+        assert net.num_outputs >= 1
+    with pytest.raises(TypeError, match=r"model=plain: Conv3d lacks num_outputs and check_patch_size"):
+        check_network(nn.Conv3d(4, 3, 1), "plain")

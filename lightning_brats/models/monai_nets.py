@@ -55,6 +55,7 @@ class SegResNet(nets.SegResNet):
         )
         self.spatial_dims = 3
         self.divisor = 2 ** (len(blocks_down) - 1)
+        self.num_outputs = 1
 
     def check_patch_size(self, patch_size: Sequence[int]) -> None:
         """Raise ``ValueError`` naming SegResNet, the size and the nearest valid one."""
@@ -104,6 +105,7 @@ class SwinUNETR(nets.SwinUNETR):
         )
         self.spatial_dims = 3
         self.divisor = 32
+        self.num_outputs = 1
 
     def check_patch_size(self, patch_size: Sequence[int]) -> None:
         """Raise ``ValueError`` naming SwinUNETR, the size and the nearest valid one."""
