@@ -60,11 +60,11 @@ class TrainingCurves(pl.Callback):
 
     def draw(self, path: Path) -> None:
         """Two panels: losses (left), validation Dice per region (right), against epochs; PNG at ``path``."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
         from matplotlib.ticker import MaxNLocator
+
+        from lightning_brats.visualize import _pyplot
+
+        plt = _pyplot()
 
         fig, (losses, dice) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
         for key, points in sorted(self.history.items()):

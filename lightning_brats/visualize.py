@@ -20,9 +20,15 @@ VIEWS = [("axial", 2), ("coronal", 1), ("sagittal", 0)]
 
 
 def _pyplot():
+    """``matplotlib.pyplot`` on a backend that draws without a screen (Agg), except in a Jupyter kernel,
+    whose inline backend is left in place so figures show in the notebook."""
+    import os
+
     import matplotlib
 
-    matplotlib.use("Agg")
+    chosen = getattr(matplotlib.rcParams, "_get_backend_or_none", lambda: None)() or os.environ.get("MPLBACKEND", "")
+    if "inline" not in str(chosen).lower():
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
