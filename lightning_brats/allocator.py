@@ -1,8 +1,8 @@
 """Which CPU memory allocator the process runs with, and how to get a faster one.
 
 CPU training of 3D networks allocates and frees large tensors every step; glibc's ``malloc``
-returns them to the system and faults them in again, tcmalloc and jemalloc keep them (issue 12
-reports preloading tcmalloc as a 1.4-2.2x lever on this project's CPU machines). An allocator can only
+returns them to the system and faults them in again, tcmalloc and jemalloc keep them (the gain
+measured here is beside the README's set-up lines). An allocator can only
 be swapped before the process starts (``LD_PRELOAD``), so training cannot pick it up by itself;
 it says at start which one is loaded and, when neither is but one is installed, the exact line to use.
 """

@@ -10,12 +10,12 @@ regions into label codes. Everything that needs is written with the network as m
 TorchScript), so that ``predict.py exported=<file>`` segments like the checkpoint with no
 checkpoint and no training config (:func:`load_exported_model`).
 
-Exporters, measured with torch 2.13 on every ``model=`` variant (tests/test_export.py): the
+Exporters, with torch 2.13 on every ``model=`` variant (tests/test_export.py): the
 TorchScript-based ONNX exporter (``exporter=legacy``, the default here) exports each
-convolutional variant (our U-Nets, MONAI's SegResNet) with dynamic batch and spatial axes in
-about a second, and onnxruntime reproduces the logits to ~1e-5. The ``torch.export``-based one
-(``exporter=dynamo``, torch's default since 2.9) gives the same graphs and accuracy but took
-13-20 s per small U-Net and about 8 minutes for a small SwinUNETR on a CPU. Neither makes
+convolutional variant (our U-Nets, MONAI's SegResNet) with dynamic batch and spatial axes,
+and onnxruntime reproduces the logits to ~1e-5. The ``torch.export``-based one
+(``exporter=dynamo``, torch's default since 2.9) gives the same graphs and accuracy but is
+an order of magnitude slower to export (README's Export section). Neither makes
 MONAI's SwinUNETR size-independent: its shifted-window attention mask is computed for the
 traced size, so onnxruntime fails at another size; SwinUNETR exports with ``dynamic=false``
 (the patch size only, which is all the sliding window feeds it). TorchScript files are made

@@ -1,9 +1,9 @@
 """What the machine runs fast: the mixed precision to train and predict in, and the CPU threads to use.
 
-bf16 autocast halves a 3D U-Net step on a CPU with native bf16 instructions (AVX512-BF16 or
+bf16 autocast speeds up a 3D U-Net step on a CPU with native bf16 instructions (AVX512-BF16 or
 AMX-BF16), but on a CPU without them PyTorch falls back to reference kernels (``slow_conv3d``
-and a scalar bf16 GEMM): one step of the ``brats_cpu_3d`` U-Net took 113 s in bf16 against 3.3 s
-in fp32 on an AVX2-only EPYC. So a preset never names a precision; it says ``auto`` and
+and a scalar bf16 GEMM), tens of times slower than fp32 (README's precision section has the
+figures). So a preset never names a precision; it says ``auto`` and
 :func:`resolve_precision` asks PyTorch what this CPU or GPU supports.
 """
 
@@ -27,10 +27,9 @@ CPU_BF16_ENV = "LIGHTNING_BRATS_CPU_BF16"
 
 #: oneDNN's own cap on the instruction sets it may use (``ONEDNN_MAX_CPU_ISA``, oneDNN's documented
 #: variable; ``DNNL_MAX_CPU_ISA`` is its older name, read when the new one is unset). Below
-#: ``AVX512_CORE_BF16`` oneDNN has no native bf16 convolutions even on a CPU that has the instructions:
-#: capped at ``AVX2`` on an AVX512-BF16 EPYC, a bf16 convolution took 1.89 s against 0.058 s in fp32
-#: (the AVX2-only machine's slow path, reproduced); capped at ``AVX512_CORE_VNNI`` it emulates bf16 at
-#: 0.078 s, still slower than fp32.
+#: ``AVX512_CORE_BF16`` oneDNN has no native bf16 convolutions even on a CPU that has the instructions
+#: (capped at ``AVX2`` it takes the AVX2-only machine's slow path; capped at ``AVX512_CORE_VNNI`` it
+#: emulates bf16, still slower than fp32).
 ONEDNN_ISA_ENV = "ONEDNN_MAX_CPU_ISA"
 _ONEDNN_ISA_ENV_OLD = "DNNL_MAX_CPU_ISA"
 
@@ -150,7 +149,7 @@ def resolve_precision(requested: str | int, accelerator: str = "auto") -> tuple[
     - on CUDA: ``"bf16-mixed"`` where the GPU supports bf16 (Ampere and newer), else ``"16-mixed"``;
     - on a CPU: ``"bf16-mixed"`` only where the CPU has native bf16 instructions (AVX512-BF16 or
       AMX-BF16, :func:`cpu_info`), else ``"32"``: without them PyTorch's bf16 convolutions fall
-      back to reference kernels, ~34x slower than fp32 for the ``brats_cpu_3d`` U-Net.
+      back to reference kernels, tens of times slower than fp32.
 
     Args:
         requested: ``trainer.precision`` (``"auto"``, ``32``, ``"bf16-mixed"``, ...).

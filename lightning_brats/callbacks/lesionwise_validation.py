@@ -1,5 +1,5 @@
 """Lesion-wise Dice during training, so that the checkpoint kept as best is the best by the leaderboard's
-measure (issue 14, "Training-time validation")."""
+measure."""
 
 from __future__ import annotations
 

@@ -406,9 +406,8 @@ class Augmentation:
         """Rotate and scale and/or elastically deform one sample with the batch path's code (one
         ``grid_sample`` grid for image and target), which resamples as MONAI's ``Affine`` does
         (``test_batch_affine_resamples_as_monai_affine``: images within 1e-4, nearest-neighbour targets but
-        for rare ties) at a tenth of its cost in 2D (0.4 vs 4.0 ms per 4x96^2 sample) and two thirds in 3D
-        (263 vs 388 ms per 4x128^3, one core of an AMD EPYC with AVX-512): MONAI built the grid twice and
-        wrapped every call in metadata handling."""
+        for rare ties), faster than MONAI's, which builds the grid twice and wraps every call in metadata
+        handling (timings: experiments/benchmarks/README.md)."""
         from lightning_brats.data.batch_augment import (
             affine_grid,
             elastic_displacement,
