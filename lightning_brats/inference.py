@@ -115,8 +115,8 @@ def predict_logits(
     net: nn.Module,
     image: torch.Tensor,
     patch_size: Sequence[int],
-    overlap: float = 0.5,
-    sw_batch_size: int = 2,
+    overlap: float,
+    sw_batch_size: int,
 ) -> torch.Tensor:
     """Logits for whole cases with MONAI's Gaussian-weighted sliding window.
 
@@ -163,8 +163,8 @@ def predict_probabilities(
     net: nn.Module,
     image: torch.Tensor,
     patch_size: Sequence[int],
-    overlap: float = 0.5,
-    sw_batch_size: int = 2,
+    overlap: float,
+    sw_batch_size: int,
     flip_tta: bool = False,
 ) -> torch.Tensor:
     """Per-region probabilities for whole cases, optionally averaged over flipped copies.

@@ -102,7 +102,7 @@ def test_2d_inference_is_slice_by_slice():
     changed = image.clone()
     changed[..., 3] += 5
     with torch.no_grad():
-        a, b = predict_logits(net, image, (16, 16)), predict_logits(net, changed, (16, 16))
+        a, b = predict_logits(net, image, (16, 16), 0.5, 4), predict_logits(net, changed, (16, 16), 0.5, 4)
     differs = (a - b).abs().flatten(0, 3).amax(0) > 1e-6
     assert differs.tolist() == [False, False, False, True, False, False]
 

@@ -58,14 +58,14 @@ def test_flip_tta_averages_every_flip(dims):
     batch = 6  # in 2D all six slices go through at once, so calls == flip passes
     assert len(set(flip_axes_combinations(dims))) == 2**dims
     with torch.no_grad():
-        plain = predict_probabilities(net, image, patch, sw_batch_size=batch)
+        plain = predict_probabilities(net, image, patch, overlap=0.5, sw_batch_size=batch)
         net.calls = 0
-        tta = predict_probabilities(net, image, patch, sw_batch_size=batch, flip_tta=True)
+        tta = predict_probabilities(net, image, patch, overlap=0.5, sw_batch_size=batch, flip_tta=True)
         assert net.calls == 2**dims  # 8 passes in 3D, 4 in 2D
         for axis in range(2, 2 + dims):  # the average over all flips commutes with any flip
-            flipped = predict_probabilities(net, torch.flip(image, (axis,)), patch, sw_batch_size=batch, flip_tta=True)
+            flipped = predict_probabilities(net, torch.flip(image, (axis,)), patch, overlap=0.5, sw_batch_size=batch, flip_tta=True)
             torch.testing.assert_close(torch.flip(flipped, (axis,)), tta, atol=1e-5, rtol=1e-5)
-        assert not torch.allclose(torch.flip(predict_probabilities(net, torch.flip(image, (2,)), patch, sw_batch_size=batch), (2,)), plain, atol=1e-3)
+        assert not torch.allclose(torch.flip(predict_probabilities(net, torch.flip(image, (2,)), patch, overlap=0.5, sw_batch_size=batch), (2,)), plain, atol=1e-3)
     assert tta.shape == (1, 3, 16, 12, 6) and 0 <= tta.min() and tta.max() <= 1
 
 
