@@ -36,7 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lightning_brats.evaluation import read_csv, write_csv
+from lightning_brats.evaluation.scoring import read_csv
+from lightning_brats.io import write_csv
 
 #: The per-case columns of ``metrics.csv`` that are not metrics.
 ID_COLUMNS = ("case_id", "missing")
@@ -421,7 +422,7 @@ def differences_figure(comparison: Comparison, metrics: Sequence[str] | None = N
     Returns:
         a matplotlib ``Figure``.
     """
-    from lightning_brats.visualize import _pyplot
+    from lightning_brats.evaluation.visualize import _pyplot
 
     plt = _pyplot()
     metrics = list(metrics) if metrics else list(dict.fromkeys(m for m, _ in comparison.ranked))
@@ -471,8 +472,8 @@ PAIRED_CSV, RANKING_CSV, CASE_RANKS_CSV, DIFFERENCES_PNG = "paired.csv", "rankin
 def write_comparison(comparison: Comparison, out: Path | str) -> dict[str, Path]:
     """Write ``paired.csv``, ``ranking.csv``, ``case_ranks.csv`` and ``differences.png`` into ``out``
     (created), each atomically; their paths by name."""
-    from lightning_brats.data.preprocess import atomic_save
-    from lightning_brats.visualize import figure_to_png
+    from lightning_brats.evaluation.visualize import figure_to_png
+    from lightning_brats.io import atomic_save
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -16,8 +16,8 @@ import math
 from datetime import datetime
 from pathlib import Path
 
-from lightning_brats.data.preprocess import atomic_save
-from lightning_brats.evaluation import read_csv
+from lightning_brats.evaluation.scoring import read_csv
+from lightning_brats.io import atomic_save
 
 #: The file written into the evaluation folder.
 REPORT_HTML = "report.html"

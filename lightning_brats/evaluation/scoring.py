@@ -11,17 +11,16 @@ plus, for ``brats2023``/``brats2024``/``brats2025``, the lesion-wise scores and 
 from __future__ import annotations
 
 import csv
-import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from lightning_brats.data.preprocess import atomic_save
 from lightning_brats.data.readers import DataError, LoadedCase, check_label_values, check_same_grid
-from lightning_brats.lesion_metrics import metric_names, score_lesion_wise
-from lightning_brats.metrics import case_region_metrics
+from lightning_brats.evaluation.lesion_metrics import metric_names, score_lesion_wise
+from lightning_brats.evaluation.metrics import case_region_metrics
+from lightning_brats.io import write_csv  # noqa: F401  (moved to lightning_brats.io; importable from here too)
 
 #: Per-region metrics, the column prefixes of ``metrics.csv`` (``dice_wt``, ``hd95_et``, ...).
 METRICS = ("dice", "hd95", "sensitivity", "specificity", "volume_pred_ml", "volume_true_ml")
@@ -140,33 +139,6 @@ def describe(values: Sequence[float] | np.ndarray) -> dict[str, float]:
         "q75": np.percentile(values, 75) if values.size else np.nan,
     }
     return {k: float(v) for k, v in stats.items()}
-
-
-def write_csv(
-    path: Path, rows: Sequence[Mapping], columns: Sequence[str] | None = None, digits: int | None = 6, nan: str = "nan"
-) -> None:
-    """Write rows as CSV atomically: the project's one CSV writer.
-
-    Args:
-        path: the file (its folder must exist).
-        rows: one mapping per row.
-        columns: the header, in order (default: the first row's keys).
-        digits: significant digits of floats; ``None`` writes them in full (``repr``).
-        nan: the text of a NaN float (``"nan"``; ``""`` leaves the cell empty).
-    """
-    def cell(value):
-        if not isinstance(value, float):
-            return value
-        if np.isnan(value):
-            return nan
-        return repr(value) if digits is None else f"{value:.{digits}g}"
-
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns if columns is not None else rows[0]))
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: cell(v) for k, v in row.items()})
-    atomic_save(path, lambda p: p.write_text(buffer.getvalue()))
 
 
 #: Columns :func:`read_csv` keeps as text (case IDs such as ``"001"`` must not become numbers).

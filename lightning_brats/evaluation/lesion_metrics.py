@@ -67,7 +67,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
-from lightning_brats.metrics import case_region_metrics
+from lightning_brats.evaluation.metrics import case_region_metrics
 
 #: What ``eval.py metrics=`` accepts.
 DEFINITIONS = ("legacy", "brats2023", "brats2024", "brats2025")
