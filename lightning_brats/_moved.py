@@ -2,9 +2,11 @@
 ``lightning_brats.budget``, ``lightning_brats.callbacks.step_timer``, ... (:data:`MOVED`).
 
 Enters: an ``import`` of an old path (from user code, or Hydra instantiating the ``_target_`` an old
-checkpoint stores, e.g. ``lightning_brats.module.SegmentationModule``). Leaves: a module that hands
-out the very objects of the new modules (so ``isinstance`` checks and old ``_target_`` strings keep
-working) and one :class:`DeprecationWarning` per process naming the new path. Python shows a
+checkpoint stores, e.g. ``lightning_brats.module.SegmentationModule``). Leaves: the new module itself
+under the old name (``lightning_brats.module is lightning_brats.training.module``, so ``isinstance``
+checks, old ``_target_`` strings and even ``monkeypatch.setattr`` on the old module act on the real
+one); for ``lightning_brats.budget``, split in two, a module that forwards to both. And one
+:class:`DeprecationWarning` per process naming the new path. Python shows a
 ``DeprecationWarning`` only for code run as ``__main__`` (and pytest's ``filterwarnings`` here ignores
 it), so loading an old checkpoint does not print it on every run.
 
@@ -85,7 +87,8 @@ def forward(module: ModuleType, new: tuple[str, ...]) -> None:
 
 
 class MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Finds the names of :data:`MOVED` (nothing else) and builds them with :func:`forward`."""
+    """Finds the names of :data:`MOVED` (nothing else): a module that moved whole is the new module
+    itself under its old name; one split in two (``budget``) forwards to both (:func:`forward`)."""
 
     def find_spec(self, fullname, path=None, target=None):
         if fullname not in MOVED:
@@ -93,10 +96,20 @@ class MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return importlib.util.spec_from_loader(fullname, self, is_package=fullname in PACKAGES)
 
     def create_module(self, spec):
-        return None  # the default module object
+        new = MOVED[spec.name]
+        return importlib.import_module(new[0]) if len(new) == 1 else None  # None: a fresh module
 
     def exec_module(self, module: ModuleType) -> None:
-        forward(module, MOVED[module.__name__])
+        old = next(name for name, value in sys.modules.items() if value is module and name in MOVED)
+        new = MOVED[old]
+        if len(new) == 1:
+            warnings.warn(
+                f"{old} moved to {new[0]}; import from there (the old path will be removed)",
+                DeprecationWarning,
+                stacklevel=2,  # exec_module, then (the import machinery skipped) the importing line
+            )
+        else:
+            forward(module, new)
 
 
 def install() -> None:

@@ -348,8 +348,8 @@ def test_a_full_disk_while_caching_keeps_the_old_entry_and_names_the_file(good_r
 
 
 def test_a_full_disk_while_writing_a_prediction_keeps_the_old_one(good_root, tmp_path, monkeypatch):
-    from lightning_brats import prediction
     from lightning_brats.data.readers import load_case
+    from lightning_brats.inference import prediction
 
     case = load_case(next(c for c in BRATS20_LAYOUT.find_cases(good_root) if c.case_id == CASE), MODALITIES)
     out = tmp_path / "predictions" / f"{CASE}.nii.gz"

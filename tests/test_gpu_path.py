@@ -17,9 +17,9 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from lightning_brats import hardware
 from lightning_brats.cli.train import choose_precision_and_threads
 from lightning_brats.inference.prediction import resolve_device
+from lightning_brats.training import hardware
 from lightning_brats.training.callbacks.model_card import ModelCard
 from lightning_brats.training.callbacks.step_timer import StepTimer, measure_matmul_tflops, precision_dtype
 from tests.conftest import compose_config, cuda_strategy

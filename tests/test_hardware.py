@@ -7,8 +7,8 @@ import logging
 import pytest
 import torch
 
-from lightning_brats import hardware
 from lightning_brats.cli.train import choose_precision_and_threads
+from lightning_brats.training import hardware
 from tests.conftest import compose_config
 
 AVX2_ONLY = {"cpu_name": "AMD EPYC", "avx2": True, "avx512_f": False, "avx512_bf16": False, "amx_bf16": False, "amx_tile": False}

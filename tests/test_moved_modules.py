@@ -1,6 +1,6 @@
 """Modules that moved into the stage packages (``training/``, ``inference/``, ``evaluation/``, ``io``)
-are still importable from their old paths: the old path hands out the very same objects and warns
-once with a ``DeprecationWarning`` naming the new path; checkpoints whose configs name the old
+are still importable from their old paths: the old path is the new module itself (``budget``, split
+in two, forwards to both halves) and warns once with a ``DeprecationWarning`` naming the new path; checkpoints whose configs name the old
 ``_target_`` paths still load; the two modules that became packages of the same name
 (``inference``, ``evaluation``) re-export their names without a warning."""
 
@@ -68,10 +68,25 @@ def test_old_path_gives_the_same_object_and_warns_with_the_new_path(old):
     name, new = MOVED[old]
     with pytest.warns(DeprecationWarning, match=rf"{old} moved to .*{new}\b"):
         module = _fresh_import(old)
-    assert getattr(module, name) is getattr(importlib.import_module(new), name)
-    assert name in module.__all__ and name in dir(module)
-    with pytest.raises(AttributeError, match=f"moved to {new}"):
+    assert getattr(module, name) is getattr(importlib.import_module(new), name) and name in dir(module)
+    if old != "lightning_brats.budget":  # moved whole: the old name is the new module itself
+        assert module is importlib.import_module(new)
+    with pytest.raises(AttributeError):
         module.no_such_name  # noqa: B018
+
+
+def test_the_split_budget_module_forwards_to_both_halves():
+    sys.modules.pop("lightning_brats.budget", None)
+    with pytest.warns(DeprecationWarning, match="schedules and lightning_brats.training.callbacks.budget"):
+        budget = importlib.import_module("lightning_brats.budget")
+    from lightning_brats.training import schedules
+    from lightning_brats.training.callbacks import budget as callback
+
+    assert (budget.PolyLRByProgress, budget.training_progress) == (schedules.PolyLRByProgress, schedules.training_progress)
+    assert budget.TrainingBudget is callback.TrainingBudget
+    assert {"PolyLRByProgress", "TrainingBudget", "training_progress"} <= set(budget.__all__)
+    with pytest.raises(AttributeError, match="moved to lightning_brats.training.schedules"):
+        budget.no_such_name  # noqa: B018
 
 
 def test_the_old_imports_users_wrote():
