@@ -17,8 +17,8 @@ import time
 
 import torch
 
-from lightning_brats.losses import DiceBCELoss
 from lightning_brats.models import UNet
+from lightning_brats.training.losses import DiceBCELoss
 
 CONFIGS = [
     # dims, patch, batch, base, depth, precision

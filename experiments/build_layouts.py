@@ -1,5 +1,5 @@
 """Build another release's folder layout from BraTS 2018-style cases: a thin wrapper around
-:mod:`lightning_brats.data.release_layouts` (the one builder; its docstring lists the releases).
+:mod:`tests.release_layouts` (the one builder, kept with the tests that use it; its docstring lists the releases).
 
 Usage:
     python experiments/build_layouts.py --source ../shared/data/brats2018 --out data/layouts/brats20 --release brats20
@@ -9,8 +9,11 @@ Usage:
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
-from lightning_brats.data.release_layouts import main
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's tests/ package
+
+from tests.release_layouts import main
 
 if __name__ == "__main__":
     sys.exit(main())

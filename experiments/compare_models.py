@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from lightning_brats.cli.summarize import METRICS_CSV, logged
-from lightning_brats.evaluation import read_csv
+from lightning_brats.evaluation.scoring import read_csv
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {

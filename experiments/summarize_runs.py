@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from lightning_brats.cli.summarize import METRICS_CSV, logged
-from lightning_brats.evaluation import read_csv
+from lightning_brats.evaluation.scoring import read_csv
 
 
 def summarize(run: Path) -> dict:

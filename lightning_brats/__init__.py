@@ -1,5 +1,27 @@
 """lightning-brats: brain-tumour segmentation experiments on multimodal MRI.
 
+The package follows the pipeline, one subpackage per stage; data flows down the first column and
+back out through inference and evaluation::
+
+    cli/            train, predict, eval, compare, summarize, export, ...   may import every stage
+    api.py          the same from Python and notebooks (compose, train, predict, evaluate, show)
+    inference/      checkpoint or exported file + case -> label map on the original grid (NIfTI)
+    evaluation/     label maps -> metrics.csv, summary.csv, report.html, comparisons, pictures
+    training/       samples -> checkpoints, logs, model card (module, losses, schedules, callbacks)
+    data/           release on disk -> preprocessed cache -> samples (readers, labels, datamodule)
+    models/         the network zoo (U-Net family, MONAI networks)
+    io.py           atomic writes, CSV, multirun job folders (imports nothing of ours)
+
+Each stage imports only the ones below it, with these named exceptions: training validates with
+``inference.sliding_window`` and scores with ``evaluation.metrics``/``lesion_metrics``/``visualize``;
+inference loads checkpoints through ``training.module``/``training.checkpoints`` and asks
+``training.hardware`` for the precision; validation's Dice is ``evaluation.registry``'s. Only the
+entry points (``cli``, ``api``) import ``cli``: the commands run the API's code path and back.
+``tests/test_architecture.py`` holds the table of allowed edges and checks it, and that no modules
+import each other in a circle. The modules' old flat paths (``lightning_brats.module``,
+``lightning_brats.budget``, ``lightning_brats.callbacks``, ...) still import, with a
+``DeprecationWarning`` naming the new one (:mod:`lightning_brats._moved`, installed below).
+
 Importing the package registers the OmegaConf resolvers the configs in ``conf/`` use:
 
 - ``${len:${data.modalities}}`` (input channels) and ``${len:${data.regions}}`` (outputs);
@@ -18,6 +40,8 @@ Importing the package registers the OmegaConf resolvers the configs in ``conf/``
 from pathlib import Path
 
 from omegaconf import ListConfig, OmegaConf
+
+from lightning_brats._moved import install as _install_old_paths
 
 __version__ = "0.1.0"
 
@@ -94,3 +118,5 @@ if not OmegaConf.has_resolver("if_else"):
     OmegaConf.register_new_resolver("if_else", if_else)
 if not OmegaConf.has_resolver("slurm_count"):
     OmegaConf.register_new_resolver("slurm_count", slurm_count)
+
+_install_old_paths()  # lightning_brats.module, .budget, .callbacks, ... (see lightning_brats._moved)

@@ -118,7 +118,7 @@ class TrainResult:
         best_checkpoint: the best checkpoint's path (``val/dice_mean``, or the lesion-wise mean), or
             ``None`` (no validation ran); ``last.ckpt`` is beside it.
         metrics: the final callback metrics as floats (``val/dice_wt``, ``val/dice_mean``, ...).
-        module: the trained :class:`~lightning_brats.module.SegmentationModule` (last weights).
+        module: the trained :class:`~lightning_brats.training.module.SegmentationModule` (last weights).
         datamodule: the datamodule it trained on.
     """
 
@@ -151,7 +151,7 @@ class PredictResult:
     """Predictions of :func:`predict`.
 
     Attributes:
-        cases: case ID -> :class:`~lightning_brats.prediction.CasePrediction` (``label (X, Y, Z)`` uint8
+        cases: case ID -> :class:`~lightning_brats.inference.prediction.CasePrediction` (``label (X, Y, Z)`` uint8
             with the release's codes, ``probabilities``, the input ``case``) when predicted in memory;
             empty when written to files.
         files: case ID -> the written label map (``output_dir`` given).
@@ -250,8 +250,8 @@ def show(result: PredictResult, case_id: str, truth=None, modality: str | None =
     """
     import numpy as np
 
-    from lightning_brats.labels import nested_region_codes
-    from lightning_brats.visualize import case_figure
+    from lightning_brats.data.labels import nested_region_codes
+    from lightning_brats.evaluation.visualize import case_figure
 
     if case_id not in result.cases:
         raise KeyError(f"{case_id!r} was not predicted in memory; predicted: {sorted(result.cases)}")

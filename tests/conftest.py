@@ -163,7 +163,7 @@ def inference_settings(**overrides):
     """The default ``inference`` config (``conf/inference/default.yaml``) on the CPU, with ``overrides``."""
     from omegaconf import OmegaConf
 
-    from lightning_brats.inference import InferenceSettings
+    from lightning_brats.inference.sliding_window import InferenceSettings
 
     config = OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / "inference" / "default.yaml"))
     return InferenceSettings.from_config({**config, "device": "cpu", **overrides})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lightning_brats.allocator import describe_allocator, installed_allocator, loaded_allocator
+from lightning_brats.training.allocator import describe_allocator, installed_allocator, loaded_allocator
 
 GLIBC_ONLY = """7f0000000000-7f0000001000 r-xp 00000000 08:01 123 /usr/lib/x86_64-linux-gnu/libc.so.6
 7f0000002000-7f0000003000 r--p 00000000 00:00 0 [heap]

@@ -348,8 +348,8 @@ def test_a_full_disk_while_caching_keeps_the_old_entry_and_names_the_file(good_r
 
 
 def test_a_full_disk_while_writing_a_prediction_keeps_the_old_one(good_root, tmp_path, monkeypatch):
-    from lightning_brats import prediction
     from lightning_brats.data.readers import load_case
+    from lightning_brats.inference import prediction
 
     case = load_case(next(c for c in BRATS20_LAYOUT.find_cases(good_root) if c.case_id == CASE), MODALITIES)
     out = tmp_path / "predictions" / f"{CASE}.nii.gz"
@@ -371,7 +371,7 @@ def test_a_full_disk_while_writing_a_prediction_keeps_the_old_one(good_root, tmp
 
 
 def test_a_full_disk_while_writing_metrics_csv_keeps_the_old_one(tmp_path, monkeypatch):
-    from lightning_brats.evaluation import write_csv
+    from lightning_brats.io import write_csv
 
     path = tmp_path / "metrics.csv"
     write_csv(path, [{"case_id": "a", "dice_wt": 0.5}])
@@ -417,7 +417,7 @@ def _leftovers(folder: Path, dead: int, live: int) -> dict[str, Path]:
 
 
 def test_temporaries_of_dead_writers_are_removed_and_no_others(tmp_path):
-    from lightning_brats.data.preprocess import remove_stale_temporaries
+    from lightning_brats.io import remove_stale_temporaries
 
     dead = _dead_pid()
     with subprocess.Popen(["sleep", "60"]) as live:
@@ -437,9 +437,9 @@ def test_temporaries_of_dead_writers_are_removed_and_no_others(tmp_path):
 
 
 def test_the_next_run_cleans_the_cache_and_checkpoint_folders(good_root, tmp_path):
-    from lightning_brats.callbacks import AtomicCheckpoints
-    from lightning_brats.checkpoints import AtomicCheckpointIO
     from lightning_brats.data.preprocess import PreprocessedCache
+    from lightning_brats.training.callbacks import AtomicCheckpoints
+    from lightning_brats.training.checkpoints import AtomicCheckpointIO
 
     dead = _dead_pid()
     cfg = compose_config(["data=brats20", f"data.root={good_root}", *SMALL], tmp_path / "out", tmp_path / "cache")

@@ -255,7 +255,7 @@ def test_the_batch_path_sends_label_maps_and_makes_the_same_targets_on_the_devic
     the batch path did before, for the same draws (elastic, rotation, flips all on)."""
     import hydra
 
-    from lightning_brats.labels import labels_to_regions
+    from lightning_brats.data.labels import labels_to_regions
     from tests.conftest import compose_config
 
     cfg = compose_config(
@@ -292,7 +292,7 @@ def test_augmenting_a_label_map_gives_the_targets_of_augmenting_the_targets(spat
     """Nearest resampling and flips pick one source voxel for every channel, and zero padding is background,
     so a uint8 label map augmented and looked up equals its targets augmented (image untouched by the choice)."""
     from lightning_brats.data.batch_augment import label_regions, region_table
-    from lightning_brats.labels import labels_to_regions
+    from lightning_brats.data.labels import labels_to_regions
 
     regions = {"wt": [1, 2, 4], "tc": [1, 4], "et": [4]}
     rng = np.random.default_rng(5)
@@ -311,7 +311,7 @@ def test_augmenting_a_label_map_gives_the_targets_of_augmenting_the_targets(spat
 
 def test_label_regions_equals_labels_to_regions_for_every_code():
     from lightning_brats.data.batch_augment import label_regions, region_table
-    from lightning_brats.labels import labels_to_regions
+    from lightning_brats.data.labels import labels_to_regions
 
     regions = {"wt": [1, 2, 3], "tc": [1, 3], "et": [3], "rc": [4]}
     label = np.random.default_rng(0).integers(0, 256, size=(3, 1, 9, 7, 5), dtype=np.uint8)

@@ -110,7 +110,7 @@ class _Trainer:
 
 
 def test_step_timer_separates_steps_from_data_waits(tmp_path, monkeypatch):
-    from lightning_brats.callbacks import step_timer
+    from lightning_brats.training.callbacks import step_timer
 
     # a clock: each batch waits 0.5 s for data, then its step takes 2 s
     now = [0.0]

@@ -13,8 +13,8 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from lightning_brats.budget import PolyLRByProgress
 from lightning_brats.cli.train import check_checkpoint_written, train
+from lightning_brats.training.schedules import PolyLRByProgress
 from tests.conftest import compose_config
 
 BASE_LR = 0.002  # conf/model/unet3d.yaml
@@ -69,7 +69,7 @@ def test_time_budget_drives_the_schedule_and_ends_with_a_validation(phantom_root
     # 4 steps per epoch, 50 epochs planned = 200 steps; validation only every 100 epochs
     cfg = _tiny(phantom_root, tmp_path, ["trainer.max_epochs=50", "trainer.check_val_every_n_epoch=100",
                                          "trainer.max_time=00:00:01:40"])
-    with caplog.at_level(logging.WARNING, logger="lightning_brats.budget"):
+    with caplog.at_level(logging.WARNING, logger="lightning_brats.training.callbacks.budget"):
         metrics = train(cfg)
     # step k (1-based) trains with the LR set after step k-1, when progress was (k-1) x 10 s / 100 s
     expected = [BASE_LR * (1 - (k - 1) * SECONDS_PER_STEP / 100) ** 0.9 for k in range(1, 11)]
@@ -89,7 +89,7 @@ def test_time_budget_drives_the_schedule_and_ends_with_a_validation(phantom_root
 def test_without_a_time_budget_the_schedule_spans_the_planned_steps(phantom_root, tmp_path, caplog):
     FakeClock.now, FakeClock.lrs = 0.0, []
     cfg = _tiny(phantom_root, tmp_path, ["trainer.max_epochs=50", "trainer.max_steps=6", "trainer.check_val_every_n_epoch=1"])
-    with caplog.at_level(logging.WARNING, logger="lightning_brats.budget"):
+    with caplog.at_level(logging.WARNING, logger="lightning_brats.training.callbacks.budget"):
         train(cfg)
     assert FakeClock.lrs == pytest.approx([BASE_LR * (1 - k / 6) ** 0.9 for k in range(6)])
     assert "ended early" not in caplog.text

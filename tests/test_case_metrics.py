@@ -11,7 +11,7 @@ import pytest
 import torch
 from scipy.spatial import cKDTree
 
-from lightning_brats.metrics import case_region_metrics
+from lightning_brats.evaluation.metrics import case_region_metrics
 from tests.conftest import BRATS_HD95_PENALTY_MM, real_label
 
 CASE = "Brats18_CBICA_ABM_1"

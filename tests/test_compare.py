@@ -21,10 +21,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lightning_brats.comparison import ComparisonError, compare, direction, read_eval_folder
 from lightning_brats.data.readers import DataError
-from lightning_brats.evaluation import METRICS, STATISTICS, read_csv, summarize, write_csv
-from lightning_brats.report import write_report
+from lightning_brats.evaluation.comparison import ComparisonError, compare, direction, read_eval_folder
+from lightning_brats.evaluation.report import write_report
+from lightning_brats.evaluation.scoring import METRICS, STATISTICS, read_csv, summarize
+from lightning_brats.io import write_csv
 
 REPO = Path(__file__).resolve().parents[1]
 REGIONS = ["wt", "et"]

@@ -144,8 +144,8 @@ def test_ddp_relaunch_is_refused_in_a_multirun(phantom_root, tmp_path):
 def _per_case_validation(cfg, ckpt: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate ``ckpt`` in this one process, case by case as ``validation_step`` does: Dice
     ``(cases, regions)`` and loss ``(cases,)`` over all validation cases of the fold."""
-    from lightning_brats.inference import predict_logits
-    from lightning_brats.metrics import region_dice
+    from lightning_brats.evaluation.metrics import region_dice
+    from lightning_brats.inference.sliding_window import predict_logits
 
     data = OmegaConf.to_container(cfg.data, resolve=True)
     data.pop("record_dir")

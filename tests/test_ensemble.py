@@ -16,8 +16,8 @@ import torch
 from lightning_brats.cli.eval import evaluate
 from lightning_brats.cli.predict import model_files, predict
 from lightning_brats.data.readers import make_reader
-from lightning_brats.module import CONFIG_KEY
-from lightning_brats.prediction import Predictor, load_trained_model, multirun_checkpoints
+from lightning_brats.inference.prediction import Predictor, load_trained_model, multirun_checkpoints
+from lightning_brats.training.module import CONFIG_KEY
 from tests.conftest import compose_tool_config, inference_settings
 
 

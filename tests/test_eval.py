@@ -15,7 +15,7 @@ from scipy import ndimage
 
 from lightning_brats.cli.eval import evaluate
 from lightning_brats.data.readers import DataError
-from lightning_brats.metrics import case_region_metrics
+from lightning_brats.evaluation.metrics import case_region_metrics
 from tests.conftest import BRATS20_REGIONS, BRATS_HD95_PENALTY_MM, compose_tool_config
 from tests.wandb_records import logged_history
 

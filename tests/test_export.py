@@ -20,9 +20,15 @@ from omegaconf import OmegaConf
 from lightning_brats.cli.export import export
 from lightning_brats.cli.predict import predict
 from lightning_brats.data.readers import make_reader
-from lightning_brats.export import ExportError, export_model, load_exported_model, read_metadata, sidecar_path
-from lightning_brats.module import CONFIG_KEY
-from lightning_brats.prediction import Predictor, load_trained_model
+from lightning_brats.inference.export import (
+    ExportError,
+    export_model,
+    load_exported_model,
+    read_metadata,
+    sidecar_path,
+)
+from lightning_brats.inference.prediction import Predictor, load_trained_model
+from lightning_brats.training.module import CONFIG_KEY
 from tests.conftest import MODEL_VARIANTS as VARIANTS
 from tests.conftest import compose_config, compose_tool_config, inference_settings
 

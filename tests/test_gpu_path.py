@@ -17,11 +17,11 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from lightning_brats import hardware
-from lightning_brats.callbacks.model_card import ModelCard
-from lightning_brats.callbacks.step_timer import StepTimer, measure_matmul_tflops, precision_dtype
 from lightning_brats.cli.train import choose_precision_and_threads
-from lightning_brats.prediction import resolve_device
+from lightning_brats.inference.prediction import resolve_device
+from lightning_brats.training import hardware
+from lightning_brats.training.callbacks.model_card import ModelCard
+from lightning_brats.training.callbacks.step_timer import StepTimer, measure_matmul_tflops, precision_dtype
 from tests.conftest import compose_config, cuda_strategy
 
 
@@ -192,8 +192,8 @@ def test_out_of_memory_in_training_ends_in_one_line(phantom_root, tmp_path):
 @pytest.mark.slow
 def test_out_of_memory_in_prediction_names_the_case_and_the_window(phantom_checkpoint, phantom_root, tmp_path, monkeypatch):
     from lightning_brats.cli.predict import predict
-    from lightning_brats.hardware import OutOfDeviceMemory
-    from lightning_brats.prediction import Predictor
+    from lightning_brats.inference.prediction import Predictor
+    from lightning_brats.training.hardware import OutOfDeviceMemory
     from tests.conftest import compose_tool_config
 
     def full(self, files):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_brats.budget import PolyLRByProgress
+from lightning_brats.training.schedules import PolyLRByProgress
 from tests.conftest import REPO, compose_config
 
 

@@ -7,8 +7,8 @@ import logging
 import pytest
 import torch
 
-from lightning_brats import hardware
 from lightning_brats.cli.train import choose_precision_and_threads
+from lightning_brats.training import hardware
 from tests.conftest import compose_config
 
 AVX2_ONLY = {"cpu_name": "AMD EPYC", "avx2": True, "avx512_f": False, "avx512_bf16": False, "amx_bf16": False, "amx_tile": False}
@@ -119,7 +119,7 @@ def test_threads_take_every_cpu_of_the_affinity_but_the_workers(monkeypatch, cap
     monkeypatch.setattr(hardware.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5}, raising=False)
     before = torch.get_num_threads()
     try:
-        with caplog.at_level(logging.INFO, logger="lightning_brats.hardware"):
+        with caplog.at_level(logging.INFO, logger="lightning_brats.training.hardware"):
             assert hardware.configure_threads(num_workers=2) == 4
         assert torch.get_num_threads() == 4
         assert "4 intra-op (of 6 CPUs" in caplog.text and "2 loader workers" in caplog.text

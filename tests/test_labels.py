@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lightning_brats.data.release_layouts import LABEL_CODES
-from lightning_brats.labels import (
+from lightning_brats.data.labels import (
     labels_to_regions,
     nested_region_codes,
     regions_to_labels,
     small_components_to,
 )
 from tests.conftest import BRATS20_REGIONS, BRATS23_REGIONS, MSD_REGIONS, real_label
+from tests.release_layouts import LABEL_CODES
 
 
 def test_codes_follow_the_configured_regions():

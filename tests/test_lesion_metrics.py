@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
-from lightning_brats.evaluation import case_metrics
-from lightning_brats.lesion_metrics import (
+from lightning_brats.evaluation.lesion_metrics import (
     PANOPTIC_HD95_INF_MM,
     check_settings,
     lesion_wise_scores,
     panoptic_scores,
     score_lesion_wise,
 )
+from lightning_brats.evaluation.scoring import case_metrics
 from tests.conftest import BRATS23_REGIONS
 
 SHAPE = (48, 40, 40)

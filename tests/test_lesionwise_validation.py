@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from lightning_brats.callbacks.lesionwise_validation import LesionwiseValidation
+from lightning_brats.training.callbacks.lesionwise_validation import LesionwiseValidation
 from tests.conftest import compose_config
 
 SHAPE = (20, 20, 20)

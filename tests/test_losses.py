@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from lightning_brats.losses import DiceBCELoss
+from lightning_brats.training.losses import DiceBCELoss
 
 # logits whose sigmoids are exact: 0 -> 1/2, ln 3 -> 3/4, -ln 3 -> 1/4
 L3 = math.log(3.0)

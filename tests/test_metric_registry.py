@@ -14,13 +14,13 @@ import pytest
 import torch
 from scipy import ndimage
 
-from lightning_brats import metric_registry
-from lightning_brats.comparison import ComparisonError, compare
 from lightning_brats.evaluation import read_csv
-from lightning_brats.metric_registry import MetricSpec
-from lightning_brats.metrics import RegionDice
-from lightning_brats.module import VAL_DICE
-from lightning_brats.report import write_report
+from lightning_brats.evaluation import registry as metric_registry
+from lightning_brats.evaluation.comparison import ComparisonError, compare
+from lightning_brats.evaluation.metrics import RegionDice
+from lightning_brats.evaluation.registry import MetricSpec
+from lightning_brats.evaluation.report import write_report
+from lightning_brats.training.module import VAL_DICE
 from tests.conftest import compose_tool_config
 
 CASES = ["BraTS20_Training_001", "BraTS20_Training_002", "BraTS20_Training_003"]

@@ -11,8 +11,8 @@ import pytest
 import torch
 import yaml
 
-from lightning_brats.callbacks.model_card import append_evaluation, cpu_description
 from lightning_brats.cli.train import train
+from lightning_brats.training.callbacks.model_card import append_evaluation, cpu_description
 from tests.conftest import compose_config
 
 

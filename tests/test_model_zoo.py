@@ -12,7 +12,7 @@ import torch
 from hydra.errors import InstantiationException
 
 from lightning_brats.cli.train import train
-from lightning_brats.losses import DiceBCELoss, deep_supervision_loss, deep_supervision_weights
+from lightning_brats.training.losses import DiceBCELoss, deep_supervision_loss, deep_supervision_weights
 from tests.conftest import MODEL_VARIANTS as VARIANTS
 from tests.conftest import compose_config
 
@@ -146,7 +146,7 @@ def test_variant_trains_one_step_on_real_cases(name, brats2018_root, cache_dir, 
         overrides += ["data.patch_size=[64,64,64]", "data.batch_size=2", "model.net.feature_size=12"]
     cfg = compose_config(overrides, tmp_path, cache_dir)
     assert cfg.trainer.precision == "auto"
-    with caplog.at_level(logging.INFO, logger="lightning_brats.module"):
+    with caplog.at_level(logging.INFO, logger="lightning_brats.training.module"):
         metrics = train(cfg)
     regions = [metrics[f"val/dice_{r}"] for r in ("wt", "tc", "et")]
     assert all(0.0 <= d <= 1.0 for d in regions) and math.isfinite(metrics["train/loss"])

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_brats.inference import predict_logits
-from lightning_brats.losses import DiceBCELoss
-from lightning_brats.metrics import RegionDice, region_dice
+from lightning_brats.evaluation.metrics import RegionDice, region_dice
+from lightning_brats.inference.sliding_window import predict_logits
 from lightning_brats.models import UNet
+from lightning_brats.training.losses import DiceBCELoss
 
 
 @pytest.mark.parametrize("dims,size", [(2, (64, 48)), (3, (32, 48, 16))])

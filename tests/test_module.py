@@ -11,11 +11,11 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
-from lightning_brats.checkpoints import CONFIG_KEY, CheckpointError
-from lightning_brats.losses import DiceBCELoss
+from lightning_brats.inference.prediction import load_trained_model
 from lightning_brats.models import UNet
-from lightning_brats.module import SegmentationModule
-from lightning_brats.prediction import load_trained_model
+from lightning_brats.training.checkpoints import CONFIG_KEY, CheckpointError
+from lightning_brats.training.losses import DiceBCELoss
+from lightning_brats.training.module import SegmentationModule
 from tests.conftest import BRATS20_REGIONS, BRATS_MODALITIES, compose_config, inference_settings
 
 #: a small 3D U-Net on data=sample: 4 modalities in, 3 regions out, 32^3 patches

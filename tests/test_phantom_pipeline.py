@@ -16,11 +16,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from lightning_brats.data import release_layouts
+from lightning_brats.data.labels import labels_to_regions
 from lightning_brats.data.preprocess import PreprocessedCache, restore_to_original
 from lightning_brats.data.readers import DataError, load_case
 from lightning_brats.data.settings import PreprocessingSettings
-from lightning_brats.labels import labels_to_regions
+from tests import release_layouts
 from tests.conftest import (
     BRATS20_LABELS,
     BRATS20_LAYOUT,

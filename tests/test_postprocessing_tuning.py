@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import yaml
 
-from lightning_brats.postprocessing_tuning import (
+from lightning_brats.inference.postprocessing_tuning import (
     TUNED_FILE,
     apply_tuned,
     read_tuned_postprocessing,
     tune_postprocessing,
     write_tuned_postprocessing,
 )
-from lightning_brats.prediction import PostProcessing
+from lightning_brats.inference.prediction import PostProcessing
 from tests.conftest import compose_tool_config, inference_settings
 
 REGIONS = {"wt": [1, 2, 4], "tc": [1, 4], "et": [4]}

@@ -18,7 +18,7 @@ from torch import nn
 from lightning_brats.cli.eval import evaluate
 from lightning_brats.cli.predict import predict
 from lightning_brats.data.readers import DataError
-from lightning_brats.inference import flip_axes_combinations, predict_probabilities
+from lightning_brats.inference.sliding_window import flip_axes_combinations, predict_probabilities
 from tests.conftest import BRATS_MODALITIES, compose_tool_config
 
 
@@ -218,7 +218,7 @@ def test_held_out_cases_come_from_the_checkpoints_run_folder(trained_brats_run, 
 
 
 def test_run_dir_of_a_checkpoint(tmp_path):
-    from lightning_brats.checkpoints import run_dir_of
+    from lightning_brats.training.checkpoints import run_dir_of
 
     assert run_dir_of(tmp_path / "run" / "checkpoints" / "epoch_003.ckpt") == tmp_path / "run"
     assert run_dir_of(tmp_path / "run" / "hpc_ckpt_2.ckpt") == tmp_path / "run"
@@ -258,7 +258,7 @@ def test_labels_made_in_the_crop_box_equal_labels_made_on_the_whole_grid(phantom
     """predict_case thresholds, nests and post-processes inside the crop box: the same labels (and the
     same relabelled voxel count) as doing it on the whole grid from the whole-grid probabilities."""
     from lightning_brats.data.readers import make_reader
-    from lightning_brats.prediction import (
+    from lightning_brats.inference.prediction import (
         PostProcessing,
         Predictor,
         load_trained_model,

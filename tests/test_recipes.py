@@ -2,7 +2,7 @@
 its own release's layout, and the seed-system recipes hold the settings they reproduce.
 
 The BraTS 2020/2021/2023 and MSD Task01 layouts are built in temporary folders from the shared
-BraTS 2018 cases by ``lightning_brats.data.release_layouts`` (which is tested here too); LGG recipes read
+BraTS 2018 cases by ``tests.release_layouts`` (which is tested here too); LGG recipes read
 the shared LGG patients as they are. Runs are shrunk to 4 mm voxels, small patches and batches of 2.
 """
 
@@ -24,9 +24,9 @@ import pytest
 from torch import nn
 
 from lightning_brats.cli.train import CONFIG_DIR, train
-from lightning_brats.data import release_layouts
+from lightning_brats.data.labels import labels_to_regions
 from lightning_brats.data.readers import load_case
-from lightning_brats.labels import labels_to_regions
+from tests import release_layouts
 from tests.conftest import BRATS20_REGIONS, BRATS_MODALITIES, REPO, compose_config, real_label
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
@@ -108,7 +108,7 @@ def _plain(value):
 
 
 # ---------------------------------------------------------------------------------------------
-# lightning_brats.data.release_layouts (experiments/build_layouts.py)
+# tests.release_layouts (experiments/build_layouts.py)
 
 
 @pytest.mark.slow

@@ -10,9 +10,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from lightning_brats.data import release_layouts
+from lightning_brats.data.labels import labels_to_regions
 from lightning_brats.data.readers import load_case
-from lightning_brats.labels import labels_to_regions
+from tests import release_layouts
 from tests.conftest import BRATS20_REGIONS, BRATS_MODALITIES, SOURCE_CASES, compose_config, real_label
 
 pytestmark = pytest.mark.real_data

@@ -139,7 +139,7 @@ def test_kill_9_mid_epoch_then_ckpt_path_last_continues(phantom_root, tmp_path):
 
 _ATOMIC_WRITER = """
 import sys, torch
-from lightning_brats.checkpoints import AtomicCheckpointIO
+from lightning_brats.training.checkpoints import AtomicCheckpointIO
 AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.full((int(sys.argv[2]),), 2.0)}}, sys.argv[1])
 """
 
@@ -196,7 +196,7 @@ def _train_poisoned(phantom_root: Path, out: Path, extra: list[str], step: int =
 
 @pytest.mark.slow
 def test_a_nan_loss_stops_naming_step_epoch_and_cases(phantom_root, tmp_path):
-    from lightning_brats.module import NonFiniteLossError
+    from lightning_brats.training.module import NonFiniteLossError
 
     with pytest.raises(NonFiniteLossError) as info:
         _train_poisoned(phantom_root, tmp_path, [])
@@ -255,10 +255,10 @@ def _bad_checkpoints(good: Path, folder: Path) -> dict[str, tuple[Path, str]]:
 
 @pytest.mark.slow
 def test_corrupt_or_foreign_checkpoints_give_one_clear_error(phantom_checkpoint, phantom_root, tmp_path):
-    from lightning_brats.checkpoints import CheckpointError, load_checkpoint
     from lightning_brats.cli.eval import held_out_cases
     from lightning_brats.cli.train import resolve_ckpt_path, train
-    from lightning_brats.prediction import load_trained_model
+    from lightning_brats.inference.prediction import load_trained_model
+    from lightning_brats.training.checkpoints import CheckpointError, load_checkpoint
 
     assert load_checkpoint(phantom_checkpoint)["global_step"] > 0  # the good one loads
     (tmp_path / "splits.json").write_text(json.dumps([{"train": [], "val": ["a"]}]))  # held_out's run folder
@@ -293,7 +293,7 @@ def test_the_clis_name_a_truncated_checkpoint_in_one_message(tool, phantom_check
     # Hydra echoes the overrides, then the (short) traceback ends in our one message
     lines = [line for line in proc.stderr.splitlines() if str(bad) in line and not line.startswith("Error executing job")]
     assert len(lines) == 1, proc.stderr[-3000:]
-    assert lines[0].startswith(f"lightning_brats.checkpoints.CheckpointError: {bad}: ") and "truncated or corrupt" in lines[0]
+    assert lines[0].startswith(f"lightning_brats.training.checkpoints.CheckpointError: {bad}: ") and "truncated or corrupt" in lines[0]
     assert "torch/serialization.py" not in proc.stderr  # no frame from deep in torch
 
 
@@ -408,7 +408,7 @@ def test_deterministic_cpu_runs_give_bit_identical_weights_with_0_and_2_workers(
 
 _QUOTA_WRITER = """
 import resource, signal, sys, torch
-from lightning_brats.checkpoints import AtomicCheckpointIO
+from lightning_brats.training.checkpoints import AtomicCheckpointIO
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing
 resource.setrlimit(resource.RLIMIT_FSIZE, (2**20, 2**20))  # a 1 MiB quota for every file this process writes
 try:
@@ -434,7 +434,7 @@ def test_a_full_disk_while_writing_a_checkpoint_names_it_and_keeps_the_old_one(t
 def test_sigterm_checkpoint_leaves_slurm_and_other_exceptions_to_lightning(tmp_path, monkeypatch):
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-    from lightning_brats.callbacks import SigtermCheckpoint
+    from lightning_brats.training.callbacks import SigtermCheckpoint
 
     callback = SigtermCheckpoint(str(tmp_path))
     plain = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, default_root_dir=tmp_path)

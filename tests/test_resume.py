@@ -16,7 +16,7 @@ import torch
 from omegaconf import open_dict
 
 from lightning_brats.cli.train import resolve_ckpt_path, train
-from lightning_brats.module import CONFIG_KEY, WANDB_ID_KEY
+from lightning_brats.training.module import CONFIG_KEY, WANDB_ID_KEY
 from tests.conftest import compose_config
 
 # 1 step of 2 samples per epoch, validation of one case after the third epoch only; the LR

@@ -11,8 +11,8 @@ from omegaconf import OmegaConf
 
 from lightning_brats.cli.train import CONFIG_DIR
 from lightning_brats.data.settings import PreprocessingSettings
-from lightning_brats.module import CONFIG_KEY
-from lightning_brats.prediction import load_trained_model
+from lightning_brats.inference.prediction import load_trained_model
+from lightning_brats.training.module import CONFIG_KEY
 from tests.conftest import BRATS_MODALITIES, compose_config
 
 DATA = sorted(p.stem for p in (Path(CONFIG_DIR) / "data").glob("*.yaml"))
@@ -110,7 +110,7 @@ def _compose_predict(overrides: list[str]):
 
 @pytest.mark.parametrize("model", ["unet3d", "unet2d"])
 def test_validation_reads_the_inference_settings_predict_reads(model, tmp_path):
-    from lightning_brats.inference import InferenceSettings
+    from lightning_brats.inference.sliding_window import InferenceSettings
 
     sampling = "data.sampling=2d" if model.endswith("2d") else "data.sampling=3d"  # a window the network takes
     cfg = compose_config([f"model={model}", sampling, "inference.overlap=0.25", "inference.threshold=0.4"], tmp_path)
@@ -122,7 +122,7 @@ def test_validation_reads_the_inference_settings_predict_reads(model, tmp_path):
 
 
 def test_inference_settings_check_their_keys_and_values():
-    from lightning_brats.inference import InferenceSettings
+    from lightning_brats.inference.sliding_window import InferenceSettings
 
     plain = OmegaConf.to_container(_compose_predict([]).inference, resolve=True)
     with pytest.raises(ValueError, match=r"unknown keys \['sliding_window_overlap'\]"):

@@ -3,7 +3,7 @@
 (RC beside WT, CC beside ET, a lone GTV) turned back into labels, and post-processing per dataset.
 
 The real-data tests read layouts built in temporary folders from shared BraTS 2018 cases by
-``lightning_brats.data.release_layouts``, relabelled to each release's codes; the expected labels are worked
+``tests.release_layouts``, relabelled to each release's codes; the expected labels are worked
 out here from the BraTS 2018 codes (1 NCR/NET, 2 ED, 4 ET), not taken from the builder.
 """
 
@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 
 from lightning_brats.cli.train import CONFIG_DIR
-from lightning_brats.data import release_layouts
+from lightning_brats.data.labels import RegionNode, labels_to_regions, region_tree, regions_to_labels
 from lightning_brats.data.readers import load_case
-from lightning_brats.labels import RegionNode, labels_to_regions, region_tree, regions_to_labels
-from lightning_brats.prediction import PostProcessing, postprocessing_for
+from lightning_brats.inference.prediction import PostProcessing, postprocessing_for
+from tests import release_layouts
 from tests.conftest import BRATS_MODALITIES, SOURCE_CASES, compose_config, real_label
 
 SUBCHALLENGES = ["brats24_gli", "brats_men", "brats_men_rt", "brats_met", "brats_ped", "brats_ssa"]

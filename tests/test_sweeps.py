@@ -21,7 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 
 from lightning_brats.cli.summarize import SummaryError, summarize_multirun
 from lightning_brats.cli.train import CONFIG_DIR
-from lightning_brats.module import CONFIG_KEY
+from lightning_brats.training.module import CONFIG_KEY
 from tests.conftest import REPO, compose_config
 from tests.wandb_records import logged_history, read_records
 

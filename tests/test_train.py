@@ -14,7 +14,7 @@ import yaml
 
 from lightning_brats.cli.train import train
 from lightning_brats.data.readers import DataError
-from lightning_brats.module import CONFIG_KEY
+from lightning_brats.training.module import CONFIG_KEY
 from tests.conftest import BRATS_MODALITIES, REPO, compose_config
 from tests.wandb_records import logged_config, logged_history
 

@@ -10,7 +10,7 @@ augmentation, sliding-window inference and the return to the original grid (``In
 the spacing and the brain crop); lightning-brats gives only the fold split
 (:func:`lightning_brats.data.datamodule.kfold_split` on the sorted labelled case IDs with the same
 seed, so ``--fold k`` holds out the cases of ``train.py data.fold=k``) and the region -> label-code
-nesting for the written label maps (:func:`lightning_brats.labels.regions_to_labels`).
+nesting for the written label maps (:func:`lightning_brats.data.labels.regions_to_labels`).
 
     python experiments/baselines/monai_unet.py --root ../shared/data/brats2018 --fold 0 --minutes 16 \
         --out runs/monai_unet_fold0
@@ -59,8 +59,8 @@ from monai.transforms import (
     SpatialPadd,
 )
 
+from lightning_brats.data.labels import regions_to_labels
 from lightning_brats.data.splits import kfold_split, read_splits
-from lightning_brats.labels import regions_to_labels
 
 #: input channels, in the order of this project's data configs
 MODALITIES = ("flair", "t1", "t1ce", "t2")

@@ -58,7 +58,7 @@ def sync(device: torch.device | str) -> None:
 
 def machine() -> dict:
     """CPU model, cores this process may use, torch threads, allocator and versions: the conditions of a run."""
-    from lightning_brats.allocator import loaded_allocator
+    from lightning_brats.training.allocator import loaded_allocator
 
     model, flags = "", ""
     try:

@@ -55,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, report  # the shared machine line, table and CSV writer
 
 from lightning_brats.data.batch_augment import BatchAugmentation, label_regions, region_table
+from lightning_brats.data.labels import labels_to_regions
 from lightning_brats.data.preprocess import CachedCase, PreprocessedCache
 from lightning_brats.data.readers import BratsFolderReader
 from lightning_brats.data.sampling import (
@@ -66,7 +67,6 @@ from lightning_brats.data.sampling import (
     patch_start,
 )
 from lightning_brats.data.settings import PreprocessingSettings
-from lightning_brats.labels import labels_to_regions
 
 MODALITIES = ["flair", "t1", "t1ce", "t2"]
 LABELS = {"ncr_net": 1, "ed": 2, "et": 4}

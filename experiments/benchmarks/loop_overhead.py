@@ -7,13 +7,13 @@ Usage:
     python experiments/benchmarks/loop_overhead.py --tiny     # tiny 3D network, 32^3 patches, 4 steps, 1 repeat
 
 Each ``--experiments`` preset gives the model (``model.net``, ``model.loss``, ``model.optimizer``,
-``model.scheduler``: :class:`~lightning_brats.budget.PolyLRByProgress` over the timed run's steps) and
+``model.scheduler``: :class:`~lightning_brats.training.schedules.PolyLRByProgress` over the timed run's steps) and
 the batch (``data.batch_size`` x 4 x ``data.patch_size``, 3 region targets). The batches are made
 beforehand and held in memory (random images, binary targets: the cost of a step does not depend on
 the values), so no data loading is timed. Both loops start from the same weights.
 
 - ``plain``: ``for batch in batches``: forward, loss, ``zero_grad``, backward, optimiser step, LR step.
-- ``lightning``: :class:`~lightning_brats.module.SegmentationModule` fitted by a ``Trainer`` (CPU, one
+- ``lightning``: :class:`~lightning_brats.training.module.SegmentationModule` fitted by a ``Trainer`` (CPU, one
   device, fp32, no logger, checkpoint, progress bar, validation or sanity check) on a ``DataLoader``
   over the same batch list (``batch_size=None``); its training step logs ``train/loss`` as in training.
 
@@ -40,7 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import TINY_3D_OVERRIDES, compose, machine, report
 
-from lightning_brats.module import SegmentationModule
+from lightning_brats.training.module import SegmentationModule
 
 
 def make_batches(cfg, count: int, seed: int = 0) -> list[dict]:

@@ -105,8 +105,8 @@ def child(folder: Path, ids: Sequence[str], workers: int, steps: int, patch: Seq
 
     from lightning_brats.data.preprocess import PreprocessedCache
     from lightning_brats.data.sampling import Augmentation, EpochSampler, TrainingSampleDataset
-    from lightning_brats.losses import DiceBCELoss
     from lightning_brats.models import UNet
+    from lightning_brats.training.losses import DiceBCELoss
 
     torch.set_num_threads(1)
     cache = PreprocessedCache(folder.parent, "x", _settings(None), LABELS)

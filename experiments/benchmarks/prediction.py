@@ -8,7 +8,7 @@ Usage:
 
 The network is the ``--experiment``'s model with random weights (seeded): its cost per window is what a
 trained one costs, and every stage after it sees the same shapes. One case (the first under ``--root``)
-goes through the stages of :meth:`~lightning_brats.prediction.Predictor.predict_case` and ``predict.py``,
+goes through the stages of :meth:`~lightning_brats.inference.prediction.Predictor.predict_case` and ``predict.py``,
 each timed on its own (median of ``--repeats``, in the order they run):
 
 ``read`` (``load_case``, 4 modalities) -> ``preprocess`` (crop, z-score, resampling to the experiment's
@@ -40,12 +40,12 @@ from omegaconf import OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import compose, machine, median_seconds, report
 
+from lightning_brats.data.labels import regions_to_labels
 from lightning_brats.data.layouts import load_case
 from lightning_brats.data.preprocess import preprocess_case, resample_to_crop, uncrop
 from lightning_brats.data.readers import make_reader
-from lightning_brats.inference import InferenceSettings, predict_probabilities
-from lightning_brats.labels import regions_to_labels
-from lightning_brats.prediction import Predictor, TrainedModel, postprocessing_for, write_nifti
+from lightning_brats.inference.prediction import Predictor, TrainedModel, postprocessing_for, write_nifti
+from lightning_brats.inference.sliding_window import InferenceSettings, predict_probabilities
 
 STAGES = ("read", "preprocess", "network", "resample_back", "labels", "postprocess", "uncrop", "write")
 

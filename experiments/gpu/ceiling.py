@@ -9,8 +9,8 @@ The loop is :func:`experiments.benchmarks.loop_overhead.plain_loop` (imported, n
 batches of :func:`~loop_overhead.make_batches` (random images, binary targets, the experiment's
 ``data.batch_size`` x modalities x ``data.patch_size``), moved to the device beforehand. The network,
 its training loss (deep supervision included) and the optimiser and LR schedule are the module's own
-(:class:`~lightning_brats.module.SegmentationModule` built from ``cfg.model``); the precision is what
-``trainer.precision=auto`` chooses on that device (:func:`lightning_brats.hardware.resolve_precision`),
+(:class:`~lightning_brats.training.module.SegmentationModule` built from ``cfg.model``); the precision is what
+``trainer.precision=auto`` chooses on that device (:func:`lightning_brats.training.hardware.resolve_precision`),
 as autocast; ``cudnn.benchmark`` is on. Since a GPU runs queued work asynchronously, the time is the
 whole timed run (synchronised at both ends) divided by its steps, after ``--warmup`` untimed steps.
 
@@ -46,7 +46,7 @@ sys.path[:0] = [str(REPO), str(REPO / "experiments" / "benchmarks")]
 from common import compose
 from loop_overhead import make_batches, plain_loop
 
-from lightning_brats.hardware import resolve_precision
+from lightning_brats.training.hardware import resolve_precision
 
 #: autocast dtype of each Lightning precision (None: no autocast)
 AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}

@@ -61,11 +61,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 EXPERIMENTS = ("brats_nnunet", "brats_nvidia")
-#: lightning_brats.hardware.SYNC_DEBUG_ENV: torch.cuda.set_sync_debug_mode for a CUDA run
+#: lightning_brats.training.hardware.SYNC_DEBUG_ENV: torch.cuda.set_sync_debug_mode for a CUDA run
 SYNC_DEBUG_ENV = "LIGHTNING_BRATS_SYNC_DEBUG"
 #: Benchmark variants (--variants): the module's layout and compilation switches, measured one at a time.
 VARIANTS = {
-    # torch.cuda.set_sync_debug_mode("warn") through lightning_brats.hardware.configure_cuda: where the host waits
+    # torch.cuda.set_sync_debug_mode("warn") through lightning_brats.training.hardware.configure_cuda: where the host waits
     "sync_debug": [],
     "channels_last": ["model.channels_last=true"],
     "compile": ["model.compile=true"],

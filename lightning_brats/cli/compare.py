@@ -1,7 +1,7 @@
 """``lightning-brats compare <eval folder> <eval folder> ... [out=DIR] [names=a,b] [rank=dice,hd95] [seed=0]``.
 
 Compares two or more ``eval.py`` output folders on the same cases (see
-:mod:`lightning_brats.comparison`): per metric and region the paired per-case differences with a
+:mod:`lightning_brats.evaluation.comparison`): per metric and region the paired per-case differences with a
 Wilcoxon signed-rank test and a bootstrap interval of the mean difference, and the BraTS ranking
 (every case, metric and region ranked across the models, ranks averaged). Prints both as tables
 and writes ``ranking.csv``, ``paired.csv``, ``case_ranks.csv`` and ``differences.png`` into ``out``
@@ -20,7 +20,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from lightning_brats.comparison import (
+from lightning_brats.data.readers import DataError
+from lightning_brats.evaluation.comparison import (
     CASE_RANKS_CSV,
     DIFFERENCES_PNG,
     PAIRED_CSV,
@@ -31,7 +32,6 @@ from lightning_brats.comparison import (
     ranking_rows,
     write_comparison,
 )
-from lightning_brats.data.readers import DataError
 
 USAGE = """usage: lightning-brats compare EVAL_DIR EVAL_DIR [EVAL_DIR ...] [out=DIR] [names=A,B,...] [rank=METRIC,...]
                                [seed=0] [resamples=10000] [confidence=0.95]

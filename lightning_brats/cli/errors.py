@@ -1,7 +1,7 @@
 """How every command reports bad input: one line naming the file and the problem, no traceback.
 
 A :class:`~lightning_brats.data.readers.DataError` (a dataset file or folder) or a
-:class:`~lightning_brats.checkpoints.CheckpointError` (a checkpoint file) already names the path
+:class:`~lightning_brats.training.checkpoints.CheckpointError` (a checkpoint file) already names the path
 and says what is wrong with it; the frames above it (Lightning's ``Trainer.fit`` calling
 ``prepare_data``, nibabel or torch failing on a truncated file) tell a user nothing more. So the
 Hydra entry points wrap their task function in :func:`reports_bad_input`, which re-raises such an
@@ -27,9 +27,9 @@ from typing import TypeVar
 
 from hydra.errors import CompactHydraException
 
-from lightning_brats.checkpoints import CheckpointError
 from lightning_brats.data.readers import DataError
-from lightning_brats.hardware import OutOfDeviceMemory
+from lightning_brats.training.checkpoints import CheckpointError
+from lightning_brats.training.hardware import OutOfDeviceMemory
 
 #: Errors that name a bad file or folder given to a command (both ``ValueError`` subclasses), and
 #: the device running out of memory (its message names the settings to lower).

@@ -25,9 +25,11 @@ from rich.table import Table
 import lightning_brats  # noqa: F401  (registers resolvers)
 from lightning_brats.cli.errors import reports_bad_input
 from lightning_brats.configs import CONFIG_PATH
-from lightning_brats.data.preprocess import atomic_save, remove_stale_temporaries
+from lightning_brats.data.labels import nested_region_codes
 from lightning_brats.data.readers import DataError, load_case, make_reader
-from lightning_brats.evaluation import (
+from lightning_brats.evaluation.lesion_metrics import check_settings
+from lightning_brats.evaluation.report import write_report
+from lightning_brats.evaluation.scoring import (
     STATISTICS,
     case_metrics,
     read_prediction,
@@ -35,11 +37,9 @@ from lightning_brats.evaluation import (
     summarize,
     write_csv,
 )
-from lightning_brats.labels import nested_region_codes
-from lightning_brats.lesion_metrics import check_settings
-from lightning_brats.prediction import release_of
-from lightning_brats.report import write_report
-from lightning_brats.visualize import case_figure, dice_boxplot, figure_to_png
+from lightning_brats.evaluation.visualize import case_figure, dice_boxplot, figure_to_png
+from lightning_brats.inference.prediction import release_of
+from lightning_brats.io import atomic_save, remove_stale_temporaries
 
 log = logging.getLogger("lightning_brats.eval")
 
@@ -81,11 +81,11 @@ def held_out_cases(ckpt_path: str | Path) -> list[str]:
 
     Raises:
         DataError: the run folder has no ``splits.json``, or it lacks the checkpoint's fold.
-        lightning_brats.checkpoints.CheckpointError: a corrupt or foreign checkpoint (see
-            :func:`~lightning_brats.checkpoints.load_checkpoint`).
+        lightning_brats.training.checkpoints.CheckpointError: a corrupt or foreign checkpoint (see
+            :func:`~lightning_brats.training.checkpoints.load_checkpoint`).
     """
-    from lightning_brats.checkpoints import load_checkpoint, run_dir_of, training_config
     from lightning_brats.data.splits import read_splits
+    from lightning_brats.training.checkpoints import load_checkpoint, run_dir_of, training_config
 
     path = run_dir_of(ckpt_path) / "splits.json"
     if not path.is_file():
@@ -223,7 +223,7 @@ def evaluate(cfg: DictConfig) -> dict:
     atomic_save(output_dir / "dice_boxplot.png", lambda p: p.write_bytes(box))
     print_summary(summary, f"{len(rows)} cases of {cfg.ground_truth} ({len(missing)} missing, scored as empty), metrics={definition}")
     if cfg.get("ckpt_path"):  # the checkpoint's run keeps a record of every evaluation in its model card
-        from lightning_brats.callbacks.model_card import append_evaluation
+        from lightning_brats.training.callbacks.model_card import append_evaluation
 
         append_evaluation(cfg.ckpt_path, summary, f"{len(rows)} cases of `{cfg.ground_truth}` ({len(missing)} missing); outputs `{output_dir}`")
     _log_to_wandb(cfg, rows, summary, output_dir)

@@ -2,7 +2,7 @@
 
 Writes the network and its preprocessing metadata (JSON beside it, and inside the file) and
 checks that the file reproduces the checkpoint's logits; ``predict.py exported=<file>`` then
-segments with it. See ``conf/export.yaml`` and :mod:`lightning_brats.export`.
+segments with it. See ``conf/export.yaml`` and :mod:`lightning_brats.inference.export`.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from omegaconf import DictConfig
 import lightning_brats  # noqa: F401  (registers resolvers)
 from lightning_brats.cli.train import CONFIG_DIR
 
-log = logging.getLogger("lightning_brats.export")
+log = logging.getLogger("lightning_brats.inference.export")
 
 
 def export(cfg: DictConfig):
     """Export ``cfg.ckpt_path`` as ``cfg.format``; returns ``(path, metadata)`` (see
-    :func:`~lightning_brats.export.export_model` for the errors)."""
-    from lightning_brats.export import export_model
+    :func:`~lightning_brats.inference.export.export_model` for the errors)."""
+    from lightning_brats.inference.export import export_model
 
     return export_model(
         cfg.ckpt_path,

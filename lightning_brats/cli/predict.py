@@ -1,7 +1,7 @@
 """``python predict.py`` / ``lightning-brats-predict``: a checkpoint -> NIfTI label maps on the input grid.
 
 Several checkpoints (``ckpt_path=[a.ckpt,b.ckpt]``, or ``run_dir=`` a multirun's best ones) or
-exported files (``exported=model.onnx``) predict as one ensemble. See ``conf/predict.yaml`` for the options and :mod:`lightning_brats.prediction` for the steps.
+exported files (``exported=model.onnx``) predict as one ensemble. See ``conf/predict.yaml`` for the options and :mod:`lightning_brats.inference.prediction` for the steps.
 """
 
 from __future__ import annotations
@@ -28,12 +28,9 @@ from rich.progress import (
 import lightning_brats  # noqa: F401  (registers resolvers)
 from lightning_brats.cli.errors import reports_bad_input
 from lightning_brats.configs import CONFIG_PATH
-from lightning_brats.data.preprocess import remove_stale_temporaries
 from lightning_brats.data.readers import CaseSource, DataError, make_reader
-from lightning_brats.hardware import configure_threads, out_of_memory
-from lightning_brats.inference import InferenceSettings
-from lightning_brats.postprocessing_tuning import apply_tuned, read_tuned_postprocessing
-from lightning_brats.prediction import (
+from lightning_brats.inference.postprocessing_tuning import apply_tuned, read_tuned_postprocessing
+from lightning_brats.inference.prediction import (
     Predictor,
     TrainedModel,
     check_not_inputs,
@@ -45,6 +42,9 @@ from lightning_brats.prediction import (
     release_of,
     write_nifti,
 )
+from lightning_brats.inference.sliding_window import InferenceSettings
+from lightning_brats.io import remove_stale_temporaries
+from lightning_brats.training.hardware import configure_threads, out_of_memory
 
 log = logging.getLogger("lightning_brats.predict")
 
@@ -80,8 +80,8 @@ def build_predictor(cfg: DictConfig) -> Predictor:
     """The model(s) ``cfg`` names (:func:`model_files`; release from ``cfg.data`` when given) with
     ``cfg.inference``'s settings; several models predict as an ensemble. Post-processing is the dataset's
     rule (``data.postprocess``) with ``inference.postprocess``'s non-null keys replacing it
-    (:func:`~lightning_brats.prediction.postprocessing_for`); where the runs hold a rule chosen on
-    cross-validation (``postprocessing.yaml``, :mod:`lightning_brats.postprocessing_tuning`) and
+    (:func:`~lightning_brats.inference.prediction.postprocessing_for`); where the runs hold a rule chosen on
+    cross-validation (``postprocessing.yaml``, :mod:`lightning_brats.inference.postprocessing_tuning`) and
     ``tuned_postprocessing`` is true, its threshold and post-processing replace ``cfg.inference``'s.
 
     Raises:
@@ -96,7 +96,7 @@ def build_predictor(cfg: DictConfig) -> Predictor:
                  f"{settings.threshold}, {settings.postprocess} (tuned_postprocessing=false ignores it)")
     models = [load_trained_model(path, release, settings.device) for path in checkpoints]
     if exported:
-        from lightning_brats.export import load_exported_model
+        from lightning_brats.inference.export import load_exported_model
 
         models += [load_exported_model(path, release, settings.device) for path in exported]
     return Predictor(models, settings, postprocessing_for(models[0].data, settings.postprocess))
@@ -137,8 +137,8 @@ def predict(cfg: DictConfig) -> dict:
 
     Raises:
         FileNotFoundError, ValueError, DataError: a bad checkpoint, input or output (see
-            :func:`~lightning_brats.prediction.load_trained_model`, :func:`find_input_cases`,
-            :func:`~lightning_brats.prediction.check_not_inputs`); cases written before the
+            :func:`~lightning_brats.inference.prediction.load_trained_model`, :func:`find_input_cases`,
+            :func:`~lightning_brats.inference.prediction.check_not_inputs`); cases written before the
             error stay written.
         OSError: an output cannot be written (disk full, unwritable folder); the message names it.
 

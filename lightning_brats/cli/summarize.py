@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,8 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from lightning_brats.evaluation import describe, read_csv, write_csv
+from lightning_brats.evaluation.scoring import describe, read_csv
+from lightning_brats.io import find_job_dirs, no_job_folder, write_csv
 
 #: The override left out of the grouping: its values are the folds a group's mean is taken over.
 FOLD_KEY = "data.fold"
@@ -86,23 +86,6 @@ class MultirunSummary:
 def override_key(override: str) -> str:
     """``"data.fold"`` for ``"data.fold=1"``, ``"+trainer.num_nodes=2"`` or ``"~callbacks"``."""
     return override.split("=", 1)[0].lstrip("+~")
-
-
-def _natural(text: str) -> list:
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
-
-
-def no_job_folder(root: Path) -> str:
-    """The message for a folder that holds no job of a multirun (summarize, and ``predict.py run_dir=``)."""
-    return (f"{root} holds no job folder (none has .hydra/overrides.yaml); pass the folder of a multirun "
-            "(python train.py -m ...), such as logs/train/multiruns/<date>_<time>")
-
-
-def find_job_dirs(root: Path) -> list[Path]:
-    """Every folder under ``root`` holding ``.hydra/overrides.yaml``, in natural order (2 before 10)."""
-    found = {p.parent.parent for p in root.rglob("overrides.yaml") if p.parent.name == ".hydra"}
-    found.discard(root)
-    return sorted(found, key=lambda p: _natural(str(p.relative_to(root))))
 
 
 def read_final_dice(metrics_csv: Path) -> dict[str, float] | None:

@@ -23,10 +23,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import lightning_brats  # noqa: F401  (registers the ${len:...} resolver)
-from lightning_brats.allocator import describe_allocator
-from lightning_brats.checkpoints import WANDB_ID_KEY
 from lightning_brats.cli.errors import reports_bad_input
-from lightning_brats.hardware import configure_cuda, configure_threads, out_of_memory, resolve_precision
+from lightning_brats.training.allocator import describe_allocator
+from lightning_brats.training.checkpoints import WANDB_ID_KEY
+from lightning_brats.training.hardware import (
+    configure_cuda,
+    configure_threads,
+    out_of_memory,
+    resolve_precision,
+)
 
 log = logging.getLogger("lightning_brats.train")
 
@@ -64,7 +69,7 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     Raises:
         FileNotFoundError: ``ckpt_path=last`` finds no checkpoint (the message names the pattern
             searched), or the named checkpoint file does not exist.
-        lightning_brats.checkpoints.CheckpointError: the checkpoint is corrupt or foreign (see
+        lightning_brats.training.checkpoints.CheckpointError: the checkpoint is corrupt or foreign (see
             :func:`check_checkpoint`).
     """
     value = cfg.get("ckpt_path")
@@ -90,16 +95,16 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
 
 
 def check_checkpoint(path: str) -> str:
-    """``path`` once :func:`~lightning_brats.checkpoints.load_checkpoint` has read it (memory-mapped,
+    """``path`` once :func:`~lightning_brats.training.checkpoints.load_checkpoint` has read it (memory-mapped,
     ``weights_only=True``), so that a corrupt or foreign checkpoint stops the run before anything is built.
     Files on remote file systems are checked when Lightning restores them (see
-    :class:`~lightning_brats.callbacks.AtomicCheckpoints`), not downloaded twice.
+    :class:`~lightning_brats.training.callbacks.AtomicCheckpoints`), not downloaded twice.
 
     Raises:
-        lightning_brats.checkpoints.CheckpointError: the file is empty, truncated, not a PyTorch
+        lightning_brats.training.checkpoints.CheckpointError: the file is empty, truncated, not a PyTorch
             file, a plain state dict or another project's checkpoint; the message names it.
     """
-    from lightning_brats.checkpoints import load_checkpoint
+    from lightning_brats.training.checkpoints import load_checkpoint
 
     if Path(path).is_file():
         load_checkpoint(path, mmap=True)
@@ -119,12 +124,12 @@ def _lightning_hpc_checkpoint(cfg: DictConfig, ckpt_path: str | None) -> str | N
 
 
 def read_wandb_run_id(ckpt_path: str) -> str | None:
-    """The W&B run id stored in a checkpoint by :class:`~lightning_brats.module.SegmentationModule`, or ``None``.
+    """The W&B run id stored in a checkpoint by :class:`~lightning_brats.training.module.SegmentationModule`, or ``None``.
 
     Raises:
-        lightning_brats.checkpoints.CheckpointError: a corrupt or foreign checkpoint.
+        lightning_brats.training.checkpoints.CheckpointError: a corrupt or foreign checkpoint.
     """
-    from lightning_brats.checkpoints import load_checkpoint, wandb_run_id
+    from lightning_brats.training.checkpoints import load_checkpoint, wandb_run_id
 
     return wandb_run_id(load_checkpoint(ckpt_path, mmap=True))  # memory-mapped: the weights are not read
 
@@ -202,7 +207,7 @@ def choose_precision_and_threads(cfg: DictConfig) -> None:
 
     Writes the resolved precision back into ``cfg.trainer.precision`` (so the logged config and the
     checkpoint say what ran) and logs the decision with its reason; see
-    :func:`~lightning_brats.hardware.resolve_precision` and :func:`~lightning_brats.hardware.configure_threads`.
+    :func:`~lightning_brats.training.hardware.resolve_precision` and :func:`~lightning_brats.training.hardware.configure_threads`.
     """
     precision, reason = resolve_precision(cfg.trainer.get("precision", "auto"), cfg.trainer.get("accelerator", "auto"))
     with open_dict(cfg):

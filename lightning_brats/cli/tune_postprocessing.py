@@ -1,6 +1,6 @@
 """``lightning-brats tune-postprocessing``: choose a region's threshold and small-component rule on
 cross-validation probabilities and write it into the runs (see
-:mod:`lightning_brats.postprocessing_tuning` and ``conf/tune_postprocessing.yaml``).
+:mod:`lightning_brats.inference.postprocessing_tuning` and ``conf/tune_postprocessing.yaml``).
 
 Writes ``postprocessing_candidates.csv`` (every candidate's mean Dice) and ``postprocessing.yaml``
 into ``output_dir`` and into every ``write_to`` / ``run_dir`` folder, prints the best candidates.
@@ -19,17 +19,16 @@ from rich.console import Console
 from rich.table import Table
 
 import lightning_brats  # noqa: F401  (registers resolvers)
-from lightning_brats.cli.summarize import find_job_dirs
 from lightning_brats.configs import CONFIG_PATH
 from lightning_brats.data.readers import DataError, load_case, make_reader
-from lightning_brats.evaluation import write_csv
-from lightning_brats.inference import InferenceSettings
-from lightning_brats.postprocessing_tuning import (
+from lightning_brats.inference.postprocessing_tuning import (
     TuningResult,
     tune_postprocessing,
     write_tuned_postprocessing,
 )
-from lightning_brats.prediction import output_paths, postprocessing_for, release_of
+from lightning_brats.inference.prediction import output_paths, postprocessing_for, release_of
+from lightning_brats.inference.sliding_window import InferenceSettings
+from lightning_brats.io import find_job_dirs, write_csv
 
 log = logging.getLogger("lightning_brats.tune_postprocessing")
 

@@ -339,7 +339,7 @@ def region_table(table, device: torch.device | str) -> torch.Tensor:
     Args:
         table: ``(R, 256)`` array, ``table[r, code]`` 1 where label ``code`` belongs to region ``r``
             (:attr:`TrainingSampleDataset.region_table <lightning_brats.data.sampling.TrainingSampleDataset.region_table>`,
-            built by :func:`~lightning_brats.labels.labels_to_regions` itself).
+            built by :func:`~lightning_brats.data.labels.labels_to_regions` itself).
         device: where the labels are.
 
     Returns:
@@ -357,7 +357,7 @@ def label_regions(label: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
 
     Returns:
         ``(B, R, *spatial)`` contiguous float32 binary targets, equal to
-        :func:`~lightning_brats.labels.labels_to_regions` of each sample's labels.
+        :func:`~lightning_brats.data.labels.labels_to_regions` of each sample's labels.
     """
     regions = table[label[:, 0].long()]  # (B, *spatial, R): one gather
     return regions.movedim(-1, 1).contiguous()

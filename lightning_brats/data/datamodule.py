@@ -21,12 +21,12 @@ from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_brats.data.batch_augment import BatchAugmentation, label_regions, region_table
+from lightning_brats.data.labels import labels_to_regions
 from lightning_brats.data.preprocess import CachedCase, PreprocessedCache
 from lightning_brats.data.readers import CaseReader, CaseSource, DataError, make_reader
 from lightning_brats.data.sampling import Augmentation, EpochSampler, TrainingSampleDataset
 from lightning_brats.data.settings import PreprocessingSettings
 from lightning_brats.data.splits import read_splits, write_splits
-from lightning_brats.labels import labels_to_regions
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +102,11 @@ class SegmentationDataModule(pl.LightningDataModule):
             folder every node sees (a shared file system); ``True``: local rank 0 of every node
             does, for node-local cache folders. Other processes only read, after Lightning's barrier.
         postprocess: the dataset's post-processing rule, ``{region, min_voxels}`` or ``None``,
-            read by prediction (:func:`~lightning_brats.prediction.postprocessing_for`), not by training.
+            read by prediction (:func:`~lightning_brats.inference.prediction.postprocessing_for`), not by training.
         evaluation: the dataset's metric settings (``metrics``, ``lesion_wise``, ``lesionwise_validation``),
-            read by ``eval.py`` (see :mod:`lightning_brats.lesion_metrics`) and, with
+            read by ``eval.py`` (see :mod:`lightning_brats.evaluation.lesion_metrics`) and, with
             ``lesionwise_validation: true``, by the validation callback
-            (:class:`~lightning_brats.callbacks.lesionwise_validation.LesionwiseValidation`).
+            (:class:`~lightning_brats.training.callbacks.lesionwise_validation.LesionwiseValidation`).
 
     Under DDP (Lightning sets :attr:`trainer` before :meth:`setup`) every process draws its own
     share of each global batch (see :class:`~lightning_brats.data.sampling.EpochSampler`) and the

@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
-import os
-import re
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -27,9 +25,11 @@ import torch.nn.functional as F
 from filelock import FileLock, Timeout
 from rich.progress import Progress
 
+from lightning_brats.data.normalization import CROPS, NORMALIZATIONS, minmax_in_mask, zscore_in_mask  # noqa: F401  (old path)
 from lightning_brats.data.readers import CaseSource, LoadedCase, load_case
+from lightning_brats.io import TEMPORARY_NAMES, atomic_save, remove_stale_temporaries  # noqa: F401  (moved; old path)
 
-if TYPE_CHECKING:  # settings.py imports this module's NORMALIZATIONS and CROPS
+if TYPE_CHECKING:  # annotations only
     from lightning_brats.data.settings import PreprocessingSettings
 
 #: ``data.cache_dtype`` options: the dtype of cached images.
@@ -56,47 +56,6 @@ def nonzero_bbox(image: np.ndarray) -> np.ndarray:
         hits = np.flatnonzero(np.any(mask, axis=other))
         box[axis] = (hits[0], hits[-1] + 1) if hits.size else (0, mask.shape[axis])
     return box
-
-
-def _per_channel_in_mask(image: np.ndarray, mask: np.ndarray, scale) -> np.ndarray:
-    """Apply ``scale(values) -> values`` to each channel's voxels inside ``mask``; zero outside."""
-    out = np.zeros_like(image, dtype=np.float32)
-    for c in range(image.shape[0]):
-        values = image[c][mask]
-        if values.size:
-            out[c][mask] = scale(values)
-    return out
-
-
-def zscore_in_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Z-score each channel using the mean and std of voxels inside ``mask``; zero outside.
-
-    The std is the population one (ddof 0, as nnU-Net's ``ZScoreNormalization``), floored at 1e-8.
-    Not MONAI's ``NormalizeIntensity(nonzero=True, channel_wise=True)``: it masks each channel by its own
-    non-zeros, not by the brain mask shared by the modalities (BraTS 2018: up to 5e5 voxels, 3.8 SD apart).
-
-    Args:
-        image: ``(C, X, Y, Z)`` float32.
-        mask: ``(X, Y, Z)`` bool brain mask.
-    """
-    return _per_channel_in_mask(image, mask, lambda v: (v - v.mean()) / max(float(v.std()), 1e-8))
-
-
-def minmax_in_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Scale each channel to [0, 1] using the min and max of voxels inside ``mask``; zero outside.
-
-    Args:
-        image: ``(C, X, Y, Z)`` float32.
-        mask: ``(X, Y, Z)`` bool brain mask.
-    """
-    return _per_channel_in_mask(image, mask, lambda v: (v - v.min()) / max(float(v.max() - v.min()), 1e-8))
-
-
-#: ``data.normalization`` options: name -> function ``(image (C, X, Y, Z), brain mask) -> image``.
-NORMALIZATIONS = {"zscore": zscore_in_mask, "minmax": minmax_in_mask}
-
-#: ``data.crop`` options: the brain's bounding box, or a fixed-size box in the middle of the grid.
-CROPS = ("nonzero", "center")
 
 
 def center_box(shape: Sequence[int], size: Sequence[int]) -> np.ndarray:
@@ -225,90 +184,6 @@ def uncrop(array: np.ndarray, record: Mapping, fill: float = 0) -> np.ndarray:
     box = record["crop_box"]
     out[(slice(None), *(slice(a, b) for a, b in box))] = channels
     return out[0] if squeeze else out
-
-
-def atomic_save(path: Path, write) -> None:
-    """Write a file through a temporary name and rename it, so no reader sees half a file.
-
-    The temporary file is hidden (a leading dot, so dataset readers skip it) and keeps the
-    file's extension (nibabel picks the format from it, e.g. ``.nii.gz``): ``.tmp-<pid>-<name>``
-    beside ``path``. It is removed when writing fails; one left by a killed process is removed
-    by the next run (:func:`remove_stale_temporaries`). Used for the cache, predictions and CSVs.
-
-    Raises:
-        OSError: the disk is full, the folder is unwritable or missing (same errno and subclass as
-            the original error, e.g. ``FileNotFoundError``); the message names ``path``, whose
-            previous content, if any, is untouched.
-    """
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        if exc.errno is None:
-            raise
-        raise OSError(exc.errno, f"could not write {path}: {exc.strerror or exc}") from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-#: Names of the temporary files of atomic writes, with the writer's process id: ``.tmp-<pid>-<name>``
-#: (:func:`atomic_save`) and ``.<name>.tmp-<pid>`` (checkpoints, ``lightning_brats.checkpoints``).
-TEMPORARY_NAMES = (re.compile(r"^\.tmp-(\d+)-.+$"), re.compile(r"^\..+\.tmp-(\d+)$"))
-
-
-def _pid_alive(pid: int) -> bool:
-    """Whether a process with id ``pid`` runs on this machine (``kill(pid, 0)``)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, owned by another user
-        return True
-    return True
-
-
-def remove_stale_temporaries(folder: str | os.PathLike, log=None, min_age_s: float = 300.0) -> list[Path]:
-    """Remove temporary files of atomic writes (see :data:`TEMPORARY_NAMES`) left by killed processes.
-
-    A file is removed only when the process id in its name is not alive on this machine **and** the
-    file has not been modified for ``min_age_s`` seconds: on a folder shared between nodes (NFS,
-    Lustre) a process id dead here may be a live writer on another node, whose file is fresh. Files
-    of this process and of live processes are kept. The folder itself is not descended into.
-
-    Args:
-        folder: a run's ``checkpoints/``, a prediction or evaluation output folder, a cache folder;
-            a missing folder is no error.
-        log: called with one line naming the removed files (e.g. ``logging.Logger.info``).
-        min_age_s: seconds since the last modification before a dead writer's file is removed.
-
-    Returns:
-        the removed files.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    removed = []
-    now = time.time()
-    for path in sorted(folder.iterdir()):
-        match = next((m for m in (p.match(path.name) for p in TEMPORARY_NAMES) if m), None)
-        if match is None or not path.is_file():
-            continue
-        pid = int(match.group(1))
-        try:
-            age = now - path.stat().st_mtime
-        except FileNotFoundError:  # renamed or removed meanwhile by its writer
-            continue
-        if pid == os.getpid() or _pid_alive(pid) or age < min_age_s:
-            continue
-        path.unlink(missing_ok=True)
-        removed.append(path)
-    if removed and log is not None:
-        log(f"Removed {len(removed)} temporary file(s) left in {folder} by killed processes: {[p.name for p in removed]}")
-    return removed
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:

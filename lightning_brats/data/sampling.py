@@ -17,8 +17,8 @@ import torch
 from torch.utils.data import Dataset, DistributedSampler
 
 from lightning_brats.data.intensity_augment import IntensityAugmentation, intensity_seed
+from lightning_brats.data.labels import labels_to_regions
 from lightning_brats.data.preprocess import CachedCase
-from lightning_brats.labels import labels_to_regions
 
 
 def crop_or_pad(array: np.ndarray, start: Sequence[int], size: Sequence[int]) -> np.ndarray:
@@ -149,7 +149,7 @@ class TrainingSampleDataset(Dataset):
         cases: the training cases (image ``(C, x, y, z)``, label ``(x, y, z)``); 2D slices are read from
             a case's slice-major copies (:attr:`CachedCase.axial <lightning_brats.data.preprocess.CachedCase.axial>`,
             ``axial_label``) when it has them: the same voxels at a sixth of the CPU.
-        regions: region name -> label codes (see :func:`~lightning_brats.labels.labels_to_regions`).
+        regions: region name -> label codes (see :func:`~lightning_brats.data.labels.labels_to_regions`).
         patch_size: ``(px, py, pz)`` for 3D patches or ``(px, py)`` for 2D axial slices (voxels).
         batch_size: the batch size, which fixes the oversampled positions in each batch.
         oversample_foreground: fraction ``p`` of each batch centred on a tumour voxel.

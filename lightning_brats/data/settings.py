@@ -4,7 +4,7 @@ A network only works on inputs prepared the way it was trained on, so what chang
 preprocessed arrays is defined once, here, with its defaults: :class:`PreprocessingSettings`,
 built from a ``data`` config by :meth:`PreprocessingSettings.from_data`, whether that config is
 the composed ``cfg.data`` of a training run or the resolved one a checkpoint carries
-(:data:`~lightning_brats.checkpoints.CONFIG_KEY`). The preprocessing cache keys its folder by it
+(:data:`~lightning_brats.training.checkpoints.CONFIG_KEY`). The preprocessing cache keys its folder by it
 (:class:`~lightning_brats.data.preprocess.PreprocessedCache`) and the predictor preprocesses
 with it, so the two cannot drift apart. nnU-Net keeps the same rule with its plans object
 (``ConfigurationManager``), read by its preprocessor in training and inference alike.
@@ -18,7 +18,7 @@ import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from lightning_brats.data.preprocess import CROPS, NORMALIZATIONS
+from lightning_brats.data.normalization import CROPS, NORMALIZATIONS
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lightning_brats.data.preprocess import atomic_save
 from lightning_brats.data.readers import DataError
+from lightning_brats.io import atomic_save
 
 
 def kfold_split(case_ids: Sequence[str], num_folds: int, fold: int, seed: int) -> tuple[list[str], list[str]]:

@@ -123,7 +123,7 @@ class DynUNet(nets.DynUNet):
     With ``deep_supervision`` the training-mode output is a list, full resolution first, then the
     ``deep_supr_num`` heads of the decoder stages below it at their own scales
     ``(B, out_channels, *spatial / 2**k)``, k = 1 .. deep_supr_num, the convention of
-    :class:`~lightning_brats.models.UNet` that :func:`~lightning_brats.losses.deep_supervision_loss`
+    :class:`~lightning_brats.models.UNet` that :func:`~lightning_brats.training.losses.deep_supervision_loss`
     expects (targets are downsampled to each head, as NVIDIA's loss does). MONAI's own forward would
     upsample the heads to full size and stack them; this one returns them where they are computed.
     In eval mode the output is the full-resolution logits only.

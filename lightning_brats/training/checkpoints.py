@@ -3,7 +3,7 @@
 The schema, defined here and nowhere else: a checkpoint is Lightning's dict (``state_dict``,
 ``epoch``, ``global_step``, ``hyper_parameters``, optimiser and loop states, callbacks) plus
 
-- ``hyper_parameters``: the arguments of :class:`~lightning_brats.module.SegmentationModule`
+- ``hyper_parameters``: the arguments of :class:`~lightning_brats.training.module.SegmentationModule`
   as plain values, including the configs of its network, loss, optimiser and scheduler (``net``,
   ``loss``, ...; ``_target_`` dicts), so that ``SegmentationModule.load_from_checkpoint(path)``
   rebuilds it (:func:`module_arguments`);
@@ -58,7 +58,7 @@ SKIPPED_KEY = "lightning_brats_nonfinite_skipped"
 #: Lightning's key for the module's constructor arguments (``LightningModule.CHECKPOINT_HYPER_PARAMS_KEY``).
 HPARAMS_KEY = "hyper_parameters"
 
-#: The parts :class:`~lightning_brats.module.SegmentationModule` builds from configs: without them in
+#: The parts :class:`~lightning_brats.training.module.SegmentationModule` builds from configs: without them in
 #: ``hyper_parameters`` (or in the ``model`` config of :data:`CONFIG_KEY`) it cannot be rebuilt.
 PART_KEYS = ("net", "loss", "optimizer")
 
@@ -277,7 +277,7 @@ def check_same_channels(trained: Mapping, wanted: Mapping) -> None:
 def module_arguments(
     checkpoint: Mapping, path: str | os.PathLike = "checkpoint", given: Mapping | None = None
 ) -> dict[str, Any]:
-    """The constructor arguments of :class:`~lightning_brats.module.SegmentationModule` a checkpoint holds.
+    """The constructor arguments of :class:`~lightning_brats.training.module.SegmentationModule` a checkpoint holds.
 
     A checkpoint of this version keeps all of them in ``hyper_parameters``. One written before the
     module took its data settings and part configs as arguments (lightning-brats before the

@@ -6,7 +6,7 @@ embedded as base64 ``data:`` URIs, so the file opens in any browser without W&B,
 folder beside it. Clicking a column header sorts the case table (again: the other way); a link
 ending in ``#sort=<column>`` (``#sort=-<column>`` for descending) opens the page sorted, e.g.
 ``report.html#sort=dice_et``. A few lines of inline JavaScript, no external assets. Hovering a
-metric's column header shows what :mod:`lightning_brats.metric_registry` declares for it: label,
+metric's column header shows what :mod:`lightning_brats.evaluation.registry` declares for it: label,
 unit and which way is better (e.g. "HD95 (mm; lower is better), ET").
 """
 
@@ -18,9 +18,9 @@ import math
 from datetime import datetime
 from pathlib import Path
 
-from lightning_brats import metric_registry
-from lightning_brats.data.preprocess import atomic_save
-from lightning_brats.evaluation import read_csv
+from lightning_brats.evaluation import registry as metric_registry
+from lightning_brats.evaluation.scoring import read_csv
+from lightning_brats.io import atomic_save
 
 #: The file written into the evaluation folder.
 REPORT_HTML = "report.html"

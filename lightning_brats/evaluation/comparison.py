@@ -16,7 +16,7 @@ Two analyses:
 * The BraTS ranking scheme (Bakas et al. 2018, arXiv:1811.02629; Baid et al. 2021,
   arXiv:2107.02314; LaBella et al. 2024, arXiv:2405.09787): every model is ranked against the others
   on every case, for every ranked metric and region (Dice: higher is better; HD95: lower is
-  better; every metric's direction is the one :mod:`lightning_brats.metric_registry` declares); a
+  better; every metric's direction is the one :mod:`lightning_brats.evaluation.registry` declares); a
   model's cumulative rank on a case is the mean of those ranks, and its final ranking score the
   mean of its cumulative ranks over the cases (lower is better). The published descriptions do not
   say how ties are ranked; here tied models share the mean of the ranks they span
@@ -37,8 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lightning_brats import metric_registry
-from lightning_brats.evaluation import read_csv, write_csv
+from lightning_brats.evaluation import registry as metric_registry
+from lightning_brats.evaluation.scoring import read_csv
+from lightning_brats.io import write_csv
 
 #: The per-case columns of ``metrics.csv`` that are not metrics.
 ID_COLUMNS = ("case_id", "missing")
@@ -55,7 +56,7 @@ class ComparisonError(ValueError):
 def direction(metric: str) -> int:
     """Which way a metric is better: ``1`` higher (Dice), ``-1`` lower (HD95), ``0`` neither (volumes).
 
-    As :mod:`lightning_brats.metric_registry` declares it; a metric the registry does not hold has
+    As :mod:`lightning_brats.evaluation.registry` declares it; a metric the registry does not hold has
     no direction (compared, with no winner named, and never ranked), whatever its name.
     """
     return metric_registry.direction(metric)
@@ -365,7 +366,7 @@ def compare(
     if undirected or not metrics:
         directed = [m for m in dict.fromkeys(metric for metric, _ in columns) if direction(m) != 0]
         raise ComparisonError(
-            f"rank={undirected or metrics}: no better direction known (lightning_brats.metric_registry declares "
+            f"rank={undirected or metrics}: no better direction known (lightning_brats.evaluation.registry declares "
             f"none); rank metrics that have one: {directed}"
         )
     ranked = [c for m in metrics for c in columns if c[0] == m]
@@ -417,7 +418,7 @@ def differences_figure(comparison: Comparison, metrics: Sequence[str] | None = N
     Returns:
         a matplotlib ``Figure``.
     """
-    from lightning_brats.visualize import _pyplot
+    from lightning_brats.evaluation.visualize import _pyplot
 
     plt = _pyplot()
     metrics = list(metrics) if metrics else list(dict.fromkeys(m for m, _ in comparison.ranked))
@@ -467,8 +468,8 @@ PAIRED_CSV, RANKING_CSV, CASE_RANKS_CSV, DIFFERENCES_PNG = "paired.csv", "rankin
 def write_comparison(comparison: Comparison, out: Path | str) -> dict[str, Path]:
     """Write ``paired.csv``, ``ranking.csv``, ``case_ranks.csv`` and ``differences.png`` into ``out``
     (created), each atomically; their paths by name."""
-    from lightning_brats.data.preprocess import atomic_save
-    from lightning_brats.visualize import figure_to_png
+    from lightning_brats.evaluation.visualize import figure_to_png
+    from lightning_brats.io import atomic_save
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -5,9 +5,9 @@ post-processing on the cross-validation predictions of all folds and keeps it on
 the mean Dice; the BraTS 2020 entry of the same group chose its enhancing-tumour rule (ET below a
 voxel count becomes necrosis) the same way. Here the candidates are a grid of thresholds for one
 region (ET by default) times a grid of ``min_voxels`` for that region's small-component rule
-(:class:`~lightning_brats.prediction.PostProcessing`), scored by the mean over cases of the mean
+(:class:`~lightning_brats.inference.prediction.PostProcessing`), scored by the mean over cases of the mean
 Dice over all regions (BraTS conventions: both masks empty give 1). Each candidate is applied with
-:func:`~lightning_brats.prediction.probabilities_to_labels`, the function ``predict.py`` applies, so
+:func:`~lightning_brats.inference.prediction.probabilities_to_labels`, the function ``predict.py`` applies, so
 the choice is exactly what prediction then does. The current rule is kept unless a candidate beats
 it by more than ``min_gain``; the choice is written as ``postprocessing.yaml`` into the run folders
 whose models made the predictions, where ``predict.py`` and ``eval.py`` pick it up.
@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from lightning_brats.checkpoints import run_dir_of
-from lightning_brats.data.preprocess import atomic_save
-from lightning_brats.inference import InferenceSettings
-from lightning_brats.labels import labels_to_regions
-from lightning_brats.prediction import PostProcessing, probabilities_to_labels
+from lightning_brats.data.labels import labels_to_regions
+from lightning_brats.inference.prediction import PostProcessing, probabilities_to_labels
+from lightning_brats.inference.sliding_window import InferenceSettings
+from lightning_brats.io import atomic_save
+from lightning_brats.training.checkpoints import run_dir_of
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def tune_postprocessing(
             and the case's label file.
         regions: region name -> label codes, in the probabilities' channel order.
         settings: the inference settings the predictions were made with (the other regions' thresholds).
-        current: the post-processing in use (the dataset's rule, :func:`~lightning_brats.prediction.postprocessing_for`),
+        current: the post-processing in use (the dataset's rule, :func:`~lightning_brats.inference.prediction.postprocessing_for`),
             or ``None``; with the current threshold it is the rule kept unless beaten.
         region: the region tuned (its threshold and its small-component rule), e.g. ``"et"``.
         thresholds, min_voxels: the candidate grids (voxels of the original grid; 0 = no rule).

@@ -35,10 +35,10 @@ class InferenceSettings:
             every region, or ``{region: value}`` for some (the others 0.5), e.g. the ET threshold
             chosen on cross-validation by ``lightning-brats tune-postprocessing``.
         postprocess: ``{region, min_voxels}`` keys replacing the dataset's post-processing, or
-            ``None`` for none (see :func:`~lightning_brats.prediction.postprocessing_for`).
+            ``None`` for none (see :func:`~lightning_brats.inference.prediction.postprocessing_for`).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ... (prediction only).
         precision: ``"auto"``, ``"32"`` or ``"bf16"`` (prediction only; see
-            :func:`~lightning_brats.hardware.inference_precision`).
+            :func:`~lightning_brats.training.hardware.inference_precision`).
 
     Raises:
         ValueError: an ``overlap``, ``sw_batch_size`` or ``threshold`` out of range (the message

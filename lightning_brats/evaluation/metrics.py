@@ -1,7 +1,7 @@
 """Region metrics with the BraTS empty-mask conventions: Dice as a torchmetrics Metric for
 validation, and per-case challenge metrics (Dice, HD95, sensitivity, specificity, volumes).
 
-The per-case functions take ``(pred, target, spacing)``; :mod:`lightning_brats.metric_registry`
+The per-case functions take ``(pred, target, spacing)``; :mod:`lightning_brats.evaluation.registry`
 declares each (name, unit, better direction, label) and is what eval, compare and validation read.
 """
 
@@ -136,7 +136,7 @@ def case_region_metrics(pred: np.ndarray, target: np.ndarray, spacing: Sequence[
     :func:`case_dice` (as :func:`region_dice`), :func:`case_hd95` (MONAI's
     ``compute_hausdorff_distance`` with ``percentile=95``, in mm using ``spacing``),
     :func:`case_sensitivity`, :func:`case_specificity`, :func:`volume_pred_ml` and
-    :func:`volume_true_ml`: the functions :mod:`lightning_brats.metric_registry` registers. Both
+    :func:`volume_true_ml`: the functions :mod:`lightning_brats.evaluation.registry` registers. Both
     masks empty: Dice 1, HD95 0; exactly one empty: Dice 0, HD95 :data:`EMPTY_HD95_MM`. Sensitivity
     is 1 when the ground truth is empty (nothing to miss); specificity is over the whole volume.
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from lightning_brats.labels import regions_to_labels
-from lightning_brats.lesion_metrics import DEFINITIONS, check_settings, score_lesion_wise
+from lightning_brats.data.labels import regions_to_labels
+from lightning_brats.evaluation.lesion_metrics import DEFINITIONS, check_settings, score_lesion_wise
 
 #: What a validation logs: ``val/lesionwise_dice_<region>`` per scored region and this mean of them.
 MEAN_KEY = "val/lesionwise_dice_mean"
@@ -20,11 +20,11 @@ MEAN_KEY = "val/lesionwise_dice_mean"
 class LesionwiseValidation(pl.Callback):
     """Log ``val/lesionwise_dice_<region>`` and ``val/lesionwise_dice_mean`` after every validation.
 
-    Each validated case is scored as ``eval.py`` scores it (:func:`~lightning_brats.lesion_metrics.score_lesion_wise`
+    Each validated case is scored as ``eval.py`` scores it (:func:`~lightning_brats.evaluation.lesion_metrics.score_lesion_wise`
     with the data config's ``evaluation.metrics`` definition and ``evaluation.lesion_wise`` parameters),
     on the whole case the module has just predicted: the module's ``validation_step`` returns
     ``{"pred": (B, R, X, Y, Z) bool}`` and the batch holds ``target (B, R, X, Y, Z)``; both are turned
-    back into label maps (:func:`~lightning_brats.labels.regions_to_labels`) so the scored regions may
+    back into label maps (:func:`~lightning_brats.data.labels.regions_to_labels`) so the scored regions may
     be the leaderboard's (``evaluation.regions``, e.g. NETC and SNFH of BraTS 2024 GLI) rather than the
     network's outputs. A region's value is the mean over the cases where it is defined (``brats2025``
     gives NaN where neither map has an instance); the mean is over the regions' values. Under DDP the
@@ -45,7 +45,7 @@ class LesionwiseValidation(pl.Callback):
 
     Raises:
         ValueError: enabled with a definition that has no lesion-wise Dice (``legacy``), or without the
-            definition's parameters (:func:`~lightning_brats.lesion_metrics.check_settings`).
+            definition's parameters (:func:`~lightning_brats.evaluation.lesion_metrics.check_settings`).
     """
 
     def __init__(

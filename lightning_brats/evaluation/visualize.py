@@ -81,7 +81,7 @@ def label_colours(labels: Mapping[str, int], nesting: Sequence[int]) -> dict[int
 
     Args:
         labels: the release's label map, name -> code (for codes outside the nesting).
-        nesting: the codes regions add, outermost first (from :func:`~lightning_brats.labels.nested_region_codes`).
+        nesting: the codes regions add, outermost first (from :func:`~lightning_brats.data.labels.nested_region_codes`).
     """
     codes = list(dict.fromkeys([*nesting, *labels.values()]))
     palette = [*LABEL_COLOURS, (0, 120, 255), (200, 0, 200)]

@@ -4,17 +4,17 @@
 and the rows of ``summary.csv``), ``lightning-brats compare`` takes from it which way each metric is
 better (no guessing from the name: an unregistered column has no direction), ``report.html`` shows
 its label, unit and direction on the column headers, and validation logs the registry's ``dice``
-(``val/dice_<region>``) with its batched form :class:`~lightning_brats.metrics.RegionDice`.
+(``val/dice_<region>``) with its batched form :class:`~lightning_brats.evaluation.metrics.RegionDice`.
 
 Two kinds of metric:
 
 * computed per case and region by ``compute(pred, target, spacing) -> float`` (``(X, Y, Z)`` binary
-  masks, voxel size in mm): the BraTS per-case metrics of :mod:`lightning_brats.metrics` (Dice,
+  masks, voxel size in mm): the BraTS per-case metrics of :mod:`lightning_brats.evaluation.metrics` (Dice,
   HD95, sensitivity, specificity, volumes; Bakas et al. 2018, arXiv:1811.02629), scored under
   every definition. Registering another such metric (:func:`register`) adds it to ``metrics.csv``,
   ``summary.csv`` and the comparison with no other change.
 * scored by a definition's lesion-wise scorer (``compute`` is ``None``): the lesion-wise scores and
-  lesion counts of the 2023+ leaderboards, :func:`lightning_brats.lesion_metrics.score_lesion_wise`.
+  lesion counts of the 2023+ leaderboards, :func:`lightning_brats.evaluation.lesion_metrics.score_lesion_wise`.
   Their parameters (dilation, minimum lesion volume, HD95 penalty) stay in the data config's
   ``evaluation.lesion_wise``; the registry only says which definitions write them and how to read them.
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lightning_brats.metrics import (
+from lightning_brats.evaluation.metrics import (
     RegionDice,
     case_dice,
     case_hd95,
@@ -39,7 +39,7 @@ from lightning_brats.metrics import (
 )
 
 #: What ``eval.py metrics=`` accepts: ``legacy`` (the per-case metrics only) and the leaderboards
-#: whose lesion-wise scores :mod:`lightning_brats.lesion_metrics` adds.
+#: whose lesion-wise scores :mod:`lightning_brats.evaluation.lesion_metrics` adds.
 DEFINITIONS = ("legacy", "brats2023", "brats2024", "brats2025")
 #: The definitions with a lesion-wise scorer.
 LESION_WISE_DEFINITIONS = DEFINITIONS[1:]
@@ -64,7 +64,7 @@ class MetricSpec:
             lesion-wise scorer writes it.
         definitions: the ``eval.py metrics=`` definitions that score it.
         batched: the implementation on batched tensors used in validation, where there is one
-            (:class:`~lightning_brats.metrics.RegionDice` for ``dice``).
+            (:class:`~lightning_brats.evaluation.metrics.RegionDice` for ``dice``).
         source: where the definition comes from (paper, official script), for docs and the report.
     """
 

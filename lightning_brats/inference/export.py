@@ -34,14 +34,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from lightning_brats.data.preprocess import NORMALIZATIONS, atomic_save
-from lightning_brats.prediction import (
+from lightning_brats.data.normalization import NORMALIZATIONS
+from lightning_brats.inference.prediction import (
     INFERENCE_KEYS,
     TrainedModel,
     load_trained_model,
     resolve_device,
     with_release,
 )
+from lightning_brats.io import atomic_save
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +184,7 @@ def _load(path: Path, device: torch.device) -> tuple[nn.Module, dict]:
 
 
 def load_exported_model(path: str | Path, release: Mapping | None = None, device: str = "auto") -> TrainedModel:
-    """An exported file as a :class:`~lightning_brats.prediction.TrainedModel`, its ``data`` config
+    """An exported file as a :class:`~lightning_brats.inference.prediction.TrainedModel`, its ``data`` config
     from the file's own metadata; ``predict.py exported=<file>`` runs it like a checkpoint.
 
     Args:
@@ -322,7 +323,7 @@ def export_model(
         ValueError: an unknown ``fmt`` or ``exporter``; ``output`` exists and ``overwrite`` is false.
         ExportError: the exporter fails (its first message line, the model and the format), or
             the file does not reproduce the network (where and why, and what to change).
-        FileNotFoundError, ValueError: a bad checkpoint (see :func:`~lightning_brats.prediction.load_trained_model`).
+        FileNotFoundError, ValueError: a bad checkpoint (see :func:`~lightning_brats.inference.prediction.load_trained_model`).
         ImportError: ONNX without the ``export`` extra (onnx, onnxruntime).
     """
     if fmt not in FORMATS:

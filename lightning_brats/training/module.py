@@ -17,10 +17,13 @@ from pytorch_lightning.loggers import WandbLogger
 from torch import nn
 from torchmetrics import MeanMetric
 
-from lightning_brats.budget import PolyLRByProgress, training_progress
+from lightning_brats.data.datamodule import adopt_legacy_state
+from lightning_brats.evaluation.registry import get as registered_metric
+from lightning_brats.inference.sliding_window import InferenceSettings, predict_logits
+from lightning_brats.models.protocol import check_network
 
 # the checkpoint schema lives in checkpoints.py (CONFIG_KEY and WANDB_ID_KEY are still importable from here)
-from lightning_brats.checkpoints import (
+from lightning_brats.training.checkpoints import (
     CONFIG_KEY,
     SKIPPED_KEY,
     UNTRUSTED_NOTE,
@@ -31,12 +34,9 @@ from lightning_brats.checkpoints import (
     module_arguments,
     trained_channels,
 )
-from lightning_brats.data.datamodule import adopt_legacy_state
-from lightning_brats.inference import InferenceSettings, predict_logits
-from lightning_brats.losses import deep_supervision_loss
-from lightning_brats.metric_registry import get as registered_metric
-from lightning_brats.models.protocol import check_network
-from lightning_brats.nonfinite import NonFiniteLosses
+from lightning_brats.training.losses import deep_supervision_loss
+from lightning_brats.training.nonfinite import NonFiniteLosses
+from lightning_brats.training.schedules import PolyLRByProgress, training_progress
 
 log = logging.getLogger(__name__)
 #: Validation's Dice is the registry's ``dice`` (its name in ``val/dice_<region>``, its convention and
@@ -104,23 +104,23 @@ class SegmentationModule(pl.LightningModule):
     scheduler may be given as configs (``_target_`` mappings; the model configs set
     ``_recursive_: false`` so Hydra passes them unbuilt) and are then built here and kept in the
     hyper-parameters, so that ``SegmentationModule.load_from_checkpoint(path)`` rebuilds the module
-    (see :meth:`load_from_checkpoint` and the schema in :mod:`lightning_brats.checkpoints`).
+    (see :meth:`load_from_checkpoint` and the schema in :mod:`lightning_brats.training.checkpoints`).
 
     The network is a :class:`~lightning_brats.models.SegmentationNetwork`; with deep supervision
     (``num_outputs`` above 1) it returns a list of
     logits in training; the loss is then MONAI's ``DeepSupervisionLoss`` with nnU-Net's weights,
     and validation uses the full-resolution output only (the network returns just that in eval
-    mode). The module draws no pictures: :class:`~lightning_brats.callbacks.pictures.ValidationPictures`
+    mode). The module draws no pictures: :class:`~lightning_brats.training.callbacks.pictures.ValidationPictures`
     does, from what ``validation_step`` returns.
 
     Args:
         net: maps ``(B, C, *patch)`` to ``(B, R, *patch)`` logits; or its config.
-        loss: maps ``(logits, target)`` to a scalar (e.g. :class:`~lightning_brats.losses.DiceBCELoss`);
+        loss: maps ``(logits, target)`` to a scalar (e.g. :class:`~lightning_brats.training.losses.DiceBCELoss`);
             or its config.
         optimizer: partial ``torch.optim`` optimiser, called with the parameters; or its config
             (``_partial_: true``).
         inference: the ``inference`` config (``inference: ${inference}`` in ``conf/model/unet3d.yaml``)
-            or an :class:`~lightning_brats.inference.InferenceSettings`: validation uses its
+            or an :class:`~lightning_brats.inference.sliding_window.InferenceSettings`: validation uses its
             ``overlap``, ``sw_batch_size`` and ``threshold``, as ``predict.py`` does (no flip TTA).
             Kept as :attr:`inference`.
         regions: the output channels: ``data.regions`` (name -> label codes) or the region names,
@@ -132,11 +132,11 @@ class SegmentationModule(pl.LightningModule):
         batch_size: the global training batch (``data.batch_size``), for :meth:`describe_network`.
         scheduler: partial LR scheduler, called with the optimiser; or its config; or ``None``.
             Stepped at its ``interval`` attribute (``"step"`` for
-            :class:`~lightning_brats.budget.PolyLRByProgress`, whose ``progress`` this module sets
-            from :func:`~lightning_brats.budget.training_progress` after every optimiser step),
+            :class:`~lightning_brats.training.schedules.PolyLRByProgress`, whose ``progress`` this module sets
+            from :func:`~lightning_brats.training.schedules.training_progress` after every optimiser step),
             else per epoch.
         num_val_images: cases per validation pictured (the picture ``eval.py`` writes) by
-            :class:`~lightning_brats.callbacks.pictures.ValidationPictures` in every logger that holds
+            :class:`~lightning_brats.training.callbacks.pictures.ValidationPictures` in every logger that holds
             images; under DDP the first of global rank 0's share of the cases.
         display_modality: modality shown under the overlays, or a list of them: the first the
             data has (default T1ce, else FLAIR, else the first channel).
@@ -160,7 +160,7 @@ class SegmentationModule(pl.LightningModule):
             and drop the gradients (with an fp16 ``GradScaler``: set them to inf so the scaler
             skips the step; that branch is untested, it needs a GPU).
         run_config: the run's resolved ``{"data": ..., "model": ...}`` config, which ``train.py``
-            passes; written into every checkpoint under :data:`~lightning_brats.checkpoints.CONFIG_KEY`
+            passes; written into every checkpoint under :data:`~lightning_brats.training.checkpoints.CONFIG_KEY`
             for prediction and evaluation (not a hyper-parameter: a restored module takes it from
             the checkpoint). Kept as :attr:`run_config`.
 
@@ -269,9 +269,9 @@ class SegmentationModule(pl.LightningModule):
     ) -> SegmentationModule:
         """Lightning's ``load_from_checkpoint``, for this project's checkpoints, old and new.
 
-        The file is first read and checked by :func:`~lightning_brats.checkpoints.load_checkpoint`
+        The file is first read and checked by :func:`~lightning_brats.training.checkpoints.load_checkpoint`
         (memory-mapped, ``weights_only=True``); the constructor arguments come from
-        :func:`~lightning_brats.checkpoints.module_arguments` (the hyper-parameters, or for a
+        :func:`~lightning_brats.training.checkpoints.module_arguments` (the hyper-parameters, or for a
         checkpoint written before they held everything, its training config), overridden by
         ``kwargs`` (with ``hparams_file``: that file's values and ``kwargs`` only); then Lightning
         builds the module and loads the weights. A checkpoint holding
@@ -280,7 +280,7 @@ class SegmentationModule(pl.LightningModule):
 
         Raises:
             FileNotFoundError: no file at ``checkpoint_path``.
-            lightning_brats.checkpoints.CheckpointError: the file is corrupt or not a Lightning
+            lightning_brats.training.checkpoints.CheckpointError: the file is corrupt or not a Lightning
                 checkpoint, ``weights_only=False`` was asked, or it lacks what rebuilds the module
                 (the message names the file and what is missing).
             ValueError: as the constructor (e.g. ``kwargs`` giving a patch the network refuses).
@@ -346,7 +346,7 @@ class SegmentationModule(pl.LightningModule):
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         """Forward, loss and logging of one batch, with no host synchronisation.
 
-        Whether the loss is finite is recorded on the device (:class:`~lightning_brats.nonfinite.NonFiniteLosses`)
+        Whether the loss is finite is recorded on the device (:class:`~lightning_brats.training.nonfinite.NonFiniteLosses`)
         and read every ``trainer.log_every_n_steps`` steps. With a fused optimiser (``fused: true``,
         the model configs' default) a non-finite step's update is skipped on the device through the
         optimiser's ``found_inf``; with any other optimiser and no ``GradScaler`` the flag is read at
@@ -496,7 +496,7 @@ class SegmentationModule(pl.LightningModule):
 
     def validation_step(self, batch: Mapping, batch_idx: int) -> dict[str, torch.Tensor]:
         """Whole-case validation; returns ``{"pred": (B, R, *spatial) bool}`` for callbacks
-        (:class:`~lightning_brats.callbacks.pictures.ValidationPictures` pictures it)."""
+        (:class:`~lightning_brats.training.callbacks.pictures.ValidationPictures` pictures it)."""
         image, target = batch["image"], batch["target"]
         logits = predict_logits(self.compiled_net, image, self.patch_size, self.inference.overlap, self.inference.sw_batch_size)
         # reduced once at the epoch's end (sum of losses / sum of cases over the processes): no
@@ -536,7 +536,7 @@ class SegmentationModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Refuse a checkpoint trained for other channels or regions before its weights are loaded
-        (see :func:`~lightning_brats.checkpoints.check_same_channels`); a module built without
+        (see :func:`~lightning_brats.training.checkpoints.check_same_channels`); a module built without
         ``run_config`` takes the checkpoint's."""
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is not None:  # a checkpoint saved before BratsDataModule was renamed

@@ -1,7 +1,7 @@
 """From a checkpoint to label maps on the original grid: load, preprocess, infer, post-process, write.
 
 The checkpoint carries the resolved ``data`` and ``model`` config of its training run
-(:data:`~lightning_brats.checkpoints.CONFIG_KEY`), so prediction repeats the training run's
+(:data:`~lightning_brats.training.checkpoints.CONFIG_KEY`), so prediction repeats the training run's
 modalities and preprocessing (crop, normalisation, spacing) without being told: both read
 :class:`~lightning_brats.data.settings.PreprocessingSettings` from that ``data`` config, and a
 checkpoint whose preprocessing this version cannot reproduce is refused. The files'
@@ -30,14 +30,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from lightning_brats.checkpoints import check_same_channels, load_checkpoint, training_config
-from lightning_brats.data.preprocess import atomic_save, preprocess_case, resample_to_crop, uncrop
+from lightning_brats.data.labels import region_tree, regions_to_labels, small_components_to
+from lightning_brats.data.preprocess import preprocess_case, resample_to_crop, uncrop
 from lightning_brats.data.readers import CaseFiles, CaseSource, DataError, LoadedCase, load_case
 from lightning_brats.data.settings import PreprocessingSettings
-from lightning_brats.hardware import inference_precision
-from lightning_brats.inference import InferenceSettings, predict_probabilities
-from lightning_brats.labels import region_tree, regions_to_labels, small_components_to
-from lightning_brats.module import SegmentationModule, window_size
+from lightning_brats.inference.sliding_window import InferenceSettings, predict_probabilities
+from lightning_brats.io import atomic_save
+from lightning_brats.training.checkpoints import check_same_channels, load_checkpoint, training_config
+from lightning_brats.training.hardware import inference_precision
+from lightning_brats.training.module import SegmentationModule, window_size
 
 log = logging.getLogger(__name__)
 
@@ -111,14 +112,14 @@ def load_trained_model(ckpt_path: str | Path, release: Mapping | None = None, de
 
     Args:
         ckpt_path: a ``.ckpt`` written by ``train.py`` (read by
-            :func:`~lightning_brats.checkpoints.load_checkpoint`, ``weights_only=True``).
+            :func:`~lightning_brats.training.checkpoints.load_checkpoint`, ``weights_only=True``).
         release: a ``data`` config (e.g. ``conf/data/brats23.yaml`` composed) whose
             :data:`RELEASE_KEYS` replace the checkpoint's; ``None`` keeps the checkpoint's release.
         device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
 
     Raises:
         FileNotFoundError: no file at ``ckpt_path``.
-        lightning_brats.checkpoints.CheckpointError: (a ``ValueError``) the file is empty,
+        lightning_brats.training.checkpoints.CheckpointError: (a ``ValueError``) the file is empty,
             truncated, not a PyTorch file, a plain state dict or another project's checkpoint.
         ValueError: its preprocessing cannot be reproduced by this version (an unknown
             ``data.normalization`` or ``data.crop``, or a ``data`` key this version does not know; the
@@ -211,7 +212,7 @@ def multirun_checkpoints(run_dir: str | Path) -> list[Path]:
         FileNotFoundError: ``run_dir`` is not a folder, holds no job, or a job has no single
             best checkpoint (the message names the job folder and what is there).
     """
-    from lightning_brats.cli.summarize import find_job_dirs, no_job_folder
+    from lightning_brats.io import find_job_dirs, no_job_folder
 
     root = Path(run_dir)
     if not root.is_dir():
@@ -253,7 +254,7 @@ class PostProcessing:
         """Relabel ``label`` ``(X, Y, Z)``; returns ``(label, voxels relabelled)``.
 
         Small components of the code ``region`` adds become the code of the region enclosing it
-        (:func:`~lightning_brats.labels.region_tree`; background for an outermost region). A
+        (:func:`~lightning_brats.data.labels.region_tree`; background for an outermost region). A
         dataset without ``region`` (e.g. the LGG set's single ``abnormality``) is left as it is,
         with a warning naming the regions it has.
         """
@@ -332,7 +333,7 @@ class Predictor:
     config), Gaussian-weighted sliding window (3D patches, or slice by slice for a 2D network)
     with optional flip test-time augmentation, probabilities resampled back to the original
     spacing (trilinear) inside the crop box, thresholded per region, turned into labels with ET
-    inside TC inside WT (:func:`~lightning_brats.labels.regions_to_labels`), post-processed, and
+    inside TC inside WT (:func:`~lightning_brats.data.labels.regions_to_labels`), post-processed, and
     the label map placed on the whole original grid (the box holds every non-zero probability, so
     this equals doing the steps on the whole grid, at the box's cost).
 
@@ -342,12 +343,12 @@ class Predictor:
 
     Args:
         model: from :func:`load_trained_model` or
-            :func:`~lightning_brats.export.load_exported_model`, or a list of them (an
+            :func:`~lightning_brats.inference.export.load_exported_model`, or a list of them (an
             ensemble; checked with :func:`check_ensemble`, which raises ``ValueError``).
-        settings: the ``inference`` config's settings (:class:`~lightning_brats.inference.InferenceSettings`):
+        settings: the ``inference`` config's settings (:class:`~lightning_brats.inference.sliding_window.InferenceSettings`):
             sliding-window ``overlap`` and ``sw_batch_size``, ``flip_tta`` (all flip combinations,
             8 in 3D, 4 in 2D), ``threshold`` and ``precision`` (``"auto"``: bf16 autocast where the
-            device runs bf16 natively, else fp32; see :func:`~lightning_brats.hardware.inference_precision`).
+            device runs bf16 natively, else fp32; see :func:`~lightning_brats.training.hardware.inference_precision`).
         postprocess: small-component relabelling; ``None`` for none (see :func:`postprocessing_for`).
 
     Raises:

@@ -5,7 +5,7 @@ and the docs use it, and its :data:`LABEL_CODES`, :data:`BRATS23_SUFFIXES` and
 :data:`MSD_MODALITIES` are the mappings between releases.
 
 Usage:
-    python -m lightning_brats.data.release_layouts --source DIR --out DIR --release RELEASE  (or:)
+    python -m tests.release_layouts --source DIR --out DIR --release RELEASE  (or:)
     python experiments/build_layouts.py --source ../shared/data/brats2018 --out data/layouts/brats20 --release brats20
     python experiments/build_layouts.py --source ../shared/data/brats2018 --out data/layouts/brats21 --release brats21
     python experiments/build_layouts.py --source ../shared/data/brats2018 --out data/layouts/msd --release msd_task01
@@ -56,7 +56,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from lightning_brats.evaluation import write_csv
+from lightning_brats.io import write_csv
 
 #: the source's modalities (file suffixes ``_flair`` ...), BraTS 2018-2021 names
 MODALITIES = ["flair", "t1", "t1ce", "t2"]
@@ -274,7 +274,7 @@ def _write_dataset_json(path: Path, ids: Sequence[str], channels: Sequence[str])
     """MSD's dataset.json: channel names (read by ``data=msd_task01``), label names, the training list."""
     record = {
         "name": "BRATS",
-        "description": "Built by lightning_brats.data.release_layouts from BraTS 2018 training cases",
+        "description": "Built by tests.release_layouts from BraTS 2018 training cases",
         "tensorImageSize": "4D",
         "modality": {str(i): MSD_MODALITIES[m] for i, m in enumerate(channels)},
         "labels": {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"},

@@ -33,7 +33,7 @@ class SigtermCheckpoint(pl.Callback):
     LR scheduler, loops, callbacks and the datamodule's sampler; ``ckpt_path=last`` (which
     looks for ``runs/*/checkpoints/last.ckpt``) resumes from it and the global step continues.
     Written through the strategy's checkpoint IO, i.e. atomically with
-    :class:`~lightning_brats.callbacks.AtomicCheckpoints`. A mid-epoch resume redraws that epoch's
+    :class:`~lightning_brats.training.callbacks.AtomicCheckpoints`. A mid-epoch resume redraws that epoch's
     samples from its start (the loader is not resumable mid-epoch; Lightning warns), so it is not
     bit-exact as an end-of-epoch resume is.
 

@@ -2,27 +2,26 @@
 
 Regions (WT, TC, ET) are scored, not labels: each is the set of voxels whose label is one of
 the region's codes in ``data.regions``. Per case and region: every metric of
-:mod:`lightning_brats.metric_registry` with a compute function (built in: Dice, HD95 (mm),
+:mod:`lightning_brats.evaluation.registry` with a compute function (built in: Dice, HD95 (mm),
 sensitivity, specificity and volumes (mL), with the BraTS empty-mask conventions of
-:func:`~lightning_brats.metrics.case_region_metrics`; always computed), plus, for
+:func:`~lightning_brats.evaluation.metrics.case_region_metrics`; always computed), plus, for
 ``brats2023``/``brats2024``/``brats2025``, the lesion-wise scores and lesion counts of
-:mod:`lightning_brats.lesion_metrics`.
+:mod:`lightning_brats.evaluation.lesion_metrics`.
 """
 
 from __future__ import annotations
 
 import csv
-import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from lightning_brats import metric_registry
-from lightning_brats.data.preprocess import atomic_save
 from lightning_brats.data.readers import DataError, LoadedCase, check_label_values, check_same_grid
-from lightning_brats.lesion_metrics import score_lesion_wise
+from lightning_brats.evaluation import registry as metric_registry
+from lightning_brats.evaluation.lesion_metrics import score_lesion_wise
+from lightning_brats.io import atomic_save, write_csv  # noqa: F401  (write_csv moved to lightning_brats.io; importable from here too)
 
 #: The built-in per-region metrics of the ``legacy`` definition, the column prefixes of ``metrics.csv``
 #: (``dice_wt``, ``hd95_et``, ...): the registry's at import; :func:`case_metrics` reads it at call time.
@@ -33,7 +32,7 @@ STATISTICS = ("mean", "std", "median", "q25", "q75")
 
 def case_metrics(definition: str = "legacy") -> tuple[str, ...]:
     """Per-region metrics a definition scores, from the registry
-    (:func:`~lightning_brats.metric_registry.scored`): those computed per case and region, then the
+    (:func:`~lightning_brats.evaluation.registry.scored`): those computed per case and region, then the
     definition's lesion-wise ones.
 
     Raises:
@@ -145,33 +144,6 @@ def describe(values: Sequence[float] | np.ndarray) -> dict[str, float]:
         "q75": np.percentile(values, 75) if values.size else np.nan,
     }
     return {k: float(v) for k, v in stats.items()}
-
-
-def write_csv(
-    path: Path, rows: Sequence[Mapping], columns: Sequence[str] | None = None, digits: int | None = 6, nan: str = "nan"
-) -> None:
-    """Write rows as CSV atomically: the project's one CSV writer.
-
-    Args:
-        path: the file (its folder must exist).
-        rows: one mapping per row.
-        columns: the header, in order (default: the first row's keys).
-        digits: significant digits of floats; ``None`` writes them in full (``repr``).
-        nan: the text of a NaN float (``"nan"``; ``""`` leaves the cell empty).
-    """
-    def cell(value):
-        if not isinstance(value, float):
-            return value
-        if np.isnan(value):
-            return nan
-        return repr(value) if digits is None else f"{value:.{digits}g}"
-
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns if columns is not None else rows[0]))
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: cell(v) for k, v in row.items()})
-    atomic_save(path, lambda p: p.write_text(buffer.getvalue()))
 
 
 #: Columns :func:`read_csv` keeps as text (case IDs such as ``"001"`` must not become numbers).

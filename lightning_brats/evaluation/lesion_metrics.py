@@ -1,6 +1,6 @@
 """Lesion-wise metrics of the BraTS 2023-2025 leaderboards, per region of one case.
 
-Three definitions (``eval.py metrics=<definition>``; ``legacy`` is :mod:`lightning_brats.metrics`):
+Three definitions (``eval.py metrics=<definition>``; ``legacy`` is :mod:`lightning_brats.evaluation.metrics`):
 
 ``brats2023``
     The BraTS 2023 lesion-wise Dice and HD95 (R. Saluja et al., github.com/rachitsaluja/BraTS-2023-Metrics,
@@ -11,7 +11,7 @@ Three definitions (``eval.py metrics=<definition>``; ``legacy`` is :mod:`lightni
     2. Each lesion, dilated the same way, collects every 26-connected predicted component it touches.
     3. The union of those components is scored against the undilated lesion: Dice and HD95 (mm,
        MONAI's ``compute_hausdorff_distance`` with the voxel spacing, through
-       :func:`~lightning_brats.metrics.case_region_metrics`); a lesion that collects nothing is a
+       :func:`~lightning_brats.evaluation.metrics.case_region_metrics`); a lesion that collects nothing is a
        false negative with Dice 0 and HD95 ``hd95_penalty`` (374 mm).
     4. A predicted component collected by no lesion is a false positive: Dice 0, HD95 ``hd95_penalty``.
     5. Lesions of volume at or below ``min_volume`` (mm^3; voxels at 1 mm) are left out of the
@@ -67,12 +67,12 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
-from lightning_brats import metric_registry
-from lightning_brats.metric_registry import DEFINITIONS  # noqa: F401  (what ``eval.py metrics=`` accepts)
-from lightning_brats.metrics import case_region_metrics
+from lightning_brats.evaluation import registry as metric_registry
+from lightning_brats.evaluation.metrics import case_region_metrics
+from lightning_brats.evaluation.registry import DEFINITIONS  # noqa: F401  (what ``eval.py metrics=`` accepts)
 
 #: Per-region lesion-wise metrics of ``brats2023``/``brats2024``: column prefixes of ``metrics.csv``,
-#: declared (with unit, direction and label) in :mod:`lightning_brats.metric_registry`.
+#: declared (with unit, direction and label) in :mod:`lightning_brats.evaluation.registry`.
 LESION_METRICS = metric_registry.lesion_wise("brats2023")
 #: ``brats2025`` adds panoptica's detection scores (precision, recall, F1).
 PANOPTIC_METRICS = metric_registry.lesion_wise("brats2025")
@@ -86,7 +86,7 @@ DILATION_STRUCTURE = ndimage.generate_binary_structure(3, 2)
 
 def metric_names(definition: str) -> tuple[str, ...]:
     """The per-region lesion-wise metrics a definition adds to the legacy ones (none for ``legacy``),
-    as the registry declares them (:func:`~lightning_brats.metric_registry.lesion_wise`).
+    as the registry declares them (:func:`~lightning_brats.evaluation.registry.lesion_wise`).
 
     Raises:
         ValueError: ``definition`` is not one of :data:`DEFINITIONS`.

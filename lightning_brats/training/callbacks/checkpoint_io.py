@@ -1,4 +1,4 @@
-"""Install :class:`~lightning_brats.checkpoints.AtomicCheckpointIO` as the trainer's checkpoint writer."""
+"""Install :class:`~lightning_brats.training.checkpoints.AtomicCheckpointIO` as the trainer's checkpoint writer."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytorch_lightning as pl
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from lightning_brats.checkpoints import AtomicCheckpointIO
-from lightning_brats.data.preprocess import remove_stale_temporaries
+from lightning_brats.io import remove_stale_temporaries
+from lightning_brats.training.checkpoints import AtomicCheckpointIO
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +19,7 @@ class AtomicCheckpoints(pl.Callback):
 
     At ``setup`` (before Lightning restores ``ckpt_path`` and before any checkpoint is written)
     the strategy's default ``TorchCheckpointIO`` is replaced by
-    :class:`~lightning_brats.checkpoints.AtomicCheckpointIO`: ``ModelCheckpoint``, the SIGTERM
+    :class:`~lightning_brats.training.checkpoints.AtomicCheckpointIO`: ``ModelCheckpoint``, the SIGTERM
     checkpoint and SLURM's ``hpc_ckpt_<n>.ckpt`` are then written to a temporary file beside the
     final name and renamed, and a corrupt or foreign ``ckpt_path`` stops with one message naming
     the file. A checkpoint IO plugin configured by the user (``trainer.plugins``) is left alone.

@@ -21,9 +21,9 @@ import pytorch_lightning as pl
 import torch
 
 import lightning_brats
-from lightning_brats.callbacks.publish import log_file, log_summary
-from lightning_brats.checkpoints import run_dir_of
-from lightning_brats.data.preprocess import atomic_save
+from lightning_brats.io import atomic_save
+from lightning_brats.training.callbacks.publish import log_file, log_summary
+from lightning_brats.training.checkpoints import run_dir_of
 
 log = logging.getLogger(__name__)
 

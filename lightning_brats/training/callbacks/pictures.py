@@ -7,16 +7,16 @@ from collections.abc import Mapping
 import pytorch_lightning as pl
 import torch
 
-from lightning_brats.callbacks.publish import log_picture
-from lightning_brats.labels import nested_region_codes, regions_to_labels
-from lightning_brats.metrics import region_dice
-from lightning_brats.visualize import case_figure, figure_to_array
+from lightning_brats.data.labels import nested_region_codes, regions_to_labels
+from lightning_brats.evaluation.metrics import region_dice
+from lightning_brats.evaluation.visualize import case_figure, figure_to_array
+from lightning_brats.training.callbacks.publish import log_picture
 
 
 class ValidationPictures(pl.Callback):
     """Picture the first validation cases of every validation (sanity check excluded) with
-    :func:`~lightning_brats.visualize.case_figure` and send it to each logger that holds images
-    (:func:`~lightning_brats.callbacks.publish.log_picture`), under ``val/case_<case id>``.
+    :func:`~lightning_brats.evaluation.visualize.case_figure` and send it to each logger that holds images
+    (:func:`~lightning_brats.training.callbacks.publish.log_picture`), under ``val/case_<case id>``.
 
     The module's ``validation_step`` returns ``{"pred": (B, R, *spatial) bool}``, its thresholded
     prediction of the batch, so the picture costs no extra inference. The number of cases and the
@@ -36,7 +36,7 @@ class ValidationPictures(pl.Callback):
         limit = self.num_images if self.num_images is not None else pl_module.hparams.get("num_val_images", 0)
         if batch_idx >= limit or trainer.sanity_checking or not trainer.is_global_zero:
             return False
-        from lightning_brats.callbacks.publish import _kind
+        from lightning_brats.training.callbacks.publish import _kind
 
         return any(_kind(lg) != "other" for lg in trainer.loggers)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 
-from lightning_brats.data.preprocess import atomic_save
+from lightning_brats.io import atomic_save
 
 
 class TrainingCurves(pl.Callback):
@@ -18,7 +18,7 @@ class TrainingCurves(pl.Callback):
     Records ``train/loss_epoch`` after each training epoch and ``val/loss`` and every
     ``val/dice_*`` after each validation (sanity checks excluded). Written by global rank 0 only,
     atomically, also when training stops early (``max_time``, interruption), and attached to every
-    logger that holds files (:func:`~lightning_brats.callbacks.publish.log_file`). The history travels
+    logger that holds files (:func:`~lightning_brats.training.callbacks.publish.log_file`). The history travels
     in checkpoints (callback state), so a resumed run draws every epoch, not only its own.
 
     Args:
@@ -54,7 +54,7 @@ class TrainingCurves(pl.Callback):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             atomic_save(self.path, self.draw)
             # every logger that holds files or images gets it too (W&B files, MLflow artifacts, TensorBoard)
-            from lightning_brats.callbacks.publish import log_file
+            from lightning_brats.training.callbacks.publish import log_file
 
             log_file(trainer.loggers, self.path, step=trainer.global_step)
 
@@ -62,7 +62,7 @@ class TrainingCurves(pl.Callback):
         """Two panels: losses (left), validation Dice per region (right), against epochs; PNG at ``path``."""
         from matplotlib.ticker import MaxNLocator
 
-        from lightning_brats.visualize import _pyplot
+        from lightning_brats.evaluation.visualize import _pyplot
 
         plt = _pyplot()
 
