@@ -41,9 +41,12 @@ class FakeClock(pl.Callback):
 
     now: ClassVar[float] = 0.0
     lrs: ClassVar[list[float]] = []
+    #: seconds per step: ``(steps, seconds)`` pairs in order, the last one for the rest of the run
+    pace: ClassVar[list[tuple[int, float]]] = [(0, SECONDS_PER_STEP)]
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        FakeClock.now += SECONDS_PER_STEP
+        step = len(FakeClock.lrs)
+        FakeClock.now += next(seconds for until, seconds in FakeClock.pace if until == 0 or step < until)
         FakeClock.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
 
 
@@ -112,3 +115,49 @@ def test_a_run_without_any_checkpoint_is_an_error(tmp_path):
     trainer = pl.Trainer(callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt")], logger=False, enable_progress_bar=False)
     with pytest.raises(RuntimeError, match=r"training stopped after 0 steps without writing any checkpoint \(dirpath .*ckpt\)"):
         check_checkpoint_written(trainer)
+
+
+def _fill_run(phantom_root, tmp_path, monkeypatch, caplog, pace, extra=()):
+    """A run of 2 planned epochs of 4 steps (8 steps) with 120 s of fake budget, at ``pace``."""
+    import pytorch_lightning.callbacks.timer as timer_module
+
+    FakeClock.now, FakeClock.lrs, FakeClock.pace = 0.0, [], pace
+    monkeypatch.setattr(timer_module, "time", SimpleNamespace(monotonic=lambda: FakeClock.now))
+    cfg = _tiny(phantom_root, tmp_path, ["trainer.max_epochs=2", "trainer.check_val_every_n_epoch=1000", "trainer.max_time=00:00:02:00",
+                                         "callbacks.training_budget.warmup_steps=5", "callbacks.training_budget.replan_every=10",
+                                         "callbacks.training_budget.margin=10", *extra])
+    try:
+        with caplog.at_level(logging.INFO, logger="lightning_brats.training.callbacks.budget"):
+            train(cfg)
+    finally:
+        FakeClock.pace = [(0, SECONDS_PER_STEP)]
+    return torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"]
+
+
+@pytest.mark.slow
+def test_a_fast_machine_fills_its_time_budget_with_a_complete_schedule(phantom_root, tmp_path, monkeypatch, caplog):
+    """1 s per step, 120 s budget, 8 steps configured (done at 8 s): after 5 steps the plan is the steps
+    that fit, 5 + (120 - 5 - 10 s margin) = 110, and the run ends there, 10 s before the budget, with
+    the LR decayed to its end and the last step validated."""
+    steps = _fill_run(phantom_root, tmp_path, monkeypatch, caplog, [(0, 1.0)])
+    assert steps == 110 and FakeClock.now == pytest.approx(110.0)
+    assert "planning 110 steps (was 8)" in caplog.text and "ended early" not in caplog.text
+    assert FakeClock.lrs[-1] < 0.02 * BASE_LR  # step 110 trains at the schedule's end
+    with open(tmp_path / "csv" / "metrics.csv") as handle:
+        assert [int(r["step"]) for r in csv.DictReader(handle) if r.get("val/dice_mean")] == [109]
+
+
+@pytest.mark.slow
+def test_a_machine_that_slows_down_is_replanned_and_still_ends_inside_the_budget(phantom_root, tmp_path, monkeypatch, caplog):
+    """1 s per step, then 4 s from step 30 on: the plan shrinks as the measured pace does, and the run
+    ends inside the budget by its plan (not stopped by the clock), the schedule complete."""
+    steps = _fill_run(phantom_root, tmp_path, monkeypatch, caplog, [(30, 1.0), (0, 4.0)])
+    plans = [int(line.split("planning ")[1].split()[0]) for line in caplog.text.splitlines() if "planning " in line]
+    assert plans[0] == 110 and plans[-1] < plans[0] and steps == plans[-1]
+    assert 120 - 10 - 4 * 10 <= FakeClock.now <= 120 and "ended early" not in caplog.text
+    assert FakeClock.lrs[-1] < 0.1 * BASE_LR
+
+
+@pytest.mark.slow
+def test_trainer_max_steps_stays_a_limit_when_filling(phantom_root, tmp_path, monkeypatch, caplog):
+    assert _fill_run(phantom_root, tmp_path, monkeypatch, caplog, [(0, 1.0)], ["trainer.max_steps=12"]) == 12

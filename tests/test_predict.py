@@ -240,7 +240,7 @@ def test_2d_lgg_model_predicts_a_patient_as_nifti(lgg_root, cache_dir, tmp_path)
     train(compose_config(
         ["experiment=lgg_cpu", f"data.root={lgg_root}", "logger=csv", "data.samples_per_epoch=32", "data.patch_size=[64,64]",
          "data.spacing=[4,4,1]", "model.net.base_filters=8", "model.net.depth=3", "trainer.max_epochs=1",
-         "trainer.check_val_every_n_epoch=1", "validate_best=false", "data.max_val_cases=1"],
+         "trainer.max_time=null", "trainer.check_val_every_n_epoch=1", "validate_best=false", "data.max_val_cases=1"],
         run, cache_dir,
     ))
     patient = min(p for p in lgg_root.iterdir() if p.is_dir())
