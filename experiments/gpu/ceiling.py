@@ -46,10 +46,8 @@ sys.path[:0] = [str(REPO), str(REPO / "experiments" / "benchmarks")]
 from common import compose
 from loop_overhead import make_batches, plain_loop
 
+from lightning_brats.training.callbacks.step_timer import measure_matmul_tflops, precision_dtype
 from lightning_brats.training.hardware import resolve_precision
-
-#: autocast dtype of each Lightning precision (None: no autocast)
-AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
 def sync(device: torch.device) -> None:
@@ -78,24 +76,6 @@ def flops_per_step(cfg) -> int:
     return int(counter.get_total_flops())
 
 
-def matmul_tflops(device: torch.device, dtype: torch.dtype, size: int | None = None, repeats: int = 10) -> float:
-    """The device's measured matrix-product rate in ``dtype`` (TFLOP/s): ``repeats`` products of two
-    ``size`` x ``size`` matrices (8192 on CUDA, 1024 on a CPU by default) after one warm-up, best of 3."""
-    size = size or (8192 if device.type == "cuda" else 1024)
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    torch.mm(a, b)
-    sync(device)
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        for _ in range(repeats):
-            torch.mm(a, b)
-        sync(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 * repeats / best / 1e12
-
-
 def measure(experiment: str, overrides: Sequence[str] = (), device: str = "auto", steps: int = 20,
             warmup: int = 3) -> dict:
     """Train ``experiment``'s network for ``warmup`` + ``steps`` steps in the plain loop on ``device``;
@@ -105,14 +85,14 @@ def measure(experiment: str, overrides: Sequence[str] = (), device: str = "auto"
         torch.backends.cudnn.benchmark = True
     cfg = compose([f"experiment={experiment}", "data.root=unused", *overrides])
     precision, reason = resolve_precision(cfg.trainer.precision, "gpu" if dev.type == "cuda" else "cpu")
-    dtype = AUTOCAST.get(precision)
+    dtype = precision_dtype(precision)  # float32: no autocast
     torch.manual_seed(0)
     module = hydra.utils.instantiate(cfg.model)
     net = module.net.to(dev)
     optimizer = module.optimizer_factory(params=net.parameters())
     scheduler = module.scheduler_factory(optimizer=optimizer)
     batches = [{k: v.to(dev) for k, v in b.items()} for b in make_batches(cfg, warmup + steps)]
-    autocast = torch.autocast(dev.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    autocast = torch.autocast(dev.type, dtype=dtype) if dtype is not torch.float32 else contextlib.nullcontext()
     with autocast:
         plain_loop(net, module.train_loss, optimizer, scheduler, batches[:warmup])
         sync(dev)
@@ -123,7 +103,7 @@ def measure(experiment: str, overrides: Sequence[str] = (), device: str = "auto"
         sync(dev)
         seconds = (time.perf_counter() - start) / steps
     flops = flops_per_step(cfg)
-    peak = matmul_tflops(dev, dtype or torch.float32)
+    peak = measure_matmul_tflops(dev, dtype)
     achieved = flops / seconds / 1e12
     return {
         "experiment": experiment, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",

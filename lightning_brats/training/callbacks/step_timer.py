@@ -15,29 +15,37 @@ from torch.utils.flop_counter import FlopCounterMode
 log = logging.getLogger(__name__)
 
 
-def measure_matmul_tflops(device: torch.device, dtype: torch.dtype, size: int | None = None, repeats: int = 10) -> float:
-    """The device's matrix-multiply rate in TFLOP/s: ``repeats`` products of two ``size x size``
-    matrices of ``dtype`` after two warm-up products (the rate a well-fed convolution can approach).
+def measure_matmul_tflops(device: torch.device, dtype: torch.dtype, size: int | None = None, repeats: int = 10,
+                          rounds: int = 3) -> float:
+    """The device's matrix-multiply rate in TFLOP/s: the best of ``rounds`` rounds of ``repeats``
+    products of two ``size x size`` matrices of ``dtype``, after a warm-up product (the rate a well-fed
+    convolution can approach).
 
     Args:
-        device: where to measure (``cuda`` devices are synchronised around the timed products).
+        device: where to measure (``cuda`` devices are synchronised around each timed round).
         dtype: ``torch.bfloat16``, ``torch.float16`` or ``torch.float32``: the training precision's.
         size: matrix side; default 8192 on CUDA, 1024 on a CPU.
-        repeats: timed products.
+        repeats: products per round.
+        rounds: timed rounds; the fastest counts.
     """
     size = size or (8192 if device.type == "cuda" else 1024)
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
-    for _ in range(2):
-        a @ b
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e12
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    a @ b
+    sync()
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 * repeats / best / 1e12
 
 
 def precision_dtype(precision: str) -> torch.dtype:
