@@ -231,10 +231,21 @@ class CountSyncs(pl.Callback):
         self.context.__exit__(None, None, None)
 
 
+def _train_with_callback(cfg, callback: pl.Callback) -> None:
+    """``train(cfg)`` with ``callback`` added to the configured ones (kept here to read what it saw)."""
+    import lightning_brats.cli.train as cli
+
+    instantiate = cli._instantiate_dict
+    cli._instantiate_dict = lambda c: [*instantiate(c), callback] if c is cfg.get("callbacks") else instantiate(c)
+    try:
+        cli.train(cfg)
+    finally:
+        cli._instantiate_dict = instantiate
+
+
 def _syncs_per_site(phantom_root, out, steps: int):
     from collections import Counter
 
-    from lightning_brats.cli.train import train
 
     counter = CountSyncs()
     cfg = compose_config(
@@ -244,14 +255,7 @@ def _syncs_per_site(phantom_root, out, steps: int):
          "trainer.precision=32", "model.optimizer._target_=torch.optim.SGD", "~model.optimizer.weight_decay",
          "+model.optimizer.momentum=0.9", "+model.optimizer.nesterov=true"],
         out, out / "cache")
-    import lightning_brats.cli.train as cli
-
-    instantiate = cli._instantiate_dict
-    cli._instantiate_dict = lambda c: [*instantiate(c), counter] if c is cfg.get("callbacks") else instantiate(c)
-    try:
-        train(cfg)
-    finally:
-        cli._instantiate_dict = instantiate
+    _train_with_callback(cfg, counter)
     # the loader's own work (num_workers=0: in this process) reads host arrays, not the device
     return Counter((name, site.split("site-packages/")[-1].rsplit(":", 1)[0])
                    for name, site in zip(counter.syncs.calls, counter.syncs.sites) if "torch/utils/data" not in site
@@ -299,7 +303,6 @@ class RecordWeights(pl.Callback):
 def test_fused_optimiser_clips_gradients_in_bf16_mixed(phantom_root, tmp_path):
     """brats_nnunet's recipe (SGD, gradient norm clipped) in mixed precision, where Lightning's plugin
     refuses fused optimisers: one step of plain SGD at lr 1 moves the weights by the clipped gradient."""
-    from lightning_brats.cli.train import train
 
     recorder = RecordWeights()
     cfg = compose_config(
@@ -308,14 +311,7 @@ def test_fused_optimiser_clips_gradients_in_bf16_mixed(phantom_root, tmp_path):
          "logger=csv", "trainer.precision=bf16-mixed", "+trainer.gradient_clip_val=0.01", "model.scheduler=null",
          "model.optimizer._target_=torch.optim.SGD", "model.optimizer.lr=1.0", "model.optimizer.weight_decay=0"],
         tmp_path, tmp_path / "cache")
-    import lightning_brats.cli.train as cli
-
-    instantiate = cli._instantiate_dict
-    cli._instantiate_dict = lambda c: [*instantiate(c), recorder] if c is cfg.get("callbacks") else instantiate(c)
-    try:
-        train(cfg)
-    finally:
-        cli._instantiate_dict = instantiate
+    _train_with_callback(cfg, recorder)
     moved = (recorder.after - recorder.before).norm()
     assert 0 < moved <= 0.01 * 1.001
 

@@ -415,7 +415,7 @@ class SegmentationModule(pl.LightningModule):
         if not getattr(self, "_drop_gradients", False):
             return
         self._drop_gradients = False
-        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        scaler = self._grad_scaler()
         for param in self.parameters():
             if param.grad is not None:
                 if scaler is not None:  # fp16 GradScaler needs gradients: inf makes it skip the step, as on overflow
