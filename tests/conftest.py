@@ -301,10 +301,12 @@ class FakeCuda:
     """What :func:`fake_cuda` installs, and the calls made to it (``calls``: ``(name, device)``)."""
 
     def __init__(self, monkeypatch, name: str = "NVIDIA H200", bf16: bool = True) -> None:
+        from types import SimpleNamespace
+
         import torch
         from torch.cuda._utils import _get_device_index
 
-        self.name, self.bf16, self.calls, self.peak_bytes = name, bf16, [], 3 * 2**30
+        self.name, self.bf16, self.calls, self.peak_bytes, self.total_bytes = name, bf16, [], 3 * 2**30, 140 * 2**30
 
         def index(device):
             # torch's own check: a CPU device (as a module has after Lightning's teardown) raises
@@ -326,6 +328,9 @@ class FakeCuda:
         monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", recorded("reset_peak_memory_stats"))
         monkeypatch.setattr(torch.cuda, "max_memory_allocated", recorded("max_memory_allocated", lambda: self.peak_bytes))
         monkeypatch.setattr(torch.cuda, "Event", FakeCudaEvent)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+        monkeypatch.setattr(torch.cuda, "get_device_properties",
+                            recorded("get_device_properties", lambda: SimpleNamespace(name=self.name, total_memory=self.total_bytes)))
 
     def count(self, name: str) -> int:
         return sum(1 for called, _ in self.calls if called == name)

@@ -331,3 +331,17 @@ def test_sync_debug_mode_from_the_environment(fake_cuda, monkeypatch):
             hardware.configure_cuda("gpu")
     finally:
         torch.set_float32_matmul_precision(before)
+
+
+def test_out_of_memory_on_a_gpu_names_its_peak_and_total_memory(fake_cuda):
+    from lightning_brats.training.hardware import out_of_memory
+
+    error = out_of_memory("training", {"data.batch_size": 2}, "data.batch_size", torch.device("cuda", 0))
+    assert str(error) == ("out of memory during training (data.batch_size=2; peak 3.0 GiB allocated of the GPU's "
+                          "140.0 GiB); lower data.batch_size")
+    assert ("max_memory_allocated", torch.device("cuda", 0)) in fake_cuda.calls
+    # on a CPU device the GPU's memory is not asked for
+    fake_cuda.calls.clear()
+    assert str(out_of_memory("prediction", {"precision": "32"}, "x", torch.device("cpu"))) == (
+        "out of memory during prediction (precision=32); lower x")
+    assert fake_cuda.calls == []
