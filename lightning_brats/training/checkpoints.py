@@ -304,7 +304,7 @@ def module_arguments(
                 "skip_nonfinite"):
         if key not in arguments and key in model:
             arguments[key] = model[key]
-    for key in ("regions", "modalities", "patch_size", "sampling", "batch_size"):
+    for key in ("regions", "modalities", "patch_size", "sampling", "context_slices", "batch_size"):
         if key not in arguments and key in data:
             arguments[key] = data[key]
     given = given or {}
