@@ -75,6 +75,19 @@ def test_3d_and_bad_values_are_refused_naming_the_key():
         predict_logits(torch.nn.Identity(), torch.zeros(1, 1, 8, 8, 8), [8, 8, 8], 0.5, 1, context_slices=1)
 
 
+def test_a_checkpoint_trained_with_other_context_is_refused_naming_the_key():
+    from lightning_brats.training.checkpoints import check_same_channels, trained_channels
+
+    trained = trained_channels({"hyper_parameters": {"modalities": ["flair"], "regions": ["wt"], "context_slices": 1}})
+    assert trained["context_slices"] == 1
+    check_same_channels(trained, {"modalities": ["flair"], "regions": ["wt"], "context_slices": 1})
+    with pytest.raises(ValueError, match=r"trained with data.context_slices=1 \(3 slices per modality\), this run has "
+                                         r"data.context_slices=0"):
+        check_same_channels(trained, {"modalities": ["flair"], "regions": ["wt"]})
+    old = trained_channels({"hyper_parameters": {"modalities": ["flair"], "regions": ["wt"]}})  # before the setting
+    check_same_channels(old, {"modalities": ["flair"], "regions": ["wt"], "context_slices": 0})
+
+
 def test_3d_datamodule_and_module_refuse_context(tmp_path):
     cfg = compose_config(["data=sample", f"data.root={tmp_path}", "data.context_slices=1"], tmp_path)
     with pytest.raises(Exception, match=r"data.context_slices=1 needs data.sampling=2d"):
@@ -122,6 +135,22 @@ def test_training_samples_hold_the_neighbours_of_their_slice(slice_major):
             assert got == [100 * c + min(max(z + d, 0), 8) for d in (-1, 0, 1)]
     with pytest.raises(ValueError, match="data.context_slices=1 needs data.sampling=2d"):
         TrainingSampleDataset(cases, {"wt": [1]}, (8, 8, 8), batch_size=4, context_slices=1)
+
+
+@pytest.mark.parametrize("device", ["cpu", "batch"])
+def test_datamodule_2d_batches_carry_the_context_channels(phantom_root, tmp_path, device):
+    cfg = compose_config(["data=sample", f"data.root={phantom_root}", "data.sampling=2d", "data.patch_size=[32,32]",
+                          "data.context_slices=1", "data.batch_size=4", "data.samples_per_epoch=8",
+                          f"data.augment.device={device}"], tmp_path, tmp_path / "cache")
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    batch = datamodule.on_after_batch_transfer(datamodule.on_before_batch_transfer(batch, 0), 0)
+    assert batch["image"].shape == (4, 12, 32, 32) and batch["image"].dtype == torch.float32
+    assert batch["target"].shape == (4, 3, 32, 32)
+    case = next(iter(datamodule.val_dataloader()))  # whole cases stay one channel per modality: validation stacks
+    assert case["image"].shape[:2] == (1, 4) and case["image"].ndim == 5
 
 
 INTENSITY = {"blur_prob": 1.0, "brightness_prob": 1.0, "contrast_prob": 1.0, "low_res_prob": 1.0,

@@ -560,6 +560,8 @@ class SegmentationModule(pl.LightningModule):
         self.nonfinite.restore(self.nonfinite_skipped)
         trained = trained_channels(checkpoint)
         if trained is not None:
-            check_same_channels(trained, {"modalities": self.modalities, "regions": self.region_names})
+            check_same_channels(
+                trained, {"modalities": self.modalities, "regions": self.region_names, "context_slices": self.context_slices}
+            )
         if self.run_config is None and checkpoint.get(CONFIG_KEY):
             self.run_config = checkpoint[CONFIG_KEY]
