@@ -62,6 +62,8 @@ def test_channel_order_is_modality_major_and_edges_repeat_the_border_slice():
     assert channel_names(["flair", "t1"], 0) == ["flair", "t1"]
     assert input_channels(["flair", "t1", "t1ce", "t2"], 2) == 20 and input_channels(4, 0) == 4
     assert stack_volume(torch.zeros(1, 2, 3, 3, 3), 0).shape == (1, 2, 3, 3, 3)
+    thin = torch.arange(2.0).view(1, 2, 1, 1, 1)  # one slice, k = 2: every neighbour is that slice
+    assert stack_volume(thin, 2).flatten().tolist() == [0.0] * 5 + [1.0] * 5
 
 
 def test_3d_and_bad_values_are_refused_naming_the_key():

