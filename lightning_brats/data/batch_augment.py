@@ -187,7 +187,8 @@ class BatchAugmentation:
     Args:
         flip: flip each spatial axis of each sample with probability 0.5.
         intensity: with probability 0.5 each (per sample), scale the channels by ``U(0.9, 1.1)`` and
-            shift them by ``U(-0.1, 0.1)`` (independently per channel).
+            shift them by ``U(-0.1, 0.1)`` (independently per modality; a modality's neighbouring slices,
+            ``context_slices`` in :meth:`apply`, share its values).
         spatial_prob: probability, per sample, of a random rotation and scaling.
         rotate_deg: rotation range in degrees, ``U(-r, r)`` about each axis (about the slice normal in 2D).
         scale: relative scaling range, ``1 + U(-s, s)`` per axis.

@@ -297,7 +297,8 @@ class Augmentation:
     Attributes:
         flip: flip each spatial axis with probability 0.5.
         intensity: with probability 0.5 each, scale channels by ``U(0.9, 1.1)`` and shift them by
-            ``U(-0.1, 0.1)`` (independently per channel; z-scored units).
+            ``U(-0.1, 0.1)`` (independently per modality, the same for its neighbouring slices with
+            ``data.context_slices``; z-scored units).
         spatial_prob: probability of a random rotation and scaling of the sample
             (MONAI ``RandAffine``'s draws and ``Affine``'s resampling: trilinear image, nearest-neighbour
             target, zero padding; computed by the batch path's ``grid_sample``).
