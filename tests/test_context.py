@@ -286,6 +286,6 @@ def test_25d_training_then_predict_py_end_to_end(phantom_checkpoint_25d, phantom
     case = min(p for p in phantom_root.iterdir() if p.is_dir())
     out = tmp_path / "pred"
     predict(compose_tool_config("predict", [f"ckpt_path={phantom_checkpoint_25d}", f"input={case}",
-                                            f"output_dir={out}"], out / "run"))
+                                            f"output_dir={out}", "inference.flip_tta=false"], out / "run"))
     (written,) = out.glob("*.nii.gz")
     assert nib.load(written).shape == nib.load(next(case.glob("*_seg.nii.gz"))).shape
