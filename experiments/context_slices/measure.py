@@ -41,11 +41,34 @@ from lightning_brats.training.hardware import cpu_info, inference_precision
 CONTEXTS = (0, 1, 2)
 
 
-def timed(fn):
-    """``(result, wall seconds, CPU seconds of this process)`` of ``fn()``."""
+def timed(fn, *args):
+    """``(result, wall seconds, CPU seconds of this process)`` of ``fn(*args)``."""
     wall, cpu = time.perf_counter(), time.process_time()
-    result = fn()
+    result = fn(*args)
     return result, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def draw_batch(dataset: TrainingSampleDataset, epoch: int, batch_size: int) -> dict:
+    """One training batch as the loader collates it."""
+    return default_collate([dataset[(epoch, i)] for i in range(batch_size)])
+
+
+def train_step(module, optimizer, batch: dict, bf16: bool) -> torch.Tensor:
+    """Forward (deep supervision), loss, backward and optimiser step, as the training loop runs them."""
+    module.net.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        loss = module.train_loss(module.net(batch["image"]), batch["target"])
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+def infer_case(module, case: torch.Tensor, inference, k: int, bf16: bool) -> torch.Tensor:
+    """Whole-case logits as validation computes them (one pass, no flips)."""
+    module.net.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        return predict_logits(module.net, case, module.patch_size, inference.overlap, inference.sw_batch_size, k)
 
 
 def main() -> None:
@@ -79,34 +102,15 @@ def main() -> None:
     rows = []
     for round_ in range(args.warmup + args.rounds):
         for k, (module, dataset, optimizer, cfg) in setups.items():
-            batch_size = cfg.data.batch_size
-            batch, load_wall, load_cpu = timed(
-                lambda: default_collate([dataset[(round_, i)] for i in range(batch_size)]))
-
-            def step():
-                module.net.train()
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    loss = module.train_loss(module.net(batch["image"]), batch["target"])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                return loss
-
-            _, step_wall, step_cpu = timed(step)
-
-            def infer():
-                module.net.eval()
-                with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    return predict_logits(module.net, case, module.patch_size, cfg.inference.overlap,
-                                          cfg.inference.sw_batch_size, k)
-
-            logits, case_wall, case_cpu = timed(infer)
+            batch, load_wall, load_cpu = timed(draw_batch, dataset, round_, cfg.data.batch_size)
+            _, step_wall, step_cpu = timed(train_step, module, optimizer, batch, bf16)
+            logits, case_wall, case_cpu = timed(infer_case, module, case, cfg.inference, k, bf16)
             assert logits.shape[2:] == case.shape[2:]
-            _, stack_wall, stack_cpu = timed(lambda: stack_volume(case, k))
+            _, stack_wall, _ = timed(stack_volume, case, k)
             if round_ < args.warmup:
                 continue
             rows.append({"context_slices": k, "input_channels": int(batch["image"].shape[1]), "round": round_,
-                         "batch_size": batch_size, "load_wall_s": load_wall, "load_cpu_s": load_cpu,
+                         "batch_size": cfg.data.batch_size, "load_wall_s": load_wall, "load_cpu_s": load_cpu,
                          "step_wall_s": step_wall, "step_cpu_s": step_cpu, "case_wall_s": case_wall,
                          "case_cpu_s": case_cpu, "case_shape": "x".join(map(str, case.shape[2:])),
                          "stack_wall_ms": stack_wall * 1000, "precision": "bf16" if bf16 else "32",

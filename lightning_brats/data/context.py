@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from lightning_brats import input_channels  # noqa: F401  the one definition (the configs' resolver), re-exported
+from lightning_brats import input_channels
 
 #: The config key, named in messages.
 CONTEXT_KEY = "data.context_slices"

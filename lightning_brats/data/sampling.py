@@ -16,7 +16,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler
 
-from lightning_brats.data.context import check_context, per_modality, slices_per_modality, stack_axial, stack_slice
+from lightning_brats.data.context import (
+    check_context,
+    per_modality,
+    slices_per_modality,
+    stack_axial,
+    stack_slice,
+)
 from lightning_brats.data.intensity_augment import IntensityAugmentation, intensity_seed
 from lightning_brats.data.labels import labels_to_regions
 from lightning_brats.data.preprocess import CachedCase
