@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from lightning_brats import input_channels
+from lightning_brats import input_channels  # the one definition (the configs' resolver), re-exported here
 
 #: The config key, named in messages.
 CONTEXT_KEY = "data.context_slices"
