@@ -269,6 +269,14 @@ def test_a_25d_checkpoint_predicts_and_exports_with_12_input_channels(tmp_path):
     assert exported.context_slices == 1 and exported.in_channels == 12
     again = Predictor(exported, settings).predict_case(files)
     np.testing.assert_allclose(again.probabilities, result.probabilities, atol=1e-4)
+    # an ensemble may mix plain 2D and 2.5D members: each stacks its own input
+    (tmp_path / "plain").mkdir()
+    plain = load_trained_model(_tiny_checkpoint("unet2d", 2, ["model.net.depth=3", "model.net.base_filters=4"],
+                                                tmp_path / "plain"), device="cpu")
+    quick = inference_settings(precision="32", overlap=0.25, sw_batch_size=8, flip_tta=False)
+    alone, first = (Predictor(m, quick).predict_case(files) for m in (plain, model))
+    both = Predictor([model, plain], quick).predict_case(files)
+    np.testing.assert_allclose(both.probabilities, (first.probabilities + alone.probabilities) / 2, atol=1e-5)
 
 
 @pytest.mark.slow
