@@ -110,7 +110,17 @@ def test_the_configs_give_the_network_modalities_times_2k_plus_1_inputs(tmp_path
     assert info["model/input_shape"] == [16, 20, 96, 96] and info["model/output_shape"] == [16, 3, 96, 96]
 
 
-def _cases(k_values=(3,)) -> list[CachedCase]:
+def test_a_network_built_for_other_channels_is_named_before_training(tmp_path):
+    cfg = compose_config(["experiment=brats_cpu", f"data.root={tmp_path}", "data.context_slices=1",
+                          "model.net.in_channels=4"], tmp_path)
+    module = hydra.utils.instantiate(cfg.model)
+    with pytest.raises(ValueError, match=r"does not take 12 input channels \(4 data.modalities x 3 slices, "
+                                         r"data.context_slices=1\).*model.net.in_channels"):
+        module.describe_network()
+    assert module.net.training  # left as it was
+
+
+def _cases() -> list[CachedCase]:
     image = _coded_volume(channels=2, shape=(12, 12, 9))
     label = np.zeros((12, 12, 9), np.uint8)
     label[4:8, 4:8, 2:7] = 1

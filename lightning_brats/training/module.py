@@ -324,14 +324,29 @@ class SegmentationModule(pl.LightningModule):
         Returns:
             ``{"model/name", "model/parameters", "model/input_shape", "model/output_shape"}``
             plus ``"model/deep_supervision_shapes"`` when the network has several outputs.
+
+        Raises:
+            ValueError: the network does not take :attr:`in_channels` inputs (e.g. a ``model.net.in_channels``
+                set by hand that leaves out ``data.context_slices``); the message names both keys.
         """
         batch = self.hparams.batch_size
         shape = (batch, self.in_channels, *self.patch_size)
         was_training = self.net.training
         self.net.eval()
-        with torch.no_grad():
-            out = self.net(torch.zeros(1, *shape[1:], device=self.device))
-        self.net.train(was_training)
+        try:
+            with torch.no_grad():
+                out = self.net(torch.zeros(1, *shape[1:], device=self.device))
+        except RuntimeError as exc:
+            if "channels" not in str(exc):
+                raise
+            raise ValueError(
+                f"model={self.hparams.name}: the network does not take {self.in_channels} input channels "
+                f"({len(self.modalities)} data.modalities x {2 * self.context_slices + 1} slices, "
+                f"data.context_slices={self.context_slices}): {str(exc).splitlines()[0]}; leave model.net.in_channels "
+                "to the configs' ${input_channels:${data.modalities},${data.context_slices}}"
+            ) from exc
+        finally:
+            self.net.train(was_training)
         info = {
             "model/name": self.hparams.name,
             "model/parameters": sum(p.numel() for p in self.net.parameters()),
