@@ -24,7 +24,9 @@ import each other in a circle. The modules' old flat paths (``lightning_brats.mo
 
 Importing the package registers the OmegaConf resolvers the configs in ``conf/`` use:
 
-- ``${len:${data.modalities}}`` (input channels) and ``${len:${data.regions}}`` (outputs);
+- ``${input_channels:${data.modalities},${data.context_slices}}``: a network's input channels, the
+  modalities times ``2k + 1`` with ``k`` neighbouring slices on each side (:func:`input_channels`);
+- ``${len:${data.regions}}`` (outputs);
 - ``${sweep_group:${task_name}}``: the W&B group shared by the jobs of one multirun (``-m``),
   ``"<task_name>-<sweep folder name>"``, e.g. ``train-2026-01-31_12-00-00``; ``""`` (no group)
   for a single run or when no Hydra app is running (the compose API without Hydra's config);
@@ -47,6 +49,24 @@ __version__ = "0.1.0"
 
 #: W&B refuses tags longer than this (``wandb.init`` raises ``ValueError``).
 WANDB_TAG_MAX_CHARS = 64
+
+
+def input_channels(modalities, context_slices: int = 0) -> int:
+    """A network's input channels: modalities x ``(2k + 1)``, with ``k`` neighbouring axial slices on each side
+    of a 2D network's slice as extra channels (``data.context_slices``; :mod:`lightning_brats.data.context`,
+    which re-exports this: the one definition, here so the configs' resolver can use it).
+
+    Args:
+        modalities: their number, or their names (``data.modalities``).
+        context_slices: ``k >= 0``.
+
+    Raises:
+        ValueError: ``k`` is negative.
+    """
+    if int(context_slices) < 0:
+        raise ValueError(f"data.context_slices={context_slices}: expected a whole number of slices >= 0")
+    count = modalities if isinstance(modalities, int) else len(modalities)
+    return int(count) * (2 * int(context_slices) + 1)
 
 
 def _hydra_config():
@@ -110,6 +130,8 @@ def if_else(condition: bool, then, otherwise):
 
 if not OmegaConf.has_resolver("len"):
     OmegaConf.register_new_resolver("len", lambda value: len(value))
+if not OmegaConf.has_resolver("input_channels"):
+    OmegaConf.register_new_resolver("input_channels", input_channels)
 if not OmegaConf.has_resolver("sweep_group"):
     OmegaConf.register_new_resolver("sweep_group", sweep_group)
 if not OmegaConf.has_resolver("override_tags"):

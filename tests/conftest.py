@@ -151,6 +151,14 @@ def phantom_checkpoint_2d(phantom_root, tmp_path_factory) -> Path:
     return _train_on_phantoms(phantom_root, tmp_path_factory.mktemp("ckpt_run_2d"), ["model=unet2d", "data.sampling=2d", "model.net.depth=3"])
 
 
+@pytest.fixture(scope="session")
+def phantom_checkpoint_25d(phantom_root, tmp_path_factory) -> Path:
+    """A 2.5D U-Net checkpoint (axial slices with one neighbour on each side, ``data.context_slices=1``: 12
+    input channels) trained for one short epoch on the phantoms."""
+    return _train_on_phantoms(phantom_root, tmp_path_factory.mktemp("ckpt_run_25d"),
+                              ["model=unet2d", "data.sampling=2d", "model.net.depth=3", "data.context_slices=1"])
+
+
 def compose_tool_config(name: str, overrides: list[str], output_dir: Path) -> DictConfig:
     """Compose ``conf/<name>.yaml`` (``predict`` or ``eval``) with outputs in ``output_dir``, CPU only."""
     GlobalHydra.instance().clear()
@@ -173,7 +181,9 @@ def inference_settings(**overrides):
 
 #: Fixtures that train a model (in-process or through ``train.py``): a test using one, directly or
 #: through another fixture, trains and must be marked ``slow``.
-TRAINING_FIXTURES = frozenset({"trained_brats_run", "phantom_checkpoint", "phantom_checkpoint_2d", "fold_multirun"})
+TRAINING_FIXTURES = frozenset(
+    {"trained_brats_run", "phantom_checkpoint", "phantom_checkpoint_2d", "phantom_checkpoint_25d", "fold_multirun"}
+)
 
 
 def pytest_collection_modifyitems(config, items):

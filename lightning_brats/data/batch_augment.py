@@ -29,6 +29,7 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 
+from lightning_brats.data.context import per_modality, slices_per_modality
 from lightning_brats.data.intensity_augment import IntensityAugmentation
 
 
@@ -186,7 +187,8 @@ class BatchAugmentation:
     Args:
         flip: flip each spatial axis of each sample with probability 0.5.
         intensity: with probability 0.5 each (per sample), scale the channels by ``U(0.9, 1.1)`` and
-            shift them by ``U(-0.1, 0.1)`` (independently per channel).
+            shift them by ``U(-0.1, 0.1)`` (independently per modality; a modality's neighbouring slices,
+            ``context_slices`` in :meth:`apply`, share its values).
         spatial_prob: probability, per sample, of a random rotation and scaling.
         rotate_deg: rotation range in degrees, ``U(-r, r)`` about each axis (about the slice normal in 2D).
         scale: relative scaling range, ``1 + U(-s, s)`` per axis.
@@ -257,6 +259,7 @@ class BatchAugmentation:
         params: Mapping[str, torch.Tensor],
         subset: bool | None = None,
         generator: torch.Generator | None = None,
+        context_slices: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Apply drawn parameters to a batch.
 
@@ -272,6 +275,10 @@ class BatchAugmentation:
                 a device sync) instead of resampling all and keeping those; default: on CPU only.
             generator: draws nnU-Net's intensity set's parameters and noise (when the set is on) and the
                 elastic deformation's noise, on the batch's device.
+            context_slices: ``k`` of 2.5D samples (:mod:`lightning_brats.data.context`): ``image`` holds
+                ``2k + 1`` slices per modality, which share their modality's intensity draws (``params``
+                then has ``factors``/``shifts`` per modality, ``(B, C / (2k + 1))``); spatial transforms
+                move every channel alike anyway.
 
         Returns:
             ``(image, target)`` augmented, same shapes and dtypes.
@@ -315,22 +322,25 @@ class BatchAugmentation:
                 chosen = params["flips"][:, axis].view(-1, *(1,) * (dims + 1))
                 image = torch.where(chosen, image.flip(axis + 2), image)
                 target = torch.where(chosen, target.flip(axis + 2), target)
-        outside = (image == 0).all(dim=1, keepdim=True) if self.intensity_set.enabled else None  # background
+        slices = slices_per_modality(context_slices)
+        outside = IntensityAugmentation.background(image, slices) if self.intensity_set.enabled else None
         if self.intensity:
             shape = (*image.shape[:2], *(1,) * dims)
-            factors = torch.where(params["do_scale"][:, None], params["factors"], 1.0).view(shape).to(image.dtype)
-            shifts = torch.where(params["do_shift"][:, None], params["shifts"], 0.0).view(shape).to(image.dtype)
-            image = image * factors + shifts
+            factors = per_modality(torch.where(params["do_scale"][:, None], params["factors"], 1.0), context_slices)
+            shifts = per_modality(torch.where(params["do_shift"][:, None], params["shifts"], 0.0), context_slices)
+            image = image * factors.view(shape).to(image.dtype) + shifts.view(shape).to(image.dtype)
         if self.intensity_set.enabled:
-            image = self.intensity_set(image, generator, outside)
+            image = self.intensity_set(image, generator, outside, slices)
         return image, target
 
     def __call__(
-        self, image: torch.Tensor, target: torch.Tensor, generator: torch.Generator
+        self, image: torch.Tensor, target: torch.Tensor, generator: torch.Generator, context_slices: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw with ``generator`` (on the batch's device) and apply; see :meth:`draw` and :meth:`apply`."""
-        params = self.draw(image.shape[0], image.shape[1], image.ndim - 2, generator, image.device)
-        return self.apply(image, target, params, generator=generator)
+        """Draw with ``generator`` (on the batch's device) and apply; see :meth:`draw` and :meth:`apply`
+        (``context_slices``: the draws are per modality, ``C / (2k + 1)`` of them)."""
+        channels = image.shape[1] // slices_per_modality(context_slices)
+        params = self.draw(image.shape[0], channels, image.ndim - 2, generator, image.device)
+        return self.apply(image, target, params, generator=generator, context_slices=context_slices)
 
 
 def region_table(table, device: torch.device | str) -> torch.Tensor:

@@ -21,6 +21,7 @@ from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_brats.data.batch_augment import BatchAugmentation, label_regions, region_table
+from lightning_brats.data.context import check_context
 from lightning_brats.data.labels import labels_to_regions
 from lightning_brats.data.preprocess import CachedCase, PreprocessedCache
 from lightning_brats.data.readers import CaseReader, CaseSource, DataError, make_reader
@@ -63,6 +64,10 @@ class SegmentationDataModule(pl.LightningDataModule):
         regions: evaluated regions, name -> label codes (e.g. ``{wt: [1, 2, 4], ...}``).
         sampling: ``"3d"`` (patches) or ``"2d"`` (axial slices).
         patch_size: ``[x, y, z]`` voxels for 3D; the first two are the slice size for 2D.
+        context_slices: ``k``, 2D only: the network sees the ``2k + 1`` axial slices ``z - k ... z + k`` of
+            every modality as input channels (2.5D; modality-major, border slices repeated, see
+            :mod:`lightning_brats.data.context`) and segments slice ``z``; training samples, whole-case
+            validation and prediction stack them alike. 0 (default): plain 2D; 3D sampling needs 0.
         batch_size: samples per training step, all processes together (the GLOBAL batch). Under
             DDP each of the ``W`` processes takes ``batch_size // W`` of them
             (:attr:`rank_batch_size`); ``batch_size`` must be divisible by ``W``.
@@ -120,7 +125,8 @@ class SegmentationDataModule(pl.LightningDataModule):
             slices are 2D only); a modality the layout does not have; a ``patch_size`` with too few or non-positive values; a ``batch_size``
             below 1; a ``fold`` outside ``[0, num_folds)`` or fewer than 2 folds (without a
             ``splits_file``, whose folds are checked in :meth:`setup`); ``samples_per_epoch``
-            smaller than ``batch_size``; invalid preprocessing settings (see
+            smaller than ``batch_size``; a negative ``context_slices``, or one above 0 with 3D sampling;
+            invalid preprocessing settings (see
             :class:`~lightning_brats.data.settings.PreprocessingSettings`).
     """
 
@@ -156,6 +162,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         postprocess: Mapping | None = None,
         evaluation: Mapping | None = None,
         cache_dtype: str = "float32",
+        context_slices: int = 0,
     ) -> None:
         super().__init__()
         self.prepare_data_per_node = prepare_data_per_node
@@ -183,6 +190,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.regions = {str(k): [int(v) for v in vs] for k, vs in regions.items()}
         self.sampling = sampling
         self.spatial_dims = int(sampling[0])
+        #: neighbouring slices on each side as input channels (2D; :mod:`lightning_brats.data.context`)
+        self.context_slices = check_context(context_slices, sampling)
         self.patch_size = [int(p) for p in patch_size][: self.spatial_dims]
         if len(self.patch_size) != self.spatial_dims:
             raise ValueError(f"data.patch_size={list(patch_size)} has fewer than {self.spatial_dims} values")
@@ -333,6 +342,7 @@ class SegmentationDataModule(pl.LightningDataModule):
             self.augment,
             self.seed,
             self.min_foreground_fraction,
+            self.context_slices,
         )
         if self.train_set.dropped:
             log.info(f"data.min_foreground_fraction={self.min_foreground_fraction}: {self.train_set.dropped}")
@@ -401,11 +411,11 @@ class SegmentationDataModule(pl.LightningDataModule):
             ``batch`` with ``image`` float32 and ``target (B, R, *spatial)`` float32 augmented; the label
             map, augmented first, is turned into the targets on the device and removed.
         """
-        image = batch["image"].float()
+        image, k = batch["image"].float(), self.context_slices
         if "label" not in batch:
-            batch["image"], batch["target"] = self.batch_augment(image, batch["target"], generator)
+            batch["image"], batch["target"] = self.batch_augment(image, batch["target"], generator, k)
             return batch
-        batch["image"], label = self.batch_augment(image, batch.pop("label"), generator)
+        batch["image"], label = self.batch_augment(image, batch.pop("label"), generator, k)
         batch["target"] = label_regions(label, self._region_table(label.device))
         return batch
 

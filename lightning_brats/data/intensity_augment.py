@@ -25,6 +25,13 @@ training sees the background inference sees.
 The probabilities are settings (``data.augment.noise_prob`` ...; 0 switches a transform off, the default, so
 that presets train as they were recorded); ``augment=nnunet`` sets nnU-Net's. Labels are never touched.
 
+With 2D samples that carry neighbouring slices as channels (``data.context_slices = k``, 2.5D input,
+:mod:`lightning_brats.data.context`), a modality's ``2k + 1`` slices are one small volume to this set: they
+share every draw of their modality (blur width, brightness, contrast, low-resolution scale, gamma), the
+statistics the contrast and gamma transforms keep are the modality's over its slices, blur and low
+resolution stay in-plane, and the noise field differs per slice but is shared by the modalities, as in 3D.
+Independent draws per neighbouring slice would turn the context into noise.
+
 Both paths run this same code: the per-sample CPU path (:class:`~lightning_brats.data.sampling.Augmentation`)
 as a batch of one, with a ``torch.Generator`` seeded from the sample's NumPy generator, and the batch path
 (:class:`~lightning_brats.data.batch_augment.BatchAugmentation`) on the training device, so both draw from
@@ -135,36 +142,62 @@ class IntensityAugmentation:
         params["noise_field"] = None  # drawn in apply, only when some sample gets noise (its size is the patch's)
         return params
 
+    @staticmethod
+    def background(image: torch.Tensor, slices: int = 1) -> torch.Tensor:
+        """Where every modality is 0 (outside the brain): the ``outside`` mask :meth:`apply` takes.
+
+        Args:
+            image: ``(B, C, *spatial)``; with ``slices > 1`` ``(B, M * slices, X, Y)``, ``slices``
+                neighbouring slices per modality (modality-major, :mod:`lightning_brats.data.context`).
+            slices: input channels per modality (``2k + 1``).
+
+        Returns:
+            ``(B, 1, *spatial)`` bool, or ``(B, 1, slices, X, Y)``: the background of each slice.
+        """
+        return (_by_modality(image, slices) == 0).all(dim=1, keepdim=True)
+
     def apply(
         self,
         image: torch.Tensor,
         params: Mapping[str, torch.Tensor],
         generator: torch.Generator | None = None,
         outside: torch.Tensor | None = None,
+        slices: int = 1,
     ) -> torch.Tensor:
         """Apply drawn parameters to ``image (B, C, *spatial)`` (float); returns a new tensor of the same shape.
 
         Args:
-            image: ``(B, C, *spatial)``, every spatial axis at least 4 voxels when blur is on.
-            params: from :meth:`draw`.
+            image: ``(B, C, *spatial)``, every spatial axis at least 4 voxels when blur is on; with
+                ``slices > 1`` a 2D ``(B, M * slices, X, Y)``: ``slices`` neighbouring slices of each of
+                ``M`` modalities, which share their modality's draws (module docstring).
+            params: from :meth:`draw` (``channels`` = modalities ``M``, ``dims`` = 2 with ``slices > 1``).
             generator: draws the noise field when some sample gets noise (on ``image``'s device); ``None``
                 uses torch's global generator (not reproducible per batch).
-            outside: ``(B, 1, *spatial)`` bool, voxels set to 0 afterwards (outside the brain); default:
-                where every channel of ``image`` is 0.
+            outside: bool, voxels set to 0 afterwards (outside the brain), as :meth:`background` gives it
+                (``(B, 1, *spatial)``, or ``(B, 1, slices, X, Y)``); default: :meth:`background` of ``image``.
+            slices: input channels per modality, ``2k + 1`` (1: one channel per modality).
 
         Computations run in float32 and the result is cast back to ``image``'s dtype.
 
         Raises:
-            ValueError: blur is drawn and a spatial axis has fewer than 4 voxels (its reflect padding).
+            ValueError: blur is drawn and an in-plane axis has fewer than 4 voxels (its reflect padding).
         """
         dtype = image.dtype
-        x = image.float()
+        x = _by_modality(image.float(), slices)  # (B, M, slices, X, Y) with slices > 1: a small volume per modality
         batch, channels, spatial = x.shape[0], x.shape[1], tuple(x.shape[2:])
         dims = len(spatial)
+        plane = spatial[1:] if slices > 1 else spatial  # blur and low resolution act in these axes
+
+        def planar(values: torch.Tensor) -> torch.Tensor:  # (B, M, ...) per-modality values -> one per slice
+            return values.repeat_interleave(slices, dim=1) if slices > 1 else values
+
+        def slicewise(volume: torch.Tensor) -> torch.Tensor:  # (B, M, [slices,] X, Y) -> (B, M * slices, X, Y)
+            return volume.reshape(batch, -1, *plane)
         per_channel = (batch, channels) + (1,) * dims
         per_sample = (batch,) + (1,) * (dims + 1)
         if outside is None:
             outside = (x == 0).all(dim=1, keepdim=True)
+        outside = outside.reshape(batch, 1, *spatial)
         on_host = x.device.type == "cpu"  # on a GPU, no host sync: run a transform and keep it where drawn
 
         def chosen(name: str, channel_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -179,9 +212,10 @@ class IntensityAugmentation:
             x = x + torch.where(params["do_noise"].view(per_sample), field * params["noise_sd"].view(per_sample), 0.0)
         mask = chosen("blur", params["blur_channels"])
         if any_of(self.blur_prob, mask):
-            if min(spatial) < 4:
-                raise ValueError(f"Gaussian blur needs every axis >= 4 voxels (reflect padding of 3); got {spatial}")
-            x = torch.where(mask.view(per_channel), gaussian_blur(x, params["blur_sigma"]), x)
+            if min(plane) < 4:
+                raise ValueError(f"Gaussian blur needs every axis >= 4 voxels (reflect padding of 3); got {plane}")
+            blurred = gaussian_blur(slicewise(x), planar(params["blur_sigma"])).view(x.shape)
+            x = torch.where(mask.view(per_channel), blurred, x)
         x = x * torch.where(chosen("brightness"), params["brightness"], 1.0).view(per_channel)
         mask = chosen("contrast")
         if any_of(self.contrast_prob, mask):
@@ -192,23 +226,39 @@ class IntensityAugmentation:
         mask = chosen("low_res", params["low_res_channels"])
         if any_of(self.low_res_prob, mask):
             if on_host:  # only the picked channels, each at its own size
-                x = x.clone()
-                for b, c in torch.nonzero(mask).tolist():
-                    x[b, c] = simulate_low_resolution(x[b, c], float(params["low_res_scale"][b, c]))
+                flat = slicewise(x).clone()
+                for b, c in torch.nonzero(planar(mask)).tolist():
+                    flat[b, c] = simulate_low_resolution(flat[b, c], float(params["low_res_scale"][b, c // slices]))
+                x = flat.view(x.shape)
             else:  # every channel at its drawn size, kept where picked: the sizes never leave the device
-                x = torch.where(mask.view(per_channel), simulate_low_resolution_batch(x, params["low_res_scale"]), x)
+                low = simulate_low_resolution_batch(slicewise(x), planar(params["low_res_scale"])).view(x.shape)
+                x = torch.where(mask.view(per_channel), low, x)
         for name, sign in (("inverted_gamma", -1.0), ("gamma", 1.0)):
             mask = chosen(name)
             if any_of(getattr(self, f"{name}_prob"), mask):
                 x = torch.where(mask.view(per_channel), sign * gamma_retaining_stats(sign * x, params[f"{name}_value"]), x)
-        return x.masked_fill(outside, 0.0).to(dtype)
+        return x.masked_fill(outside, 0.0).reshape(image.shape).to(dtype)
 
     def __call__(
-        self, image: torch.Tensor, generator: torch.Generator, outside: torch.Tensor | None = None
+        self, image: torch.Tensor, generator: torch.Generator, outside: torch.Tensor | None = None, slices: int = 1
     ) -> torch.Tensor:
-        """Draw with ``generator`` (on ``image``'s device) and apply to ``image (B, C, *spatial)``; see :meth:`apply`."""
-        params = self.draw(image.shape[0], image.shape[1], image.ndim - 2, generator, image.device)
-        return self.apply(image, params, generator, outside)
+        """Draw with ``generator`` (on ``image``'s device) and apply to ``image (B, C, *spatial)``; see :meth:`apply`
+        (``slices``: input channels per modality; the draws are per modality, ``C / slices`` of them)."""
+        params = self.draw(image.shape[0], image.shape[1] // slices, image.ndim - 2, generator, image.device)
+        return self.apply(image, params, generator, outside, slices)
+
+
+def _by_modality(image: torch.Tensor, slices: int) -> torch.Tensor:
+    """``(B, M * slices, X, Y)`` as ``(B, M, slices, X, Y)`` (a view); ``image`` itself for ``slices = 1``.
+
+    Raises:
+        ValueError: the channels are not a multiple of ``slices``.
+    """
+    if slices == 1:
+        return image
+    if image.shape[1] % slices:
+        raise ValueError(f"{image.shape[1]} input channels are not {slices} slices per modality")
+    return image.reshape(image.shape[0], image.shape[1] // slices, slices, *image.shape[2:])
 
 
 def _channel_min(x: torch.Tensor) -> torch.Tensor:

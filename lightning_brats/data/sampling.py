@@ -16,6 +16,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler
 
+from lightning_brats.data.context import (
+    check_context,
+    per_modality,
+    slices_per_modality,
+    stack_axial,
+    stack_slice,
+)
 from lightning_brats.data.intensity_augment import IntensityAugmentation, intensity_seed
 from lightning_brats.data.labels import labels_to_regions
 from lightning_brats.data.preprocess import CachedCase
@@ -159,12 +166,16 @@ class TrainingSampleDataset(Dataset):
         min_foreground_fraction: leave out cases (3D) or axial slices (2D) whose share of
             tumour voxels is below this (the filter of many BraTS notebooks); ``None`` or 0
             keeps all. :attr:`dropped` says how many were left out.
+        context_slices: ``k``, 2D only: each slice's image holds the ``2k + 1`` slices ``z - k ... z + k`` of
+            every modality (:mod:`lightning_brats.data.context`: modality-major, border slices repeated);
+            the target stays slice ``z``'s. 0: plain 2D.
 
     Raises:
-        ValueError: a ``patch_size`` of neither 2 nor 3 values; the filter leaves nothing.
+        ValueError: a ``patch_size`` of neither 2 nor 3 values; the filter leaves nothing; ``context_slices``
+            above 0 with 3D patches (:func:`~lightning_brats.data.context.check_context`).
 
     Items (keyed by ``(epoch, index)`` from :class:`EpochSampler`) are dicts with
-    ``image`` ``(C, *patch_size)`` float32 (also from a float16 cache), ``target`` ``(R, *patch_size)`` float32,
+    ``image`` ``(C, *patch_size)`` (``C`` = modalities x ``(2k + 1)``) float32 (also from a float16 cache), ``target`` ``(R, *patch_size)`` float32,
     ``key`` ``(2,)`` int64, the ``(epoch, index)`` that drew the sample, and ``case_id`` (str),
     the case the sample was cut from (a batch holds a list of them; messages about a batch name them).
     With ``augment.device == "batch"`` and uint8 labels (the cache's) an item holds ``label``
@@ -184,9 +195,11 @@ class TrainingSampleDataset(Dataset):
         augment: Augmentation | None = None,
         seed: int = 0,
         min_foreground_fraction: float | None = None,
+        context_slices: int = 0,
     ) -> None:
         if len(patch_size) not in (2, 3):
             raise ValueError(f"patch_size must have 2 (2D) or 3 (3D) values, got {list(patch_size)}")
+        self.context_slices = check_context(context_slices, f"{len(patch_size)}d")
         self.regions = dict(regions)
         self.patch_size = tuple(int(p) for p in patch_size)
         self.batch_size = batch_size
@@ -244,7 +257,9 @@ class TrainingSampleDataset(Dataset):
             z = int(center[2]) if center is not None else int(slices[rng.integers(len(slices))])
             start = patch_start(case.image.shape[1:3], self.patch_size, rng, None if center is None else center[:2])
             # the slice-major copies hold the slice in one block; image[..., z] reads across the whole volume
-            image = crop_or_pad(case.image[..., z] if case.axial is None else case.axial[z], start, self.patch_size)
+            k = self.context_slices
+            image = stack_slice(case.image, z, k) if case.axial is None else stack_axial(case.axial, z, k)
+            image = crop_or_pad(image, start, self.patch_size)
             label = case.label[None, ..., z] if case.axial_label is None else case.axial_label[z : z + 1]
             label = crop_or_pad(label, start, self.patch_size)[0]
         on_device = self.augment is not None and self.augment.device == "batch"
@@ -262,13 +277,13 @@ class TrainingSampleDataset(Dataset):
             if augment:  # move the one-channel label map, not R region targets: nearest resampling and flips
                 # pick the same source voxel for every channel (zero padding is background), so the targets
                 # equal those of augmenting the targets themselves, at a third of the resampling's target work
-                image, moved = self.augment(image, label[None].astype(np.float32), rng)
+                image, moved = self.augment(image, label[None].astype(np.float32), rng, self.context_slices)
                 label = moved[0].astype(np.uint8)
             target = np.take(self.region_table, label, axis=1)  # == labels_to_regions(label, self.regions)
         else:
             target = labels_to_regions(label, self.regions)
             if augment:
-                image, target = self.augment(image, target, rng)
+                image, target = self.augment(image, target, rng, self.context_slices)
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image)),
             "target": torch.from_numpy(np.ascontiguousarray(target)),
@@ -288,7 +303,8 @@ class Augmentation:
     Attributes:
         flip: flip each spatial axis with probability 0.5.
         intensity: with probability 0.5 each, scale channels by ``U(0.9, 1.1)`` and shift them by
-            ``U(-0.1, 0.1)`` (independently per channel; z-scored units).
+            ``U(-0.1, 0.1)`` (independently per modality, the same for its neighbouring slices with
+            ``data.context_slices``; z-scored units).
         spatial_prob: probability of a random rotation and scaling of the sample
             (MONAI ``RandAffine``'s draws and ``Affine``'s resampling: trilinear image, nearest-neighbour
             target, zero padding; computed by the batch path's ``grid_sample``).
@@ -381,9 +397,19 @@ class Augmentation:
                 params["elastic_seed"] = intensity_seed(rng)
         return params
 
-    def __call__(self, image: np.ndarray, target: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """Augment one sample: ``image (C, *spatial)`` and ``target (R, *spatial)``, float32."""
-        params = self.draw(rng, image.shape[0], image.ndim - 1)
+    def __call__(
+        self, image: np.ndarray, target: np.ndarray, rng: np.random.Generator, context_slices: int = 0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Augment one sample: ``image (C, *spatial)`` and ``target (R, *spatial)``, float32.
+
+        With ``context_slices = k`` (2D) ``image`` holds ``2k + 1`` neighbouring slices per modality
+        (:mod:`lightning_brats.data.context`): they move with the same spatial transform as every channel
+        does, and share their modality's intensity draws (scale, shift, nnU-Net's set), so the neighbours
+        differ from the centre slice only as the anatomy does. The draws are per modality, so ``k`` does
+        not change the random stream.
+        """
+        slices = slices_per_modality(context_slices)
+        params = self.draw(rng, image.shape[0] // slices, image.ndim - 1)
         if params["spatial"] or params.get("elastic"):
             image, target = self._resample(image, target, params)
         for axis, flip in enumerate(params["flips"], start=1):
@@ -391,15 +417,16 @@ class Augmentation:
                 image, target = np.flip(image, axis), np.flip(target, axis)
         channels = (image.shape[0],) + (1,) * (image.ndim - 1)
         intensity = self.intensity_set
-        outside = np.all(image == 0, axis=0)[None] if intensity.enabled else None  # the background, set back to 0
+        outside = None  # the background, set back to 0 after nnU-Net's set
+        if intensity.enabled:
+            outside = IntensityAugmentation.background(torch.from_numpy(np.ascontiguousarray(image))[None], slices)
         if params["factors"] is not None:
-            image = image * params["factors"].astype(np.float32).reshape(channels)
+            image = image * per_modality(params["factors"], context_slices, 0).astype(np.float32).reshape(channels)
         if params["shifts"] is not None:
-            image = image + params["shifts"].astype(np.float32).reshape(channels)
+            image = image + per_modality(params["shifts"], context_slices, 0).astype(np.float32).reshape(channels)
         if intensity.enabled:  # nnU-Net's set, the batch path's code on a batch of one
             generator = torch.Generator().manual_seed(intensity_seed(rng))
-            image = intensity(torch.from_numpy(np.ascontiguousarray(image))[None], generator,
-                              torch.from_numpy(outside)[None])[0].numpy()
+            image = intensity(torch.from_numpy(np.ascontiguousarray(image))[None], generator, outside, slices)[0].numpy()
         return image, target
 
     def _resample(self, image: np.ndarray, target: np.ndarray, params: dict) -> tuple[np.ndarray, np.ndarray]:

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lightning_brats.data.context import channel_names
 from lightning_brats.data.normalization import NORMALIZATIONS
 from lightning_brats.inference.prediction import (
     INFERENCE_KEYS,
@@ -83,7 +84,8 @@ def export_metadata(model: TrainedModel, fmt: str, dynamic: bool, inference: Map
         extra: more keys (e.g. exporter and opset).
 
     Returns:
-        a flat dict: the :data:`INFERENCE_KEYS` (``modalities``, ``spacing`` in mm or ``None`` for
+        a flat dict: the :data:`INFERENCE_KEYS` (``modalities``, ``context_slices`` (2.5D: the input holds
+        ``2k + 1`` slices per modality, named in ``input.channels``), ``spacing`` in mm or ``None`` for
         the original grid, ``normalization``, ``crop``, ``crop_size``, ``patch_size`` in voxels,
         ``sampling``, ``regions`` name -> label codes, ``labels`` name -> code, ``layout``) and
         ``spatial_dims``, ``input``/``output`` descriptions, ``threshold``, ``inference``, ...
@@ -106,8 +108,10 @@ def export_metadata(model: TrainedModel, fmt: str, dynamic: bool, inference: Map
             "name": "image",
             "shape": axes,
             "dtype": "float32",
-            "channels": list(model.modalities),
-            "note": "preprocessed as the keys spacing, crop, normalization say; 2D networks take axial slices",
+            "channels": channel_names(model.modalities, model.context_slices),
+            "note": "preprocessed as the keys spacing, crop, normalization say; 2D networks take axial slices"
+            + (f", with the {model.context_slices} slices on each side of every modality as channels (context_slices; "
+               "modality-major, border slices repeated at the volume's edges)" if model.context_slices else ""),
         },
         "output": {"name": "logits", "shape": [*axes[:1], "R", *axes[2:]], "channels": list(model.regions), "activation": "sigmoid per region"},
         **data,
@@ -229,7 +233,7 @@ def _verify(net: nn.Module, path: Path, model: TrainedModel, dynamic: bool, tole
     sizes = ([([p + divisor for p in patch], 1)] if dynamic else []) + [(patch, 2)]
     checks = []
     for size, batch in sizes:
-        x = _example(len(model.modalities), size, batch, seed=len(checks))
+        x = _example(model.in_channels, size, batch, seed=len(checks))
         try:
             with torch.no_grad():
                 got = exported(x)
@@ -345,7 +349,7 @@ def export_model(
     name = f"{getattr(net, 'description', type(net).__name__)} of {ckpt_path}"
     settings = {"exporter": exporter, "opset": opset} if fmt == "onnx" else {"exporter": "torch.jit.trace"}
     metadata = export_metadata(model, fmt, dynamic, inference, **settings)
-    example = _example(len(model.modalities), model.patch_size, 1, seed=0)
+    example = _example(model.in_channels, model.patch_size, 1, seed=0)
     output.parent.mkdir(parents=True, exist_ok=True)
 
     def write(tmp: Path) -> None:

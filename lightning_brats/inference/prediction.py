@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lightning_brats.data.context import input_channels
 from lightning_brats.data.labels import region_tree, regions_to_labels, small_components_to
 from lightning_brats.data.preprocess import preprocess_case, resample_to_crop, uncrop
 from lightning_brats.data.readers import CaseFiles, CaseSource, DataError, LoadedCase, load_case
@@ -52,7 +53,7 @@ PREPROCESSING_KEYS = ("spacing", "normalization", "crop", "crop_size")
 
 #: What a model needs from its ``data`` config to segment a case: the release, its channels,
 #: the sliding window and the preprocessing (an exported model's metadata holds these).
-INFERENCE_KEYS = (*RELEASE_KEYS, "modalities", "sampling", "patch_size", *PREPROCESSING_KEYS)
+INFERENCE_KEYS = (*RELEASE_KEYS, "modalities", "sampling", "context_slices", "patch_size", *PREPROCESSING_KEYS)
 
 #: What the models of an ensemble must share: channels in and out, label codes, preprocessing.
 ENSEMBLE_KEYS = ("modalities", "regions", "labels", *PREPROCESSING_KEYS)
@@ -105,6 +106,17 @@ class TrainedModel:
     def patch_size(self) -> list[int]:
         """Sliding-window size in voxels: 3 values for a 3D network, 2 (the slice) for a 2D one."""
         return window_size(self.data["patch_size"], self.data.get("sampling", "3d"))
+
+    @property
+    def context_slices(self) -> int:
+        """``k``: neighbouring slices on each side as input channels (``data.context_slices``; 0 for
+        checkpoints and files from before the setting)."""
+        return int(self.data.get("context_slices") or 0)
+
+    @property
+    def in_channels(self) -> int:
+        """The network's input channels: modalities x ``(2k + 1)``."""
+        return input_channels(self.modalities, self.context_slices)
 
 
 def load_trained_model(ckpt_path: str | Path, release: Mapping | None = None, device: str = "auto") -> TrainedModel:
@@ -391,7 +403,7 @@ class Predictor:
             with torch.no_grad(), self._autocast():
                 probs = predict_probabilities(
                     model.net, tensor, model.patch_size, self.settings.overlap, self.settings.sw_batch_size,
-                    self.settings.flip_tta,
+                    self.settings.flip_tta, model.context_slices,
                 )
             probs = probs[0].float().cpu()
             total = probs if total is None else total + probs

@@ -10,6 +10,8 @@ import torch
 from monai.inferers import SliceInferer, sliding_window_inference
 from torch import nn
 
+from lightning_brats.data.context import check_context, stack_volume
+
 #: The threshold of regions an ``inference.threshold`` mapping does not name.
 DEFAULT_THRESHOLD = 0.5
 
@@ -117,25 +119,35 @@ def predict_logits(
     patch_size: Sequence[int],
     overlap: float,
     sw_batch_size: int,
+    context_slices: int = 0,
 ) -> torch.Tensor:
     """Logits for whole cases with MONAI's Gaussian-weighted sliding window.
 
     A 3D network (``len(patch_size) == 3``) slides over the volume in patches; a 2D network
     runs on every axial slice (MONAI's ``SliceInferer`` along Z), each slice covered by a 2D
-    sliding window of the slice size.
+    sliding window of the slice size. A 2.5D network (``context_slices = k > 0``) gets, for slice
+    ``z``, the ``2k + 1`` slices around it of every modality: the volume is stacked once
+    (:func:`~lightning_brats.data.context.stack_volume`, one gather, the training samples' order and
+    border rule) and then sliced as before.
 
     Args:
-        net: maps ``(N, C, *patch_size)`` to ``(N, R, *patch_size)`` logits.
-        image: ``(B, C, X, Y, Z)``.
+        net: maps ``(N, C', *patch_size)`` to ``(N, R, *patch_size)`` logits, ``C' = C (2k + 1)``.
+        image: ``(B, C, X, Y, Z)``, one channel per modality.
         patch_size: window size in voxels, 2 or 3 values.
         overlap: fraction of overlap between windows (nnU-Net: 0.5).
         sw_batch_size: windows (3D) or slices (2D) per forward pass.
+        context_slices: ``k``, neighbouring slices on each side as channels (2D only; ``data.context_slices``).
 
     Returns:
         ``(B, R, X, Y, Z)`` logits.
+
+    Raises:
+        ValueError: ``context_slices`` above 0 with a 3D ``patch_size``, or negative.
     """
+    k = check_context(context_slices, f"{len(patch_size)}d")
     if len(patch_size) == 3:
         return sliding_window_inference(image, list(patch_size), sw_batch_size, net, overlap, mode="gaussian")
+    image = stack_volume(image, k)
     # windows of (px, py, 1) voxels over the volume, each squeezed to a (N, C, px, py) slice for the 2D net
     inferer = SliceInferer(spatial_dim=2, roi_size=tuple(patch_size), sw_batch_size=sw_batch_size, overlap=overlap,
                            mode="gaussian")
@@ -166,6 +178,7 @@ def predict_probabilities(
     overlap: float,
     sw_batch_size: int,
     flip_tta: bool = False,
+    context_slices: int = 0,
 ) -> torch.Tensor:
     """Per-region probabilities for whole cases, optionally averaged over flipped copies.
 
@@ -180,6 +193,8 @@ def predict_probabilities(
         overlap: fraction of overlap between sliding windows.
         sw_batch_size: windows (3D) or slices (2D) per forward pass.
         flip_tta: average over all flip combinations (8 in 3D, 4 in 2D) instead of one pass.
+        context_slices: ``k`` of a 2.5D network (see :func:`predict_logits`); the flips are in-plane in
+            2D, so the context stacks of a flipped image are the flipped stacks.
 
     Returns:
         ``(B, R, X, Y, Z)`` float32 probabilities in [0, 1].
@@ -188,7 +203,7 @@ def predict_probabilities(
     total = None
     for dims in combos:
         flipped = torch.flip(image, dims) if dims else image
-        logits = predict_logits(net, flipped, patch_size, overlap, sw_batch_size)
+        logits = predict_logits(net, flipped, patch_size, overlap, sw_batch_size, context_slices)
         probs = torch.sigmoid(logits.float())
         probs = torch.flip(probs, dims) if dims else probs
         total = probs if total is None else total + probs

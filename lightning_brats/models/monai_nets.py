@@ -18,7 +18,7 @@ class SegResNet(nets.SegResNet):
     """MONAI's SegResNet (Myronenko, BrainLes 2018: the BraTS 2018 winner, without its VAE branch), 3D.
 
     Args:
-        in_channels: input channels (modalities).
+        in_channels: input channels: the modalities, times 2k + 1 slices with ``data.context_slices = k``.
         out_channels: output channels (one logit per region).
         init_filters: filters of the first stage (MONAI's BraTS tutorial: 16).
         blocks_down: residual blocks per encoder stage; ``len - 1`` downsamplings.
@@ -66,7 +66,7 @@ class SwinUNETR(nets.SwinUNETR):
     """MONAI's SwinUNETR (Hatamizadeh et al., BrainLes 2021 / 2022), 3D.
 
     Args:
-        in_channels: input channels (modalities).
+        in_channels: input channels: the modalities, times 2k + 1 slices with ``data.context_slices = k``.
         out_channels: output channels (one logit per region).
         feature_size: embedding size, a multiple of 12 (MONAI's BraTS tutorial: 48).
         depths: Swin blocks per stage.
@@ -129,7 +129,7 @@ class DynUNet(nets.DynUNet):
     In eval mode the output is the full-resolution logits only.
 
     Args:
-        in_channels: input channels (modalities).
+        in_channels: input channels: the modalities, times 2k + 1 slices with ``data.context_slices = k``.
         out_channels: output channels (one logit per region).
         filters: filters per stage (the paper: 64, 96, 128, 192, 256, 384, 512).
         kernel_size: convolution kernel size in every stage (the paper: 3).

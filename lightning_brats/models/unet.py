@@ -37,7 +37,7 @@ class UNet(nn.Module):
 
     Args:
         spatial_dims: 2 (axial slices) or 3 (patches).
-        in_channels: input channels (modalities).
+        in_channels: input channels: the modalities, times 2k + 1 slices with ``data.context_slices = k``.
         out_channels: output channels (one logit per region).
         depth: number of resolution stages; the input is downsampled ``depth - 1`` times.
         base_filters: filters of the first stage; doubled per stage.

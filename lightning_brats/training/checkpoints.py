@@ -235,28 +235,30 @@ def wandb_run_id(checkpoint: Mapping) -> str | None:
 
 
 def trained_channels(checkpoint: Mapping) -> dict | None:
-    """``{"modalities": [...], "regions": [...]}`` a checkpoint's network was trained for (from its
-    training config, else its hyper-parameters), or ``None`` when it records neither."""
+    """``{"modalities": [...], "regions": [...], "context_slices": k}`` a checkpoint's network was trained for
+    (from its training config, else its hyper-parameters; ``k`` 0 where not recorded), or ``None`` when it
+    records neither."""
     for source in ((checkpoint.get(CONFIG_KEY) or {}).get("data"), checkpoint.get(HPARAMS_KEY)):
         if isinstance(source, Mapping) and "modalities" in source and "regions" in source:
-            return {"modalities": list(source["modalities"]), "regions": list(source["regions"])}
+            return {"modalities": list(source["modalities"]), "regions": list(source["regions"]),
+                    "context_slices": int(source.get("context_slices") or 0)}
     return None
 
 
 def check_same_channels(trained: Mapping, wanted: Mapping) -> None:
     """Check that a network trained with data config ``trained`` suits data config ``wanted``.
 
-    Channels are compared by name and order: the modalities are the inputs, the region names
-    the outputs. The regions' label codes may differ (a BraTS 2020 model predicts the same WT,
+    Channels are compared by name and order: the modalities are the inputs (times ``2k + 1`` neighbouring
+    slices with ``context_slices = k``, which must match too), the region names the outputs. The regions' label codes may differ (a BraTS 2020 model predicts the same WT,
     TC and ET on BraTS 2023 files, whose ET code is 3, not 4).
 
     Args:
         trained: the checkpoint's resolved ``data`` config (``modalities``, ``regions``: a mapping
-            name -> codes or a list of names).
+            name -> codes or a list of names; ``context_slices``, 0 when absent).
         wanted: the current ``data`` config (same keys).
 
     Raises:
-        ValueError: the modalities (input channels) or the region names (output channels)
+        ValueError: the modalities or context slices (input channels) or the region names (output channels)
             differ; the message says which and how.
     """
     problems = []
@@ -264,6 +266,12 @@ def check_same_channels(trained: Mapping, wanted: Mapping) -> None:
         problems.append(
             f"input channels: trained on data.modalities={list(trained['modalities'])} "
             f"({len(trained['modalities'])} channels), this run has {list(wanted['modalities'])} ({len(wanted['modalities'])})"
+        )
+    trained_k, wanted_k = int(trained.get("context_slices") or 0), int(wanted.get("context_slices") or 0)
+    if trained_k != wanted_k:
+        problems.append(
+            f"input channels: trained with data.context_slices={trained_k} ({2 * trained_k + 1} slices per modality), "
+            f"this run has data.context_slices={wanted_k}"
         )
     if list(trained["regions"]) != list(wanted["regions"]):
         problems.append(
@@ -304,7 +312,7 @@ def module_arguments(
                 "skip_nonfinite"):
         if key not in arguments and key in model:
             arguments[key] = model[key]
-    for key in ("regions", "modalities", "patch_size", "sampling", "batch_size"):
+    for key in ("regions", "modalities", "patch_size", "sampling", "context_slices", "batch_size"):
         if key not in arguments and key in data:
             arguments[key] = data[key]
     given = given or {}

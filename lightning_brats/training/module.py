@@ -17,6 +17,7 @@ from pytorch_lightning.loggers import WandbLogger
 from torch import nn
 from torchmetrics import MeanMetric
 
+from lightning_brats.data.context import check_context, input_channels
 from lightning_brats.data.datamodule import adopt_legacy_state
 from lightning_brats.evaluation.registry import get as registered_metric
 from lightning_brats.inference.sliding_window import InferenceSettings, predict_logits
@@ -129,6 +130,9 @@ class SegmentationModule(pl.LightningModule):
         patch_size: ``data.patch_size`` in voxels: validation's sliding window, cut to the
             ``sampling`` dimensions (:func:`window_size`).
         sampling: ``"3d"`` (patches) or ``"2d"`` (axial slices), ``data.sampling``.
+        context_slices: ``k``, ``data.context_slices``: a 2D network's input holds the ``2k + 1`` slices around
+            its slice of every modality (:mod:`lightning_brats.data.context`), ``modalities x (2k + 1)``
+            channels (:attr:`in_channels`); validation stacks whole cases so. 0: plain 2D (and 3D).
         batch_size: the global training batch (``data.batch_size``), for :meth:`describe_network`.
         scheduler: partial LR scheduler, called with the optimiser; or its config; or ``None``.
             Stepped at its ``interval`` attribute (``"step"`` for
@@ -167,7 +171,7 @@ class SegmentationModule(pl.LightningModule):
     Raises:
         ValueError: the patch does not suit the network (dimensionality or divisibility; the
             message starts with ``model=<name>``), a part's config cannot be built (names
-            ``model.<part>``), or ``sampling``/``patch_size`` are invalid.
+            ``model.<part>``), or ``sampling``/``patch_size``/``context_slices`` are invalid.
         TypeError: the network is not a :class:`~lightning_brats.models.SegmentationNetwork`.
     """
 
@@ -191,6 +195,7 @@ class SegmentationModule(pl.LightningModule):
         channels_last: bool = False,
         skip_nonfinite: bool = False,
         run_config: Mapping | None = None,
+        context_slices: int = 0,
     ) -> None:
         super().__init__()
         # built first, in this order, as Hydra's recursive instantiation did: the same random initial weights
@@ -206,6 +211,8 @@ class SegmentationModule(pl.LightningModule):
         self.modalities = [str(m) for m in modalities]
         #: validation's sliding-window size in voxels (2 or 3 values)
         self.patch_size = window_size(list(patch_size), sampling)
+        #: neighbouring slices on each side as input channels (2D; ``data.context_slices``)
+        self.context_slices = check_context(context_slices, sampling)
         try:
             check_network(self.net, name).check_patch_size(self.patch_size)
         except ValueError as exc:
@@ -225,6 +232,7 @@ class SegmentationModule(pl.LightningModule):
             "modalities": list(self.modalities),
             "patch_size": [int(p) for p in patch_size],
             "sampling": str(sampling),
+            "context_slices": self.context_slices,
             "batch_size": int(batch_size),
             "num_val_images": int(num_val_images),
             "display_modality": shown_first,
@@ -301,6 +309,11 @@ class SegmentationModule(pl.LightningModule):
             **arguments,
         )
 
+    @property
+    def in_channels(self) -> int:
+        """The network's input channels: modalities x ``(2k + 1)`` (:func:`~lightning_brats.data.context.input_channels`)."""
+        return input_channels(self.modalities, self.context_slices)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, R, *spatial)`` of ``x (B, C, *spatial)`` (a list of them in training with deep supervision)."""
         return self.compiled_net(x.contiguous(memory_format=self.memory_format))
@@ -311,14 +324,29 @@ class SegmentationModule(pl.LightningModule):
         Returns:
             ``{"model/name", "model/parameters", "model/input_shape", "model/output_shape"}``
             plus ``"model/deep_supervision_shapes"`` when the network has several outputs.
+
+        Raises:
+            ValueError: the network does not take :attr:`in_channels` inputs (e.g. a ``model.net.in_channels``
+                set by hand that leaves out ``data.context_slices``); the message names both keys.
         """
         batch = self.hparams.batch_size
-        shape = (batch, len(self.modalities), *self.patch_size)
+        shape = (batch, self.in_channels, *self.patch_size)
         was_training = self.net.training
         self.net.eval()
-        with torch.no_grad():
-            out = self.net(torch.zeros(1, *shape[1:], device=self.device))
-        self.net.train(was_training)
+        try:
+            with torch.no_grad():
+                out = self.net(torch.zeros(1, *shape[1:], device=self.device))
+        except RuntimeError as exc:
+            if "channels" not in str(exc):
+                raise
+            raise ValueError(
+                f"model={self.hparams.name}: the network does not take {self.in_channels} input channels "
+                f"({len(self.modalities)} data.modalities x {2 * self.context_slices + 1} slices, "
+                f"data.context_slices={self.context_slices}): {str(exc).splitlines()[0]}; leave model.net.in_channels "
+                "to the configs' ${input_channels:${data.modalities},${data.context_slices}}"
+            ) from exc
+        finally:
+            self.net.train(was_training)
         info = {
             "model/name": self.hparams.name,
             "model/parameters": sum(p.numel() for p in self.net.parameters()),
@@ -498,7 +526,9 @@ class SegmentationModule(pl.LightningModule):
         """Whole-case validation; returns ``{"pred": (B, R, *spatial) bool}`` for callbacks
         (:class:`~lightning_brats.training.callbacks.pictures.ValidationPictures` pictures it)."""
         image, target = batch["image"], batch["target"]
-        logits = predict_logits(self.compiled_net, image, self.patch_size, self.inference.overlap, self.inference.sw_batch_size)
+        logits = predict_logits(
+            self.compiled_net, image, self.patch_size, self.inference.overlap, self.inference.sw_batch_size, self.context_slices
+        )
         # reduced once at the epoch's end (sum of losses / sum of cases over the processes): no
         # per-step collective, so processes may validate different numbers of cases
         self.val_loss.update(self.loss(logits, target))
@@ -545,6 +575,8 @@ class SegmentationModule(pl.LightningModule):
         self.nonfinite.restore(self.nonfinite_skipped)
         trained = trained_channels(checkpoint)
         if trained is not None:
-            check_same_channels(trained, {"modalities": self.modalities, "regions": self.region_names})
+            check_same_channels(
+                trained, {"modalities": self.modalities, "regions": self.region_names, "context_slices": self.context_slices}
+            )
         if self.run_config is None and checkpoint.get(CONFIG_KEY):
             self.run_config = checkpoint[CONFIG_KEY]

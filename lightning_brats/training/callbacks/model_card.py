@@ -21,6 +21,7 @@ import pytorch_lightning as pl
 import torch
 
 import lightning_brats
+from lightning_brats.data.context import input_description
 from lightning_brats.io import atomic_save
 from lightning_brats.training.callbacks.publish import log_file, log_summary
 from lightning_brats.training.checkpoints import run_dir_of
@@ -188,7 +189,7 @@ class ModelCard(pl.Callback):
             },
             "preprocessing": {
                 key: data.get(key)
-                for key in ("crop", "crop_size", "normalization", "spacing", "sampling", "patch_size", "batch_size",
+                for key in ("crop", "crop_size", "normalization", "spacing", "sampling", "context_slices", "patch_size", "batch_size",
                             "samples_per_epoch", "oversample_foreground", "min_foreground_fraction", "augment")
                 if key in data
             },
@@ -196,7 +197,7 @@ class ModelCard(pl.Callback):
                 "name": pl_module.hparams.get("name"),
                 "class": model.get("net", {}).get("_target_", type(pl_module.net).__name__),
                 "parameters": sum(p.numel() for p in pl_module.net.parameters()),
-                "input": f"{len(pl_module.modalities)} channels ({', '.join(pl_module.modalities)}), patch {pl_module.patch_size}",
+                "input": input_description(pl_module.modalities, getattr(pl_module, "context_slices", 0), pl_module.patch_size),
                 "output": f"{len(pl_module.region_names)} sigmoid channels ({', '.join(pl_module.region_names)})",
                 "loss": model.get("loss", {}).get("_target_"),
                 "optimizer": {k: v for k, v in model.get("optimizer", {}).items() if k != "_partial_"},
