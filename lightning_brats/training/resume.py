@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, open_dict
