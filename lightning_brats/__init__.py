@@ -128,6 +128,12 @@ def if_else(condition: bool, then, otherwise):
     return then if condition else otherwise
 
 
+def equals(value, other) -> bool:
+    """Whether two config values are equal as text (``${equals:${data.fold},all}``: ``data.fold=all``;
+    ``3`` and ``"3"`` are equal)."""
+    return str(value) == str(other)
+
+
 if not OmegaConf.has_resolver("len"):
     OmegaConf.register_new_resolver("len", lambda value: len(value))
 if not OmegaConf.has_resolver("input_channels"):
@@ -136,6 +142,8 @@ if not OmegaConf.has_resolver("sweep_group"):
     OmegaConf.register_new_resolver("sweep_group", sweep_group)
 if not OmegaConf.has_resolver("override_tags"):
     OmegaConf.register_new_resolver("override_tags", override_tags)
+if not OmegaConf.has_resolver("equals"):
+    OmegaConf.register_new_resolver("equals", equals)
 if not OmegaConf.has_resolver("if_else"):
     OmegaConf.register_new_resolver("if_else", if_else)
 if not OmegaConf.has_resolver("slurm_count"):

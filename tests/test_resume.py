@@ -160,3 +160,60 @@ def test_slurm_requeue_resumes_from_lightnings_checkpoint(phantom_root, tmp_path
     last = _load(run / "checkpoints" / "last.ckpt")
     assert last["epoch"] == 1 and last["global_step"] == 4  # the one step left, not a new start
     assert len(list(run.glob(f"wandb/offline-run-*-{hpc[WANDB_ID_KEY]}"))) == 2  # one W&B run, resumed
+
+
+SLURM_ENV = {"SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_NNODES": "1", "SLURM_JOB_NAME": "train",
+             "SLURM_JOB_ID": "4242", "SLURM_NODELIST": "node1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}
+
+
+def _no_slurm(monkeypatch) -> None:
+    for name in [n for n in os.environ if n.startswith("SLURM_")]:
+        monkeypatch.delenv(name)
+
+
+def _tiny_checkpoint(path: Path, run_id: str | None) -> Path:
+    """The smallest checkpoint the loader accepts, with the W&B run id ``run_id`` (or none)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {}, CONFIG_KEY: {"data": {}}, **({WANDB_ID_KEY: run_id} if run_id else {})}, path)
+    return path
+
+
+def test_a_resumed_run_continues_the_checkpoints_wandb_run(tmp_path, monkeypatch, caplog):
+    """continue_wandb_run sets the W&B logger's id and resume=allow from the checkpoint; a logger with an id of
+    its own, a checkpoint without an id, no checkpoint and no W&B logger leave the config as it was."""
+    from lightning_brats.training.resume import continue_wandb_run, read_wandb_run_id
+
+    _no_slurm(monkeypatch)
+    with_id, without_id = _tiny_checkpoint(tmp_path / "a.ckpt", "run42"), _tiny_checkpoint(tmp_path / "b.ckpt", None)
+    assert read_wandb_run_id(str(with_id)) == "run42" and read_wandb_run_id(str(without_id)) is None
+    cfg = compose_config(["logger=wandb", "+logger.mine._target_=pytorch_lightning.loggers.WandbLogger", "+logger.mine.id=keep"],
+                         tmp_path / "run")
+    assert continue_wandb_run(cfg, str(with_id)) == "run42"
+    assert (cfg.logger.wandb.id, cfg.logger.wandb.resume) == ("run42", "allow")
+    assert (cfg.logger.mine.id, cfg.logger.mine.get("resume")) == ("keep", None)  # its own id wins
+    for ckpt in (str(without_id), None):
+        cfg = compose_config(["logger=wandb"], tmp_path / "run")
+        with caplog.at_level("WARNING"):
+            assert continue_wandb_run(cfg, ckpt) is None
+        assert "id" not in cfg.logger.wandb and "resume" not in cfg.logger.wandb
+    assert f"{without_id} holds no W&B run id" in caplog.text  # says the resumed run starts a new W&B run
+    cfg = compose_config(["logger=csv"], tmp_path / "run")
+    assert continue_wandb_run(cfg, str(with_id)) is None and "wandb" not in cfg.logger
+
+
+def test_a_slurm_requeue_continues_the_wandb_run_of_the_newest_lightning_checkpoint(tmp_path, monkeypatch):
+    """Without ckpt_path, under SLURM, the W&B run is the one of the highest-numbered hpc_ckpt_<n>.ckpt in the run
+    folder (10 after 9: by number, not by name); outside SLURM nothing is resumed."""
+    from lightning_brats.training.resume import continue_wandb_run
+
+    _no_slurm(monkeypatch)
+    run = tmp_path / "run"
+    for n in (2, 9, 10):
+        _tiny_checkpoint(run / f"hpc_ckpt_{n}.ckpt", f"id{n}")
+    cfg = compose_config(["logger=wandb"], run)
+    assert continue_wandb_run(cfg, None) is None  # not under SLURM: Lightning does not resume either
+    for name, value in SLURM_ENV.items():
+        monkeypatch.setenv(name, value)
+    assert continue_wandb_run(cfg, None) == "id10" and cfg.logger.wandb.id == "id10"
+    cfg = compose_config(["logger=wandb"], tmp_path / "empty")
+    assert continue_wandb_run(cfg, None) is None  # a first SLURM job: no requeue checkpoint yet

@@ -157,8 +157,11 @@ def test_summarize_groups_models_over_folds(tmp_path):
         expected.setdefault(model, []).append(dice)
         _fake_job(tmp_path, str(num), [f"model={model}", f"data.fold={fold}", "trainer.max_epochs=2"], dice)
     _fake_job(tmp_path, "6", ["model=segresnet", "data.fold=0", "trainer.max_epochs=2"], None)  # never validated
+    # a fold-all job validated on its training cases: high Dice that must not enter unet2d's cross-validation mean
+    _fake_job(tmp_path, "7", ["model=unet2d", "data.fold=all", "trainer.max_epochs=2"], {k: 0.99 for k in DICE})
     summary = summarize_multirun(tmp_path)
     assert [j.name for j in summary.jobs] == ["0", "1", "2", "3", "4", "5"] and summary.skipped[0][0] == "6"
+    assert summary.skipped[1] == ("7", "data.fold=all validates on training cases: not a cross-validation estimate")
     assert summary.varying == ["model", "data.fold"]  # trainer.max_epochs is common to all jobs
     assert summary.metrics == DICE  # regions in the config's order, the mean last
     assert [(g["group"], g["jobs"], g["folds"]) for g in summary.groups] == [("model=unet2d", 3, "0 1 2"),
@@ -172,7 +175,7 @@ def test_summarize_groups_models_over_folds(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "lightning_brats.cli", "summarize", str(tmp_path)], cwd=REPO,
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
-    assert "skipped job 6" in proc.stdout
+    assert "skipped job 6" in proc.stdout and "skipped job 7" in proc.stdout
     with open(tmp_path / "summary.csv") as handle:
         assert [r["group"] for r in csv.DictReader(handle)] == ["model=unet2d", "model=unet3d"]
     single = summarize_multirun(tmp_path, fold_key="model")  # group by fold instead: 2 models per fold

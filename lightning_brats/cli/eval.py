@@ -80,11 +80,12 @@ def held_out_cases(ckpt_path: str | Path) -> list[str]:
         ckpt_path: ``<run>/checkpoints/<name>.ckpt`` as ``train.py`` writes it.
 
     Raises:
-        DataError: the run folder has no ``splits.json``, or it lacks the checkpoint's fold.
+        DataError: the run folder has no ``splits.json``, or it lacks the checkpoint's fold, or the
+            checkpoint was trained with ``data.fold=all`` (every case: none is held out).
         lightning_brats.training.checkpoints.CheckpointError: a corrupt or foreign checkpoint (see
             :func:`~lightning_brats.training.checkpoints.load_checkpoint`).
     """
-    from lightning_brats.data.splits import read_splits
+    from lightning_brats.data.splits import FOLD_ALL, read_splits
     from lightning_brats.training.checkpoints import load_checkpoint, run_dir_of, training_config
 
     path = run_dir_of(ckpt_path) / "splits.json"
@@ -92,7 +93,13 @@ def held_out_cases(ckpt_path: str | Path) -> list[str]:
         raise DataError(f"cases=held_out: no {path} (train.py copies the folds there); list the cases instead: cases=[...]")
     # memory-mapped: only the stored config is read, not the weights
     config = training_config(load_checkpoint(ckpt_path, mmap=True), ckpt_path)
-    fold = int(config.get("data", {}).get("fold", 0))
+    fold = config.get("data", {}).get("fold", 0)
+    if str(fold) == FOLD_ALL:
+        raise DataError(
+            f"cases=held_out: {ckpt_path} was trained with data.fold=all, on every labelled case, so it has no held-out "
+            "cases; score it on cases no run trained on (ground_truth=<a test set>, or cases=[...])"
+        )
+    fold = int(fold)
     folds = read_splits(path)
     if fold >= len(folds):
         raise DataError(f"{path}: no fold {fold} (the checkpoint's data.fold)")

@@ -28,6 +28,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from lightning_brats.data.splits import FOLD_ALL
 from lightning_brats.evaluation.scoring import describe, read_csv
 from lightning_brats.io import find_job_dirs, no_job_folder, write_csv
 
@@ -66,7 +67,8 @@ class MultirunSummary:
     Attributes:
         root: the multirun folder.
         jobs: the finished jobs, in job-number order.
-        skipped: ``(job folder, reason)`` for the job folders without a final validation.
+        skipped: ``(job folder, reason)`` for the job folders without a final validation, and those
+            of ``data.fold=all`` (their validation cases are training cases).
         varying: the override keys whose values differ between jobs (what tells them apart).
         metrics: the Dice columns, regions in the config's order, ``val/dice_mean`` last.
         groups: one dict per group of jobs with equal overrides except ``fold_key``:
@@ -147,11 +149,14 @@ def summarize_multirun(root: Path | str, fold_key: str = FOLD_KEY) -> MultirunSu
     jobs, skipped, regions = [], [], []
     for job_dir in job_dirs:
         name = str(job_dir.relative_to(root))
+        overrides = yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text()) or []
+        if f"{FOLD_KEY}={FOLD_ALL}" in map(str, overrides):  # whatever the grouping: its Dice is on training cases
+            skipped.append((name, f"{FOLD_KEY}={FOLD_ALL} validates on training cases: not a cross-validation estimate"))
+            continue
         final = read_final_dice(job_dir / METRICS_CSV)
         if final is None:
             skipped.append((name, f"no val/dice_mean in {METRICS_CSV} (not finished, failed, fast_dev_run or logger=null)"))
             continue
-        overrides = yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text()) or []
         jobs.append(JobResult(name=name, overrides=[str(o) for o in overrides], dice=final))
         regions = regions or _region_order(job_dir)
     if not jobs:

@@ -27,7 +27,15 @@ from lightning_brats.data.preprocess import CachedCase, PreprocessedCache
 from lightning_brats.data.readers import CaseReader, CaseSource, DataError, make_reader
 from lightning_brats.data.sampling import Augmentation, EpochSampler, TrainingSampleDataset
 from lightning_brats.data.settings import PreprocessingSettings
-from lightning_brats.data.splits import read_splits, write_splits
+from lightning_brats.data.splits import (
+    FOLD_ALL,
+    FOLD_ALL_NOTE,
+    check_fold,
+    fold_all_split,
+    read_splits,
+    write_fold_all_splits,
+    write_splits,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +87,10 @@ class SegmentationDataModule(pl.LightningDataModule):
             saved as ``splits_<k>folds_seed<seed>.json`` in the cache folder (copied into each run folder
             as ``splits.json``) and reused while the labelled cases,
             seed and number of folds stay the same.
+            ``fold="all"`` (:data:`~lightning_brats.data.splits.FOLD_ALL`, nnU-Net's fold ``all``) trains on every
+            labelled case and validates on fold 0's validation cases, which are then training cases: its
+            validation shows that training went well, not how the model does on unseen cases. Its
+            :attr:`splits_path` is ``<splits file>_all.json`` in the cache folder, which says so.
         splits_file: a user-supplied splits file (see :func:`~lightning_brats.data.splits.read_splits`); ``data.fold`` picks
             one of its folds and ``num_folds``/``seed`` are then not used.
         augment: training augmentation settings (see :class:`~lightning_brats.data.sampling.Augmentation`:
@@ -123,10 +135,16 @@ class SegmentationDataModule(pl.LightningDataModule):
         ValueError: an unknown reader (see :func:`~lightning_brats.data.readers.make_reader`); an unknown
             ``sampling``, or one the layout does not support (the LGG
             slices are 2D only); a modality the layout does not have; a ``patch_size`` with too few or non-positive values; a ``batch_size``
+<<<<<<< HEAD
             below 1; a ``fold`` outside ``[0, num_folds)`` or fewer than 2 folds (without a
             ``splits_file``, whose folds are checked in :meth:`setup`); ``samples_per_epoch``
             smaller than ``batch_size``; a negative ``context_slices``, or one above 0 with 3D sampling;
             invalid preprocessing settings (see
+=======
+            below 1; a ``fold`` that is neither ``all`` nor a whole number, one outside ``[0, num_folds)`` or
+            fewer than 2 folds (without a ``splits_file``, whose folds are checked in :meth:`setup`); ``samples_per_epoch``
+            smaller than ``batch_size``; invalid preprocessing settings (see
+>>>>>>> cli-slim
             :class:`~lightning_brats.data.settings.PreprocessingSettings`).
     """
 
@@ -144,7 +162,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         oversample_foreground: float = 0.33,
         samples_per_epoch: int = 500,
         num_folds: int = 5,
-        fold: int = 0,
+        fold: int | str = 0,
         seed: int = 12345,
         augment: Mapping | bool | None = True,
         num_workers: int = 4,
@@ -199,11 +217,9 @@ class SegmentationDataModule(pl.LightningDataModule):
             raise ValueError(f"data.patch_size={list(patch_size)}: every size must be a positive number of voxels")
         if int(batch_size) < 1:
             raise ValueError(f"data.batch_size={batch_size}: expected at least 1")
-        if not splits_file and not (num_folds >= 2 and 0 <= fold < num_folds):
-            raise ValueError(
-                f"data.fold={fold} with data.num_folds={num_folds}: expected at least 2 folds and a fold in "
-                f"[0, {num_folds - 1}]"
-            )
+        if not splits_file and num_folds < 2:
+            raise ValueError(f"data.num_folds={num_folds}: expected at least 2 folds")
+        fold = check_fold(fold, None if splits_file else num_folds)
         if samples_per_epoch < batch_size:
             raise ValueError(
                 f"data.samples_per_epoch={samples_per_epoch} is smaller than data.batch_size={batch_size}: an epoch "
@@ -255,13 +271,23 @@ class SegmentationDataModule(pl.LightningDataModule):
         return self.reader.find_cases(self.root)
 
     @property
-    def splits_path(self) -> Path:
-        """The splits file in use: ``data.splits_file``, or ``splits_<k>folds_seed<seed>.json`` in the
+    def folds_path(self) -> Path:
+        """The folds: ``data.splits_file``, or ``splits_<k>folds_seed<seed>.json`` in the
         cache folder (named by what draws the folds: runs with other fold counts or seeds share the
         cache but never rewrite each other's folds)."""
         if self.splits_file:
             return Path(self.splits_file)
         return self.cache.path / f"splits_{self.num_folds}folds_seed{self.seed}.json"
+
+    @property
+    def splits_path(self) -> Path:
+        """The splits file of this run (copied into the run folder as ``splits.json``): :attr:`folds_path`
+        for a numbered fold; for ``fold=all``, ``<folds file>_all.json`` in the cache folder, the folds plus
+        ``fold: "all"``, the ``train`` and ``val`` lists and a note that validation is on training cases
+        (:func:`~lightning_brats.data.splits.write_fold_all_splits`, written by :meth:`prepare_data`)."""
+        if self.fold != FOLD_ALL:
+            return self.folds_path
+        return self.cache.path / f"{self.folds_path.stem}_all.json"
 
     def _labelled_ids(self, cases: Sequence[CaseSource]) -> list[str]:
         labelled = [c.case_id for c in cases if c.labelled]
@@ -270,9 +296,9 @@ class SegmentationDataModule(pl.LightningDataModule):
         return labelled
 
     def _write_splits(self, cases: Sequence[CaseSource]) -> None:
-        """Write the splits file (:attr:`splits_path`) unless one for the same cases, seed and folds is there (rank 0)."""
-        if write_splits(self.splits_path, self._labelled_ids(cases), self.num_folds, self.seed):
-            log.info(f"Wrote {self.num_folds} case-level folds (seed {self.seed}) to {self.splits_path}")
+        """Write the folds file (:attr:`folds_path`) unless one for the same cases, seed and folds is there (rank 0)."""
+        if write_splits(self.folds_path, self._labelled_ids(cases), self.num_folds, self.seed):
+            log.info(f"Wrote {self.num_folds} case-level folds (seed {self.seed}) to {self.folds_path}")
 
     def check_root(self) -> None:
         """Raise :class:`DataError` (naming the root and the layout) unless cases can be found or generated."""
@@ -280,7 +306,8 @@ class SegmentationDataModule(pl.LightningDataModule):
             self.find_cases()
 
     def prepare_data(self) -> None:
-        """Write phantoms if configured and missing, then fill the preprocessing cache (rank 0)."""
+        """Write phantoms if configured and missing, then fill the preprocessing cache and write the
+        splits file (:attr:`splits_path`) (rank 0)."""
         if self.notice:
             log.warning(self.notice)
         if self.phantoms is not None and not _has_cases(self.reader, self.root):
@@ -289,6 +316,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.cache.ensure(cases, log=log.info, workers=self.preprocess_workers)
         if not self.splits_file:
             self._write_splits(cases)
+        if self.fold == FOLD_ALL:
+            write_fold_all_splits(self.splits_path, self._labelled_ids(cases), self.folds_path)
 
     @property
     def world_size(self) -> int:
@@ -318,20 +347,29 @@ class SegmentationDataModule(pl.LightningDataModule):
             self._check_val_shards(world)
             return
         labelled = set(self._labelled_ids(self.find_cases()))
-        folds = read_splits(self.splits_path)
-        if not 0 <= self.fold < len(folds):
-            raise DataError(f"{self.splits_path}: data.fold={self.fold} but the file holds {len(folds)} folds")
-        self.train_ids, self.val_ids = sorted(folds[self.fold]["train"]), sorted(folds[self.fold]["val"])
+        folds = read_splits(self.folds_path)
+        if self.fold == FOLD_ALL:
+            self.train_ids, self.val_ids = fold_all_split(labelled, folds)
+        elif not 0 <= self.fold < len(folds):
+            raise DataError(f"{self.folds_path}: data.fold={self.fold} but the file holds {len(folds)} folds")
+        else:
+            self.train_ids, self.val_ids = sorted(folds[self.fold]["train"]), sorted(folds[self.fold]["val"])
         unknown = sorted(set(self.train_ids + self.val_ids) - labelled)
         if unknown:
-            raise DataError(f"{self.splits_path}: cases {unknown} are not labelled cases under {self.root}")
-        if set(self.train_ids) & set(self.val_ids):
-            raise DataError(f"{self.splits_path}: fold {self.fold} has cases on both sides")
+            raise DataError(f"{self.folds_path}: cases {unknown} are not labelled cases under {self.root}")
+        if self.fold != FOLD_ALL and set(self.train_ids) & set(self.val_ids):
+            raise DataError(f"{self.folds_path}: fold {self.fold} has cases on both sides")
         val_ids = self.val_ids[: self.max_val_cases] if self.max_val_cases else self.val_ids
-        log.info(
-            f"Fold {self.fold}/{self.num_folds}: {len(self.train_ids)} training cases, "
-            f"{len(val_ids)} validation cases ({', '.join(val_ids)})"
-        )
+        if self.fold == FOLD_ALL:
+            log.warning(
+                f"Fold all: {len(self.train_ids)} training cases (every labelled case), {len(val_ids)} validation cases "
+                f"that are training cases too ({', '.join(val_ids)}). {FOLD_ALL_NOTE}"
+            )
+        else:
+            log.info(
+                f"Fold {self.fold}/{self.num_folds}: {len(self.train_ids)} training cases, "
+                f"{len(val_ids)} validation cases ({', '.join(val_ids)})"
+            )
         train_cases = [self.cache.load(i) for i in self.train_ids]
         self.train_set = TrainingSampleDataset(
             train_cases,

@@ -16,6 +16,95 @@ import numpy as np
 from lightning_brats.data.readers import DataError
 from lightning_brats.io import atomic_save
 
+#: ``data.fold`` that trains on every labelled case (nnU-Net's fold ``all``): no case is held out, so the
+#: run's validation cases are training cases (see :func:`fold_all_split`).
+FOLD_ALL = "all"
+
+#: What a fold-``all`` run's ``splits.json``, log and model card say about its validation.
+FOLD_ALL_NOTE = (
+    "data.fold=all trains on every labelled case; its validation cases are training cases, so its validation "
+    "Dice shows that training went well, not how the model does on unseen cases (that estimate comes from the "
+    "numbered folds' cross-validation)"
+)
+
+
+def check_fold(fold: int | str, num_folds: int | None) -> int | str:
+    """``data.fold`` as a fold number or :data:`FOLD_ALL`.
+
+    Args:
+        fold: the configured value: a fold number (an int, or a string of digits), or ``"all"``.
+        num_folds: how many folds there are (``data.num_folds``), or ``None`` when a splits file
+            decides (its fold count is checked when it is read).
+
+    Returns:
+        the fold as an ``int`` in ``[0, num_folds)``, or :data:`FOLD_ALL`.
+
+    Raises:
+        ValueError: ``fold`` is neither a whole number nor ``all``, or is outside ``[0, num_folds)``;
+            the message names ``data.fold`` and the values it may take.
+    """
+    if isinstance(fold, str) and fold.strip().lower() == FOLD_ALL:
+        return FOLD_ALL
+    allowed = f"[0, {num_folds - 1}]" if num_folds else "0, 1, ..."
+    if isinstance(fold, bool) or not str(fold).strip().isdigit():
+        raise ValueError(
+            f"data.fold={fold!r}: expected a fold number in {allowed}, or data.fold={FOLD_ALL} to train on every labelled case"
+        )
+    number = int(str(fold).strip())
+    if num_folds is not None and not 0 <= number < num_folds:
+        raise ValueError(
+            f"data.fold={number} with data.num_folds={num_folds}: expected a fold in {allowed}, "
+            f"or data.fold={FOLD_ALL} to train on every labelled case"
+        )
+    return number
+
+
+def fold_all_split(case_ids: Sequence[str], folds: Sequence[dict]) -> tuple[list[str], list[str]]:
+    """Training and validation cases of ``data.fold=all``: every case trains, and fold 0's validation
+    cases are validated on (training cases here, so validation costs what one fold's does).
+
+    Args:
+        case_ids: every labelled case.
+        folds: the splits (:func:`read_splits`); fold 0's ``val`` list is used.
+
+    Returns:
+        ``(train, val)``, each sorted; every ``val`` case is in ``train``.
+
+    Raises:
+        DataError: ``folds`` is empty.
+    """
+    if not folds:
+        raise DataError("data.fold=all: the splits hold no fold to take the validation cases from")
+    return sorted(case_ids), sorted(folds[0]["val"])
+
+
+def write_fold_all_splits(path: str | Path, case_ids: Sequence[str], folds_path: str | Path) -> dict:
+    """Write a fold-``all`` run's splits file to ``path`` (atomically): ``fold: "all"``, :data:`FOLD_ALL_NOTE`,
+    the ``train`` and ``val`` lists of :func:`fold_all_split`, the file the folds came from (``folds_file``)
+    and those folds (``folds``, with ``seed``, ``num_folds`` and ``cases`` where the file has them), so
+    :func:`read_splits` still reads it.
+
+    Args:
+        path: where to write (the cache folder's ``<folds file>_all.json``).
+        case_ids: every labelled case.
+        folds_path: the folds (our ``splits_<k>folds_seed<seed>.json`` or a ``data.splits_file``).
+
+    Returns:
+        the record written.
+
+    Raises:
+        DataError: ``folds_path`` cannot be read as splits (see :func:`read_splits`) or holds no fold.
+    """
+    folds = read_splits(folds_path)
+    stored = json.loads(Path(folds_path).read_text())
+    train, val = fold_all_split(case_ids, folds)
+    record = {"fold": FOLD_ALL, "note": FOLD_ALL_NOTE, "train": train, "val": val, "folds_file": str(folds_path)}
+    if isinstance(stored, dict):
+        record.update({k: v for k, v in stored.items() if k in ("seed", "num_folds", "cases")})
+    record["folds"] = folds
+    atomic_save(Path(path), lambda p: p.write_text(json.dumps(record, indent=1)))
+    return record
+
 
 def kfold_split(case_ids: Sequence[str], num_folds: int, fold: int, seed: int) -> tuple[list[str], list[str]]:
     """Split cases into training and validation for one fold.

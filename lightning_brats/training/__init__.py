@@ -11,7 +11,10 @@ run's model card.
 - :mod:`.callbacks`: every Lightning callback (budget, curves, pictures, model card, step timer,
   atomic checkpoints, preemption, lesion-wise validation);
 - :mod:`.checkpoints` (safe loading, atomic writing), :mod:`.hardware` (precision, threads, CUDA),
-  :mod:`.allocator` (tcmalloc), :mod:`.nonfinite` (non-finite losses).
+  :mod:`.allocator` (tcmalloc), :mod:`.nonfinite` (non-finite losses);
+- :mod:`.resume` (``ckpt_path=`` and ``ckpt_path=last``, the W&B run a resumed run continues, a run
+  must leave a checkpoint), :mod:`.distributed` (rank-zero logging, no re-running DDP launcher in a
+  Hydra multirun): what ``train.py`` calls around ``trainer.fit``.
 
 Nothing is imported here, so importing one module (e.g. the checkpoint reader) stays light.
 """

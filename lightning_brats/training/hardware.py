@@ -12,8 +12,12 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +214,31 @@ def configure_threads(num_workers: int = 0, deterministic: bool = False) -> int:
     why = ", trainer.deterministic: not reduced for the workers" if deterministic else ""
     log.info(f"CPU threads: {threads} intra-op (of {cpus} CPUs in this process's affinity), {num_workers} loader workers{why}")
     return threads
+
+
+def choose_precision_and_threads(cfg: DictConfig) -> None:
+    """Resolve ``trainer.precision=auto`` for this machine and size PyTorch's CPU thread pool.
+
+    Writes the resolved precision back into ``cfg.trainer.precision`` (so the logged config and the
+    checkpoint say what ran) and logs the decision with its reason; see
+    :func:`~lightning_brats.training.hardware.resolve_precision` and :func:`~lightning_brats.training.hardware.configure_threads`.
+    Also applies :func:`configure_cuda` on a CUDA run. Returns nothing.
+
+    Raises:
+        ValueError: ``$LIGHTNING_BRATS_SYNC_DEBUG`` is not ``warn``, ``error`` or ``default`` (see :func:`configure_cuda`).
+    """
+    from omegaconf import open_dict
+
+    from lightning_brats.training.distributed import log_rank_zero
+
+    precision, reason = resolve_precision(cfg.trainer.get("precision", "auto"), cfg.trainer.get("accelerator", "auto"))
+    with open_dict(cfg):
+        cfg.trainer.precision = precision
+    log_rank_zero(log, logging.INFO, f"Precision {precision}: {reason}")
+    cuda = configure_cuda(cfg.trainer.get("accelerator", "auto"))
+    if cuda:
+        log_rank_zero(log, logging.INFO, cuda)
+    configure_threads(int(cfg.data.get("num_workers") or 0), deterministic=bool(cfg.trainer.get("deterministic")))
 
 
 #: ``torch.set_float32_matmul_precision`` on CUDA: ``"high"`` lets float32 matrix products (and

@@ -22,6 +22,7 @@ import torch
 
 import lightning_brats
 from lightning_brats.data.context import input_description
+from lightning_brats.data.splits import FOLD_ALL, FOLD_ALL_NOTE
 from lightning_brats.io import atomic_save
 from lightning_brats.training.callbacks.publish import log_file, log_summary
 from lightning_brats.training.checkpoints import run_dir_of
@@ -175,10 +176,11 @@ class ModelCard(pl.Callback):
                 "experiment": hydra_facts["choices"].get("experiment"),
                 "reader": getattr(getattr(dm, "reader", None), "name", None),
                 "root": str(Path(str(getattr(dm, "root", ""))).resolve()),
-                "cases": len(train_ids) + len(val_ids),
+                "cases": len(set(train_ids) | set(val_ids)),  # fold all: the validation cases are training cases
                 "training_cases": len(train_ids),
                 "validation_cases": len(val_ids),
                 "fold": getattr(dm, "fold", None),
+                "validation_on_training_cases": str(getattr(dm, "fold", None)) == FOLD_ALL,
                 "num_folds": getattr(dm, "num_folds", None),
                 "splits_file": str(Path(dm.splits_path).resolve()) if hasattr(dm, "splits_path") else None,
                 "modalities": list(getattr(dm, "modalities", [])),
@@ -246,6 +248,7 @@ class ModelCard(pl.Callback):
             "card/data_root": f["data"]["root"],
             "card/cases": f["data"]["cases"],
             "card/fold": _format(f["data"]["fold"]),
+            "card/validation_on_training_cases": bool(f["data"].get("validation_on_training_cases")),
             "card/splits_file": _format(f["data"]["splits_file"]),
             "card/synthetic_data": f["data"]["synthetic"],
             "card/parameters": f["network"]["parameters"],
@@ -277,7 +280,9 @@ class ModelCard(pl.Callback):
         lines += ["## Data", "", f"- dataset config: `data={d['config']}`" + (f", `experiment={d['experiment']}`" if d["experiment"] else ""),
                   f"- reader: {d['reader']}; root: `{d['root']}`",
                   f"- labelled cases: {d['cases']} ({d['training_cases']} training, {d['validation_cases']} validation)",
-                  f"- fold {d['fold']} of {d['num_folds']}; split file: `{d['splits_file']}` (copied as `splits.json`)",
+                  (f"- fold all: every labelled case trains; split file: `{d['splits_file']}` (copied as `splits.json`)"
+                   if d.get("validation_on_training_cases") else
+                   f"- fold {d['fold']} of {d['num_folds']}; split file: `{d['splits_file']}` (copied as `splits.json`)"),
                   f"- modalities: {_format(d['modalities'])}; labels: {d['labels']}; regions: {d['regions']}", ""]
         lines += ["## Preprocessing", ""] + [f"- {k}: {_format(v)}" for k, v in f["preprocessing"].items()] + [""]
         lines += ["## Network", "", f"- `{n['class']}` (model={n['name']}): {n['parameters']:,} parameters",
@@ -295,6 +300,8 @@ class ModelCard(pl.Callback):
                   f"- GPU: {_format(h['gpu'])}; accelerator {h['accelerator']}, {h['devices']} device(s) x {h['nodes']} node(s)",
                   f"- precision: {h['precision']}", f"- {h['software']}", ""]
         lines += ["## Validation metrics", ""]
+        if d.get("validation_on_training_cases"):
+            lines += [f"> **Validation on training cases.** {FOLD_ALL_NOTE}.", ""]
         if f["validation"]:
             lines += ["| metric | last validation |" + (" best checkpoint |" if f["best_validation"] else ""),
                       "|---|---|" + ("---|" if f["best_validation"] else "")]
@@ -304,7 +311,9 @@ class ModelCard(pl.Callback):
         else:
             lines.append("No validation ran.")
         best = f["best_checkpoint"]
-        if best["path"]:
+        if best["path"] and best["monitor"] is None:
+            lines += ["", f"Checkpoint: `{best['path']}`, the final epoch's weights (no selection by validation)."]
+        elif best["path"]:
             lines += ["", f"Best checkpoint: `{best['path']}` ({best['monitor']} = {_format(best['score'])})."]
         r = f["reproduce"]
         lines += ["", "## Reproduce", "", "```", r["command"], "```", "",
