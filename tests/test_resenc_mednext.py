@@ -123,3 +123,17 @@ def test_mednext_fewer_stages_and_refusals():
         MedNeXt(3, 4, 3, downsamplings=1)
     with pytest.raises(ValueError, match=r"MedNeXt S k3, 2D, 4 downsamplings needs every patch size to be a multiple of 16 of at least 32.*nearest valid patch size: \[32, 48\]"):
         MedNeXt(2, 4, 3).check_patch_size([16, 48])
+
+
+def test_mednext_3d_depthwise_convolutions_leave_cpu_bf16_autocast():
+    """PyTorch has no CPU bf16 kernel for depthwise 3D convolutions (a reference loop, 205 s per benchmark step):
+    under CPU bf16 autocast they run in fp32, the dense 1x1 convolutions stay bf16, the weights keep their keys."""
+    net = MedNeXt(3, 4, 3, init_filters=4, downsamplings=2)
+    block = net.enc_stages[0][0]
+    assert block.conv1.groups == 4 and "enc_stages.0.0.conv1.weight" in net.state_dict()
+    x = torch.randn(1, 4, 8, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert block.conv1(x).dtype == torch.float32
+        assert block.conv2(x).dtype == torch.bfloat16
+        assert net.up_blocks[0].conv1(torch.randn(1, 16, 4, 4, 4)).dtype == torch.float32  # transposed, depthwise
+    assert block.conv1(x).dtype == torch.float32 and MedNeXt(2, 4, 3).enc_stages[0][0].conv1.__class__ is nn.Conv2d

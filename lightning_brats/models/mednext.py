@@ -6,6 +6,10 @@ The sizes S, B, M and L are the paper's (Table 1; MONAI's ``create_mednext``): e
 blocks per stage, 32 features doubling per stage, 4 downsamplings, residual blocks, per-channel group
 norm, kernel 3 (the paper also trains k5 from k3 by UpKern; "nnU-Net Revisited", Isensee et al. 2024,
 trains both from scratch: on BraTS 2021 Dice 91.35 for L k3 and 91.50 for L k5).
+
+On CPUs the 3D network's depthwise convolutions run in fp32 inside bf16 autocast (PyTorch has no CPU bf16
+kernel for them: 205 s against 11 s for the U-Net per ``benchmark_models.py`` step before this, see
+experiments/README.md); everything else follows ``trainer.precision``.
 """
 
 from __future__ import annotations
@@ -17,6 +21,28 @@ from monai.networks import nets
 from torch import nn
 
 from lightning_brats.models.layers import check_patch_size
+
+class _CpuFp32Conv3d(nn.Conv3d):
+    """A 3D convolution that leaves CPU bf16 autocast for fp32: PyTorch has no bf16 kernel for grouped
+    (depthwise) 3D convolutions on CPUs and falls back to a reference loop (measured 6-55x slower than fp32
+    for MedNeXt's 3x3x3 depthwise convolution on an AVX512-BF16 EPYC). GPUs and fp32 runs are untouched."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            with torch.autocast("cpu", enabled=False):
+                return super().forward(x.float())
+        return super().forward(x)
+
+
+class _CpuFp32ConvTranspose3d(nn.ConvTranspose3d):
+    """:class:`_CpuFp32Conv3d` for MedNeXt's depthwise transposed convolutions (its upsampling)."""
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            with torch.autocast("cpu", enabled=False):
+                return super().forward(x.float(), output_size)
+        return super().forward(x, output_size)
+
 
 #: size -> encoder and decoder expansion ratios per stage, the bottleneck's, and blocks down, at the
 #: bottleneck and up (MedNeXt paper, Table 1; the same numbers as MONAI's ``create_mednext``, checked in
@@ -97,6 +123,12 @@ class MedNeXt(nets.MedNeXt):
         )
         if deep_supervision:
             self.out_blocks[0] = nn.Identity()  # the bottleneck's head: weight 0, never computed
+        if spatial_dims == 3:  # the depthwise convolutions in fp32 under CPU bf16 autocast (same weights, same keys)
+            for module in self.modules():
+                if type(module) is nn.Conv3d and module.groups > 1:
+                    module.__class__ = _CpuFp32Conv3d
+                elif type(module) is nn.ConvTranspose3d and module.groups > 1:
+                    module.__class__ = _CpuFp32ConvTranspose3d
         self.spatial_dims = spatial_dims
         self.divisor = 2**n
         self.num_outputs = n if deep_supervision else 1
