@@ -137,3 +137,16 @@ def test_mednext_3d_depthwise_convolutions_leave_cpu_bf16_autocast():
         assert block.conv2(x).dtype == torch.bfloat16
         assert net.up_blocks[0].conv1(torch.randn(1, 16, 4, 4, 4)).dtype == torch.float32  # transposed, depthwise
     assert block.conv1(x).dtype == torch.float32 and MedNeXt(2, 4, 3).enc_stages[0][0].conv1.__class__ is nn.Conv2d
+
+
+@pytest.mark.parametrize("name", ["resencunet2d_cpu", "mednext2d_cpu"])
+def test_the_2d_configs_take_context_slices(name, tmp_path):
+    """2.5D (data.context_slices=1): the first convolution takes 4 modalities x 3 slices."""
+    import hydra
+
+    from tests.conftest import compose_config
+
+    cfg = compose_config([f"model={name}", "data=sample", "data.root=unused", "data.sampling=2d", "data.patch_size=[32,32]",
+                          "data.context_slices=1"], tmp_path)
+    net = hydra.utils.instantiate(cfg.model).net
+    assert next(m for m in net.modules() if isinstance(m, nn.Conv2d)).in_channels == 12

@@ -64,7 +64,7 @@ class MedNeXt(nets.MedNeXt):
 
     Args:
         spatial_dims: 2 (axial slices) or 3 (patches).
-        in_channels: input channels (modalities).
+        in_channels: input channels: the modalities, times 2k + 1 slices with ``data.context_slices = k``.
         out_channels: output channels (one logit per region).
         size: ``"S"``, ``"B"``, ``"M"`` or ``"L"`` (:data:`MEDNEXT_SIZES`).
         kernel_size: depthwise kernel of every block (the paper: 3 or 5).

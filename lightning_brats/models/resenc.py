@@ -92,7 +92,7 @@ class ResEncUNet(nn.Module):
 
     Args:
         spatial_dims: 2 (axial slices) or 3 (patches).
-        in_channels: input channels (modalities).
+        in_channels: input channels: the modalities, times 2k + 1 slices with ``data.context_slices = k``.
         out_channels: output channels (one logit per region).
         n_stages: resolution stages; ``n_stages - 1`` stride-2 downsamplings (nnU-Net's planner picks as
             many as keep the bottleneck at 4 voxels or more: 6 stages for 128^3, 5 for 64^3).
