@@ -22,6 +22,7 @@ from torch import nn
 
 from lightning_brats.models.layers import check_patch_size
 
+
 class _CpuFp32Conv3d(nn.Conv3d):
     """A 3D convolution that leaves CPU bf16 autocast for fp32: PyTorch has no bf16 kernel for grouped
     (depthwise) 3D convolutions on CPUs and falls back to a reference loop (measured 6-55x slower than fp32
