@@ -1,7 +1,7 @@
 """Parameters, peak memory and CPU time per training step of every ``model=`` variant.
 
 Usage:
-    python experiments/benchmark_models.py [--repeats 3] [--models unet3d,segresnet]
+    python experiments/benchmark_models.py [--repeats 3] [--models unet3d,segresnet] [--precisions 32,bf16]
 
 Each variant is built from its own config (``conf/model/<name>.yaml``, 4 modalities in,
 3 regions out) in a fresh process, so peak memory is that variant's alone. A step is what
@@ -36,6 +36,15 @@ CASES = [
     ("resunet2d", (128, 128), 16),
     ("attention_unet2d", (128, 128), 16),
     ("unet2d_ds", (128, 128), 16),
+    # the 2024 networks (issue 25): full size (nnU-Net's ResEnc topology, MedNeXt S) and CPU size
+    ("resencunet3d", (64, 64, 64), 2),
+    ("resencunet3d_cpu", (64, 64, 64), 2),
+    ("mednext", (64, 64, 64), 2),
+    ("mednext_cpu", (64, 64, 64), 2),
+    ("resencunet2d", (128, 128), 16),
+    ("resencunet2d_cpu", (128, 128), 16),
+    ("mednext2d", (128, 128), 16),
+    ("mednext2d_cpu", (128, 128), 16),
 ]
 PRECISIONS = ["32", "bf16"]
 
@@ -90,6 +99,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--models", default="", help="comma-separated subset of model configs")
+    parser.add_argument("--precisions", default=",".join(PRECISIONS), help="comma-separated subset of 32,bf16")
     parser.add_argument("--one", nargs=4, metavar=("NAME", "PATCH", "BATCH", "PRECISION"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -106,7 +116,7 @@ def main() -> None:
     for name, patch, batch in CASES:
         if wanted and name not in wanted:
             continue
-        for precision in PRECISIONS:
+        for precision in filter(None, args.precisions.split(",")):
             patch_text = "x".join(map(str, patch))
             proc = subprocess.run(
                 [sys.executable, __file__, "--repeats", str(args.repeats), "--one", name, patch_text, str(batch), precision],

@@ -280,6 +280,15 @@ MODEL_VARIANTS = [
     ("segresnet", 3, ["model.net.init_filters=8"]),
     ("swinunetr", 3, ["model.net.feature_size=12"]),
     ("dynunet", 3, ["model.net.filters=[8,16,32,64]"]),
+    # the 2024 networks: the full-size configs narrowed, the CPU-size ones as they are
+    ("resencunet2d", 2, ["model.net.n_stages=4", "model.net.base_filters=4"]),
+    ("resencunet3d", 3, ["model.net.n_stages=4", "model.net.base_filters=4"]),
+    ("resencunet2d_cpu", 2, []),
+    ("resencunet3d_cpu", 3, []),
+    ("mednext2d", 2, ["model.net.init_filters=4", "model.net.downsamplings=2"]),
+    ("mednext", 3, ["model.net.init_filters=4", "model.net.downsamplings=2"]),
+    ("mednext2d_cpu", 2, []),
+    ("mednext_cpu", 3, []),
 ]
 
 

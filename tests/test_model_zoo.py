@@ -27,9 +27,10 @@ def _module(name: str, overrides: list[str], tmp_path, extra: list[str] = ()):
     return hydra.utils.instantiate(cfg.model)
 
 
-#: 3D variants, whose forward and backward pass takes several CPU-seconds: run with the slow tests
+#: 3D variants and the CPU-size 2024 networks, whose forward and backward pass takes several CPU-seconds: run with the slow tests
 #: (tests/test_models.py keeps a small 3D U-Net's in the fast ones)
-HEAVY = {"unet3d", "resunet3d", "attention_unet3d", "unet3d_ds", "segresnet", "swinunetr"}
+HEAVY = {"unet3d", "resunet3d", "attention_unet3d", "unet3d_ds", "segresnet", "swinunetr", "resencunet3d_cpu", "mednext_cpu",
+         "resencunet2d_cpu", "mednext2d_cpu"}
 
 
 @pytest.mark.parametrize(
@@ -100,6 +101,11 @@ def test_dynunet_deep_supervision_heads_at_their_scales_and_weighted_loss(tmp_pa
         ("attention_unet2d", [64, 64, 64], r"model=attention_unet2d: .*is 2D but the patch size \[64, 64, 64\] has 3 dimensions"),
         ("dynunet", [48, 48, 40], r"model=dynunet: DynUNet \(4 downsamplings\) needs every patch size to be a multiple of 16 of at least 32.*offending sizes \[40\].*nearest valid patch size: \[48, 48, 48\]"),
         ("dynunet", [16, 32, 32], r"model=dynunet: DynUNet .*offending sizes \[16\]\); nearest valid patch size: \[32, 32, 32\]"),
+        ("resencunet3d", [48, 48, 48], r"model=resencunet3d: ResEnc U-Net, 3D, 6 stages \(2\*\*\(n_stages-1\) = 32\) needs every patch size to be a multiple of 32 of at least 64.*nearest valid patch size: \[64, 64, 64\]"),
+        ("resencunet2d_cpu", [40, 48], r"model=resencunet2d_cpu: ResEnc U-Net, 2D, 5 stages .*multiple of 16 of at least 32.*offending sizes \[40\]\); nearest valid patch size: \[48, 48\]"),
+        ("mednext", [40, 48, 48], r"model=mednext: MedNeXt S k3, 3D, 4 downsamplings needs every patch size to be a multiple of 16 of at least 32.*offending sizes \[40\]\); nearest valid patch size: \[48, 48, 48\]"),
+        ("mednext_cpu", [8, 48, 48], r"model=mednext_cpu: MedNeXt S k3, 3D, 3 downsamplings .*multiple of 8 of at least 16.*offending sizes \[8\]\); nearest valid patch size: \[16, 48, 48\]"),
+        ("mednext2d", [64, 64, 64], r"model=mednext2d: .*is 2D but the patch size \[64, 64, 64\] has 3 dimensions"),
     ],
 )
 def test_unsuitable_patch_is_refused_naming_model_size_and_nearest(name, patch, message, tmp_path):
@@ -144,6 +150,12 @@ def test_variant_trains_one_step_on_real_cases(name, brats2018_root, cache_dir, 
         overrides += ["data.sampling=2d", "data.patch_size=[64,64]", "data.batch_size=4"]
     if name == "swinunetr":
         overrides += ["data.patch_size=[64,64,64]", "data.batch_size=2", "model.net.feature_size=12"]
+    if name == "resencunet3d":  # the full-size networks (5 downsamplings: sides of 64 at least), narrowed
+        overrides += ["data.patch_size=[64,64,64]", "data.batch_size=2", "model.net.base_filters=4"]
+    if name == "resencunet2d":
+        overrides += ["model.net.base_filters=8"]
+    if name in ("mednext", "mednext2d"):
+        overrides += ["model.net.init_filters=8"]
     cfg = compose_config(overrides, tmp_path, cache_dir)
     assert cfg.trainer.precision == "auto"
     with caplog.at_level(logging.INFO, logger="lightning_brats.training.module"):

@@ -179,6 +179,9 @@ def test_build_layouts_script_is_a_thin_wrapper(brats2018_root, tmp_path):
 GPU_RECIPES = {
     "brats_nnunet": ["model.net.base_filters=4", "data.patch_size=[64,64,64]"],
     "brats_nvidia": ["model.net.filters=[4,4,8,8,16,16,16]", "data.patch_size=[128,128,128]"],
+    "brats_resenc_m": ["model.net.base_filters=4", "data.patch_size=[64,64,64]"],
+    "brats_resenc_l": ["model.net.base_filters=4", "data.patch_size=[64,64,64]"],
+    "brats_mednext": ["model.net.init_filters=4", "model.net.size=S", "data.patch_size=[32,32,32]"],
 }
 
 
