@@ -24,14 +24,14 @@ import each other in a circle. The modules' old flat paths (``lightning_brats.mo
 
 Importing the package registers the OmegaConf resolvers the configs in ``conf/`` use:
 
-- ``${len:${data.modalities}}`` (input channels) and ``${len:${data.regions}}`` (outputs);
+- ``${len:${data.preprocessing.modalities}}`` (input channels) and ``${len:${data.release.regions}}`` (outputs);
 - ``${sweep_group:${task_name}}``: the W&B group shared by the jobs of one multirun (``-m``),
   ``"<task_name>-<sweep folder name>"``, e.g. ``train-2026-01-31_12-00-00``; ``""`` (no group)
   for a single run or when no Hydra app is running (the compose API without Hydra's config);
 - ``${override_tags:${tags}}``: ``tags`` followed by the job's command-line overrides
   (``hydra.overrides.task``, e.g. ``model=unet2d``, ``data.fold=1``), duplicates dropped and
   overrides longer than W&B's 64-character tag limit (mostly paths) left out;
-- ``${if_else:${data.evaluation.lesionwise_validation},val/lesionwise_dice_mean,val/dice_mean}``: the
+- ``${if_else:${data.release.evaluation.lesionwise_validation},val/lesionwise_dice_mean,val/dice_mean}``: the
   second value when the first is true, else the third (the checkpoint's monitor follows a data setting);
 - ``${slurm_count:trainer.devices}``: a trainer count (nodes, GPUs per node) as a positive int for
   the SLURM launcher (conf/hydra/launcher/slurm_multinode.yaml); 1 when the key is not set.

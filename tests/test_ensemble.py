@@ -50,7 +50,7 @@ def test_ensemble_is_the_mean_of_each_models_probabilities(phantom_checkpoint, p
     single = []
     for ckpt in (phantom_checkpoint, phantom_checkpoint_2d):
         model = load_trained_model(ckpt, device="cpu")
-        files = make_reader(model.data["layout"]).find_cases(case)[0]
+        files = make_reader(model.release.layout).find_cases(case)[0]
         single.append(Predictor(model, inference_settings(precision="32", overlap=0.25, sw_batch_size=8, flip_tta=True)).predict_case(files).probabilities)
     assert np.abs(single[0] - single[1]).max() > 0.05  # two different models
     mean = (single[0] + single[1]) / 2

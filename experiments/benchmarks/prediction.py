@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     torch.set_num_threads(args.threads)
     overrides = [f"experiment={args.experiment}", *args.override]
     predictor = build_predictor(args.root, overrides, args.device)
-    layout = make_reader(predictor.model.data["layout"])  # the experiment's data config's reader
+    layout = make_reader(predictor.model.release.layout)  # the experiment's data config's reader
     files = min(layout.find_cases(Path(args.root)), key=lambda c: c.case_id)
     with tempfile.TemporaryDirectory() as tmp:
         timings, shapes = profile(predictor, files, Path(tmp), args.repeats)

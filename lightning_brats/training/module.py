@@ -98,7 +98,7 @@ class SegmentationModule(pl.LightningModule):
 
     Everything it needs comes through its arguments, once, at construction: the data's regions,
     modalities, patch size and sampling come from the ``data`` config by interpolation
-    (``regions: ${data.regions}`` ... in ``conf/model/unet3d.yaml``), so it works with any
+    (``regions: ${data.release.regions}`` ... in ``conf/model/unet3d.yaml``), so it works with any
     dataloaders (a datamodule or plain ``DataLoader`` s); the network's dimensionality and patch
     divisibility are checked then, before anything is prepared. The network, loss, optimiser and
     scheduler may be given as configs (``_target_`` mappings; the model configs set
@@ -123,9 +123,9 @@ class SegmentationModule(pl.LightningModule):
             or an :class:`~lightning_brats.inference.sliding_window.InferenceSettings`: validation uses its
             ``overlap``, ``sw_batch_size`` and ``threshold``, as ``predict.py`` does (no flip TTA).
             Kept as :attr:`inference`.
-        regions: the output channels: ``data.regions`` (name -> label codes) or the region names,
+        regions: the output channels: ``data.release.regions`` (name -> label codes) or the region names,
             in channel order.
-        modalities: the input channels, in order (``data.modalities``).
+        modalities: the input channels, in order (``data.preprocessing.modalities``).
         patch_size: ``data.patch_size`` in voxels: validation's sliding window, cut to the
             ``sampling`` dimensions (:func:`window_size`).
         sampling: ``"3d"`` (patches) or ``"2d"`` (axial slices), ``data.sampling``.
