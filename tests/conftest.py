@@ -157,7 +157,7 @@ def compose_tool_config(name: str, overrides: list[str], output_dir: Path) -> Di
     """Compose ``conf/<name>.yaml`` (``predict`` or ``eval``) with outputs in ``output_dir``, CPU only."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(name, overrides=[f"paths.output_dir={output_dir}", "inference.device=cpu", *overrides])
+        cfg = compose(name, overrides=upgrade_overrides([f"paths.output_dir={output_dir}", "inference.device=cpu", *overrides]))
     return cfg
 
 
