@@ -38,21 +38,73 @@ batch path syncs only when low resolution is on).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+
+@dataclass(frozen=True)
+class IntensityProbabilities:
+    """The probabilities per sample of nnU-Net's intensity augmentations, in application order: the one
+    place their names and defaults are written (0: off, so that presets train as they were recorded).
+
+    :class:`IntensityAugmentation` applies them; :class:`~lightning_brats.data.sampling.Augmentation`
+    (``data.augment``) inherits them beside its spatial settings; the ``data.augment`` config gets them
+    from here (:func:`register_config_defaults`, no YAML restates them); nnU-Net's values are
+    ``conf/augment/nnunet.yaml`` (:data:`NNUNET_PROBABILITIES` reads it).
+
+    Raises:
+        ValueError: a probability outside ``[0, 1]`` (named as ``data.augment.<name>``).
+    """
+
+    noise_prob: float = 0.0
+    blur_prob: float = 0.0
+    brightness_prob: float = 0.0
+    contrast_prob: float = 0.0
+    low_res_prob: float = 0.0
+    inverted_gamma_prob: float = 0.0
+    gamma_prob: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in PROBABILITY_FIELDS:
+            value = getattr(self, name)
+            if not 0.0 <= float(value) <= 1.0:
+                raise ValueError(f"data.augment.{name}={value!r}: expected a probability in [0, 1]")
+
+
 #: the settings, in application order; their values are probabilities per sample
-PROBABILITY_FIELDS = (
-    "noise_prob", "blur_prob", "brightness_prob", "contrast_prob", "low_res_prob", "inverted_gamma_prob", "gamma_prob"
-)
-#: nnU-Net v2's apply probabilities (``nnUNetTrainer.get_training_transforms``)
-NNUNET_PROBABILITIES = {
-    "noise_prob": 0.1, "blur_prob": 0.2, "brightness_prob": 0.15, "contrast_prob": 0.15,
-    "low_res_prob": 0.25, "inverted_gamma_prob": 0.1, "gamma_prob": 0.3,
-}
+PROBABILITY_FIELDS = tuple(f.name for f in fields(IntensityProbabilities))
+
+
+def __getattr__(name: str):
+    """``NNUNET_PROBABILITIES``: nnU-Net v2's apply probabilities (``nnUNetTrainer.get_training_transforms``),
+    ``{"noise_prob": 0.1, ...}``, read from ``conf/augment/nnunet.yaml`` (``augment=nnunet``), where they are
+    written once."""
+    if name != "NNUNET_PROBABILITIES":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from omegaconf import OmegaConf
+
+    from lightning_brats.configs import CONFIG_DIR
+
+    values = OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / "augment" / "nnunet.yaml"))
+    return {key: float(values[key]) for key in PROBABILITY_FIELDS}
+
+
+def register_config_defaults() -> None:
+    """Offer the default probabilities to Hydra as the config ``data/augment/intensity_defaults``
+    (``{noise_prob: 0.0, ...}``), which ``conf/data/base/datamodule.yaml`` puts under ``data.augment``, so
+    ``data.augment.noise_prob=0.1`` needs no ``+`` and the defaults stay written only in
+    :class:`IntensityProbabilities`. Called when :mod:`lightning_brats.data.data_config` is imported
+    (before any of the project's configs is composed)."""
+    from hydra.core.config_store import ConfigStore
+
+    defaults = {f.name: f.default for f in fields(IntensityProbabilities)}
+    ConfigStore.instance().store(group="data/augment", name="intensity_defaults", node=defaults)
+
+
 NOISE_SD = (0.0, 0.1)            # nnU-Net's noise_variance, used by batchgeneratorsv2 as the SD
 BLUR_SIGMA = (0.5, 1.0)          # voxels
 BLUR_CHANNEL_PROB = 0.5
@@ -67,29 +119,17 @@ BLUR_TAPS = 7
 
 
 @dataclass(frozen=True)
-class IntensityAugmentation:
+class IntensityAugmentation(IntensityProbabilities):
     """nnU-Net's intensity augmentations (table in the module docstring), each with its probability per sample.
 
     Args:
         noise_prob, blur_prob, brightness_prob, contrast_prob, low_res_prob, inverted_gamma_prob, gamma_prob:
-            probability in ``[0, 1]`` that a sample gets the transform (nnU-Net's: :data:`NNUNET_PROBABILITIES`).
+            probability in ``[0, 1]`` that a sample gets the transform (:class:`IntensityProbabilities`;
+            nnU-Net's: :data:`NNUNET_PROBABILITIES`).
 
     Raises:
         ValueError: a probability outside ``[0, 1]``.
     """
-
-    noise_prob: float = 0.0
-    blur_prob: float = 0.0
-    brightness_prob: float = 0.0
-    contrast_prob: float = 0.0
-    low_res_prob: float = 0.0
-    inverted_gamma_prob: float = 0.0
-    gamma_prob: float = 0.0
-
-    def __post_init__(self) -> None:
-        for name, value in asdict(self).items():
-            if not 0.0 <= float(value) <= 1.0:
-                raise ValueError(f"data.augment.{name}={value!r}: expected a probability in [0, 1]")
 
     @classmethod
     def from_settings(cls, settings: Mapping) -> IntensityAugmentation:
@@ -99,7 +139,7 @@ class IntensityAugmentation:
     @property
     def enabled(self) -> bool:
         """Whether any transform has a non-zero probability."""
-        return any(value > 0 for value in asdict(self).values())
+        return any(getattr(self, name) > 0 for name in PROBABILITY_FIELDS)
 
     def draw(
         self, batch: int, channels: int, dims: int, generator: torch.Generator, device: torch.device | str = "cpu"
@@ -342,13 +382,14 @@ def intensity_seed(rng: np.random.Generator) -> int:
     return int(rng.integers(0, 2**62))
 
 
-__all__ = [
-    "NNUNET_PROBABILITIES",
+__all__ = [  # and NNUNET_PROBABILITIES, read from conf/augment/nnunet.yaml on access (module __getattr__)
     "PROBABILITY_FIELDS",
     "IntensityAugmentation",
+    "IntensityProbabilities",
     "gamma_retaining_stats",
     "gaussian_blur",
     "gaussian_kernels",
     "intensity_seed",
+    "register_config_defaults",
     "simulate_low_resolution",
 ]
