@@ -33,6 +33,10 @@ Importing the package registers the OmegaConf resolvers the configs in ``conf/``
   overrides longer than W&B's 64-character tag limit (mostly paths) left out;
 - ``${if_else:${data.release.evaluation.lesionwise_validation},val/lesionwise_dice_mean,val/dice_mean}``: the
   second value when the first is true, else the third (the checkpoint's monitor follows a data setting);
+It also offers Hydra the config node ``data/augment/intensity_defaults`` (the zero defaults of nnU-Net's
+intensity probabilities, :class:`lightning_brats.data.intensity_settings.IntensityProbabilities`), which
+``conf/data/base/datamodule.yaml`` puts under ``data.augment``. And:
+
 - ``${slurm_count:trainer.devices}``: a trainer count (nodes, GPUs per node) as a positive int for
   the SLURM launcher (conf/hydra/launcher/slurm_multinode.yaml); 1 when the key is not set.
 """
@@ -42,6 +46,7 @@ from pathlib import Path
 from omegaconf import ListConfig, OmegaConf
 
 from lightning_brats._moved import install as _install_old_paths
+from lightning_brats.data.intensity_settings import register_config_defaults as _register_intensity_defaults
 
 __version__ = "0.1.0"
 
@@ -118,5 +123,8 @@ if not OmegaConf.has_resolver("if_else"):
     OmegaConf.register_new_resolver("if_else", if_else)
 if not OmegaConf.has_resolver("slurm_count"):
     OmegaConf.register_new_resolver("slurm_count", slurm_count)
+
+# data.augment's nnU-Net intensity probabilities default to IntensityProbabilities' (a Hydra config node)
+_register_intensity_defaults()
 
 _install_old_paths()  # lightning_brats.module, .budget, .callbacks, ... (see lightning_brats._moved)

@@ -114,6 +114,7 @@ FINGERPRINT_CASES = [[f"data={d}", "data.root=/x", "data.cache_dir=/nonexistent"
 ]
 
 
+@pytest.mark.slow  # a Python subprocess (the old code)
 def test_every_data_config_keeps_its_cache_fingerprint(old_tree):  # noqa: F811
     """The old code's fingerprints (computed by the old code, in a subprocess) are the new code's."""
     env = {**os.environ, "PYTHONPATH": str(old_tree)}

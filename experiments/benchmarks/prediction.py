@@ -58,7 +58,7 @@ def build_predictor(root: str | Path, overrides: Sequence[str], device: str = "c
     data = OmegaConf.to_container(cfg.data, resolve=True)
     model = TrainedModel(net.eval().to(device), data, Path("random-weights"), torch.device(device))
     settings = InferenceSettings.from_config(cfg.inference)
-    return Predictor(model, settings, postprocessing_for(data, settings.postprocess))
+    return Predictor(model, settings, postprocessing_for(model.release, settings.postprocess))
 
 
 def profile(predictor: Predictor, files, out: Path, repeats: int) -> tuple[dict, dict]:

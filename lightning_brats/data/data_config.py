@@ -24,11 +24,8 @@ import dataclasses
 import re
 from collections.abc import Iterable, Mapping
 
-from lightning_brats.data.intensity_augment import register_config_defaults
 from lightning_brats.data.release import Release
 from lightning_brats.data.settings import PreprocessingSettings
-
-register_config_defaults()  # data.augment's intensity probabilities, before any config is composed
 
 #: the parts of a ``data`` config that are objects of their own, and what each holds
 PARTS = {"release": Release, "preprocessing": PreprocessingSettings}

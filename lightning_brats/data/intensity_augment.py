@@ -38,45 +38,19 @@ batch path syncs only when low resolution is on).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-
-@dataclass(frozen=True)
-class IntensityProbabilities:
-    """The probabilities per sample of nnU-Net's intensity augmentations, in application order: the one
-    place their names and defaults are written (0: off, so that presets train as they were recorded).
-
-    :class:`IntensityAugmentation` applies them; :class:`~lightning_brats.data.sampling.Augmentation`
-    (``data.augment``) inherits them beside its spatial settings; the ``data.augment`` config gets them
-    from here (:func:`register_config_defaults`, no YAML restates them); nnU-Net's values are
-    ``conf/augment/nnunet.yaml`` (:data:`NNUNET_PROBABILITIES` reads it).
-
-    Raises:
-        ValueError: a probability outside ``[0, 1]`` (named as ``data.augment.<name>``).
-    """
-
-    noise_prob: float = 0.0
-    blur_prob: float = 0.0
-    brightness_prob: float = 0.0
-    contrast_prob: float = 0.0
-    low_res_prob: float = 0.0
-    inverted_gamma_prob: float = 0.0
-    gamma_prob: float = 0.0
-
-    def __post_init__(self) -> None:
-        for name in PROBABILITY_FIELDS:
-            value = getattr(self, name)
-            if not 0.0 <= float(value) <= 1.0:
-                raise ValueError(f"data.augment.{name}={value!r}: expected a probability in [0, 1]")
-
-
-#: the settings, in application order; their values are probabilities per sample
-PROBABILITY_FIELDS = tuple(f.name for f in fields(IntensityProbabilities))
+# the probabilities' names and defaults (torch-free, so importing lightning_brats registers them cheaply)
+from lightning_brats.data.intensity_settings import (
+    PROBABILITY_FIELDS,
+    IntensityProbabilities,
+    register_config_defaults,
+)
 
 
 def __getattr__(name: str):
@@ -91,18 +65,6 @@ def __getattr__(name: str):
 
     values = OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / "augment" / "nnunet.yaml"))
     return {key: float(values[key]) for key in PROBABILITY_FIELDS}
-
-
-def register_config_defaults() -> None:
-    """Offer the default probabilities to Hydra as the config ``data/augment/intensity_defaults``
-    (``{noise_prob: 0.0, ...}``), which ``conf/data/base/datamodule.yaml`` puts under ``data.augment``, so
-    ``data.augment.noise_prob=0.1`` needs no ``+`` and the defaults stay written only in
-    :class:`IntensityProbabilities`. Called when :mod:`lightning_brats.data.data_config` is imported
-    (before any of the project's configs is composed)."""
-    from hydra.core.config_store import ConfigStore
-
-    defaults = {f.name: f.default for f in fields(IntensityProbabilities)}
-    ConfigStore.instance().store(group="data/augment", name="intensity_defaults", node=defaults)
 
 
 NOISE_SD = (0.0, 0.1)            # nnU-Net's noise_variance, used by batchgeneratorsv2 as the SD
