@@ -21,9 +21,11 @@ import hydra
 import nibabel as nib
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 from torch import nn
 
 from lightning_brats.cli.train import CONFIG_DIR, train
+from lightning_brats.data.data_config import MOVED_KEYS
 from lightning_brats.data.labels import labels_to_regions
 from lightning_brats.data.readers import load_case
 from tests import release_layouts
@@ -89,8 +91,8 @@ def test_seed_recipe_holds_its_settings(name, tmp_path):
     choices = cfg.hydra.runtime.choices
     assert (choices.data, choices.model, choices.trainer) == (expected.pop("data"), expected.pop("model"), "gpu")
     assert cfg.task_name == name and name in cfg.tags and "seed" in cfg.tags
-    for key, value in expected.items():
-        actual = cfg.data[key]
+    for key, value in expected.items():  # each in its part of the data config (data.preprocessing.crop, ...)
+        actual = OmegaConf.select(cfg.data, MOVED_KEYS.get(key, key))
         assert (actual if isinstance(actual, (str, int, float)) else _plain(actual)) == value, key
     # the recipe's modalities are the network's input channels, its regions the outputs
     convs = _convs(hydra.utils.instantiate(cfg.model).net)
