@@ -129,3 +129,21 @@ def test_every_data_config_keeps_its_cache_fingerprint(old_tree):  # noqa: F811
             cfg = compose("train", overrides=case)
         new[" ".join(case)] = hydra.utils.instantiate(cfg.data).cache.fingerprint
     assert new == old, f"fingerprints changed against {OLD_COMMIT}"
+
+
+def test_a_release_given_at_prediction_replaces_what_it_states_and_keeps_the_rest(tmp_path):
+    """``predict.py data=<release>``: the stated parts replace the checkpoint's (as the flat keys did), an
+    unstated post-processing or evaluation stays the checkpoint's; the preprocessing plan is never touched."""
+    from lightning_brats.inference.prediction import release_of, with_release
+    from tests.conftest import compose_config
+
+    trained = OmegaConf.to_container(compose_config(["data=brats_met", "data.root=/x"], tmp_path / "a").data, resolve=True)
+    msd = compose_config(["data=msd_task01", "data.root=/x"], tmp_path / "b").data
+    wanted = with_release(trained, msd, Path("x.ckpt"))
+    assert wanted["release"]["labels"] == {"ed": 1, "net": 2, "et": 3} and wanted["release"]["layout"]["reader"] == "msd"
+    assert wanted["release"]["postprocess"] is None and wanted["release"]["evaluation"] == trained["release"]["evaluation"]
+    assert wanted["preprocessing"] == trained["preprocessing"]
+    assert release_of(msd)["preprocessing"] == {"modalities": ["flair", "t1", "t1ce", "t2"]}
+    rt = compose_config(["data=brats_men_rt", "data.root=/x"], tmp_path / "c").data
+    with pytest.raises(ValueError, match=r"x.ckpt: .*input channels"):
+        with_release(trained, rt, Path("x.ckpt"))

@@ -5,7 +5,7 @@ The checkpoint carries the resolved ``data`` and ``model`` config of its trainin
 modalities and preprocessing (crop, normalisation, spacing) without being told: both read
 :class:`~lightning_brats.data.settings.PreprocessingSettings` from that ``data`` config, and a
 checkpoint whose preprocessing this version cannot reproduce is refused. The files'
-release (``data.release``: layout, label codes, regions, post-processing) may be replaced whole, e.g. a BraTS 2020 model predicting
+release (``data.release``: layout, label codes, regions, post-processing) may be replaced, e.g. a BraTS 2020 model predicting
 BraTS 2023 files, as long as the modalities and region names match the network's channels.
 
 Several models (the folds of a cross-validation, a multirun's jobs, exported files) predict as
@@ -148,7 +148,8 @@ def load_trained_model(ckpt_path: str | Path, release: Mapping | None = None, de
         ckpt_path: a ``.ckpt`` written by ``train.py`` (read by
             :func:`~lightning_brats.training.checkpoints.load_checkpoint`, ``weights_only=True``).
         release: a ``data`` config (e.g. ``conf/data/brats23.yaml`` composed, or :func:`release_of` it)
-            whose release (``data.release``) replaces the checkpoint's whole; ``None`` keeps the checkpoint's.
+            whose release (``data.release``) replaces the checkpoint's, part by part (:func:`with_release`);
+            ``None`` keeps the checkpoint's.
         device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
 
     Raises:
@@ -190,6 +191,10 @@ def channels_of(data: Mapping) -> dict:
 def with_release(data: dict, release: Mapping | None, path: Path) -> dict:
     """``data`` (current shape) with the release of ``release`` (a ``data`` config, either shape) when given.
 
+    Every part the given release states replaces the checkpoint's (layout, label codes and regions: every
+    release config states them); a part it leaves out (``postprocess``, ``evaluation``; e.g. ``msd_task01``
+    states neither) stays the checkpoint's, as it always did.
+
     Raises:
         ValueError: the release's modalities or region names differ from the network's
             channels (the message starts with ``path``).
@@ -197,7 +202,7 @@ def with_release(data: dict, release: Mapping | None, path: Path) -> dict:
     if not release:
         return data
     given = release_of(release)
-    wanted = {**data, "release": given["release"]}
+    wanted = {**data, "release": {**data["release"], **given["release"]}}
     try:
         check_same_channels(channels_of(data), channels_of(given))
     except ValueError as exc:
