@@ -37,11 +37,6 @@ MOVED_KEYS = {f.name: f"{part}.{f.name}" for part, cls in PARTS.items() for f in
 _OVERRIDE = re.compile(r"^(?P<prefix>~|\+\+|\+)?data\.(?P<key>[A-Za-z_][A-Za-z0-9_]*)(?P<rest>[.=@].*|)$", re.DOTALL)
 
 
-def is_flat(data: Mapping) -> bool:
-    """Whether ``data`` has the shape before the split: a moved key at the top, no part of its own."""
-    return not any(part in data for part in PARTS) and any(key in data for key in MOVED_KEYS)
-
-
 def upgrade_data_config(data: Mapping) -> dict:
     """``data`` in the current shape: the moved keys of a flat (pre-split) config put into their parts.
 
