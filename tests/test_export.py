@@ -60,6 +60,8 @@ def exported(phantom_checkpoint, tmp_path_factory) -> dict[str, Path]:
 def test_export_writes_the_file_and_its_metadata_beside_the_checkpoint(exported):
     ckpt = exported["ckpt"]
     stored = torch.load(ckpt, map_location="cpu", weights_only=True)[CONFIG_KEY]["data"]
+    # the metadata keeps the flat keys of its format: the release's and the plan's beside the window's
+    stored = {**stored, **stored["release"], **stored["preprocessing"]}
     assert exported["onnx"] == ckpt.with_suffix(".onnx") and exported["torchscript"] == ckpt.with_suffix(".pt")
     import onnx
 
