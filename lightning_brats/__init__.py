@@ -24,17 +24,21 @@ import each other in a circle. The modules' old flat paths (``lightning_brats.mo
 
 Importing the package registers the OmegaConf resolvers the configs in ``conf/`` use:
 
-- ``${input_channels:${data.modalities},${data.context_slices}}``: a network's input channels, the
-  modalities times ``2k + 1`` with ``k`` neighbouring slices on each side (:func:`input_channels`);
-- ``${len:${data.regions}}`` (outputs);
+- ``${input_channels:${data.preprocessing.modalities},${data.context_slices}}``: a network's input channels,
+  the modalities times ``2k + 1`` with ``k`` neighbouring slices on each side (:func:`input_channels`);
+- ``${len:${data.release.regions}}`` (outputs);
 - ``${sweep_group:${task_name}}``: the W&B group shared by the jobs of one multirun (``-m``),
   ``"<task_name>-<sweep folder name>"``, e.g. ``train-2026-01-31_12-00-00``; ``""`` (no group)
   for a single run or when no Hydra app is running (the compose API without Hydra's config);
 - ``${override_tags:${tags}}``: ``tags`` followed by the job's command-line overrides
   (``hydra.overrides.task``, e.g. ``model=unet2d``, ``data.fold=1``), duplicates dropped and
   overrides longer than W&B's 64-character tag limit (mostly paths) left out;
-- ``${if_else:${data.evaluation.lesionwise_validation},val/lesionwise_dice_mean,val/dice_mean}``: the
+- ``${if_else:${data.release.evaluation.lesionwise_validation},val/lesionwise_dice_mean,val/dice_mean}``: the
   second value when the first is true, else the third (the checkpoint's monitor follows a data setting);
+It also offers Hydra the config node ``data/augment/intensity_defaults`` (the zero defaults of nnU-Net's
+intensity probabilities, :class:`lightning_brats.data.intensity_settings.IntensityProbabilities`), which
+``conf/data/base/datamodule.yaml`` puts under ``data.augment``. And:
+
 - ``${slurm_count:trainer.devices}``: a trainer count (nodes, GPUs per node) as a positive int for
   the SLURM launcher (conf/hydra/launcher/slurm_multinode.yaml); 1 when the key is not set.
 """
@@ -44,6 +48,7 @@ from pathlib import Path
 from omegaconf import ListConfig, OmegaConf
 
 from lightning_brats._moved import install as _install_old_paths
+from lightning_brats.data.intensity_settings import register_config_defaults as _register_intensity_defaults
 
 __version__ = "0.1.0"
 
@@ -57,7 +62,7 @@ def input_channels(modalities, context_slices: int = 0) -> int:
     which re-exports this: the one definition, here so the configs' resolver can use it).
 
     Args:
-        modalities: their number, or their names (``data.modalities``).
+        modalities: their number, or their names (``data.preprocessing.modalities``).
         context_slices: ``k >= 0``.
 
     Raises:
@@ -148,5 +153,8 @@ if not OmegaConf.has_resolver("if_else"):
     OmegaConf.register_new_resolver("if_else", if_else)
 if not OmegaConf.has_resolver("slurm_count"):
     OmegaConf.register_new_resolver("slurm_count", slurm_count)
+
+# data.augment's nnU-Net intensity probabilities default to IntensityProbabilities' (a Hydra config node)
+_register_intensity_defaults()
 
 _install_old_paths()  # lightning_brats.module, .budget, .callbacks, ... (see lightning_brats._moved)

@@ -35,6 +35,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lightning_brats.configs import CONFIG_DIR, FROM_CHECKOUT
+from lightning_brats.data.data_config import upgrade_overrides
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,9 @@ Overrides = Sequence[str]
 def compose(overrides: Overrides = (), config_name: str = "train") -> DictConfig:
     """The config a command line would run: ``config_name`` (``train``, ``predict``, ``eval``,
     ``export``, ...) composed with ``overrides`` (``["experiment=brats_cpu", "data.root=..."]``), with
-    its ``hydra`` node (run folder, logging), as Hydra's compose API gives it.
+    its ``hydra`` node (run folder, logging), as Hydra's compose API gives it. The flat ``data`` keys the
+    commands accept (``data.spacing=...`` for ``data.preprocessing.spacing=...``) are accepted here too
+    (:func:`~lightning_brats.data.data_config.upgrade_overrides`).
 
     Raises:
         hydra.errors.ConfigCompositionException: an unknown group option or key (Hydra's message).
@@ -55,7 +58,7 @@ def compose(overrides: Overrides = (), config_name: str = "train") -> DictConfig
     else:
         context = initialize_config_module("lightning_brats.conf", version_base="1.3", job_name=config_name)
     with context:
-        return hydra_compose(config_name, overrides=list(overrides), return_hydra_config=True)
+        return hydra_compose(config_name, overrides=upgrade_overrides(overrides), return_hydra_config=True)
 
 
 def _as_config(cfg_or_overrides: DictConfig | Overrides, config_name: str) -> DictConfig:
@@ -156,7 +159,8 @@ class PredictResult:
             empty when written to files.
         files: case ID -> the written label map (``output_dir`` given).
         seconds_per_case: mean wall time per predicted case.
-        data: the model's data settings (``modalities``, ``labels``, ``regions``, ...).
+        data: the model's data config (``data["release"]``: layout, ``labels``, ``regions``, ...;
+            ``data["preprocessing"]``: ``modalities``, spacing, ...).
     """
 
     cases: dict[str, Any]
@@ -256,15 +260,15 @@ def show(result: PredictResult, case_id: str, truth=None, modality: str | None =
     if case_id not in result.cases:
         raise KeyError(f"{case_id!r} was not predicted in memory; predicted: {sorted(result.cases)}")
     prediction, data = result.cases[case_id], result.data
-    modalities = list(data["modalities"])
+    modalities = list(data["preprocessing"]["modalities"])
     wanted = [m for m in ([modality] if modality else ["t1ce", "flair"]) if m in modalities]
     channel = modalities.index(wanted[0]) if wanted else 0
     if truth is not None and not isinstance(truth, np.ndarray):
         import nibabel as nib
 
         truth = np.asarray(nib.load(str(truth)).dataobj)
-    nesting = [code for _, code in nested_region_codes(data["regions"])]
-    return case_figure(prediction.case.image[channel], truth, prediction.label, data["labels"], nesting,
+    nesting = [code for _, code in nested_region_codes(data["release"]["regions"])]
+    return case_figure(prediction.case.image[channel], truth, prediction.label, data["release"]["labels"], nesting,
                        title=case_id, background_name=modalities[channel])
 
 

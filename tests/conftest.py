@@ -14,6 +14,7 @@ from omegaconf import DictConfig, open_dict
 
 import lightning_brats  # noqa: F401
 from lightning_brats.cli.train import CONFIG_DIR
+from lightning_brats.data.data_config import upgrade_overrides
 from lightning_brats.data.readers import BratsFolderReader
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,10 +63,11 @@ def phantom_root(tmp_path_factory) -> Path:
 
 
 def compose_config(overrides: list[str], output_dir: Path, cache_dir: Path | None = None) -> DictConfig:
-    """Compose ``conf/train.yaml`` with overrides, outputs in ``output_dir``, CPU only."""
+    """Compose ``conf/train.yaml`` with overrides, outputs in ``output_dir``, CPU only; flat ``data`` keys
+    (``data.spacing=...``) are read as the commands read them (:func:`~lightning_brats.data.data_config.upgrade_overrides`)."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+        cfg = compose("train", overrides=upgrade_overrides(overrides), return_hydra_config=True)
     HydraConfig().set_config(cfg)
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
@@ -163,7 +165,7 @@ def compose_tool_config(name: str, overrides: list[str], output_dir: Path) -> Di
     """Compose ``conf/<name>.yaml`` (``predict`` or ``eval``) with outputs in ``output_dir``, CPU only."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(name, overrides=[f"paths.output_dir={output_dir}", "inference.device=cpu", *overrides])
+        cfg = compose(name, overrides=upgrade_overrides([f"paths.output_dir={output_dir}", "inference.device=cpu", *overrides]))
     return cfg
 
 

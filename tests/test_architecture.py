@@ -46,7 +46,9 @@ ROOT_MODULES = {"", "configs", "_moved"}
 #: (that module only). Imports within a stage are always allowed.
 ALLOWED: dict[str, set[str]] = {
     "io": set(),
-    "root": set(),
+    # importing the package registers what the configs need: resolvers, and data.augment's intensity
+    # defaults from the torch-free module that declares them
+    "root": {"data.intensity_settings"},
     "models": set(),
     "data": {"io", "root"},
     "training": {

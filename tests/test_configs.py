@@ -75,7 +75,7 @@ def test_data_model_configs_instantiate(data, model, tmp_path):
     assert module.net.spatial_dims == int(sampling[0])
     # input channels follow data.modalities, outputs the regions
     convs = _convs(module.net)
-    assert convs[0].in_channels == len(cfg.data.modalities) == channels
+    assert convs[0].in_channels == len(cfg.data.preprocessing.modalities) == channels
     assert convs[-1].out_channels == len(expected_regions)
     for callback in cfg.callbacks.values():
         hydra.utils.instantiate(callback)
@@ -95,9 +95,9 @@ def test_experiments_compose(experiment, tmp_path):
     assert cfg.trainer.precision in ("32", "bf16-mixed")
     trainer = hydra.utils.instantiate(cfg.trainer, logger=False)
     # the recipe's data reach the network: one input channel per modality, a 2D or 3D network by sampling
-    assert list(datamodule.modalities) == list(cfg.data.modalities)
+    assert list(datamodule.modalities) == list(cfg.data.preprocessing.modalities)
     first = _convs(net)[0]
-    assert first.in_channels == len(cfg.data.modalities)
+    assert first.in_channels == len(cfg.data.preprocessing.modalities)
     assert first.weight.dim() - 2 == int(cfg.data.sampling[0])
     assert trainer.max_steps == cfg.trainer.get("max_steps", -1)
 

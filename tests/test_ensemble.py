@@ -15,6 +15,7 @@ import torch
 
 from lightning_brats.cli.eval import evaluate
 from lightning_brats.cli.predict import model_files, predict
+from lightning_brats.data.data_config import MOVED_KEYS
 from lightning_brats.data.readers import make_reader
 from lightning_brats.inference.prediction import Predictor, load_trained_model, multirun_checkpoints
 from lightning_brats.training.module import CONFIG_KEY
@@ -26,7 +27,9 @@ def _changed(ckpt: Path, folder: Path, **data) -> Path:
     module's hyper-parameters too where they hold the key (regions, modalities, patch size), as a run
     trained with those settings would have written them."""
     checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
-    checkpoint[CONFIG_KEY]["data"].update(data)
+    for key, value in data.items():  # in the data config's part (data.preprocessing.spacing, data.release.regions)
+        part, name = MOVED_KEYS[key].split(".")
+        checkpoint[CONFIG_KEY]["data"][part][name] = value
     checkpoint["hyper_parameters"].update({k: v for k, v in data.items() if k in checkpoint["hyper_parameters"]})
     path = folder / f"{'_'.join(data)}.ckpt"
     torch.save(checkpoint, path)
@@ -50,7 +53,7 @@ def test_ensemble_is_the_mean_of_each_models_probabilities(phantom_checkpoint, p
     single = []
     for ckpt in (phantom_checkpoint, phantom_checkpoint_2d):
         model = load_trained_model(ckpt, device="cpu")
-        files = make_reader(model.data["layout"]).find_cases(case)[0]
+        files = make_reader(model.release.layout).find_cases(case)[0]
         single.append(Predictor(model, inference_settings(precision="32", overlap=0.25, sw_batch_size=8, flip_tta=True)).predict_case(files).probabilities)
     assert np.abs(single[0] - single[1]).max() > 0.05  # two different models
     mean = (single[0] + single[1]) / 2
@@ -67,11 +70,12 @@ def test_models_that_disagree_are_refused_naming_the_first_that_differs(phantom_
     minmax = _changed(phantom_checkpoint, tmp_path, normalization="minmax")
     coarse = _changed(phantom_checkpoint, tmp_path, spacing=[2.0, 2.0, 2.0])
     models = f"ckpt_path=[{phantom_checkpoint},{phantom_checkpoint},{coarse},{minmax}]"
-    with pytest.raises(ValueError, match=rf"{coarse}: data.spacing=\[2.0, 2.0, 2.0\] differs from data.spacing=None of {phantom_checkpoint}; "
-                       r"the models of an ensemble must share modalities, regions, labels, spacing"):
+    with pytest.raises(ValueError, match=rf"{coarse}: data.preprocessing.spacing=\[2.0, 2.0, 2.0\] differs from "
+                       rf"data.preprocessing.spacing=None of {phantom_checkpoint}; the models of an ensemble must share "
+                       r"their preprocessing \(preprocessing.modalities, preprocessing.spacing"):
         predict(compose_tool_config("predict", [models, f"input={case}"], tmp_path))
     regions = _changed(phantom_checkpoint, tmp_path, regions={"wt": [1, 2, 4], "et": [4], "tc": [1, 4]})
-    with pytest.raises(ValueError, match=rf"{regions}: data.regions=.*differs"):
+    with pytest.raises(ValueError, match=rf"{regions}: data.release.regions=.*differs"):
         predict(compose_tool_config("predict", [f"ckpt_path=[{phantom_checkpoint},{regions}]", f"input={case}"], tmp_path))
     with pytest.raises(ValueError, match=r"give a model: ckpt_path=<checkpoint> \(several for an ensemble"):
         predict(compose_tool_config("predict", [f"input={case}"], tmp_path))

@@ -60,6 +60,8 @@ def exported(phantom_checkpoint, tmp_path_factory) -> dict[str, Path]:
 def test_export_writes_the_file_and_its_metadata_beside_the_checkpoint(exported):
     ckpt = exported["ckpt"]
     stored = torch.load(ckpt, map_location="cpu", weights_only=True)[CONFIG_KEY]["data"]
+    # the metadata keeps the flat keys of its format: the release's and the plan's beside the window's
+    stored = {**stored, **stored["release"], **stored["preprocessing"]}
     assert exported["onnx"] == ckpt.with_suffix(".onnx") and exported["torchscript"] == ckpt.with_suffix(".pt")
     import onnx
 
@@ -85,12 +87,12 @@ def test_export_writes_the_file_and_its_metadata_beside_the_checkpoint(exported)
 def test_exported_probabilities_match_the_checkpoints_on_a_real_case(exported, brats2018_root):
     """Whole-case probabilities (preprocessing, Gaussian sliding window, back to the original
     grid) of the ONNX and TorchScript files equal the checkpoint's to 1e-4 in fp32."""
-    files = make_reader(load_trained_model(exported["ckpt"], device="cpu").data["layout"]).find_cases(brats2018_root)
+    files = make_reader(load_trained_model(exported["ckpt"], device="cpu").release.layout).find_cases(brats2018_root)
     case = files[0]
 
     def probabilities(model):
         # 2 mm: the phantoms' voxel size the network was trained at, and a quick test
-        model.data["spacing"] = [2.0, 2.0, 2.0]
+        model.data["preprocessing"]["spacing"] = [2.0, 2.0, 2.0]
         return Predictor(model, inference_settings(precision="32", overlap=0.25, sw_batch_size=8, flip_tta=False)).predict_case(case).probabilities
 
     reference = probabilities(load_trained_model(exported["ckpt"], device="cpu"))
@@ -105,7 +107,7 @@ def test_exported_files_run_other_window_sizes_and_flip_tta(exported, phantom_ro
     """Dynamic spatial axes: the same files slide windows of two other sizes (flip TTA on the first)."""
     case_dir = min(p for p in phantom_root.iterdir() if p.is_dir())
     model = load_trained_model(exported["ckpt"], device="cpu")
-    case = make_reader(model.data["layout"]).find_cases(case_dir)[0]
+    case = make_reader(model.release.layout).find_cases(case_dir)[0]
     for patch, tta in (([48, 40, 32], True), ([24, 32, 16], False)):
         model.data["patch_size"] = patch
         reference = Predictor(model, inference_settings(precision="32", overlap=0.25, flip_tta=tta, sw_batch_size=4)).predict_case(case).probabilities

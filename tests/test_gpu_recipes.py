@@ -22,7 +22,7 @@ def test_nnunet_recipe_is_isensee_2020(tmp_path):
     cfg = _compose("brats_nnunet", tmp_path)
     assert (cfg.hydra.runtime.choices.data, cfg.hydra.runtime.choices.model) == ("brats20", "unet3d_ds")
     assert cfg.trainer.precision == "auto" and cfg.trainer.accelerator == "cpu"  # cpu: the test fixture's
-    assert list(cfg.data.regions) == ["wt", "tc", "et"] and cfg.data.spacing is None
+    assert list(cfg.data.release.regions) == ["wt", "tc", "et"] and cfg.data.preprocessing.spacing is None
     assert list(cfg.data.patch_size) == [128, 128, 128] and cfg.data.batch_size == 2
     # 1000 epochs x 250 iterations
     assert cfg.trainer.max_epochs == 1000 and cfg.data.samples_per_epoch // cfg.data.batch_size == 250
@@ -69,7 +69,7 @@ def test_nvidia_recipe_is_futrega_2021(tmp_path):
     cfg = _compose("brats_nvidia", tmp_path)
     assert (cfg.hydra.runtime.choices.data, cfg.hydra.runtime.choices.model) == ("brats21", "dynunet")
     assert cfg.trainer.precision == "auto"
-    assert list(cfg.data.patch_size) == [128, 128, 128] and cfg.data.batch_size == 2 and cfg.data.spacing is None
+    assert list(cfg.data.patch_size) == [128, 128, 128] and cfg.data.batch_size == 2 and cfg.data.preprocessing.spacing is None
     assert cfg.data.oversample_foreground == 0.4
     module = hydra.utils.instantiate(cfg.model)
     net = module.net

@@ -3,6 +3,7 @@ the draws against their stated distributions, and the CPU and batch paths agains
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
@@ -212,6 +213,36 @@ def test_brats_nnunet_trains_with_nnunets_intensity_set_and_tilde_augment_remove
     assert all(cfg.data.augment[k] == 0.0 for k in NNUNET_PROBABILITIES)
     cfg = compose_config(["experiment=brats_cpu", root], tmp_path / "cpu")  # the CPU preset as recorded
     assert all(cfg.data.augment[k] == 0.0 for k in NNUNET_PROBABILITIES)
+
+
+def test_every_probability_default_is_written_once():
+    """The zeros live in IntensityProbabilities only (Augmentation and IntensityAugmentation inherit them, the
+    config gets them from it), nnU-Net's values in conf/augment/nnunet.yaml only (NNUNET_PROBABILITIES reads it)."""
+    from dataclasses import fields
+    from pathlib import Path
+
+    import yaml
+
+    from lightning_brats.configs import CONFIG_DIR
+    from lightning_brats.data.intensity_augment import PROBABILITY_FIELDS, IntensityProbabilities
+
+    assert PROBABILITY_FIELDS == ("noise_prob", "blur_prob", "brightness_prob", "contrast_prob", "low_res_prob",
+                                  "inverted_gamma_prob", "gamma_prob")
+    for cls in (IntensityAugmentation, Augmentation):
+        assert issubclass(cls, IntensityProbabilities) and "noise_prob" not in inspect.get_annotations(cls)
+    stating = []
+    for path in sorted(Path(CONFIG_DIR).rglob("*.yaml")):
+        text = yaml.safe_load(path.read_text()) or {}
+        data = text.get("data") if isinstance(text.get("data"), dict) else text
+        augment = text if path.parent.name == "augment" else data.get("augment")
+        augment = augment if isinstance(augment, dict) else {}
+        stating += [f"{path.relative_to(CONFIG_DIR)}: {k}" for k in PROBABILITY_FIELDS if k in augment]
+    # only the recipes that change them: nnU-Net's set and NVIDIA's entry (experiment=brats_nvidia)
+    assert {s.split(":")[0] for s in stating} == {"augment/nnunet.yaml", "experiment/brats_nvidia.yaml"}
+    assert NNUNET_PROBABILITIES == yaml.safe_load((Path(CONFIG_DIR) / "augment" / "nnunet.yaml").read_text())
+    defaults = {f.name: f.default for f in fields(IntensityProbabilities)}
+    cfg = compose_config(["data.root=unused"], Path("/nonexistent"))
+    assert {k: cfg.data.augment[k] for k in PROBABILITY_FIELDS} == defaults == dict.fromkeys(PROBABILITY_FIELDS, 0.0)
 
 
 def test_the_background_stays_zero_in_both_paths():

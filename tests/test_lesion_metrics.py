@@ -171,7 +171,7 @@ def test_regions_thresholds_per_region_and_settings_are_checked():
     assert (row["lesionwise_tp_et"], row["lesionwise_fn_et"], row["lesionwise_dice_et"]) == (0, 1, 0.0)
     assert row["lesionwise_dice_tc"] == 1.0  # TC's only lesion is the small one: nothing scored
     assert set(row) == {f"{m}_{r}" for m in case_metrics("brats2023")[6:] for r in BRATS23_REGIONS}
-    with pytest.raises(ValueError, match=r"metrics=brats2024 needs data.evaluation.lesion_wise.*\+data.evaluation.lesion_wise"):
+    with pytest.raises(ValueError, match=r"metrics=brats2024 needs data.release.evaluation.lesion_wise.*\+data.release.evaluation.lesion_wise"):
         check_settings("brats2024", None, BRATS23_REGIONS)
     with pytest.raises(ValueError, match=r"min_volume has no value for regions \['et'\]"):
         check_settings("brats2023", {**SETTINGS, "min_volume": {"wt": 50, "tc": 50}}, BRATS23_REGIONS)

@@ -181,8 +181,8 @@ def test_compile_matches_eager_and_checkpoints_plain_weights(tmp_path):
 @pytest.mark.parametrize(
     "override,message",
     [
-        ("data.modalities=[flair,t1ce,t2]", r"input channels: trained on data.modalities=\['flair', 't1', 't1ce', 't2'\] \(4 channels\), this run has \['flair', 't1ce', 't2'\] \(3\)"),
-        ("~data.regions.et", r"output channels: trained for the regions \['wt', 'tc', 'et'\] of data.regions \(3 outputs\), this run has \['wt', 'tc'\] \(2\)"),
+        ("data.modalities=[flair,t1ce,t2]", r"input channels: trained on data.preprocessing.modalities=\['flair', 't1', 't1ce', 't2'\] \(4 channels\), this run has \['flair', 't1ce', 't2'\] \(3\)"),
+        ("~data.regions.et", r"output channels: trained for the regions \['wt', 'tc', 'et'\] of data.release.regions \(3 outputs\), this run has \['wt', 'tc'\] \(2\)"),
     ],
 )
 @pytest.mark.slow

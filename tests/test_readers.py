@@ -83,12 +83,12 @@ def test_unknown_reader_name_lists_the_known_ones():
     with pytest.raises(ValueError) as error:
         make_reader({"reader": "brats_folder", "modality_suffixes": {"flair": "_flair"}})
     message = str(error.value)
-    assert "data.layout.reader='brats_folder' is not a known reader" in message
+    assert "data.release.layout.reader='brats_folder' is not a known reader" in message
     assert all(repr(name) in message for name in SHIPPED)
 
 
 def test_layout_without_a_reader_and_wrong_arguments_are_refused():
-    with pytest.raises(ValueError, match=r"names no reader: set data.layout.reader to one of \["):
+    with pytest.raises(ValueError, match=r"names no reader: set data.release.layout.reader to one of \["):
         make_reader({"modality_suffixes": {"flair": "_flair"}})
     with pytest.raises(ValueError, match=r"reader 'msd' cannot take \['modality_suffixes'\]"):
         make_reader({"reader": "msd", "modality_suffixes": {"flair": "_flair"}})
@@ -111,7 +111,7 @@ def _protocol_methods(protocol) -> dict[str, list[str]]:
 @pytest.mark.parametrize("data", sorted(CONFIG_READERS))
 def test_each_data_config_names_a_reader_that_satisfies_the_protocol(data, tmp_path):
     cfg = compose_config([f"data={data}", "data.root=/nowhere"], tmp_path)
-    reader = make_reader(cfg.data.layout)
+    reader = make_reader(cfg.data.release.layout)
     assert reader.name == CONFIG_READERS[data] and type(reader) is READERS[reader.name]
     assert isinstance(reader, CaseReader)
     assert set(reader.sampling) <= {"2d", "3d"} and reader.sampling
@@ -126,12 +126,12 @@ def test_each_data_config_names_a_reader_that_satisfies_the_protocol(data, tmp_p
 def test_each_reader_finds_and_loads_what_was_written(data, tmp_path):
     images, label = WRITERS[data](tmp_path / "root")
     cfg = compose_config([f"data={data}", f"data.root={tmp_path / 'root'}"], tmp_path)
-    reader = make_reader(cfg.data.layout)
+    reader = make_reader(cfg.data.release.layout)
     (files,) = reader.find_cases(tmp_path / "root")
     assert isinstance(files, CaseSource) and files.labelled and files.label_source is not None
     assert all(p.is_file() for p in files.sources())
-    modalities = list(cfg.data.modalities)[::-1]  # channels follow the order asked for
-    labels = dict(cfg.data.labels)
+    modalities = list(cfg.data.preprocessing.modalities)[::-1]  # channels follow the order asked for
+    labels = dict(cfg.data.release.labels)
     for case in (reader.load_case(files, modalities, labels), load_case(files, modalities, labels)):
         np.testing.assert_array_equal(case.image, np.stack([images[m] for m in modalities]).astype(np.float32))
         np.testing.assert_array_equal(case.label, label)
@@ -162,8 +162,10 @@ def test_old_layout_targets_and_imports_still_work(tmp_path):
 
 
 def _old_data_config(cfg) -> dict:
-    """``cfg.data`` as a checkpoint from before the rename stores it."""
+    """``cfg.data`` as a checkpoint from before the rename stores it (flat: the release's and the plan's keys
+    beside the datamodule's, as before the data config was split)."""
     data = OmegaConf.to_container(cfg.data, resolve=True)
+    data = {**{k: v for k, v in data.items() if k not in ("release", "preprocessing")}, **data["release"], **data["preprocessing"]}
     data["_target_"] = "lightning_brats.data.datamodule.BratsDataModule"
     layout = dict(data["layout"])
     layout["_target_"] = "lightning_brats.data.layouts.BratsLayout"

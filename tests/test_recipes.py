@@ -21,9 +21,11 @@ import hydra
 import nibabel as nib
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 from torch import nn
 
 from lightning_brats.cli.train import CONFIG_DIR, train
+from lightning_brats.data.data_config import MOVED_KEYS
 from lightning_brats.data.labels import labels_to_regions
 from lightning_brats.data.readers import load_case
 from tests import release_layouts
@@ -89,13 +91,13 @@ def test_seed_recipe_holds_its_settings(name, tmp_path):
     choices = cfg.hydra.runtime.choices
     assert (choices.data, choices.model, choices.trainer) == (expected.pop("data"), expected.pop("model"), "gpu")
     assert cfg.task_name == name and name in cfg.tags and "seed" in cfg.tags
-    for key, value in expected.items():
-        actual = cfg.data[key]
+    for key, value in expected.items():  # each in its part of the data config (data.preprocessing.crop, ...)
+        actual = OmegaConf.select(cfg.data, MOVED_KEYS.get(key, key))
         assert (actual if isinstance(actual, (str, int, float)) else _plain(actual)) == value, key
     # the recipe's modalities are the network's input channels, its regions the outputs
     convs = _convs(hydra.utils.instantiate(cfg.model).net)
-    assert convs[0].in_channels == len(cfg.data.modalities)
-    assert convs[-1].out_channels == len(cfg.data.regions)
+    assert convs[0].in_channels == len(cfg.data.preprocessing.modalities)
+    assert convs[-1].out_channels == len(cfg.data.release.regions)
     # documented next to it: the full-size command, the CPU-sized command, the measured result
     readme = (REPO / "experiments" / name / "README.md").read_text()
     assert f"python train.py experiment={name}" in readme and "trainer=cpu" in readme
@@ -210,27 +212,27 @@ def test_experiment_trains_a_fast_dev_run_step(experiment, data_root, cache_dir,
     caplog.set_level(logging.INFO)
     metrics = train(cfg)
 
-    regions = list(cfg.data.regions)
+    regions = list(cfg.data.release.regions)
     dice = {f"val/dice_{r}" for r in [*regions, "mean"]}
     assert {"train/loss", *dice} <= set(metrics), sorted(metrics)
     assert all(0.0 <= metrics[k] <= 1.0 for k in dice) and math.isfinite(metrics["train/loss"])
     per_region = [metrics[k] for k in sorted(dice) if k != "val/dice_mean"]
     assert metrics["val/dice_mean"] == pytest.approx(sum(per_region) / len(per_region), abs=1e-6)
     # the recipe's modalities reach the network's input channels, in the configured patch
-    channels, patch = len(cfg.data.modalities), list(cfg.data.patch_size)[: int(cfg.data.sampling[0])]
+    channels, patch = len(cfg.data.preprocessing.modalities), list(cfg.data.patch_size)[: int(cfg.data.sampling[0])]
     assert f"input {[2, channels, *patch]} -> output {[2, len(regions), *patch]}" in caplog.text
 
     # what was cached is what the recipe asks for
     datamodule = hydra.utils.instantiate(cfg.data)
     case = datamodule.cache.load(datamodule.find_cases()[0].case_id)
     assert case.image.shape[0] == channels
-    if cfg.data.crop == "center":
-        size = list(cfg.data.crop_size)
+    if cfg.data.preprocessing.crop == "center":
+        size = list(cfg.data.preprocessing.crop_size)
         assert case.record["cropped_shape"] == size
         assert list(case.image.shape[1:]) == [round(s / 4) for s in size]  # 128 voxels of 1 mm at 4 mm
         box = np.asarray(case.record["crop_box"])
         assert np.all(np.abs(box.sum(axis=1) - np.asarray(case.record["original_shape"])) <= 1)  # centred
-    if cfg.data.normalization == "minmax":
+    if cfg.data.preprocessing.normalization == "minmax":
         image = np.asarray(case.image)
         assert image.min() >= 0.0 and image.max() <= 1.0 and image.max() > 0.5
     if cfg.data.min_foreground_fraction:

@@ -58,9 +58,11 @@ def test_settings_are_frozen_and_normalised():
 
 
 def test_a_data_config_without_newer_keys_gets_the_old_behaviour():
-    # a checkpoint trained before data.normalization/crop existed: z-score inside the brain box, own spacing
+    # a checkpoint trained before data.normalization/crop existed (flat, as every config then): z-score inside
+    # the brain box, own spacing
     settings = PreprocessingSettings.from_data({"_target_": DATAMODULE, "modalities": BRATS_MODALITIES}, source="old.ckpt")
     assert (settings.spacing, settings.normalization, settings.crop, settings.crop_size) == (None, "zscore", "nonzero", None)
+    assert PreprocessingSettings.from_config({"modalities": BRATS_MODALITIES}) == settings
 
 
 def test_bad_settings_are_errors_naming_the_setting():
@@ -77,21 +79,25 @@ def test_bad_settings_are_errors_naming_the_setting():
 
 
 def test_unknown_settings_are_refused_when_they_come_from_a_checkpoint():
-    data = {"_target_": DATAMODULE, "modalities": BRATS_MODALITIES, "normalization": "zscore", "intensity_clip": [0.5, 99.5]}
-    with pytest.raises(ValueError, match=r"^run.ckpt: cannot reproduce its preprocessing: data.intensity_clip: not a setting"):
-        PreprocessingSettings.from_data(data, source="run.ckpt")
-    assert PreprocessingSettings.from_data(data).normalization == "zscore"  # a config of this version: keys checked at instantiation
-    with pytest.raises(ValueError, match=r"run.ckpt: .*data._target_='my.gone.DataModule' is not a datamodule"):
-        PreprocessingSettings.from_data({**data, "_target_": "my.gone.DataModule"}, source="run.ckpt")
+    plan = {"modalities": BRATS_MODALITIES, "normalization": "zscore", "intensity_clip": [0.5, 99.5]}
+    with pytest.raises(ValueError, match=r"^run.ckpt: cannot reproduce its preprocessing: data.preprocessing.intensity_clip: not a"):
+        PreprocessingSettings.from_config(plan, source="run.ckpt")
+    with pytest.raises(ValueError, match=r"^data.preprocessing.intensity_clip: not a preprocessing setting"):
+        PreprocessingSettings.from_config(plan)  # any plan: a key it does not know might change the arrays
+    # the datamodule's own arguments are not preprocessing: a data config's other keys are not read
+    data = {"_target_": DATAMODULE, "preprocessing": {"modalities": BRATS_MODALITIES}, "context_slices": 2}
+    assert PreprocessingSettings.from_data(data, source="run.ckpt").modalities == tuple(BRATS_MODALITIES)
 
 
 @pytest.mark.parametrize(
     ("change", "named"),
-    [({"normalization": "percentile"}, "data.normalization='percentile'"), ({"resample_order": 3}, "data.resample_order")],
+    [({"normalization": "percentile"}, "data.normalization='percentile'"),
+     ({"resample_order": 3}, "data.preprocessing.resample_order")],
 )
 def test_prediction_refuses_a_checkpoint_whose_preprocessing_it_cannot_reproduce(change, named, tmp_path):
     cfg = compose_config(["data=brats20", "data.root=/x"], tmp_path)
-    data = {**OmegaConf.to_container(cfg.data, resolve=True), **change}
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    data["preprocessing"].update(change)
     model = OmegaConf.to_container(cfg.model, resolve=True)
     path = tmp_path / "epoch_000.ckpt"
     torch.save({CONFIG_KEY: {"data": data, "model": model}, "state_dict": {}}, path)

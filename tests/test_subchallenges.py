@@ -20,6 +20,7 @@ import pytest
 from lightning_brats.cli.train import CONFIG_DIR
 from lightning_brats.data.labels import RegionNode, labels_to_regions, region_tree, regions_to_labels
 from lightning_brats.data.readers import load_case
+from lightning_brats.data.release import Release
 from lightning_brats.inference.prediction import PostProcessing, postprocessing_for
 from tests import release_layouts
 from tests.conftest import BRATS_MODALITIES, SOURCE_CASES, compose_config, real_label
@@ -62,8 +63,9 @@ def test_subchallenge_config_holds_labels_regions_and_evaluation(name, tmp_path)
     from omegaconf import OmegaConf
 
     labels, regions, modalities, metrics, dilation, min_volume = EXPECTED[name]
-    data = OmegaConf.to_container(_data(name, tmp_path), resolve=False)
-    assert data["labels"] == labels and data["regions"] == regions and data["modalities"] == modalities
+    composed = OmegaConf.to_container(_data(name, tmp_path), resolve=False)
+    data = composed["release"]
+    assert data["labels"] == labels and data["regions"] == regions and composed["preprocessing"]["modalities"] == modalities
     assert list(data["regions"]) == list(regions)  # channel order
     evaluation = data["evaluation"]
     assert evaluation["metrics"] == metrics
@@ -82,11 +84,13 @@ def test_inheritance_keeps_the_2023_layout_and_training_settings(tmp_path):
     base = _data("brats23", tmp_path / "a")
     for name in SUBCHALLENGES:
         data = _data(name, tmp_path / name)
-        for key in ("patch_size", "normalization", "crop", "augment", "num_folds", "oversample_foreground"):
+        for key in ("patch_size", "augment", "num_folds", "oversample_foreground"):
             assert data[key] == base[key], (name, key)
+        for key in ("normalization", "crop"):
+            assert data.preprocessing[key] == base.preprocessing[key], (name, key)
         if name != "brats_men_rt":
-            assert data.layout == base.layout, name
-    rt = _data("brats_men_rt", tmp_path / "rt").layout
+            assert data.release.layout == base.release.layout, name
+    rt = _data("brats_men_rt", tmp_path / "rt").release.layout
     assert dict(rt.modality_suffixes) == {"t1ce": "_t1c"} and rt.label_suffix == "_gtv"
 
 
@@ -166,7 +170,9 @@ def test_postprocessing_is_the_datasets_rule_unless_overridden(tmp_path):
     assert postprocessing_for({"postprocess": None}, {"region": None, "min_voxels": 30}) == PostProcessing("et", 30)
     assert postprocessing_for({"postprocess": {"region": "et", "min_voxels": 100}}, None) is None
     gli, met = _data("brats24_gli", tmp_path / "g"), _data("brats_met", tmp_path / "m")
-    assert postprocessing_for(gli, none) == PostProcessing("et", 100) and postprocessing_for(met, none) is None
+    assert postprocessing_for(gli.release, none) == PostProcessing("et", 100) and postprocessing_for(met.release, none) is None
+    assert postprocessing_for(Release.from_config(met.release), none) is None
+    assert postprocessing_for(Release.from_config(_data("brats23", tmp_path / "b").release), none) == PostProcessing("et", 100)
 
 
 def test_small_enhancing_islands_take_the_label_of_the_region_around_them():

@@ -46,8 +46,8 @@ from lightning_brats.training.module import SegmentationModule
 def make_batches(cfg, count: int, seed: int = 0) -> list[dict]:
     """``count`` batches of the experiment's shape: ``image (B, C, *patch)`` normal, ``target (B, R, *patch)`` binary."""
     generator = torch.Generator().manual_seed(seed)
-    shape = (int(cfg.data.batch_size), len(cfg.data.modalities), *cfg.data.patch_size)
-    regions = len(cfg.data.regions)
+    shape = (int(cfg.data.batch_size), len(cfg.data.preprocessing.modalities), *cfg.data.patch_size)
+    regions = len(cfg.data.release.regions)
     return [{"image": torch.randn(shape, generator=generator),
              "target": (torch.rand((shape[0], regions, *shape[2:]), generator=generator) > 0.9).float()}
             for _ in range(count)]
@@ -112,7 +112,7 @@ def lightning_loop(cfg, net: torch.nn.Module, batches: Sequence[dict]) -> list[t
     module = SegmentationModule(net=net, loss=hydra.utils.instantiate(cfg.model.loss),
                                 optimizer=hydra.utils.instantiate(cfg.model.optimizer),
                                 scheduler=hydra.utils.instantiate(cfg.model.scheduler), inference=cfg.inference,
-                                regions=dict(cfg.data.regions), modalities=list(cfg.data.modalities),
+                                regions=dict(cfg.data.release.regions), modalities=list(cfg.data.preprocessing.modalities),
                                 patch_size=list(cfg.data.patch_size), sampling=cfg.data.sampling,
                                 batch_size=cfg.data.batch_size, name=cfg.model.name)
     clock = _StepClock()
@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         cpu = {n: statistics.median(v) for n, v in cpus.items()}
         for name in ("plain", "lightning"):
             rows.append({"experiment": experiment, "loop": name, "model": cfg.model.name,
-                         "batch": "x".join(map(str, (cfg.data.batch_size, len(cfg.data.modalities), *cfg.data.patch_size))),
+                         "batch": "x".join(map(str, (cfg.data.batch_size, len(cfg.data.preprocessing.modalities), *cfg.data.patch_size))),
                          "s_per_step": wall[name], "vs_plain": wall[name] / wall["plain"] - 1,
                          "cpu_s_per_step": cpu[name], "cpu_vs_plain": cpu[name] / cpu["plain"] - 1,
                          "steps": args.steps, "repeats": args.repeats,

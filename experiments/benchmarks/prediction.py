@@ -58,7 +58,7 @@ def build_predictor(root: str | Path, overrides: Sequence[str], device: str = "c
     data = OmegaConf.to_container(cfg.data, resolve=True)
     model = TrainedModel(net.eval().to(device), data, Path("random-weights"), torch.device(device))
     settings = InferenceSettings.from_config(cfg.inference)
-    return Predictor(model, settings, postprocessing_for(data, settings.postprocess))
+    return Predictor(model, settings, postprocessing_for(model.release, settings.postprocess))
 
 
 def profile(predictor: Predictor, files, out: Path, repeats: int) -> tuple[dict, dict]:
@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     torch.set_num_threads(args.threads)
     overrides = [f"experiment={args.experiment}", *args.override]
     predictor = build_predictor(args.root, overrides, args.device)
-    layout = make_reader(predictor.model.data["layout"])  # the experiment's data config's reader
+    layout = make_reader(predictor.model.release.layout)  # the experiment's data config's reader
     files = min(layout.find_cases(Path(args.root)), key=lambda c: c.case_id)
     with tempfile.TemporaryDirectory() as tmp:
         timings, shapes = profile(predictor, files, Path(tmp), args.repeats)

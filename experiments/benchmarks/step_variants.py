@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             per_step = timing.wall / args.steps
             eager = per_step if variant == "eager" else eager
             rows.append({"experiment": experiment, "model": cfg.model.name, "variant": variant,
-                         "batch": "x".join(map(str, (cfg.data.batch_size, len(cfg.data.modalities), *cfg.data.patch_size))),
+                         "batch": "x".join(map(str, (cfg.data.batch_size, len(cfg.data.preprocessing.modalities), *cfg.data.patch_size))),
                          "s_per_step": per_step, "cpu_s_per_step": timing.cpu / args.steps,
                          "vs_eager": per_step / eager - 1 if eager else "", "warmup_s": warmup,
                          "steps": args.steps, "repeats": args.repeats, "runs_s": timing.runs_text()})

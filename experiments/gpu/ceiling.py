@@ -66,7 +66,7 @@ def _sum_outputs(out) -> torch.Tensor:
 def flops_per_step(cfg) -> int:
     """FLOPs of one training step (forward + backward) of ``cfg.model.net`` on one batch of the
     experiment's shape, counted on meta tensors (matrix products and convolutions only)."""
-    shape = (int(cfg.data.batch_size), len(cfg.data.modalities), *cfg.data.patch_size)
+    shape = (int(cfg.data.batch_size), len(cfg.data.preprocessing.modalities), *cfg.data.patch_size)
     with torch.device("meta"):
         net = hydra.utils.instantiate(cfg.model.net)
     net.train()
@@ -108,7 +108,7 @@ def measure(experiment: str, overrides: Sequence[str] = (), device: str = "auto"
     return {
         "experiment": experiment, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "precision": precision, "precision_reason": reason, "model": str(cfg.model.name),
-        "batch": "x".join(map(str, (cfg.data.batch_size, len(cfg.data.modalities), *cfg.data.patch_size))),
+        "batch": "x".join(map(str, (cfg.data.batch_size, len(cfg.data.preprocessing.modalities), *cfg.data.patch_size))),
         "steps": steps, "warmup": warmup, "s_per_step": seconds, "volumes_per_s": int(cfg.data.batch_size) / seconds,
         "flops_per_step": flops, "achieved_tflops": achieved, "peak_tflops": peak, "chip_share": achieved / peak,
         "peak_memory_gib": torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None,

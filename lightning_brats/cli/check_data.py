@@ -21,6 +21,7 @@ from rich.table import Table
 import lightning_brats  # noqa: F401  (registers resolvers)
 from lightning_brats.cli.errors import reports_bad_input
 from lightning_brats.configs import CONFIG_PATH
+from lightning_brats.data.data_config import accept_flat_data_keys
 from lightning_brats.data.readers import DataError, load_case
 
 
@@ -90,6 +91,7 @@ def print_report(report: DatasetReport, datamodule, console: Console) -> None:
         console.print("[bold green]no problems found[/bold green]")
 
 
+@accept_flat_data_keys  # data.spacing=... for data.preprocessing.spacing=... (lightning_brats.data.data_config)
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="check_data")
 @reports_bad_input
 def main(cfg: DictConfig) -> None:

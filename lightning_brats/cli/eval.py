@@ -6,7 +6,7 @@ predicts the dataset's cases. Writes ``metrics.csv`` (a row per case), ``summary
 per metric and region), a picture per case and a Dice box plot, prints the summary and logs all
 of it to W&B (offline by default). ``metrics=brats2023|brats2024|brats2025`` adds the lesion-wise
 scores and lesion counts of that year's leaderboard beside the legacy ones (default: the dataset's
-``data.evaluation.metrics``). See ``conf/eval.yaml``.
+``data.release.evaluation.metrics``). See ``conf/eval.yaml``.
 """
 
 from __future__ import annotations
@@ -25,8 +25,10 @@ from rich.table import Table
 import lightning_brats  # noqa: F401  (registers resolvers)
 from lightning_brats.cli.errors import reports_bad_input
 from lightning_brats.configs import CONFIG_PATH
+from lightning_brats.data.data_config import accept_flat_data_keys
 from lightning_brats.data.labels import nested_region_codes
 from lightning_brats.data.readers import DataError, load_case, make_reader
+from lightning_brats.data.release import Release
 from lightning_brats.evaluation.lesion_metrics import check_settings
 from lightning_brats.evaluation.report import write_report
 from lightning_brats.evaluation.scoring import (
@@ -55,20 +57,23 @@ def _data_config(cfg: DictConfig) -> dict:
 
 
 def metric_settings(cfg: DictConfig, data: dict) -> tuple[str, dict | None, dict[str, list[int]]]:
-    """The metric definition to score with, the dataset's lesion-wise parameters and the scored regions.
+    """The metric definition to score with, the release's lesion-wise parameters and the scored regions.
 
-    ``cfg.metrics`` when given, else the dataset's ``evaluation.metrics`` (``data=``'s, else the
+    ``cfg.metrics`` when given, else the release's ``evaluation.metrics`` (``data=``'s, else the
     checkpoint's), else ``legacy``. The scored regions are the leaderboard's, ``evaluation.regions``
-    (e.g. BraTS 2024 GLI's NETC and SNFH beside WT, TC, ET and RC), else ``data.regions``.
+    (e.g. BraTS 2024 GLI's NETC and SNFH beside WT, TC, ET and RC), else ``data.release.regions``.
+
+    Args:
+        cfg: the ``eval`` config.
+        data: the ``data`` config the predictions were read with (current shape: ``data["release"]``).
 
     Raises:
         ValueError: the definition is unknown or lacks its parameters (checked before scoring).
     """
-    evaluation = cfg.data.get("evaluation") if cfg.get("data") else None
-    evaluation = OmegaConf.to_container(evaluation, resolve=True) if evaluation is not None else data.get("evaluation")
-    evaluation = evaluation or {}
+    release = Release.from_config(data["release"])  # data=<release>'s when given (it replaced the checkpoint's)
+    evaluation = release.evaluation or {}
     definition = str(cfg.get("metrics") or evaluation.get("metrics") or "legacy")
-    regions = {str(k): [int(c) for c in v] for k, v in (evaluation.get("regions") or data["regions"]).items()}
+    regions = {str(k): [int(c) for c in v] for k, v in (evaluation.get("regions") or release.regions).items()}
     check_settings(definition, evaluation.get("lesion_wise"), regions)
     return definition, evaluation.get("lesion_wise"), regions
 
@@ -93,7 +98,7 @@ def held_out_cases(ckpt_path: str | Path) -> list[str]:
         raise DataError(f"cases=held_out: no {path} (train.py copies the folds there); list the cases instead: cases=[...]")
     # memory-mapped: only the stored config is read, not the weights
     config = training_config(load_checkpoint(ckpt_path, mmap=True), ckpt_path)
-    fold = config.get("data", {}).get("fold", 0)
+    fold = config["data"].get("fold", 0)
     if str(fold) == FOLD_ALL:
         raise DataError(
             f"cases=held_out: {ckpt_path} was trained with data.fold=all, on every labelled case, so it has no held-out "
@@ -184,8 +189,9 @@ def evaluate(cfg: DictConfig) -> dict:
         )
     definition, lesion_wise, regions = metric_settings(cfg, data)
     metrics = case_metrics(definition)
-    labels = {str(k): int(v) for k, v in data["labels"].items()}
-    reader = make_reader(data["layout"])
+    release = Release.from_config(data["release"])
+    labels = release.labels
+    reader = make_reader(release.layout)
     cases = [c for c in reader.find_cases(Path(cfg.ground_truth)) if c.labelled]
     if selected is not None:
         unknown = sorted(set(selected) - {c.case_id for c in cases})
@@ -200,8 +206,9 @@ def evaluate(cfg: DictConfig) -> dict:
             f"{len(missing)} of {len(cases)} labelled cases have no prediction in {predictions} "
             f"(expected <case>.nii.gz): {missing}; allow_missing=true scores them as empty"
         )
-    shown = [m for m in cfg.display.modality if m in data["modalities"]][:1] or [data["modalities"][0]]
-    nesting = [code for _, code in nested_region_codes(data["regions"])]  # how the labels nest, for the pictures
+    modalities = data["preprocessing"]["modalities"]
+    shown = [m for m in cfg.display.modality if m in modalities][:1] or [modalities[0]]
+    nesting = [code for _, code in nested_region_codes(release.regions)]  # how the labels nest, for the pictures
     pictures = output_dir / "pictures"
     if cfg.pictures:
         pictures.mkdir(parents=True, exist_ok=True)
@@ -271,6 +278,7 @@ def _log_to_wandb(cfg: DictConfig, rows: list[dict], summary: list[dict], output
         wandb.finish()
 
 
+@accept_flat_data_keys  # data.spacing=... for data.preprocessing.spacing=... (lightning_brats.data.data_config)
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
 @reports_bad_input
 def main(cfg: DictConfig) -> None:

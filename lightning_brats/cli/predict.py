@@ -28,6 +28,7 @@ from rich.progress import (
 import lightning_brats  # noqa: F401  (registers resolvers)
 from lightning_brats.cli.errors import reports_bad_input
 from lightning_brats.configs import CONFIG_PATH
+from lightning_brats.data.data_config import accept_flat_data_keys
 from lightning_brats.data.readers import CaseSource, DataError, make_reader
 from lightning_brats.inference.postprocessing_tuning import apply_tuned, read_tuned_postprocessing
 from lightning_brats.inference.prediction import (
@@ -79,7 +80,7 @@ def model_files(cfg: DictConfig) -> tuple[list[Path], list[Path]]:
 def build_predictor(cfg: DictConfig) -> Predictor:
     """The model(s) ``cfg`` names (:func:`model_files`; release from ``cfg.data`` when given) with
     ``cfg.inference``'s settings; several models predict as an ensemble. Post-processing is the dataset's
-    rule (``data.postprocess``) with ``inference.postprocess``'s non-null keys replacing it
+    rule (``data.release.postprocess``) with ``inference.postprocess``'s non-null keys replacing it
     (:func:`~lightning_brats.inference.prediction.postprocessing_for`); where the runs hold a rule chosen on
     cross-validation (``postprocessing.yaml``, :mod:`lightning_brats.inference.postprocessing_tuning`) and
     ``tuned_postprocessing`` is true, its threshold and post-processing replace ``cfg.inference``'s.
@@ -99,7 +100,7 @@ def build_predictor(cfg: DictConfig) -> Predictor:
         from lightning_brats.inference.export import load_exported_model
 
         models += [load_exported_model(path, release, settings.device) for path in exported]
-    return Predictor(models, settings, postprocessing_for(models[0].data, settings.postprocess))
+    return Predictor(models, settings, postprocessing_for(models[0].release, settings.postprocess))
 
 
 def find_input_cases(cfg: DictConfig, model: TrainedModel) -> list[CaseSource]:
@@ -118,7 +119,7 @@ def find_input_cases(cfg: DictConfig, model: TrainedModel) -> list[CaseSource]:
     root = Path(cfg.input)
     if root.is_file():
         raise DataError(f"input={root} is a file; give its folder, or the modality files as files={{modality: path, ...}}")
-    cases = make_reader(model.data["layout"]).find_cases(root)
+    cases = make_reader(model.release.layout).find_cases(root)
     wanted = cfg.get("cases")
     if wanted:
         found = {c.case_id: c for c in cases}
@@ -222,6 +223,7 @@ def predict(cfg: DictConfig) -> dict:
     }
 
 
+@accept_flat_data_keys  # data.spacing=... for data.preprocessing.spacing=... (lightning_brats.data.data_config)
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="predict")
 @reports_bad_input
 def main(cfg: DictConfig) -> None:

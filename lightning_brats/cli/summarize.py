@@ -28,6 +28,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from lightning_brats.data.data_config import upgrade_data_config
 from lightning_brats.data.splits import FOLD_ALL
 from lightning_brats.evaluation.scoring import describe, read_csv
 from lightning_brats.io import find_job_dirs, no_job_folder, write_csv
@@ -116,11 +117,11 @@ def logged(row: dict, key: str) -> bool:
 
 
 def _region_order(job_dir: Path) -> list[str]:
-    """The region names of a job's config (``data.regions``), or ``[]`` when it cannot be read."""
+    """The region names of a job's config (``data.release.regions``), or ``[]`` when it cannot be read."""
     try:
         config = yaml.safe_load((job_dir / ".hydra" / "config.yaml").read_text())
-        regions = config["data"]["regions"]
-    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        regions = upgrade_data_config(config["data"])["release"]["regions"]  # a flat (older) job config too
+    except (OSError, KeyError, TypeError, AttributeError, yaml.YAMLError):
         return []
     if isinstance(regions, dict):
         return [str(name) for name in regions]

@@ -37,6 +37,7 @@ log = logging.getLogger("lightning_brats.train")
 
 # The configs: the checkout's conf/ or the installed package's (see lightning_brats/configs.py).
 from lightning_brats.configs import CONFIG_DIR, CONFIG_PATH  # noqa: F401  (CONFIG_DIR: for tests and tools)
+from lightning_brats.data.data_config import accept_flat_data_keys
 
 
 def _instantiate_dict(cfg: DictConfig | None) -> list:
@@ -136,6 +137,7 @@ def _finish_wandb(trainer: pl.Trainer) -> None:
         wandb.finish()
 
 
+@accept_flat_data_keys  # data.spacing=... for data.preprocessing.spacing=... (lightning_brats.data.data_config)
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 @reports_bad_input
 def main(cfg: DictConfig) -> float | None:

@@ -20,7 +20,9 @@ from rich.table import Table
 
 import lightning_brats  # noqa: F401  (registers resolvers)
 from lightning_brats.configs import CONFIG_PATH
+from lightning_brats.data.data_config import accept_flat_data_keys
 from lightning_brats.data.readers import DataError, load_case, make_reader
+from lightning_brats.data.release import Release
 from lightning_brats.inference.postprocessing_tuning import (
     TuningResult,
     tune_postprocessing,
@@ -58,12 +60,12 @@ def tune(cfg: DictConfig) -> TuningResult:
         ValueError, FileNotFoundError: see :func:`tune_postprocessing`, :func:`_run_folders`.
     """
     data = release_of(cfg.data)
-    regions = {str(k): [int(c) for c in v] for k, v in data["regions"].items()}
-    labels = {str(k): int(v) for k, v in data["labels"].items()}
+    release = Release.from_config(data["release"])
+    regions, labels, modalities = release.regions, release.labels, data["preprocessing"]["modalities"]
     settings = InferenceSettings.from_config(cfg.inference)
     folders = _run_folders(cfg)
     probabilities = Path(cfg.probabilities)
-    layout = make_reader(data["layout"])
+    layout = make_reader(release.layout)
     cases = [c for c in layout.find_cases(Path(cfg.ground_truth)) if c.label is not None]
     wanted = set(cfg.cases) if cfg.get("cases") else {c.case_id for c in cases
                                                        if output_paths(probabilities, c.case_id)["probabilities"].is_file()}
@@ -81,12 +83,12 @@ def tune(cfg: DictConfig) -> TuningResult:
                 probs = np.moveaxis(np.asarray(nib.load(str(path)).dataobj, dtype=np.float32), -1, 0)
             except Exception as exc:  # nibabel raises many types for corrupt files
                 raise DataError(f"{path}: cannot read the probabilities ({type(exc).__name__}: {exc})") from exc
-            truth = load_case(files, data["modalities"][:1], labels).label
+            truth = load_case(files, modalities[:1], labels).label
             log.info(f"{files.case_id}: probabilities {tuple(probs.shape)}")
             yield files.case_id, probs, truth
 
     result = tune_postprocessing(
-        load(), regions, settings, postprocessing_for(data, settings.postprocess), cfg.region,
+        load(), regions, settings, postprocessing_for(release, settings.postprocess), cfg.region,
         list(cfg.thresholds), list(cfg.min_voxels), float(cfg.min_gain),
     )
     output_dir = Path(cfg.output_dir)
@@ -115,6 +117,7 @@ def print_result(result: TuningResult, console: Console | None = None, top: int 
     (console or Console()).print(table)
 
 
+@accept_flat_data_keys  # data.spacing=... for data.preprocessing.spacing=... (lightning_brats.data.data_config)
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="tune_postprocessing")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point."""

@@ -8,7 +8,6 @@ the same class serves every dataset (BraTS releases, MSD Task01, LGG).
 
 from __future__ import annotations
 
-import functools
 import logging
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -25,6 +24,7 @@ from lightning_brats.data.context import check_context
 from lightning_brats.data.labels import labels_to_regions
 from lightning_brats.data.preprocess import CachedCase, PreprocessedCache
 from lightning_brats.data.readers import CaseReader, CaseSource, DataError, make_reader
+from lightning_brats.data.release import Release
 from lightning_brats.data.sampling import Augmentation, EpochSampler, TrainingSampleDataset
 from lightning_brats.data.settings import PreprocessingSettings
 from lightning_brats.data.splits import (
@@ -64,12 +64,14 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     Args:
         root: folder searched (recursively) for cases.
-        layout: the file layout: a mapping that names its reader and the reader's arguments
-            (``{reader: brats_folders, modality_suffixes: ..., ...}``, see
-            :func:`~lightning_brats.data.readers.make_reader`), or a reader already built.
-        modalities: modality names stacked as input channels, in this order.
-        labels: the release's label map, name -> code (e.g. ``{ncr_net: 1, ed: 2, et: 4}``).
-        regions: evaluated regions, name -> label codes (e.g. ``{wt: [1, 2, 4], ...}``).
+        release: the release's description, ``data.release`` (:class:`~lightning_brats.data.release.Release`
+            or its mapping): the file layout (the reader's name and arguments, or a reader already built),
+            the label codes and the regions (output channels, in order); its post-processing and
+            evaluation are prediction's and ``eval.py``'s, not read here.
+        preprocessing: the preprocessing plan, ``data.preprocessing``
+            (:class:`~lightning_brats.data.settings.PreprocessingSettings` or its mapping: modalities
+            stacked as input channels, spacing in mm, normalization, crop, crop_size), kept as
+            :attr:`preprocessing`, which keys the cache.
         sampling: ``"3d"`` (patches) or ``"2d"`` (axial slices).
         patch_size: ``[x, y, z]`` voxels for 3D; the first two are the slice size for 2D.
         context_slices: ``k``, 2D only: the network sees the ``2k + 1`` axial slices ``z - k ... z + k`` of
@@ -79,7 +81,6 @@ class SegmentationDataModule(pl.LightningDataModule):
         batch_size: samples per training step, all processes together (the GLOBAL batch). Under
             DDP each of the ``W`` processes takes ``batch_size // W`` of them
             (:attr:`rank_batch_size`); ``batch_size`` must be divisible by ``W``.
-        spacing: target voxel size in mm (3 values) or ``None`` to keep the original.
         oversample_foreground: fraction of each batch centred on a tumour voxel.
         samples_per_epoch: training samples per epoch, all processes together; an epoch is
             ``samples_per_epoch // batch_size`` steps (a last incomplete batch is not drawn).
@@ -108,9 +109,6 @@ class SegmentationDataModule(pl.LightningDataModule):
         notice: a message printed when the data are prepared (e.g. "these are synthetic").
         max_val_cases: validate on at most this many cases of the fold (``None``: all).
         preprocess_workers: processes preprocessing cases in parallel (on the first use only).
-        normalization, crop, crop_size: preprocessing options; with ``modalities`` and ``spacing``
-            they make :attr:`preprocessing` (:class:`~lightning_brats.data.settings.PreprocessingSettings`,
-            where their defaults and checks live).
         min_foreground_fraction: drop training cases (3D) or axial slices (2D) whose tumour
             voxels are a smaller share than this of the preprocessed case or slice; validation
             keeps every case. ``None`` or 0 keeps everything. The count dropped is logged.
@@ -118,12 +116,6 @@ class SegmentationDataModule(pl.LightningDataModule):
             preprocessing cache and the splits file (:meth:`prepare_data`), which suits a cache
             folder every node sees (a shared file system); ``True``: local rank 0 of every node
             does, for node-local cache folders. Other processes only read, after Lightning's barrier.
-        postprocess: the dataset's post-processing rule, ``{region, min_voxels}`` or ``None``,
-            read by prediction (:func:`~lightning_brats.inference.prediction.postprocessing_for`), not by training.
-        evaluation: the dataset's metric settings (``metrics``, ``lesion_wise``, ``lesionwise_validation``),
-            read by ``eval.py`` (see :mod:`lightning_brats.evaluation.lesion_metrics`) and, with
-            ``lesionwise_validation: true``, by the validation callback
-            (:class:`~lightning_brats.training.callbacks.lesionwise_validation.LesionwiseValidation`).
 
     Under DDP (Lightning sets :attr:`trainer` before :meth:`setup`) every process draws its own
     share of each global batch (see :class:`~lightning_brats.data.sampling.EpochSampler`) and the
@@ -132,33 +124,25 @@ class SegmentationDataModule(pl.LightningDataModule):
     processes with repeated cases, which would then count twice in the Dice).
 
     Raises:
-        ValueError: an unknown reader (see :func:`~lightning_brats.data.readers.make_reader`); an unknown
+        ValueError: an incomplete release (see :meth:`~lightning_brats.data.release.Release.from_config`); an
+            unknown reader (see :func:`~lightning_brats.data.readers.make_reader`); an unknown
             ``sampling``, or one the layout does not support (the LGG
             slices are 2D only); a modality the layout does not have; a ``patch_size`` with too few or non-positive values; a ``batch_size``
-<<<<<<< HEAD
-            below 1; a ``fold`` outside ``[0, num_folds)`` or fewer than 2 folds (without a
-            ``splits_file``, whose folds are checked in :meth:`setup`); ``samples_per_epoch``
-            smaller than ``batch_size``; a negative ``context_slices``, or one above 0 with 3D sampling;
-            invalid preprocessing settings (see
-=======
             below 1; a ``fold`` that is neither ``all`` nor a whole number, one outside ``[0, num_folds)`` or
             fewer than 2 folds (without a ``splits_file``, whose folds are checked in :meth:`setup`); ``samples_per_epoch``
-            smaller than ``batch_size``; invalid preprocessing settings (see
->>>>>>> cli-slim
+            smaller than ``batch_size``; a negative ``context_slices``, or one above 0 with 3D sampling;
+            invalid preprocessing settings (see
             :class:`~lightning_brats.data.settings.PreprocessingSettings`).
     """
 
     def __init__(
         self,
         root: str,
-        layout: CaseReader | Mapping,
-        modalities: Sequence[str],
-        labels: Mapping[str, int],
-        regions: Mapping[str, Sequence[int]],
+        release: Release | Mapping,
+        preprocessing: PreprocessingSettings | Mapping,
         sampling: str = "3d",
         patch_size: Sequence[int] = (128, 128, 128),
         batch_size: int = 2,
-        spacing: Sequence[float] | None = PreprocessingSettings.spacing,
         oversample_foreground: float = 0.33,
         samples_per_epoch: int = 500,
         num_folds: int = 5,
@@ -172,13 +156,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         max_val_cases: int | None = None,
         splits_file: str | None = None,
         preprocess_workers: int = 1,
-        normalization: str = PreprocessingSettings.normalization,
-        crop: str = PreprocessingSettings.crop,
-        crop_size: Sequence[int] | None = PreprocessingSettings.crop_size,
         min_foreground_fraction: float | None = None,
         prepare_data_per_node: bool = False,
-        postprocess: Mapping | None = None,
-        evaluation: Mapping | None = None,
         cache_dtype: str = "float32",
         context_slices: int = 0,
     ) -> None:
@@ -186,8 +165,15 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.prepare_data_per_node = prepare_data_per_node
         if sampling not in ("2d", "3d"):
             raise ValueError(f"data.sampling must be '2d' or '3d', got {sampling!r}")
-        #: the reader of ``data.layout`` (:class:`~lightning_brats.data.readers.CaseReader`)
-        self.reader = reader = make_reader(layout)
+        #: the release's description (``data.release``): layout, label codes, regions (the rest is prediction's)
+        self.release = release if isinstance(release, Release) else Release.from_config(release)
+        #: what the cache, validation and (through the checkpoint's data config) prediction preprocess with
+        self.preprocessing = (
+            preprocessing if isinstance(preprocessing, PreprocessingSettings) else PreprocessingSettings.from_config(preprocessing)
+        )
+        modalities = self.preprocessing.modalities
+        #: the reader of ``data.release.layout`` (:class:`~lightning_brats.data.readers.CaseReader`)
+        self.reader = reader = make_reader(self.release.layout)
         if sampling not in reader.sampling:
             raise ValueError(
                 f"data.sampling={sampling} is not possible with this dataset's layout ({reader.describe()}): it supports "
@@ -201,11 +187,9 @@ class SegmentationDataModule(pl.LightningDataModule):
                 f"its modalities are {reader.modalities} ({reader.describe()})"
             )
         self.root = Path(root)
-        #: what the cache, validation and (through the checkpoint's data config) prediction preprocess with
-        self.preprocessing = PreprocessingSettings(modalities, spacing, normalization, crop, crop_size)
-        self.modalities = list(self.preprocessing.modalities)
-        self.labels = {str(k): int(v) for k, v in labels.items()}
-        self.regions = {str(k): [int(v) for v in vs] for k, vs in regions.items()}
+        self.modalities = list(modalities)
+        self.labels = dict(self.release.labels)
+        self.regions = {k: list(v) for k, v in self.release.regions.items()}
         self.sampling = sampling
         self.spatial_dims = int(sampling[0])
         #: neighbouring slices on each side as input channels (2D; :mod:`lightning_brats.data.context`)
@@ -245,7 +229,6 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.splits_file = splits_file
         self.preprocess_workers = preprocess_workers
         self.min_foreground_fraction = min_foreground_fraction
-        self.postprocess, self.evaluation = postprocess, evaluation
         self.cache = PreprocessedCache(
             cache_dir,
             self.root.resolve().name,
@@ -495,17 +478,24 @@ def _has_cases(reader: CaseReader, root: Path) -> bool:
 class BratsDataModule(SegmentationDataModule):
     """Deprecated name of :class:`SegmentationDataModule` (which serves MSD and LGG too), kept so that
     configs and checkpoints holding ``_target_: lightning_brats.data.datamodule.BratsDataModule`` still
-    load; it warns once per construction. Its state in checkpoints stays under ``BratsDataModule``."""
+    load; it warns once per construction. It takes the arguments of either shape of ``data`` config: the
+    flat one of its time (``layout``, ``regions``, ``spacing``, ... beside the datamodule's arguments) is
+    moved into ``release`` and ``preprocessing`` by :func:`~lightning_brats.data.data_config.upgrade_data_config`.
+    Its state in checkpoints stays under ``BratsDataModule``.
 
-    @functools.wraps(SegmentationDataModule.__init__)  # the same signature (checked by PreprocessingSettings)
+    Raises:
+        ValueError, TypeError: as :class:`SegmentationDataModule`."""
+
     def __init__(self, *args, **kwargs) -> None:
+        from lightning_brats.data.data_config import upgrade_data_config
+
         warnings.warn(
             "lightning_brats.data.datamodule.BratsDataModule is deprecated: set data._target_ to "
             "lightning_brats.data.datamodule.SegmentationDataModule (the same class under its new name)",
             FutureWarning,
             stacklevel=2,
         )
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, **upgrade_data_config(kwargs))
 
 
 #: names the datamodule's state was saved under in checkpoints before it was renamed

@@ -45,21 +45,35 @@ batch path syncs only when low resolution is on).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-#: the settings, in application order; their values are probabilities per sample
-PROBABILITY_FIELDS = (
-    "noise_prob", "blur_prob", "brightness_prob", "contrast_prob", "low_res_prob", "inverted_gamma_prob", "gamma_prob"
+# the probabilities' names and defaults (torch-free, so importing lightning_brats registers them cheaply)
+from lightning_brats.data.intensity_settings import (
+    PROBABILITY_FIELDS,
+    IntensityProbabilities,
+    register_config_defaults,
 )
-#: nnU-Net v2's apply probabilities (``nnUNetTrainer.get_training_transforms``)
-NNUNET_PROBABILITIES = {
-    "noise_prob": 0.1, "blur_prob": 0.2, "brightness_prob": 0.15, "contrast_prob": 0.15,
-    "low_res_prob": 0.25, "inverted_gamma_prob": 0.1, "gamma_prob": 0.3,
-}
+
+
+def __getattr__(name: str):
+    """``NNUNET_PROBABILITIES``: nnU-Net v2's apply probabilities (``nnUNetTrainer.get_training_transforms``),
+    ``{"noise_prob": 0.1, ...}``, read from ``conf/augment/nnunet.yaml`` (``augment=nnunet``), where they are
+    written once."""
+    if name != "NNUNET_PROBABILITIES":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from omegaconf import OmegaConf
+
+    from lightning_brats.configs import CONFIG_DIR
+
+    values = OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / "augment" / "nnunet.yaml"))
+    return {key: float(values[key]) for key in PROBABILITY_FIELDS}
+
+
 NOISE_SD = (0.0, 0.1)            # nnU-Net's noise_variance, used by batchgeneratorsv2 as the SD
 BLUR_SIGMA = (0.5, 1.0)          # voxels
 BLUR_CHANNEL_PROB = 0.5
@@ -74,29 +88,17 @@ BLUR_TAPS = 7
 
 
 @dataclass(frozen=True)
-class IntensityAugmentation:
+class IntensityAugmentation(IntensityProbabilities):
     """nnU-Net's intensity augmentations (table in the module docstring), each with its probability per sample.
 
     Args:
         noise_prob, blur_prob, brightness_prob, contrast_prob, low_res_prob, inverted_gamma_prob, gamma_prob:
-            probability in ``[0, 1]`` that a sample gets the transform (nnU-Net's: :data:`NNUNET_PROBABILITIES`).
+            probability in ``[0, 1]`` that a sample gets the transform (:class:`IntensityProbabilities`;
+            nnU-Net's: :data:`NNUNET_PROBABILITIES`).
 
     Raises:
         ValueError: a probability outside ``[0, 1]``.
     """
-
-    noise_prob: float = 0.0
-    blur_prob: float = 0.0
-    brightness_prob: float = 0.0
-    contrast_prob: float = 0.0
-    low_res_prob: float = 0.0
-    inverted_gamma_prob: float = 0.0
-    gamma_prob: float = 0.0
-
-    def __post_init__(self) -> None:
-        for name, value in asdict(self).items():
-            if not 0.0 <= float(value) <= 1.0:
-                raise ValueError(f"data.augment.{name}={value!r}: expected a probability in [0, 1]")
 
     @classmethod
     def from_settings(cls, settings: Mapping) -> IntensityAugmentation:
@@ -106,7 +108,7 @@ class IntensityAugmentation:
     @property
     def enabled(self) -> bool:
         """Whether any transform has a non-zero probability."""
-        return any(value > 0 for value in asdict(self).values())
+        return any(getattr(self, name) > 0 for name in PROBABILITY_FIELDS)
 
     def draw(
         self, batch: int, channels: int, dims: int, generator: torch.Generator, device: torch.device | str = "cpu"
@@ -392,13 +394,14 @@ def intensity_seed(rng: np.random.Generator) -> int:
     return int(rng.integers(0, 2**62))
 
 
-__all__ = [
-    "NNUNET_PROBABILITIES",
+__all__ = [  # and NNUNET_PROBABILITIES, read from conf/augment/nnunet.yaml on access (module __getattr__)
     "PROBABILITY_FIELDS",
     "IntensityAugmentation",
+    "IntensityProbabilities",
     "gamma_retaining_stats",
     "gaussian_blur",
     "gaussian_kernels",
     "intensity_seed",
+    "register_config_defaults",
     "simulate_low_resolution",
 ]

@@ -23,7 +23,11 @@ from lightning_brats.data.context import (
     stack_axial,
     stack_slice,
 )
-from lightning_brats.data.intensity_augment import IntensityAugmentation, intensity_seed
+from lightning_brats.data.intensity_augment import (
+    IntensityAugmentation,
+    IntensityProbabilities,
+    intensity_seed,
+)
 from lightning_brats.data.labels import labels_to_regions
 from lightning_brats.data.preprocess import CachedCase
 
@@ -297,7 +301,7 @@ AUGMENT_DEVICES = ("cpu", "batch")
 
 
 @dataclass(frozen=True)
-class Augmentation:
+class Augmentation(IntensityProbabilities):
     """Training-time augmentation, as in nnU-Net and MONAI's BraTS tutorial.
 
     Attributes:
@@ -322,9 +326,9 @@ class Augmentation:
             ``"batch"``: the dataset leaves samples alone and the same transforms run on whole
             batches on the training device (:class:`~lightning_brats.data.batch_augment.BatchAugmentation`).
         noise_prob, blur_prob, brightness_prob, contrast_prob, low_res_prob, inverted_gamma_prob, gamma_prob:
-            probabilities per sample of nnU-Net's intensity augmentations, applied after the above
-            (:class:`~lightning_brats.data.intensity_augment.IntensityAugmentation`; 0, the default, switches
-            one off; ``augment=nnunet`` sets nnU-Net's). When all are 0 the sample's random stream is
+            probabilities per sample of nnU-Net's intensity augmentations, applied after the above, inherited
+            with their defaults from :class:`~lightning_brats.data.intensity_augment.IntensityProbabilities`
+            (0 switches one off; ``augment=nnunet`` sets nnU-Net's). When all are 0 the sample's random stream is
             the same as without them.
 
     Raises:
@@ -340,15 +344,9 @@ class Augmentation:
     elastic_prob: float = 0.0
     elastic_scale: tuple[float, float] = (0.0, 0.25)
     device: str = "cpu"
-    noise_prob: float = 0.0
-    blur_prob: float = 0.0
-    brightness_prob: float = 0.0
-    contrast_prob: float = 0.0
-    low_res_prob: float = 0.0
-    inverted_gamma_prob: float = 0.0
-    gamma_prob: float = 0.0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.device not in AUGMENT_DEVICES:
             raise ValueError(f"data.augment.device={self.device!r}: expected one of {list(AUGMENT_DEVICES)}")
         from lightning_brats.data.batch_augment import elastic_range

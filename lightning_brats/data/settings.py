@@ -2,8 +2,9 @@
 
 A network only works on inputs prepared the way it was trained on, so what changes the
 preprocessed arrays is defined once, here, with its defaults: :class:`PreprocessingSettings`,
-built from a ``data`` config by :meth:`PreprocessingSettings.from_data`, whether that config is
-the composed ``cfg.data`` of a training run or the resolved one a checkpoint carries
+built from a ``data`` config's preprocessing plan (``data.preprocessing``) by
+:meth:`PreprocessingSettings.from_config`, whether that config is the composed ``cfg.data`` of a
+training run or the resolved one a checkpoint carries
 (:data:`~lightning_brats.training.checkpoints.CONFIG_KEY`). The preprocessing cache keys its folder by it
 (:class:`~lightning_brats.data.preprocess.PreprocessedCache`) and the predictor preprocesses
 with it, so the two cannot drift apart. nnU-Net keeps the same rule with its plans object
@@ -13,8 +14,6 @@ with it, so the two cannot drift apart. nnU-Net keeps the same rule with its pla
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -25,9 +24,9 @@ from lightning_brats.data.normalization import CROPS, NORMALIZATIONS
 class PreprocessingSettings:
     """Everything that decides what a case looks like after preprocessing.
 
-    The ``data.*`` keys of the same names set them; a key missing from a ``data`` config (a
-    checkpoint trained before the option existed) takes the default given here, the only
-    place the defaults are written in code.
+    The ``data.preprocessing.*`` keys of the same names set them (``data.spacing=...`` on a command
+    line is read as ``data.preprocessing.spacing``); a key missing from a plan (a checkpoint trained
+    before the option existed) takes the default given here, the only place the defaults are written.
 
     Attributes:
         modalities: modality names stacked as input channels, in this order.
@@ -72,33 +71,53 @@ class PreprocessingSettings:
             )
 
     @classmethod
-    def from_data(cls, data: Mapping, source: str | None = None) -> PreprocessingSettings:
-        """The settings of a ``data`` config: the one way from a config to the settings.
+    def from_config(cls, plan: Mapping, source: str | None = None) -> PreprocessingSettings:
+        """The settings a preprocessing plan states (``data.preprocessing``: this class's fields).
 
         Args:
-            data: a ``data`` config (a mapping, e.g. ``cfg.data`` or the resolved ``data`` a
-                checkpoint carries); keys other than the settings' are ignored unless
-                ``source`` is given.
-            source: what ``data`` comes from (e.g. ``"checkpoint run/epoch_011.ckpt"``). When
-                given, ``data`` must be one this version can reproduce: every key must be an
-                argument of its ``_target_`` (the datamodule), so a setting added after this
-                version (which might change the preprocessing) is refused rather than ignored.
+            plan: a mapping of this class's fields (OmegaConf or plain); a field it lacks (a
+                checkpoint trained before the option existed) takes the default given here.
+            source: what ``plan`` comes from (e.g. ``"checkpoint run/epoch_011.ckpt"``); errors then
+                start with it.
 
         Raises:
-            ValueError: an invalid or unknown setting; with ``source``, the message starts with
-                it and names the ``data.`` key.
+            ValueError: an invalid setting, a missing ``modalities``, or a key that is not a field: a
+                setting added after this version, which might change the preprocessing, is refused
+                rather than ignored (named as ``data.preprocessing.<key>``).
         """
         try:
-            if source is not None:
-                _check_known_keys(data)
-            values = {f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data}
-            if "modalities" not in values:
-                raise ValueError("data.modalities is missing: the network's input channels are unknown")
-            return cls(**values)
+            names = [f.name for f in dataclasses.fields(cls)]
+            unknown = sorted(str(k) for k in plan if k not in names)
+            if unknown:
+                keys = ", ".join(f"data.preprocessing.{k}" for k in unknown)
+                raise ValueError(
+                    f"{keys}: not a preprocessing setting this version of lightning-brats knows ({names}), so it "
+                    "cannot tell what it changes; use the version that wrote it"
+                )
+            if plan.get("modalities") is None:
+                raise ValueError("data.preprocessing.modalities is missing: the network's input channels are unknown")
+            return cls(**{name: plan[name] for name in names if name in plan})
         except ValueError as exc:
             if source is None:
                 raise
             raise ValueError(f"{source}: cannot reproduce its preprocessing: {exc}") from exc
+
+    @classmethod
+    def from_data(cls, data: Mapping, source: str | None = None) -> PreprocessingSettings:
+        """The settings of a whole ``data`` config: its ``preprocessing`` plan (:meth:`from_config`).
+
+        Args:
+            data: a ``data`` config of this version (``cfg.data``) or the resolved one a checkpoint
+                carries, in either shape: a flat one written before the ``data`` config was split
+                is read through :func:`~lightning_brats.data.data_config.upgrade_data_config`.
+            source: as in :meth:`from_config`.
+
+        Raises:
+            ValueError: as :meth:`from_config`.
+        """
+        from lightning_brats.data.data_config import upgrade_data_config
+
+        return cls.from_config(upgrade_data_config(data)["preprocessing"], source)
 
     def as_record(self) -> dict:
         """Plain JSON-able values (lists, not tuples), key -> value, as the cache fingerprints them."""
@@ -109,21 +128,4 @@ class PreprocessingSettings:
             "crop": self.crop,
             "crop_size": None if self.crop_size is None else list(self.crop_size),
         }
-
-
-def _check_known_keys(data: Mapping) -> None:
-    """Raise ``ValueError`` for a key of ``data`` its ``_target_`` (the datamodule class) does not take."""
-    target = str(data.get("_target_"))
-    module, _, name = target.rpartition(".")
-    try:
-        parameters = inspect.signature(getattr(importlib.import_module(module), name)).parameters
-    except (ImportError, AttributeError, ValueError, TypeError) as exc:
-        raise ValueError(f"data._target_={target!r} is not a datamodule of this version ({exc})") from exc
-    unknown = sorted(str(k) for k in data if k != "_target_" and k not in parameters)
-    if unknown:
-        names = ", ".join(f"data.{k}" for k in unknown)
-        raise ValueError(
-            f"{names}: not a setting this version of lightning-brats knows ({target} takes {sorted(parameters)}), "
-            "so it cannot tell whether it changes the preprocessing; use the version that trained the checkpoint"
-        )
 

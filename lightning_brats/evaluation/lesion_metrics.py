@@ -383,20 +383,20 @@ def check_settings(definition: str, settings: Mapping | None, regions: Mapping[s
         return
     if not settings or any(k not in settings for k in ("dilation", "min_volume", "hd95_penalty")):
         raise ValueError(
-            f"metrics={definition} needs data.evaluation.lesion_wise with dilation, min_volume and hd95_penalty "
+            f"metrics={definition} needs data.release.evaluation.lesion_wise with dilation, min_volume and hd95_penalty "
             f"(got {settings}); use a data config that has them (brats20, brats23) or add them with "
-            "+data.evaluation.lesion_wise='{dilation: 3, min_volume: {wt: 50, tc: 50, et: 50}, hd95_penalty: 374}'"
+            "+data.release.evaluation.lesion_wise='{dilation: 3, min_volume: {wt: 50, tc: 50, et: 50}, hd95_penalty: 374}'"
         )
     missing = [r for r in regions if r not in settings["min_volume"]]
     if missing:
         raise ValueError(
-            f"data.evaluation.lesion_wise.min_volume has no value for regions {missing} (it has {dict(settings['min_volume'])})"
+            f"data.release.evaluation.lesion_wise.min_volume has no value for regions {missing} (it has {dict(settings['min_volume'])})"
         )
     for region, partners in (settings.get("merge_across") or {}).items():
         unknown = [r for r in (region, *partners) if r not in regions]
         if unknown:
             raise ValueError(
-                f"data.evaluation.lesion_wise.merge_across.{region}={list(partners)} names regions {unknown} that are "
+                f"data.release.evaluation.lesion_wise.merge_across.{region}={list(partners)} names regions {unknown} that are "
                 f"not scored (the scored regions are {list(regions)})"
             )
 

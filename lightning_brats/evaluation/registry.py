@@ -205,7 +205,7 @@ for _spec in (
     MetricSpec("lesionwise_dice", "Lesion-wise Dice", "", True, definitions=LESION_WISE_DEFINITIONS,
                source=f"{_SALUJA}; {_PANOPTICA} (sq_dsc)"),
     MetricSpec("lesionwise_hd95", "Lesion-wise HD95", "mm", False, definitions=LESION_WISE_DEFINITIONS,
-               source=f"{_SALUJA} (penalty: data.evaluation.lesion_wise.hd95_penalty); {_PANOPTICA} (sq_hd95, infinite -> 373)"),
+               source=f"{_SALUJA} (penalty: data.release.evaluation.lesion_wise.hd95_penalty); {_PANOPTICA} (sq_hd95, infinite -> 373)"),
     MetricSpec("lesionwise_tp", "Detected lesions", "lesions", True, definitions=LESION_WISE_DEFINITIONS,
                source=_SALUJA),
     MetricSpec("lesionwise_fp", "False-positive lesions", "lesions", False, definitions=LESION_WISE_DEFINITIONS,

@@ -1,7 +1,7 @@
 """Scoring label maps like the BraTS challenge: per case and region, then summary statistics.
 
 Regions (WT, TC, ET) are scored, not labels: each is the set of voxels whose label is one of
-the region's codes in ``data.regions``. Per case and region: every metric of
+the region's codes in ``data.release.regions``. Per case and region: every metric of
 :mod:`lightning_brats.evaluation.registry` with a compute function (built in: Dice, HD95 (mm),
 sensitivity, specificity and volumes (mL), with the BraTS empty-mask conventions of
 :func:`~lightning_brats.evaluation.metrics.case_region_metrics`; always computed), plus, for

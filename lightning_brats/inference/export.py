@@ -35,9 +35,10 @@ import torch
 from torch import nn
 
 from lightning_brats.data.context import channel_names
+from lightning_brats.data.data_config import MOVED_KEYS, PARTS, upgrade_data_config
 from lightning_brats.data.normalization import NORMALIZATIONS
 from lightning_brats.inference.prediction import (
-    INFERENCE_KEYS,
+    WINDOW_KEYS,
     TrainedModel,
     load_trained_model,
     resolve_device,
@@ -76,7 +77,8 @@ def export_metadata(model: TrainedModel, fmt: str, dynamic: bool, inference: Map
     """Everything a deployment needs besides the network's weights, as JSON-ready values.
 
     Args:
-        model: the checkpoint's model (its ``data`` config gives the :data:`INFERENCE_KEYS`).
+        model: the checkpoint's model (its ``data`` config gives the release, the preprocessing plan and
+            the :data:`~lightning_brats.inference.prediction.WINDOW_KEYS`).
         fmt: ``"onnx"`` or ``"torchscript"``.
         dynamic: whether the file takes any spatial size (multiples of ``divisor``) or only ``patch_size``.
         inference: the recommended inference settings (``conf/inference``): threshold, overlap,
@@ -84,13 +86,17 @@ def export_metadata(model: TrainedModel, fmt: str, dynamic: bool, inference: Map
         extra: more keys (e.g. exporter and opset).
 
     Returns:
-        a flat dict: the :data:`INFERENCE_KEYS` (``modalities``, ``context_slices`` (2.5D: the input holds
-        ``2k + 1`` slices per modality, named in ``input.channels``), ``spacing`` in mm or ``None`` for
-        the original grid, ``normalization``, ``crop``, ``crop_size``, ``patch_size`` in voxels,
-        ``sampling``, ``regions`` name -> label codes, ``labels`` name -> code, ``layout``) and
+        a flat dict (the file format keeps the keys of the flat ``data`` config it was defined with): the
+        preprocessing plan's fields (``modalities``, ``spacing`` in mm or ``None`` for the original grid,
+        ``normalization``, ``crop``, ``crop_size``), the release's but its evaluation (``layout``, ``labels``
+        name -> code, ``regions`` name -> label codes, ``postprocess``), ``patch_size`` in voxels,
+        ``sampling``, ``context_slices`` (2.5D: the input holds ``2k + 1`` slices per modality, named in
+        ``input.channels``), and
         ``spatial_dims``, ``input``/``output`` descriptions, ``threshold``, ``inference``, ...
     """
-    data = {k: _plain(model.data[k]) for k in INFERENCE_KEYS if k in model.data}
+    # the scoring definition (release.evaluation) is eval.py's, not the deployment's: left out, as always
+    data = {k: _plain(v) for part in PARTS for k, v in model.data[part].items() if k != "evaluation"}
+    data.update({k: _plain(model.data[k]) for k in WINDOW_KEYS if k in model.data})
     dims = len(model.patch_size)
     axes = ["N", "C", "X", "Y", "Z"][: 2 + dims]
     inference = dict(_plain(inference) or {})
@@ -204,7 +210,8 @@ def load_exported_model(path: str | Path, release: Mapping | None = None, device
     path = Path(path)
     target = resolve_device(device)
     net, metadata = _load(path, target)
-    data = with_release({k: metadata[k] for k in INFERENCE_KEYS if k in metadata}, release, path)
+    flat = {k: metadata[k] for k in metadata if k in MOVED_KEYS or k in WINDOW_KEYS}
+    data = with_release(upgrade_data_config(flat), release, path)
     return TrainedModel(net, data, path, target)
 
 

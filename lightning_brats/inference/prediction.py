@@ -5,7 +5,7 @@ The checkpoint carries the resolved ``data`` and ``model`` config of its trainin
 modalities and preprocessing (crop, normalisation, spacing) without being told: both read
 :class:`~lightning_brats.data.settings.PreprocessingSettings` from that ``data`` config, and a
 checkpoint whose preprocessing this version cannot reproduce is refused. The files'
-release (layout, label codes, regions) may be replaced, e.g. a BraTS 2020 model predicting
+release (``data.release``: layout, label codes, regions, post-processing) may be replaced, e.g. a BraTS 2020 model predicting
 BraTS 2023 files, as long as the modalities and region names match the network's channels.
 
 Several models (the folds of a cross-validation, a multirun's jobs, exported files) predict as
@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import logging
 import os
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,9 +33,11 @@ import torch
 from torch import nn
 
 from lightning_brats.data.context import input_channels
+from lightning_brats.data.data_config import upgrade_data_config
 from lightning_brats.data.labels import region_tree, regions_to_labels, small_components_to
 from lightning_brats.data.preprocess import preprocess_case, resample_to_crop, uncrop
 from lightning_brats.data.readers import CaseFiles, CaseSource, DataError, LoadedCase, load_case
+from lightning_brats.data.release import DEFAULT_POSTPROCESS, Release
 from lightning_brats.data.settings import PreprocessingSettings
 from lightning_brats.inference.sliding_window import InferenceSettings, predict_probabilities
 from lightning_brats.io import atomic_save
@@ -43,30 +47,54 @@ from lightning_brats.training.module import SegmentationModule, window_size
 
 log = logging.getLogger(__name__)
 
-#: Keys of a ``data`` config that describe the files' release rather than the network's input:
-#: these may be replaced at prediction time (``data=brats23``); the rest comes from the checkpoint.
-RELEASE_KEYS = ("layout", "labels", "regions", "postprocess")
+#: What an exported file's metadata records of its ``data`` config beside the release and the preprocessing
+#: plan: the sliding window's dimensionality and size, and the 2.5D context (slices on each side as channels).
+WINDOW_KEYS = ("sampling", "context_slices", "patch_size")
 
-#: Keys of a ``data`` config that set the preprocessing (the arguments of
-#: :func:`~lightning_brats.data.preprocess.preprocess_case`).
-PREPROCESSING_KEYS = ("spacing", "normalization", "crop", "crop_size")
 
-#: What a model needs from its ``data`` config to segment a case: the release, its channels,
-#: the sliding window and the preprocessing (an exported model's metadata holds these).
-INFERENCE_KEYS = (*RELEASE_KEYS, "modalities", "sampling", "context_slices", "patch_size", *PREPROCESSING_KEYS)
+def __getattr__(name: str):
+    """The key tuples this module had while the ``data`` config was flat (``RELEASE_KEYS``,
+    ``PREPROCESSING_KEYS``, ``INFERENCE_KEYS``, ``ENSEMBLE_KEYS``), derived from the parts' fields, with a
+    ``DeprecationWarning``: read :class:`~lightning_brats.data.release.Release` and
+    :class:`~lightning_brats.data.settings.PreprocessingSettings` (``data.release``, ``data.preprocessing``)."""
+    release = tuple(f.name for f in dataclasses.fields(Release))
+    plan = tuple(f.name for f in dataclasses.fields(PreprocessingSettings))
+    old = {
+        "RELEASE_KEYS": release,
+        "PREPROCESSING_KEYS": plan[1:],
+        "INFERENCE_KEYS": (*release, *plan, *WINDOW_KEYS),
+        "ENSEMBLE_KEYS": (*plan, "regions", "labels"),
+    }
+    if name not in old:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(
+        f"lightning_brats.inference.prediction.{name} is deprecated: a data config holds its release "
+        "(data.release, lightning_brats.data.release.Release) and its preprocessing plan (data.preprocessing, "
+        "PreprocessingSettings) as parts of their own",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return old[name]
 
-#: What the models of an ensemble must share: channels in and out, label codes, preprocessing.
-ENSEMBLE_KEYS = ("modalities", "regions", "labels", *PREPROCESSING_KEYS)
+
+def _plain(value):
+    """OmegaConf containers as plain (resolved) dicts and lists; other values as they are."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else copy.deepcopy(value)
 
 
 def release_of(data) -> dict:
-    """What ``predict.py`` and ``eval.py`` take from a composed ``data`` config (``data=<release>``):
-    the :data:`RELEASE_KEYS` and the ``modalities`` (to check them against the network), resolved
-    to plain containers; training keys (root, seed, cache) are left out."""
-    from omegaconf import OmegaConf
+    """What ``predict.py`` and ``eval.py`` take from a composed ``data`` config (``data=<release>``): its
+    release (``data.release``, whole) and its input modalities (``data.preprocessing.modalities``, to check
+    them against the network), plain, in the ``data`` config's shape; the training settings (root, seed,
+    cache) are left out. A flat (pre-split) config is read as well.
 
-    return {k: OmegaConf.to_container(data[k], resolve=True) if OmegaConf.is_config(data[k]) else data[k]
-            for k in (*RELEASE_KEYS, "modalities") if k in data}
+    Returns:
+        ``{"release": {...}, "preprocessing": {"modalities": [...]}}``.
+    """
+    data = upgrade_data_config(data)
+    return {"release": _plain(data["release"]), "preprocessing": {"modalities": _plain(data["preprocessing"]["modalities"])}}
 
 
 @dataclass
@@ -75,8 +103,9 @@ class TrainedModel:
 
     Attributes:
         net: the network in eval mode, on ``device``: maps ``(N, C, *patch)`` to ``(N, R, *patch)`` logits.
-        data: the ``data`` config for prediction: the checkpoint's, with the release keys
-            (:data:`RELEASE_KEYS`) replaced when asked.
+        data: the ``data`` config for prediction, in the current shape (a checkpoint's flat one is mapped
+            by :func:`~lightning_brats.data.data_config.upgrade_data_config`): the checkpoint's, with its
+            ``release`` replaced when asked; ``data["preprocessing"]`` is the training run's plan.
         checkpoint: the checkpoint file (or the exported ``.onnx`` / ``.pt`` file).
         device: where the network runs.
     """
@@ -87,20 +116,25 @@ class TrainedModel:
     device: torch.device
 
     @property
-    def modalities(self) -> list[str]:
-        """Input channels, in order."""
-        return list(self.data["modalities"])
+    def release(self) -> Release:
+        """The files' release (:attr:`data` ``["release"]``): layout, label codes, regions, rules."""
+        return Release.from_config(self.data["release"])
 
     @property
     def preprocessing(self) -> PreprocessingSettings:
-        """The training run's preprocessing, from the checkpoint's ``data`` config (the release keys
-        :data:`RELEASE_KEYS` a release replaces do not take part in it)."""
-        return PreprocessingSettings.from_data(self.data)
+        """The training run's preprocessing plan, from the checkpoint's ``data.preprocessing`` (a release
+        replaced at prediction time does not take part in it)."""
+        return PreprocessingSettings.from_config(self.data["preprocessing"])
+
+    @property
+    def modalities(self) -> list[str]:
+        """Input channels, in order."""
+        return list(self.preprocessing.modalities)
 
     @property
     def regions(self) -> dict[str, list[int]]:
         """Output channels (region name -> label codes of the files' release), in order."""
-        return {str(k): [int(c) for c in v] for k, v in self.data["regions"].items()}
+        return self.release.regions
 
     @property
     def patch_size(self) -> list[int]:
@@ -125,8 +159,9 @@ def load_trained_model(ckpt_path: str | Path, release: Mapping | None = None, de
     Args:
         ckpt_path: a ``.ckpt`` written by ``train.py`` (read by
             :func:`~lightning_brats.training.checkpoints.load_checkpoint`, ``weights_only=True``).
-        release: a ``data`` config (e.g. ``conf/data/brats23.yaml`` composed) whose
-            :data:`RELEASE_KEYS` replace the checkpoint's; ``None`` keeps the checkpoint's release.
+        release: a ``data`` config (e.g. ``conf/data/brats23.yaml`` composed, or :func:`release_of` it)
+            whose release (``data.release``) replaces the checkpoint's, part by part (:func:`with_release`);
+            ``None`` keeps the checkpoint's.
         device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
 
     Raises:
@@ -134,9 +169,9 @@ def load_trained_model(ckpt_path: str | Path, release: Mapping | None = None, de
         lightning_brats.training.checkpoints.CheckpointError: (a ``ValueError``) the file is empty,
             truncated, not a PyTorch file, a plain state dict or another project's checkpoint.
         ValueError: its preprocessing cannot be reproduced by this version (an unknown
-            ``data.normalization`` or ``data.crop``, or a ``data`` key this version does not know; the
+            ``data.normalization`` or ``data.crop``, or a preprocessing key this version does not know; the
             message names the checkpoint and the key, see
-            :meth:`~lightning_brats.data.settings.PreprocessingSettings.from_data`); or the release's
+            :meth:`~lightning_brats.data.settings.PreprocessingSettings.from_config`); or the release's
             modalities or region names differ from the network's channels.
     """
     path = Path(ckpt_path)
@@ -144,9 +179,9 @@ def load_trained_model(ckpt_path: str | Path, release: Mapping | None = None, de
         raise FileNotFoundError(f"ckpt_path={path}: no such checkpoint file")
     # memory-mapped, weights_only=True: the config is checked before any weight is read
     checkpoint = load_checkpoint(path, mmap=True)  # a clear CheckpointError for a corrupt or foreign file
-    data = copy.deepcopy(training_config(checkpoint, path)["data"])
+    data = copy.deepcopy(training_config(checkpoint, path)["data"])  # in the current shape, whatever wrote it
     del checkpoint
-    PreprocessingSettings.from_data(data, source=f"checkpoint {path}")  # refuses what this version cannot reproduce
+    PreprocessingSettings.from_config(data["preprocessing"], source=f"checkpoint {path}")  # refuses what this version cannot reproduce
     data = with_release(data, release, path)
     # Lightning's restore (weights_only=True), the network only: no torch.compile for inference
     net = SegmentationModule.load_from_checkpoint(path, map_location="cpu", compile=False).net
@@ -159,8 +194,18 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
 
 
+def channels_of(data: Mapping) -> dict:
+    """``{"modalities": [...], "regions": {...}}`` of a ``data`` config in the current shape: the network's
+    input and output channels, as :func:`~lightning_brats.training.checkpoints.check_same_channels` compares them."""
+    return {"modalities": list(data["preprocessing"]["modalities"]), "regions": data["release"]["regions"]}
+
+
 def with_release(data: dict, release: Mapping | None, path: Path) -> dict:
-    """``data`` with the :data:`RELEASE_KEYS` (and modalities) of ``release`` when given.
+    """``data`` (current shape) with the release of ``release`` (a ``data`` config, either shape) when given.
+
+    Every part the given release states replaces the checkpoint's (layout, label codes and regions: every
+    release config states them); a part it leaves out (``postprocess``, ``evaluation``; e.g. ``msd_task01``
+    states neither) stays the checkpoint's, as it always did.
 
     Raises:
         ValueError: the release's modalities or region names differ from the network's
@@ -168,40 +213,43 @@ def with_release(data: dict, release: Mapping | None, path: Path) -> dict:
     """
     if not release:
         return data
-    wanted = {**data, **{k: release[k] for k in RELEASE_KEYS if k in release}}
-    wanted["modalities"] = list(release.get("modalities", data["modalities"]))
+    given = release_of(release)
+    wanted = {**data, "release": {**data["release"], **given["release"]}}
     try:
-        check_same_channels(data, wanted)
+        check_same_channels(channels_of(data), channels_of(given))
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from exc
     return wanted
 
 
-def _comparable(value):
-    """Mappings as lists of items (their order is the channel order), sequences as lists."""
-    if isinstance(value, Mapping):
-        return [(str(k), _comparable(v)) for k, v in value.items()]
-    if isinstance(value, (list, tuple)):
-        return [_comparable(v) for v in value]
-    return value
+def _ensemble_settings(model: TrainedModel) -> dict:
+    """What the models of an ensemble must share, ``data`` path -> value: the preprocessing plan (channels
+    in), the regions (channels out, in order) and the label codes."""
+    release = model.release
+    return {
+        **{f"preprocessing.{k}": v for k, v in model.preprocessing.as_record().items()},
+        "release.regions": list(release.regions.items()),
+        "release.labels": list(release.labels.items()),
+    }
 
 
 def check_ensemble(models: Sequence[TrainedModel]) -> None:
-    """Check that models can be averaged: same :data:`ENSEMBLE_KEYS` (modalities, regions,
-    label codes, preprocessing) as the first. Their networks, patch sizes and dimensionality
-    may differ (nnU-Net ensembles its 2D and 3D configurations).
+    """Check that models can be averaged: the same preprocessing plan (modalities, spacing,
+    normalisation, crop), regions and label codes as the first. Their networks, patch sizes and
+    dimensionality may differ (nnU-Net ensembles its 2D and 3D configurations).
 
     Raises:
         ValueError: names the first model that differs, the setting, and both values.
     """
-    first = models[0]
+    first = _ensemble_settings(models[0])
     for model in models[1:]:
-        for key in ENSEMBLE_KEYS:
-            ours, theirs = _comparable(first.data.get(key)), _comparable(model.data.get(key))
-            if ours != theirs:
+        for key, theirs in _ensemble_settings(model).items():
+            if theirs != first[key]:
+                shown = {"release.regions": dict, "release.labels": dict}.get(key, lambda v: v)
                 raise ValueError(
-                    f"{model.checkpoint}: data.{key}={model.data.get(key)} differs from data.{key}={first.data.get(key)} "
-                    f"of {first.checkpoint}; the models of an ensemble must share {', '.join(ENSEMBLE_KEYS)} "
+                    f"{model.checkpoint}: data.{key}={shown(theirs)} differs from data.{key}={shown(first[key])} "
+                    f"of {models[0].checkpoint}; the models of an ensemble must share their preprocessing "
+                    f"({', '.join(k for k in first if k.startswith('preprocessing.'))}), regions and label codes "
                     "(their probabilities are averaged voxel by voxel)"
                 )
 
@@ -281,26 +329,23 @@ class PostProcessing:
         return small_components_to(label, node.code, replacement, self.min_voxels)
 
 
-#: The rule for ``data`` configs without a ``postprocess`` key (brats20, brats21, brats23, msd_task01,
-#: lgg, and checkpoints trained before the key existed): the BraTS 2020/2021 winners' ET rule.
-DEFAULT_POSTPROCESS = {"region": "et", "min_voxels": 100}
-
-
-def postprocessing_for(data: Mapping, override: Mapping | None) -> PostProcessing | None:
-    """The post-processing of a dataset: its rule (``data.postprocess``), key by key overridden.
+def postprocessing_for(release: Release | Mapping, override: Mapping | None) -> PostProcessing | None:
+    """The post-processing of a release: its rule (``data.release.postprocess``), key by key overridden.
 
     Args:
-        data: the ``data`` config; ``data["postprocess"]`` is ``{region, min_voxels}`` or ``None``
-            (none); without the key, :data:`DEFAULT_POSTPROCESS`.
+        release: the files' :class:`~lightning_brats.data.release.Release`, or a mapping holding a
+            ``postprocess`` key (``{region, min_voxels}`` or ``None`` for none; without the key,
+            :data:`~lightning_brats.data.release.DEFAULT_POSTPROCESS`).
         override: ``inference.postprocess``: its non-null ``region`` and ``min_voxels`` replace
-            the dataset's (``min_voxels=0`` turns post-processing off); ``None`` turns it off.
+            the release's (``min_voxels=0`` turns post-processing off); ``None`` turns it off.
 
     Returns:
         the rule to apply, or ``None`` for none.
     """
     if override is None:
         return None
-    rule = dict(data["postprocess"] or {}) if "postprocess" in data else dict(DEFAULT_POSTPROCESS)
+    stated = release.postprocess if isinstance(release, Release) else release.get("postprocess", DEFAULT_POSTPROCESS)
+    rule = dict(stated or {})
     rule.update({k: v for k, v in dict(override).items() if v is not None})
     if not rule.get("min_voxels"):
         return None

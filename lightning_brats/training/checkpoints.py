@@ -46,6 +46,8 @@ from fsspec.implementations.local import LocalFileSystem
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning_fabric.utilities.cloud_io import get_filesystem
 
+from lightning_brats.data.data_config import upgrade_data_config
+
 #: Key under which a checkpoint carries the run's resolved ``data`` and ``model`` config.
 CONFIG_KEY = "lightning_brats_config"
 
@@ -214,7 +216,10 @@ def run_dir_of(ckpt_path: str | os.PathLike) -> Path:
 
 
 def training_config(checkpoint: Mapping, path: str | os.PathLike = "checkpoint") -> dict:
-    """The training run's resolved config a checkpoint carries: ``{"data": {...}, "model": {...}}``.
+    """The training run's resolved config a checkpoint carries: ``{"data": {...}, "model": {...}}``, its
+    ``data`` in the current shape (``release``, ``preprocessing`` and the datamodule's arguments): a
+    checkpoint written while the ``data`` config was flat is mapped here, the one place every reader of
+    a checkpoint's config goes through (:func:`~lightning_brats.data.data_config.upgrade_data_config`).
 
     Raises:
         CheckpointError: the checkpoint has no :data:`CONFIG_KEY` or no ``data`` in it; the
@@ -225,7 +230,7 @@ def training_config(checkpoint: Mapping, path: str | os.PathLike = "checkpoint")
         raise CheckpointError(
             f"{path}: holds no training config ('{CONFIG_KEY}' with 'data'); use a .ckpt written by this project's train.py"
         )
-    return stored
+    return {**stored, "data": upgrade_data_config(stored["data"])}
 
 
 def wandb_run_id(checkpoint: Mapping) -> str | None:
@@ -238,10 +243,17 @@ def trained_channels(checkpoint: Mapping) -> dict | None:
     """``{"modalities": [...], "regions": [...], "context_slices": k}`` a checkpoint's network was trained for
     (from its training config, else its hyper-parameters; ``k`` 0 where not recorded), or ``None`` when it
     records neither."""
-    for source in ((checkpoint.get(CONFIG_KEY) or {}).get("data"), checkpoint.get(HPARAMS_KEY)):
-        if isinstance(source, Mapping) and "modalities" in source and "regions" in source:
-            return {"modalities": list(source["modalities"]), "regions": list(source["regions"]),
-                    "context_slices": int(source.get("context_slices") or 0)}
+    data = (checkpoint.get(CONFIG_KEY) or {}).get("data")
+    if isinstance(data, Mapping):
+        data = upgrade_data_config(data)
+        release, plan = data.get("release") or {}, data.get("preprocessing") or {}
+        if "modalities" in plan and "regions" in release:
+            return {"modalities": list(plan["modalities"]), "regions": list(release["regions"]),
+                    "context_slices": int(data.get("context_slices") or 0)}
+    source = checkpoint.get(HPARAMS_KEY)
+    if isinstance(source, Mapping) and "modalities" in source and "regions" in source:
+        return {"modalities": list(source["modalities"]), "regions": list(source["regions"]),
+                "context_slices": int(source.get("context_slices") or 0)}
     return None
 
 
@@ -253,9 +265,10 @@ def check_same_channels(trained: Mapping, wanted: Mapping) -> None:
     TC and ET on BraTS 2023 files, whose ET code is 3, not 4).
 
     Args:
-        trained: the checkpoint's resolved ``data`` config (``modalities``, ``regions``: a mapping
-            name -> codes or a list of names; ``context_slices``, 0 when absent).
-        wanted: the current ``data`` config (same keys).
+        trained: the channels the checkpoint's network was trained for, ``{"modalities": [...], "regions":
+            ..., "context_slices": k}`` (regions: a mapping name -> codes or a list of names; ``context_slices``,
+            0 when absent; :func:`trained_channels`).
+        wanted: the channels of the current ``data`` config (same keys).
 
     Raises:
         ValueError: the modalities or context slices (input channels) or the region names (output channels)
@@ -264,7 +277,7 @@ def check_same_channels(trained: Mapping, wanted: Mapping) -> None:
     problems = []
     if list(trained["modalities"]) != list(wanted["modalities"]):
         problems.append(
-            f"input channels: trained on data.modalities={list(trained['modalities'])} "
+            f"input channels: trained on data.preprocessing.modalities={list(trained['modalities'])} "
             f"({len(trained['modalities'])} channels), this run has {list(wanted['modalities'])} ({len(wanted['modalities'])})"
         )
     trained_k, wanted_k = int(trained.get("context_slices") or 0), int(wanted.get("context_slices") or 0)
@@ -275,7 +288,7 @@ def check_same_channels(trained: Mapping, wanted: Mapping) -> None:
         )
     if list(trained["regions"]) != list(wanted["regions"]):
         problems.append(
-            f"output channels: trained for the regions {list(trained['regions'])} of data.regions "
+            f"output channels: trained for the regions {list(trained['regions'])} of data.release.regions "
             f"({len(trained['regions'])} outputs), this run has {list(wanted['regions'])} ({len(wanted['regions'])})"
         )
     if problems:
@@ -307,7 +320,9 @@ def module_arguments(
     """
     arguments = dict(checkpoint.get(HPARAMS_KEY) or {})
     stored = checkpoint.get(CONFIG_KEY) or {}
-    model, data = stored.get("model") or {}, stored.get("data") or {}
+    model, data = stored.get("model") or {}, upgrade_data_config(stored.get("data") or {})
+    data = {**data, "regions": (data.get("release") or {}).get("regions"),
+            "modalities": (data.get("preprocessing") or {}).get("modalities")}
     for key in (*PART_KEYS, "scheduler", "inference", "name", "num_val_images", "display_modality", "compile",
                 "skip_nonfinite"):
         if key not in arguments and key in model:

@@ -99,7 +99,7 @@ class SegmentationModule(pl.LightningModule):
 
     Everything it needs comes through its arguments, once, at construction: the data's regions,
     modalities, patch size and sampling come from the ``data`` config by interpolation
-    (``regions: ${data.regions}`` ... in ``conf/model/unet3d.yaml``), so it works with any
+    (``regions: ${data.release.regions}`` ... in ``conf/model/unet3d.yaml``), so it works with any
     dataloaders (a datamodule or plain ``DataLoader`` s); the network's dimensionality and patch
     divisibility are checked then, before anything is prepared. The network, loss, optimiser and
     scheduler may be given as configs (``_target_`` mappings; the model configs set
@@ -124,9 +124,9 @@ class SegmentationModule(pl.LightningModule):
             or an :class:`~lightning_brats.inference.sliding_window.InferenceSettings`: validation uses its
             ``overlap``, ``sw_batch_size`` and ``threshold``, as ``predict.py`` does (no flip TTA).
             Kept as :attr:`inference`.
-        regions: the output channels: ``data.regions`` (name -> label codes) or the region names,
+        regions: the output channels: ``data.release.regions`` (name -> label codes) or the region names,
             in channel order.
-        modalities: the input channels, in order (``data.modalities``).
+        modalities: the input channels, in order (``data.preprocessing.modalities``).
         patch_size: ``data.patch_size`` in voxels: validation's sliding window, cut to the
             ``sampling`` dimensions (:func:`window_size`).
         sampling: ``"3d"`` (patches) or ``"2d"`` (axial slices), ``data.sampling``.
@@ -341,9 +341,9 @@ class SegmentationModule(pl.LightningModule):
                 raise
             raise ValueError(
                 f"model={self.hparams.name}: the network does not take {self.in_channels} input channels "
-                f"({len(self.modalities)} data.modalities x {2 * self.context_slices + 1} slices, "
+                f"({len(self.modalities)} data.preprocessing.modalities x {2 * self.context_slices + 1} slices, "
                 f"data.context_slices={self.context_slices}): {str(exc).splitlines()[0]}; leave model.net.in_channels "
-                "to the configs' ${input_channels:${data.modalities},${data.context_slices}}"
+                "to the configs' ${input_channels:${data.preprocessing.modalities},${data.context_slices}}"
             ) from exc
         finally:
             self.net.train(was_training)

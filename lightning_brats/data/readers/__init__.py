@@ -65,7 +65,7 @@ for _reader in (BratsFolderReader, MsdReader, LggSliceReader):
 
 
 def make_reader(layout: CaseReader | Mapping) -> CaseReader:
-    """The reader a ``data.layout`` config describes.
+    """The reader a ``data.release.layout`` config describes.
 
     Args:
         layout: a mapping with ``reader`` (a name in :data:`READERS`) and that reader's
@@ -85,13 +85,13 @@ def make_reader(layout: CaseReader | Mapping) -> CaseReader:
     arguments = {str(k): v for k, v in layout.items() if k != "reader"}
     name = layout.get("reader")
     if name is None:
-        raise ValueError(f"data.layout names no reader: set data.layout.reader to one of {sorted(READERS)}")
+        raise ValueError(f"data.release.layout names no reader: set data.release.layout.reader to one of {sorted(READERS)}")
     if name not in READERS:
-        raise ValueError(f"data.layout.reader={name!r} is not a known reader; known readers: {sorted(READERS)}")
+        raise ValueError(f"data.release.layout.reader={name!r} is not a known reader; known readers: {sorted(READERS)}")
     try:
         return READERS[name](**arguments)
     except TypeError as exc:
-        raise ValueError(f"data.layout: reader {name!r} cannot take {sorted(arguments)} ({exc})") from exc
+        raise ValueError(f"data.release.layout: reader {name!r} cannot take {sorted(arguments)} ({exc})") from exc
 
 
 def load_case(

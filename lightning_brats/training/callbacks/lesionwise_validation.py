@@ -32,16 +32,16 @@ class LesionwiseValidation(pl.Callback):
     validation cases (``sync_dist`` then averages equal values, as the module's ``val/dice_*``). Nothing is computed during Lightning's sanity check (no checkpoint is chosen then).
 
     Differences from ``eval.py``: the scores are computed on the preprocessed grid (brain bounding box,
-    ``data.spacing``), before post-processing and without flip TTA; volumes and HD95 use
-    ``data.spacing`` (1 mm when ``null``: the BraTS releases are 1 mm isotropic).
+    ``data.preprocessing.spacing``), before post-processing and without flip TTA; volumes and HD95 use
+    ``data.preprocessing.spacing`` (1 mm when ``null``: the BraTS releases are 1 mm isotropic).
 
     Args:
-        regions: the network's regions in output order (``data.regions``), name -> label codes.
+        regions: the network's regions in output order (``data.release.regions``), name -> label codes.
         evaluation: the data config's ``evaluation`` block: ``metrics`` (``brats2023``, ``brats2024`` or
             ``brats2025``), ``lesion_wise`` and optionally ``regions`` (the scored regions; default
             ``regions``).
-        enabled: ``data.evaluation.lesionwise_validation``; when false the callback does nothing.
-        spacing: ``data.spacing`` in mm, or ``None`` for 1 mm.
+        enabled: ``data.release.evaluation.lesionwise_validation``; when false the callback does nothing.
+        spacing: ``data.preprocessing.spacing`` in mm, or ``None`` for 1 mm.
 
     Raises:
         ValueError: enabled with a definition that has no lesion-wise Dice (``legacy``), or without the
@@ -66,9 +66,9 @@ class LesionwiseValidation(pl.Callback):
         if self.enabled:
             if self.definition not in DEFINITIONS[1:]:
                 raise ValueError(
-                    f"data.evaluation.lesionwise_validation=true needs a lesion-wise definition in "
-                    f"data.evaluation.metrics ({', '.join(DEFINITIONS[1:])}), got {self.definition!r}; set "
-                    "data.evaluation.metrics=brats2023 or data.evaluation.lesionwise_validation=false"
+                    f"data.release.evaluation.lesionwise_validation=true needs a lesion-wise definition in "
+                    f"data.release.evaluation.metrics ({', '.join(DEFINITIONS[1:])}), got {self.definition!r}; set "
+                    "data.release.evaluation.metrics=brats2023 or data.release.evaluation.lesionwise_validation=false"
                 )
             check_settings(self.definition, self.settings, self.scored)
         self._sums = np.zeros((len(self.scored), 2))  # per scored region: sum of Dice, cases counted
@@ -92,7 +92,7 @@ class LesionwiseValidation(pl.Callback):
         if pred.ndim != 4 or pred.shape != target.shape or pred.shape[0] != len(self.regions):
             raise ValueError(
                 f"lesion-wise validation needs whole 3D cases, (regions={len(self.regions)}, X, Y, Z); got prediction "
-                f"{tuple(pred.shape)} and target {tuple(target.shape)}; set data.evaluation.lesionwise_validation=false"
+                f"{tuple(pred.shape)} and target {tuple(target.shape)}; set data.release.evaluation.lesionwise_validation=false"
             )
         scores = score_lesion_wise(
             regions_to_labels(pred, self.regions), regions_to_labels(target, self.regions),

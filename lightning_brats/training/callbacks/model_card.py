@@ -160,6 +160,7 @@ class ModelCard(pl.Callback):
         dm = trainer.datamodule
         run = pl_module.run_config or {}
         data, model = run.get("data", {}), run.get("model", {})
+        data = {**data, **(data.get("preprocessing") or {})}  # the plan's settings beside the sampling ones
         hydra_facts = _hydra_facts()
         train_ids, val_ids = list(getattr(dm, "train_ids", [])), list(getattr(dm, "val_ids", []))
         # the strategy's device, not the module's: Lightning moves the module back to the CPU before on_fit_end
