@@ -508,7 +508,11 @@ def test_the_clis_stop_on_bad_data_naming_the_file(tool, name, good_root, phanto
     text = proc.stdout + proc.stderr
     assert proc.returncode == 1, text[-3000:]
     expected = _expected(name, root, path)
-    assert [line for line in text.splitlines() if all(part in line for part in expected)], text[-3000:]
+    if tool == "check-data":  # its problem list is 160 columns wide: rich wraps a line that a long path makes longer
+        flowing = " ".join(text.split())
+        assert all(" ".join(part.split()) in flowing for part in expected), text[-3000:]
+    else:
+        assert [line for line in text.splitlines() if all(part in line for part in expected)], text[-3000:]
     if tool != "check-data":  # the one DataError line, naming the file, and no traceback (Lightning's, nibabel's)
         assert "Traceback" not in proc.stderr and "site-packages" not in proc.stderr, proc.stderr[-3000:]
         named = [line for line in proc.stderr.splitlines() if expected[0] in line and not line.startswith("Error executing job")]

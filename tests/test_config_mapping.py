@@ -27,7 +27,16 @@ from lightning_brats.data.data_config import MOVED_KEYS, upgrade_data_config, up
 from tests.old_version import OLD_COMMIT, old_tree  # noqa: F401  (the fixture)
 
 DATA = sorted(p.stem for p in (Path(CONFIG_DIR) / "data").glob("*.yaml"))
-EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
+#: the presets OLD_COMMIT has (those added since, e.g. brats_resenc_m, have no old version to compare with)
+EXPERIMENTS = sorted(
+    {p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml")}
+    & {"brats_cpu", "brats_cpu_3d", "brats_nnunet", "brats_nvidia", "lgg_cpu", "seed_2d_brats20", "seed_2d_lgg",
+       "seed_3d_brats20_minmax", "seed_3d_brats21_3mod", "seed_3d_msd"}
+)
+#: keys added since OLD_COMMIT on purpose, with the value that leaves behaviour as it was (2.5D input off;
+#: Lightning's own choice of when to save, which data.fold=all overrides)
+ADDED_SINCE = {("data", "context_slices"): 0, ("model", "context_slices"): 0,
+               ("callbacks", "model_checkpoint", "save_on_train_epoch_end"): None}
 #: overrides users already type, in the flat form (read through upgrade_overrides on the new side)
 USER_OVERRIDES = [
     "data.root=/x", "data.fold=1", "data.batch_size=4", "data.patch_size=[64,64,64]", "data.spacing=[2,2,2]",
@@ -76,6 +85,12 @@ def test_every_preset_composes_to_the_same_values(index, old_configs):
     old["data"] = upgrade_data_config(old["data"])
     # the W&B tags name the overrides as given to Hydra: the flat ones in their current form
     old["logger"]["wandb"]["tags"] = upgrade_overrides(old["logger"]["wandb"]["tags"])
+    for path, neutral in ADDED_SINCE.items():
+        parent = new
+        for key in path[:-1]:
+            parent = parent.get(key) or {}
+        if path[-1] in parent or path[0] != "callbacks":  # callbacks=none has no model_checkpoint
+            assert parent.pop(path[-1]) == neutral, ".".join(path)
     assert _differences(old, new) == []
     # the orders that are channel orders: input modalities, output regions, label names
     assert new["data"]["preprocessing"]["modalities"] == old["data"]["preprocessing"]["modalities"]

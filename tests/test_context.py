@@ -114,7 +114,7 @@ def test_a_network_built_for_other_channels_is_named_before_training(tmp_path):
     cfg = compose_config(["experiment=brats_cpu", f"data.root={tmp_path}", "data.context_slices=1",
                           "model.net.in_channels=4"], tmp_path)
     module = hydra.utils.instantiate(cfg.model)
-    with pytest.raises(ValueError, match=r"does not take 12 input channels \(4 data.modalities x 3 slices, "
+    with pytest.raises(ValueError, match=r"does not take 12 input channels \(4 data.preprocessing.modalities x 3 slices, "
                                          r"data.context_slices=1\).*model.net.in_channels"):
         module.describe_network()
     assert module.net.training  # left as it was
@@ -262,7 +262,7 @@ def test_a_25d_checkpoint_predicts_and_exports_with_12_input_channels(tmp_path):
     model = load_trained_model(ckpt, device="cpu")
     assert model.context_slices == 1 and model.in_channels == 12
     folder = _phantom_case(tmp_path / "data")
-    files = make_reader(model.data["layout"]).find_cases(folder)[0]
+    files = make_reader(model.data["release"]["layout"]).find_cases(folder)[0]
     settings = inference_settings(precision="32", overlap=0.25, sw_batch_size=8, flip_tta=True)
     result = Predictor(model, settings).predict_case(files)
     label_shape = nib.load(next(folder.glob("*_seg.nii.gz"))).shape

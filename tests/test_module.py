@@ -147,7 +147,7 @@ def test_checkpoint_of_the_previous_layout_still_loads(tmp_path):
     x = torch.randn(1, 4, 32, 32, 32, generator=torch.Generator().manual_seed(4))
     torch.testing.assert_close(_eval_logits(restored, x), _eval_logits(module, x), rtol=0, atol=0)
     assert restored.region_names == ["wt", "tc", "et"] and restored.patch_size == [32, 32, 32]
-    assert restored.run_config["data"]["regions"] == BRATS20_REGIONS
+    assert restored.run_config["data"]["release"]["regions"] == BRATS20_REGIONS
 
 
 def test_checkpoint_without_part_configs_is_refused_naming_file_and_parts(tmp_path):

@@ -90,7 +90,7 @@ def test_wandb_offline_run_csv_and_checkpoint(phantom_root, tmp_path):
     assert [r["val/dice_mean"] for r in rows if r.get("val/dice_mean")]
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
     config = checkpoint[CONFIG_KEY]
-    assert config["data"]["root"] == str(phantom_root) and config["data"]["modalities"] == BRATS_MODALITIES
+    assert config["data"]["root"] == str(phantom_root) and config["data"]["preprocessing"]["modalities"] == BRATS_MODALITIES
     assert config["model"]["net"]["spatial_dims"] == 3 and checkpoint["epoch"] == 1
     # the network's description at start, in W&B's config and the CSV logger's hparams
     parameters = sum(v.numel() for k, v in checkpoint["state_dict"].items() if k.startswith("net."))

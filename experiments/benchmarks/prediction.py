@@ -144,7 +144,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.tiny:
         args.experiment, args.repeats = "brats_cpu_3d", 1
-        args.override = ["model.net.base_filters=4", "data.spacing=[4,4,4]", "data.patch_size=[32,32,32]",
+        args.override = ["model.net.base_filters=4", "data.preprocessing.spacing=[4,4,4]", "data.patch_size=[32,32,32]",
                          "inference.flip_tta=false", *args.override]
     return args
 
