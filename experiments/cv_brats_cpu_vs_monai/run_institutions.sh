@@ -13,13 +13,17 @@ set -euo pipefail
 DATA=$(realpath "$1"); OUT=$(mkdir -p "$2" && realpath "$2"); SPLITS=$(realpath "$3"); MIN=$4; CPU=$5; shift 5
 NAME=${1:-}; [ $# -gt 0 ] && shift
 PIN="taskset -c $CPU"
+# BUDGET_CLOCK=cpu (default): the training budgets count CPU seconds of the job (cpu_clock.py), so a core shared
+# with other jobs does not shrink them; BUDGET_CLOCK=wall: wall seconds, as run_study.sh
+HERE=$(dirname "$(realpath "$0")")
+[ "${BUDGET_CLOCK:-cpu}" = cpu ] && CLOCK="$HERE/cpu_clock.py" || CLOCK=
 export OMP_NUM_THREADS=1 WANDB_MODE=offline
 log() { echo "[$(date +%T)] $* (load $(uptime | sed 's/.*load average: //'))" | tee -a "$OUT/study.log"; }
 NF=$(python -c "import json,sys; d=json.load(open(sys.argv[1])); print(len(d['folds'] if isinstance(d, dict) else d))" "$SPLITS")
 val_cases() { python -c "import json,sys; d=json.load(open(sys.argv[1])); d=d['folds'] if isinstance(d, dict) else d; print(','.join(d[int(sys.argv[2])]['val']))" "$SPLITS" "$1"; }
 [ -e "$OUT/machine.txt" ] || { lscpu | grep -E 'Model name|^CPU\(s\)' > "$OUT/machine.txt"
   python -c "import torch; print('torch', torch.__version__)" >> "$OUT/machine.txt"
-  echo "ONEDNN_MAX_CPU_ISA=${ONEDNN_MAX_CPU_ISA:-} ATEN_CPU_CAPABILITY=${ATEN_CPU_CAPABILITY:-} LD_PRELOAD=${LD_PRELOAD:-}" >> "$OUT/machine.txt"; }
+  echo "BUDGET_CLOCK=${BUDGET_CLOCK:-cpu} ONEDNN_MAX_CPU_ISA=${ONEDNN_MAX_CPU_ISA:-} ATEN_CPU_CAPABILITY=${ATEN_CPU_CAPABILITY:-} LD_PRELOAD=${LD_PRELOAD:-}" >> "$OUT/machine.txt"; }
 
 # the cache of the cases, built once before any timed run
 [ -e "$OUT/cache_built" ] || { log "building the cache"; $PIN python train.py experiment=brats_cpu data.root="$DATA" \
@@ -30,7 +34,7 @@ brats_arm() {
   local arm=$1 k=$2; shift 2
   if [ ! -e "$OUT/$arm/fold$k/done" ]; then
     log "$arm fold $k: $*"
-    $PIN python train.py experiment=brats_cpu data.root="$DATA" data.splits_file="$SPLITS" data.fold=$k \
+    $PIN python $CLOCK train.py experiment=brats_cpu data.root="$DATA" data.splits_file="$SPLITS" data.fold=$k \
         trainer.max_time="00:00:0$MIN:00" logger=csv paths.cache_dir="$OUT/cache" hydra.run.dir="$OUT/$arm/fold$k" "$@" \
         > "$OUT/${arm}_fold$k.log" 2>&1
     touch "$OUT/$arm/fold$k/done"
@@ -52,7 +56,7 @@ if [ -z "$NAME" ]; then
     if [ ! -e "$OUT/monai/fold$k/summary.json" ]; then
       log "monai fold $k"
       # the poly decay spans the steps that fit in the budget (0.39 s/step measured on this core)
-      $PIN python experiments/baselines/monai_unet.py --root "$DATA" --splits-file "$SPLITS" --fold $k --minutes "$MIN" \
+      $PIN python $CLOCK experiments/baselines/monai_unet.py --root "$DATA" --splits-file "$SPLITS" --fold $k --minutes "$MIN" \
           --steps $((MIN * 60 * 100 / 39)) --out "$OUT/monai/fold$k" > "$OUT/monai_fold$k.log" 2>&1
     fi
     for f in "$OUT"/monai/fold$k/predictions/*.nii.gz; do ln -sfn "$f" "$OUT/monai/predictions/"; done
