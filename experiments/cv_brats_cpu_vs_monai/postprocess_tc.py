@@ -4,6 +4,8 @@ Evaluation only: reads a folder of predict.py's ``<case>.nii.gz`` label maps (Br
 2 ED, 4 ET; TC = {1, 4}, WT = {1, 2, 4}) and writes one folder per rule beside OUT, with the same headers:
 
 - ``tc_minN``: TC components (26-connected) below N voxels become edema (2): WT is unchanged.
+- ``ncr_minN``: NCR components (label 1 alone, 26-connected) below N voxels become edema: what the package's
+  ``data.postprocess={region: tc, min_voxels: N}`` does (it would replace the ET rule, which a rule list would keep).
 - ``tc_in_wt``: TC components that do not touch the largest WT component become edema (2).
 - ``tc_largest``: only the largest TC component stays TC; the others become edema (2).
 - ``tc_fill``: holes of the TC mask (3D ``binary_fill_holes``, then per axial slice) become NCR (1).
@@ -32,6 +34,19 @@ def tc_mask(label: np.ndarray) -> np.ndarray:
 def tc_min(label: np.ndarray, min_voxels: int) -> np.ndarray:
     """TC components below ``min_voxels`` voxels become edema."""
     comps, n = ndimage.label(tc_mask(label), structure=CONN)
+    if n == 0:
+        return label
+    sizes = np.bincount(comps.ravel())
+    small = np.flatnonzero(sizes < min_voxels)
+    small = small[small > 0]
+    out = label.copy()
+    out[np.isin(comps, small)] = ED
+    return out
+
+
+def ncr_min(label: np.ndarray, min_voxels: int) -> np.ndarray:
+    """NCR components (label 1 alone) below ``min_voxels`` voxels become edema."""
+    comps, n = ndimage.label(label == NCR, structure=CONN)
     if n == 0:
         return label
     sizes = np.bincount(comps.ravel())
@@ -84,6 +99,7 @@ def main() -> None:
     parser.add_argument("--min", type=int, nargs="*", default=[100, 250, 500, 1000], help="tc_minN sizes (voxels)")
     args = parser.parse_args()
     rules = {f"tc_min{n}": (lambda lab, n=n: tc_min(lab, n)) for n in args.min}
+    rules.update({f"ncr_min{n}": (lambda lab, n=n: ncr_min(lab, n)) for n in args.min})
     rules.update(tc_in_wt=tc_in_wt, tc_largest=tc_largest, tc_fill=tc_fill)
     files = sorted(p for p in args.predictions.glob("*.nii.gz") if not p.name.endswith("_probabilities.nii.gz"))
     changed = {name: 0 for name in rules}
