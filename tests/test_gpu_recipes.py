@@ -86,7 +86,7 @@ def test_nvidia_recipe_is_futrega_2021(tmp_path):
 
 def _nnunet_v2_training(cfg, module, samples_per_epoch):
     """nnU-Net v2's default trainer (nnunetv2/training/nnUNetTrainer/nnUNetTrainer.py) on BraTS 2021 at 1 mm."""
-    assert cfg.hydra.runtime.choices.data == "brats21" and cfg.data.spacing is None and cfg.trainer.precision == "auto"
+    assert cfg.hydra.runtime.choices.data == "brats21" and cfg.data.preprocessing.spacing is None and cfg.trainer.precision == "auto"
     assert cfg.trainer.max_epochs == 1000 and cfg.data.samples_per_epoch == samples_per_epoch  # 250 iterations
     assert cfg.data.samples_per_epoch // cfg.data.batch_size == 250
     assert cfg.trainer.gradient_clip_val == 12 and cfg.data.oversample_foreground == 0.33
