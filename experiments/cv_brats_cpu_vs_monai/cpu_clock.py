@@ -32,7 +32,7 @@ if __name__ == "__main__":
         spec.loader.exec_module(module)
         module.time = cpu_time
         sys.exit(0 if module.main() else 1)
-    import pytorch_lightning.callbacks.timer as timer
+    from pytorch_lightning.callbacks import timer
 
     timer.time = cpu_time
     runpy.run_path(script, run_name="__main__")

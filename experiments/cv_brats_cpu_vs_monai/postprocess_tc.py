@@ -25,6 +25,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from lightning_brats.data.labels import small_components_to
+
 CONN = np.ones((3, 3, 3), dtype=bool)
 NCR, ED, ET = 1, 2, 4
 
@@ -47,16 +49,9 @@ def tc_min(label: np.ndarray, min_voxels: int) -> np.ndarray:
 
 
 def ncr_min(label: np.ndarray, min_voxels: int) -> np.ndarray:
-    """NCR components (label 1 alone) below ``min_voxels`` voxels become edema."""
-    comps, n = ndimage.label(label == NCR, structure=CONN)
-    if n == 0:
-        return label
-    sizes = np.bincount(comps.ravel())
-    small = np.flatnonzero(sizes < min_voxels)
-    small = small[small > 0]
-    out = label.copy()
-    out[np.isin(comps, small)] = ED
-    return out
+    """NCR components (label 1 alone) below ``min_voxels`` voxels become edema (the package's own
+    small-component rule, 26-connected, applied to NCR)."""
+    return small_components_to(label, NCR, ED, min_voxels)[0]
 
 
 def tc_in_wt(label: np.ndarray) -> np.ndarray:
@@ -65,7 +60,7 @@ def tc_in_wt(label: np.ndarray) -> np.ndarray:
     if n <= 1:
         return label
     largest = wt == (np.argmax(np.bincount(wt.ravel())[1:]) + 1)
-    comps, m = ndimage.label(tc_mask(label), structure=CONN)
+    comps, _ = ndimage.label(tc_mask(label), structure=CONN)
     keep = np.unique(comps[largest & (comps > 0)])
     out = label.copy()
     out[(comps > 0) & ~np.isin(comps, keep)] = ED
