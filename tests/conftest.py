@@ -169,6 +169,15 @@ def compose_tool_config(name: str, overrides: list[str], output_dir: Path) -> Di
     return cfg
 
 
+def require_export_extra() -> None:
+    """Fail (not skip) when the ``export`` extra, part of the test install (.ci/run), is missing."""
+    for module in ("onnx", "onnxruntime"):
+        try:
+            __import__(module)
+        except ImportError as exc:
+            pytest.fail(f"{module} is missing ({exc}); install the extra: pip install -e .[export]", pytrace=False)
+
+
 def inference_settings(**overrides):
     """The default ``inference`` config (``conf/inference/default.yaml``) on the CPU, with ``overrides``."""
     from omegaconf import OmegaConf

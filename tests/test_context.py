@@ -251,12 +251,13 @@ def _phantom_case(root: Path):
 def test_a_25d_checkpoint_predicts_and_exports_with_12_input_channels(tmp_path):
     """An untrained 2.5D checkpoint as train.py stores it: predict.py's Predictor gives a label map of the
     case's shape, and the ONNX file takes 12 channels, says so in its metadata and predicts the same."""
-    pytest.importorskip("onnxruntime")
     from lightning_brats.data.readers import make_reader
     from lightning_brats.inference.export import export_model, load_exported_model
     from lightning_brats.inference.prediction import Predictor, load_trained_model
-    from tests.conftest import inference_settings
+    from tests.conftest import inference_settings, require_export_extra
     from tests.test_export import _tiny_checkpoint
+
+    require_export_extra()
 
     ckpt = _tiny_checkpoint("unet2d", 2, ["model.net.depth=3", "model.net.base_filters=4", "data.context_slices=1"], tmp_path)
     model = load_trained_model(ckpt, device="cpu")

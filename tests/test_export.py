@@ -30,17 +30,13 @@ from lightning_brats.inference.export import (
 from lightning_brats.inference.prediction import Predictor, load_trained_model
 from lightning_brats.training.module import CONFIG_KEY
 from tests.conftest import MODEL_VARIANTS as VARIANTS
-from tests.conftest import compose_config, compose_tool_config, inference_settings
+from tests.conftest import compose_config, compose_tool_config, inference_settings, require_export_extra
 
 
 @pytest.fixture(autouse=True)
 def _export_extra():
     """The ``export`` extra is part of the test install (.ci/run); missing, the tests fail saying so."""
-    for module in ("onnx", "onnxruntime"):
-        try:
-            __import__(module)
-        except ImportError as exc:
-            pytest.fail(f"{module} is missing ({exc}); install the extra: pip install -e .[export]", pytrace=False)
+    require_export_extra()
 
 
 @pytest.fixture(scope="module")
