@@ -108,6 +108,26 @@ def test_run_dir_takes_the_best_checkpoint_of_every_job(phantom_checkpoint, phan
         multirun_checkpoints(tmp_path / "broken" / "0" / "checkpoints")
 
 
+def test_run_dir_leaves_fold_all_out_of_the_fold_ensemble(tmp_path, caplog):
+    """A multirun of data.fold=0,1,all ensembles folds 0 and 1 and names the left-out job; one whose preset
+    sets the fold (the composed config, no override) counts too; a multirun of fold-all jobs only is kept."""
+    fake = tmp_path / "weights.ckpt"
+    fake.write_bytes(b"a checkpoint")  # multirun_checkpoints only finds files; it loads none
+    root = _multirun(tmp_path / "mixed", {"0": fake, "1": fake, "all": fake})
+    # job 3: fold all set by its experiment config, not on the command line
+    (root / "3" / ".hydra").mkdir(parents=True)
+    (root / "3" / ".hydra" / "overrides.yaml").write_text("- experiment=final_model\n")
+    (root / "3" / ".hydra" / "config.yaml").write_text("data:\n  fold: all\n")
+    (root / "3" / "checkpoints").mkdir()
+    (root / "3" / "checkpoints" / "epoch_011.ckpt").symlink_to(fake)
+    with caplog.at_level("WARNING", logger="lightning_brats.inference.prediction"):
+        found = multirun_checkpoints(root)
+    assert found == [root / "0/checkpoints/epoch_000.ckpt", root / "1/checkpoints/epoch_001.ckpt"]
+    assert "leaves out 3, all, trained with data.fold=all" in caplog.text
+    seeds = _multirun(tmp_path / "seeds", {"all": fake})
+    assert multirun_checkpoints(seeds) == [seeds / "all/checkpoints/epoch_00l.ckpt"]
+
+
 @pytest.mark.slow
 def test_eval_refuses_held_out_cases_for_an_ensemble(phantom_checkpoint, phantom_checkpoint_2d, phantom_root, tmp_path):
     root = _multirun(tmp_path / "multirun", {"0": phantom_checkpoint, "1": phantom_checkpoint_2d})

@@ -31,7 +31,7 @@ from rich.table import Table
 from lightning_brats.data.data_config import upgrade_data_config
 from lightning_brats.data.splits import FOLD_ALL
 from lightning_brats.evaluation.scoring import describe, read_csv
-from lightning_brats.io import find_job_dirs, no_job_folder, write_csv
+from lightning_brats.io import find_job_dirs, job_trained_on_every_case, no_job_folder, write_csv
 
 #: The override left out of the grouping: its values are the folds a group's mean is taken over.
 FOLD_KEY = "data.fold"
@@ -151,7 +151,7 @@ def summarize_multirun(root: Path | str, fold_key: str = FOLD_KEY) -> MultirunSu
     for job_dir in job_dirs:
         name = str(job_dir.relative_to(root))
         overrides = yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text()) or []
-        if f"{FOLD_KEY}={FOLD_ALL}" in map(str, overrides):  # whatever the grouping: its Dice is on training cases
+        if job_trained_on_every_case(job_dir):  # whatever the grouping: its Dice is on training cases
             skipped.append((name, f"{FOLD_KEY}={FOLD_ALL} validates on training cases: not a cross-validation estimate"))
             continue
         final = read_final_dice(job_dir / METRICS_CSV)

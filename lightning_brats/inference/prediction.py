@@ -265,6 +265,10 @@ def multirun_checkpoints(run_dir: str | Path) -> list[Path]:
     Args:
         run_dir: ``logs/<task>/multiruns/<date>_<time>``.
 
+    A multirun that holds cross-validation folds and ``data.fold=all`` jobs (``data.fold=0,1,2,3,4,all``)
+    gives the fold ensemble: the fold-``all`` jobs are left out, and the log names them (predict one
+    with ``ckpt_path=``). A multirun of fold-``all`` jobs only (seeds, say) is an ensemble of those.
+
     Returns:
         one path per job, in job order (2 before 10).
 
@@ -272,7 +276,7 @@ def multirun_checkpoints(run_dir: str | Path) -> list[Path]:
         FileNotFoundError: ``run_dir`` is not a folder, holds no job, or a job has no single
             best checkpoint (the message names the job folder and what is there).
     """
-    from lightning_brats.io import find_job_dirs, no_job_folder
+    from lightning_brats.io import find_job_dirs, job_trained_on_every_case, no_job_folder
 
     root = Path(run_dir)
     if not root.is_dir():
@@ -280,6 +284,13 @@ def multirun_checkpoints(run_dir: str | Path) -> list[Path]:
     jobs = find_job_dirs(root)
     if not jobs:
         raise FileNotFoundError(f"run_dir={no_job_folder(root)}")
+    every_case = [job for job in jobs if job_trained_on_every_case(job)]
+    if every_case and len(every_case) < len(jobs):
+        log.warning(
+            "run_dir=%s: the fold ensemble leaves out %s, trained with data.fold=all (ckpt_path= predicts it alone)",
+            root, ", ".join(str(job.relative_to(root)) for job in every_case),
+        )
+        jobs = [job for job in jobs if job not in every_case]
     found = []
     for job in jobs:
         best = sorted((job / "checkpoints").glob("epoch_*.ckpt"))
