@@ -145,27 +145,3 @@ def find_job_dirs(root: Path) -> list[Path]:
     found = {p.parent.parent for p in root.rglob("overrides.yaml") if p.parent.name == ".hydra"}
     found.discard(root)
     return sorted(found, key=lambda p: _natural(str(p.relative_to(root))))
-
-
-def job_trained_on_every_case(job_dir: Path) -> bool:
-    """Whether a multirun job trained with ``data.fold=all`` (nnU-Net's fold ``all``: no held-out case).
-
-    Read from the job's composed config (``.hydra/config.yaml``, so a preset that sets the fold counts),
-    or, where a job folder lacks it or its ``data.fold``, from its command-line overrides (``.hydra/overrides.yaml``).
-    ``lightning-brats summarize`` leaves such jobs out of fold averages and ``predict.py run_dir=`` out
-    of a fold ensemble.
-    """
-    import yaml
-
-    from lightning_brats.data.splits import FOLD_ALL
-
-    hydra_dir = Path(job_dir) / ".hydra"
-    try:
-        if (hydra_dir / "config.yaml").is_file():
-            data = (yaml.safe_load((hydra_dir / "config.yaml").read_text()) or {}).get("data") or {}
-            if "fold" in data:
-                return str(data["fold"]) == FOLD_ALL
-        overrides = yaml.safe_load((hydra_dir / "overrides.yaml").read_text()) or []
-    except (OSError, AttributeError, yaml.YAMLError):
-        return False
-    return f"data.fold={FOLD_ALL}" in map(str, overrides)

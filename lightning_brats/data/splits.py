@@ -177,3 +177,25 @@ def write_splits(path: str | Path, case_ids: Sequence[str], num_folds: int, seed
     record["folds"] = make_splits(ids, num_folds, seed)
     atomic_save(path, lambda p: p.write_text(json.dumps(record, indent=1)))
     return True
+
+
+def job_trained_on_every_case(job_dir: Path) -> bool:
+    """Whether a multirun job trained with ``data.fold=all`` (nnU-Net's fold ``all``: no held-out case).
+
+    Read from the job's composed config (``.hydra/config.yaml``, so a preset that sets the fold counts),
+    or, where a job folder lacks it or its ``data.fold``, from its command-line overrides (``.hydra/overrides.yaml``).
+    ``lightning-brats summarize`` leaves such jobs out of fold averages and ``predict.py run_dir=`` out
+    of a fold ensemble.
+    """
+    import yaml
+
+    hydra_dir = Path(job_dir) / ".hydra"
+    try:
+        if (hydra_dir / "config.yaml").is_file():
+            data = (yaml.safe_load((hydra_dir / "config.yaml").read_text()) or {}).get("data") or {}
+            if "fold" in data:
+                return str(data["fold"]) == FOLD_ALL
+        overrides = yaml.safe_load((hydra_dir / "overrides.yaml").read_text()) or []
+    except (OSError, AttributeError, yaml.YAMLError):
+        return False
+    return f"data.fold={FOLD_ALL}" in map(str, overrides)

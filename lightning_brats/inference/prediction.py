@@ -276,7 +276,8 @@ def multirun_checkpoints(run_dir: str | Path) -> list[Path]:
         FileNotFoundError: ``run_dir`` is not a folder, holds no job, or a job has no single
             best checkpoint (the message names the job folder and what is there).
     """
-    from lightning_brats.io import find_job_dirs, job_trained_on_every_case, no_job_folder
+    from lightning_brats.data.splits import job_trained_on_every_case
+    from lightning_brats.io import find_job_dirs, no_job_folder
 
     root = Path(run_dir)
     if not root.is_dir():
