@@ -241,6 +241,21 @@ def _only_slow_tests_train(request, monkeypatch):
         monkeypatch.setattr(subprocess.Popen, "__init__", refuse_python)
 
 
+
+@pytest.fixture(autouse=True)
+def _no_wandb_run_left_active(request):
+    """A test that leaves a W&B run active fails, naming itself, and the run is finished: in a script, W&B's
+    ``wandb.init`` returns the run still active ("return_previous"), so the next test's W&B logger in this
+    process would log into that run's folder, not its own (a failure in whichever test came next)."""
+    yield
+    import sys
+
+    wandb = sys.modules.get("wandb")  # never imported here: only a test that used W&B can have left a run
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        folder = getattr(wandb.run, "dir", "?")
+        wandb.finish()
+        pytest.fail(f"{request.node.nodeid} left a W&B run active ({folder}): train/eval must finish it", pytrace=False)
+
 # --- shared BraTS constants and helpers (import them from here, never from another test module) -----
 
 #: The four MRI sequences of BraTS 2018-2021, in the file-suffix order of the configs.
