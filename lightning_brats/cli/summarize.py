@@ -29,12 +29,10 @@ from rich.console import Console
 from rich.table import Table
 
 from lightning_brats.data.data_config import upgrade_data_config
-from lightning_brats.data.splits import FOLD_ALL, job_trained_on_every_case
+from lightning_brats.data.splits import FOLD_ALL, FOLD_KEY, job_trained_on_every_case
 from lightning_brats.evaluation.scoring import describe, read_csv
 from lightning_brats.io import find_job_dirs, no_job_folder, write_csv
 
-#: The override left out of the grouping: its values are the folds a group's mean is taken over.
-FOLD_KEY = "data.fold"
 #: Where the CSV logger (conf/logger/csv.yaml) writes each job's metrics, relative to the job folder.
 METRICS_CSV = Path("csv") / "metrics.csv"
 #: File names written into the multirun folder.

@@ -19,6 +19,9 @@ from lightning_brats.io import atomic_save
 #: ``data.fold`` that trains on every labelled case (nnU-Net's fold ``all``): no case is held out, so the
 #: run's validation cases are training cases (see :func:`fold_all_split`).
 FOLD_ALL = "all"
+#: The override that picks a fold (``python train.py -m data.fold=0,1,2,3,4``): the one a multirun's fold
+#: averages are taken over.
+FOLD_KEY = "data.fold"
 
 #: What a fold-``all`` run's ``splits.json``, log and model card say about its validation.
 FOLD_ALL_NOTE = (
@@ -192,10 +195,11 @@ def job_trained_on_every_case(job_dir: Path) -> bool:
     hydra_dir = Path(job_dir) / ".hydra"
     try:
         if (hydra_dir / "config.yaml").is_file():
-            data = (yaml.safe_load((hydra_dir / "config.yaml").read_text()) or {}).get("data") or {}
-            if "fold" in data:
-                return str(data["fold"]) == FOLD_ALL
+            group, key = FOLD_KEY.split(".")
+            data = (yaml.safe_load((hydra_dir / "config.yaml").read_text()) or {}).get(group) or {}
+            if key in data:
+                return str(data[key]) == FOLD_ALL
         overrides = yaml.safe_load((hydra_dir / "overrides.yaml").read_text()) or []
     except (OSError, AttributeError, yaml.YAMLError):
         return False
-    return f"data.fold={FOLD_ALL}" in map(str, overrides)
+    return f"{FOLD_KEY}={FOLD_ALL}" in map(str, overrides)

@@ -262,12 +262,12 @@ def multirun_checkpoints(run_dir: str | Path) -> list[Path]:
     (``conf/callbacks/default.yaml``: ``save_top_k: 1`` by ``val/dice_mean``; ``last.ckpt`` is
     not it).
 
-    Args:
-        run_dir: ``logs/<task>/multiruns/<date>_<time>``.
-
     A multirun that holds cross-validation folds and ``data.fold=all`` jobs (``data.fold=0,1,2,3,4,all``)
     gives the fold ensemble: the fold-``all`` jobs are left out, and the log names them (predict one
     with ``ckpt_path=``). A multirun of fold-``all`` jobs only (seeds, say) is an ensemble of those.
+
+    Args:
+        run_dir: ``logs/<task>/multiruns/<date>_<time>``.
 
     Returns:
         one path per job, in job order (2 before 10).
