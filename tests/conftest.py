@@ -169,13 +169,24 @@ def compose_tool_config(name: str, overrides: list[str], output_dir: Path) -> Di
     return cfg
 
 
+def require_extra(extra: str, module: str):
+    """Import ``module`` from an optional extra of the test install (``.[test]``, .ci/run) and return it.
+
+    Fails (does not skip) when it is missing, naming the extra to install: a test of an extra that the
+    test install provides must not pass silently on a machine that lacks it.
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        pytest.fail(f"{module} is missing ({exc}); install the extra: pip install -e .[{extra}]", pytrace=False)
+
+
 def require_export_extra() -> None:
     """Fail (not skip) when the ``export`` extra, part of the test install (.ci/run), is missing."""
     for module in ("onnx", "onnxruntime"):
-        try:
-            __import__(module)
-        except ImportError as exc:
-            pytest.fail(f"{module} is missing ({exc}); install the extra: pip install -e .[export]", pytrace=False)
+        require_extra("export", module)
 
 
 def inference_settings(**overrides):

@@ -22,7 +22,7 @@ from lightning_brats.evaluation.lesion_metrics import (
     score_lesion_wise,
 )
 from lightning_brats.evaluation.scoring import case_metrics
-from tests.conftest import BRATS23_REGIONS
+from tests.conftest import BRATS23_REGIONS, require_extra
 
 SHAPE = (48, 40, 40)
 PENALTY = 374.0
@@ -213,7 +213,7 @@ verbose: false
 
 
 def test_brats2025_matches_panoptica_configured_as_the_challenge(tmp_path):
-    panoptica = pytest.importorskip("panoptica")
+    panoptica = require_extra("metrics2025", "panoptica")
     regions = {"wt": [1, 2, 3], "tc": [1, 3], "et": [3], "netc": [1]}
     truth = volume(A, value=3)
     truth[box((30, 25, 25), (4, 4, 4))] = 2  # a second WT lesion, edema only
