@@ -8,36 +8,14 @@
 # Run it from the checkout whose code is measured; BUDGET_CLOCK=wall counts wall seconds instead.
 set -euo pipefail
 DATA=$(realpath "$1"); OUT=$(mkdir -p "$2" && realpath "$2"); SPLITS=$(realpath "$3"); K=$4; MIN=$5; shift 5
-HERE=$(dirname "$(realpath "$0")")
-[ "${BUDGET_CLOCK:-cpu}" = cpu ] && CLOCK="$HERE/cpu_clock.py" || CLOCK=
-export OMP_NUM_THREADS=1 WANDB_MODE=offline
-log() { echo "[$(date +%T)] $* (load $(uptime | sed 's/.*load average: //'))" | tee -a "$OUT/study.log"; }
-CASES=$(python -c "import json,sys; d=json.load(open(sys.argv[1])); d=d['folds'] if isinstance(d, dict) else d; print(','.join(d[int(sys.argv[2])]['val']))" "$SPLITS" "$K")
+PIN=
+. "$(dirname "$(realpath "$0")")/arms.sh"  # log, val_cases, brats_arm, monai_arm, evaluate; BUDGET_CLOCK
+machine_note
+CASES=$(val_cases "$K")
 ARM=${ARM:-brats_cpu}
-brats() {
-  log "$ARM fold $K, $MIN CPU-min: $*"
-  python $CLOCK train.py experiment=brats_cpu data.root="$DATA" data.splits_file="$SPLITS" data.fold="$K" \
-      trainer.max_time="00:00:$MIN:00" logger=csv paths.cache_dir="$OUT/cache" hydra.run.dir="$OUT/$ARM/fold$K" "$@" \
-      > "$OUT/${ARM}_fold$K.log" 2>&1
-  python predict.py ckpt_path="$OUT/$ARM/fold$K/checkpoints/last.ckpt" input="$DATA" "cases=[$CASES]" \
-      output_dir="$OUT/$ARM/predictions" hydra.run.dir="$OUT/$ARM/predict$K" > "$OUT/${ARM}_predict$K.log" 2>&1
-  python eval.py predictions="$OUT/$ARM/predictions" ground_truth="$DATA" data=brats20 logger=csv "cases=[$CASES]" \
-      hydra.run.dir="$OUT/eval_$ARM" > "$OUT/eval_$ARM.log" 2>&1
-  log "$ARM done"
-}
-monai() {
-  [ -e "$OUT/eval_monai/metrics.csv" ] && return
-  log "monai fold $K, $MIN CPU-min"
-  # the poly decay spans the steps that fit in the budget (0.39 s/step measured on one core)
-  python $CLOCK experiments/baselines/monai_unet.py --root "$DATA" --splits-file "$SPLITS" --fold "$K" \
-      --minutes "$MIN" --steps $((MIN * 60 * 100 / 39)) --out "$OUT/monai/fold$K" > "$OUT/monai_fold$K.log" 2>&1
-  mkdir -p "$OUT/monai/predictions"
-  for f in "$OUT"/monai/fold$K/predictions/*.nii.gz; do ln -sfn "$f" "$OUT/monai/predictions/"; done
-  python eval.py predictions="$OUT/monai/predictions" ground_truth="$DATA" data=brats20 logger=csv "cases=[$CASES]" \
-      hydra.run.dir="$OUT/eval_monai" > "$OUT/eval_monai.log" 2>&1
-  log "monai done"
-}
-brats "$@" & monai & wait
+{ brats_arm "$ARM" "$K" "$@"; evaluate "$ARM" "$CASES"; log "$ARM done"; } &
+{ monai_arm "$K"; evaluate monai "$CASES"; log "monai done"; } &
+wait
 python -m lightning_brats.cli compare "$OUT/eval_monai" "$OUT/eval_$ARM" out="$OUT/compare_$ARM" names=monai_unet,$ARM \
     > "$OUT/compare_$ARM.log" 2>&1
-log "fold $K at $MIN CPU-min done"
+log "fold $K at $MIN min done"
