@@ -117,6 +117,7 @@ def test_inference_precision(cpu):
 
 def test_threads_take_every_cpu_of_the_affinity_but_the_workers(monkeypatch, caplog):
     monkeypatch.setattr(hardware.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5}, raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     before = torch.get_num_threads()
     try:
         with caplog.at_level(logging.INFO, logger="lightning_brats.training.hardware"):
@@ -126,6 +127,21 @@ def test_threads_take_every_cpu_of_the_affinity_but_the_workers(monkeypatch, cap
         assert hardware.configure_threads(num_workers=8) == 1  # never fewer than one
         # a deterministic run must not depend on num_workers: the same pool with or without them
         assert hardware.configure_threads(num_workers=2, deterministic=True) == 6
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("value, expected", [("1", 1), ("3", 3), ("16", 4), ("2,1", 2), ("0", 4), ("", 4), ("many", 4)])
+def test_omp_num_threads_caps_the_pool(monkeypatch, caplog, value, expected):
+    """Two jobs side by side on a machine each set OMP_NUM_THREADS to their share; train.py keeps to it."""
+    monkeypatch.setattr(hardware.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", value)
+    before = torch.get_num_threads()
+    try:
+        with caplog.at_level(logging.INFO, logger="lightning_brats.training.hardware"):
+            assert hardware.configure_threads(num_workers=0) == expected
+        assert torch.get_num_threads() == expected
+        assert ("capped by OMP_NUM_THREADS" in caplog.text) == (value in ("1", "3", "2,1"))
     finally:
         torch.set_num_threads(before)
 

@@ -144,6 +144,13 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def omp_num_threads() -> int | None:
+    """``OMP_NUM_THREADS`` from the environment as a positive ``int``, or ``None`` where it is unset or
+    not a positive integer (OpenMP's lists such as ``"4,2"`` cap at their first value)."""
+    value = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
 def resolve_precision(requested: str | int, accelerator: str = "auto") -> tuple[str, str]:
     """The Lightning precision to train with, and why.
 
@@ -200,6 +207,10 @@ def configure_threads(num_workers: int = 0, deterministic: bool = False) -> int:
     main process mostly waits for the device, and the same rule holds. With ``deterministic`` the
     main process takes every CPU whatever the workers: the thread count changes the order of
     floating-point sums in CPU kernels, and a deterministic run must not depend on ``num_workers``.
+    An ``OMP_NUM_THREADS`` set in the environment caps the pool, as it caps PyTorch's own default: a
+    job that shares the machine (two runs side by side, a test's subprocess) asks for its share that
+    way; without the cap its threads would spin against the neighbours' (a 2-thread run beside a
+    1-thread one on 2 cores measured 2.5x the CPU time per step).
 
     Args:
         num_workers: ``data.num_workers`` (DataLoader worker processes).
@@ -210,8 +221,11 @@ def configure_threads(num_workers: int = 0, deterministic: bool = False) -> int:
     """
     cpus = available_cpus()
     threads = cpus if deterministic else max(1, cpus - max(0, int(num_workers)))
-    torch.set_num_threads(threads)
     why = ", trainer.deterministic: not reduced for the workers" if deterministic else ""
+    cap = omp_num_threads()
+    if cap is not None and cap < threads:
+        threads, why = cap, f"{why}, capped by OMP_NUM_THREADS={cap}"
+    torch.set_num_threads(threads)
     log.info(f"CPU threads: {threads} intra-op (of {cpus} CPUs in this process's affinity), {num_workers} loader workers{why}")
     return threads
 
