@@ -24,6 +24,29 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 
+def _share_the_cpus_between_xdist_workers() -> None:
+    """Under pytest-xdist (``-n auto``), give each worker its share of the CPUs, not all of them.
+
+    PyTorch (and train.py, :func:`~lightning_brats.training.hardware.configure_threads`) would give every
+    worker's thread pool every CPU; N workers on N cores then run N x N threads that spin against each
+    other. ``OMP_NUM_THREADS`` carries the share to the worker's own PyTorch, to train.py run in-process
+    and to the subprocesses the tests start.
+    """
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not workers or "OMP_NUM_THREADS" in os.environ:
+        return
+    import torch
+
+    from lightning_brats.training.hardware import available_cpus
+
+    share = max(1, available_cpus() // int(workers))
+    os.environ["OMP_NUM_THREADS"] = str(share)
+    torch.set_num_threads(share)
+
+
+_share_the_cpus_between_xdist_workers()
+
+
 def _require(path: Path) -> Path:
     if not path.is_dir():
         pytest.fail(
