@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One fold of a splits file at a larger budget, brats_cpu (core 1) and the MONAI baseline (core 0) side by side,
-# each pinned to its core with one torch thread (train.py sizes its thread pool to the CPUs it may run on: unpinned,
-# it would take both cores' threads and spin against the baseline), then each predicts
+# each pinned to its core with one torch thread (arms.sh's OMP_NUM_THREADS=1, which train.py keeps to since 7d409ce;
+# before, train.py took a thread per core of its affinity and, unpinned, spun against the baseline), then each predicts
 # the fold's held-out cases at 1 mm, eval.py scores them and `compare` pairs them. 34 CPU-minutes per arm is the
 # preset's 17 minutes on two cores (issue 25's budget) in one thread's compute.
 #   bash experiments/cv_brats_cpu_vs_monai/run_full_budget.sh DATA_ROOT OUT_DIR SPLITS_FILE FOLD MINUTES [OVERRIDES...]
