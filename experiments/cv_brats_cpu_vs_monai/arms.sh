@@ -1,7 +1,8 @@
 # The steps of one study arm, shared by run_institutions.sh and run_full_budget.sh (sourced, not run): a timed
 # training run, the prediction of the fold's held-out cases at 1 mm, and eval.py's scores. Every step is skipped
 # when its output is there, so a study that stopped resumes. The caller sets DATA (the cases), OUT (the study
-# folder), SPLITS (nnU-Net's splits_final.json format), MIN (the budget in minutes) and PIN ("" or "taskset -c N").
+# folder), SPLITS (nnU-Net's splits_final.json format), MIN (the budget in minutes) and PIN ("" or "taskset -c N");
+# EXPERIMENT (default brats_cpu) is the preset brats_arm trains, e.g. brats_cpu_3d for the 3D networks.
 # BUDGET_CLOCK=cpu (default): the training budgets count CPU seconds of the job (cpu_clock.py), so a core shared
 # with other jobs does not shrink them; BUDGET_CLOCK=wall: wall seconds, as run_study.sh.
 ARMS_DIR=$(dirname "$(realpath "${BASH_SOURCE[0]}")")
@@ -15,13 +16,13 @@ machine_note() { [ -e "$OUT/machine.txt" ] && return; lscpu | grep -E 'Model nam
   python -c "import torch; print('torch', torch.__version__)" >> "$OUT/machine.txt"
   echo "BUDGET_CLOCK=${BUDGET_CLOCK:-cpu} ONEDNN_MAX_CPU_ISA=${ONEDNN_MAX_CPU_ISA:-} ATEN_CPU_CAPABILITY=${ATEN_CPU_CAPABILITY:-} LD_PRELOAD=${LD_PRELOAD:-}" >> "$OUT/machine.txt"; }
 
-# brats_arm ARM FOLD OVERRIDES...: one timed `experiment=brats_cpu` run with OVERRIDES, then its held-out cases
+# brats_arm ARM FOLD OVERRIDES...: one timed `experiment=$EXPERIMENT` run with OVERRIDES, then its held-out cases
 # predicted at 1 mm from last.ckpt into $OUT/ARM/predictions
 brats_arm() {
   local arm=$1 k=$2; shift 2
   if [ ! -e "$OUT/$arm/fold$k/done" ]; then
     log "$arm fold $k, $MIN min: $*"
-    $PIN python $CLOCK train.py experiment=brats_cpu data.root="$DATA" data.splits_file="$SPLITS" data.fold="$k" \
+    $PIN python $CLOCK train.py experiment="${EXPERIMENT:-brats_cpu}" data.root="$DATA" data.splits_file="$SPLITS" data.fold="$k" \
         trainer.max_time="$(printf '00:00:%02d:00' "$MIN")" logger=csv paths.cache_dir="$OUT/cache" \
         hydra.run.dir="$OUT/$arm/fold$k" "$@" > "$OUT/${arm}_fold$k.log" 2>&1
     touch "$OUT/$arm/fold$k/done"
