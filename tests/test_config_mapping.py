@@ -36,7 +36,8 @@ EXPERIMENTS = sorted(
 #: keys added since OLD_COMMIT on purpose, with the value that leaves behaviour as it was (2.5D input off;
 #: Lightning's own choice of when to save, which data.fold=all overrides)
 ADDED_SINCE = {("data", "context_slices"): 0, ("model", "context_slices"): 0,
-               ("callbacks", "model_checkpoint", "save_on_train_epoch_end"): None}
+               ("callbacks", "model_checkpoint", "save_on_train_epoch_end"): None,
+               ("inference", "postprocess", "keep_largest"): None, ("model", "inference", "postprocess", "keep_largest"): None}
 #: overrides users already type, in the flat form (read through upgrade_overrides on the new side)
 USER_OVERRIDES = [
     "data.root=/x", "data.fold=1", "data.batch_size=4", "data.patch_size=[64,64,64]", "data.spacing=[2,2,2]",

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from lightning_brats.data.labels import (
+    all_but_largest_component_to,
     labels_to_regions,
     nested_region_codes,
     regions_to_labels,
@@ -57,3 +58,23 @@ def test_small_enhancing_components_become_necrosis():
     assert out[12, 12, 12] == 2 and (label[15:17, 15:17, 15:17] == 4).all()  # the input is untouched
     same, none = small_components_to(np.zeros_like(label), 4, 1, 10)
     assert none == 0 and not same.any()
+
+
+def test_only_the_largest_core_component_stays_core():
+    label = np.zeros((30, 30, 30), dtype=np.uint8)
+    label[1:15, 1:15, 1:15] = 2  # edema around the main core
+    label[3:12, 3:12, 3:12] = 1  # main core, 729 voxels, with ET inside: kept as it is
+    label[5:8, 5:8, 5:8] = 4
+    label[20:23, 20:23, 20:23] = 4  # a distant core island of 27 voxels (ET and NCR): becomes edema
+    label[23, 20:23, 20:23] = 1
+    out, replaced = all_but_largest_component_to(label, [1, 4], replacement=2)
+    assert replaced == 36 and (out[20:24, 20:23, 20:23] == 2).all()
+    np.testing.assert_array_equal(out[:15, :15, :15], label[:15, :15, :15])
+    assert (label[20:23, 20:23, 20:23] == 4).all()  # the input is untouched
+    # one component, or none: nothing changes
+    single, none = all_but_largest_component_to(label[:15, :15, :15], [1, 4], 2)
+    assert none == 0 and (single == label[:15, :15, :15]).all()
+    # diagonal neighbours are one component (26-connectivity)
+    diagonal = np.zeros((4, 4, 4), dtype=np.uint8)
+    diagonal[0, 0, 0] = diagonal[1, 1, 1] = 1
+    assert all_but_largest_component_to(diagonal, [1], 0)[1] == 0

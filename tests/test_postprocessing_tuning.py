@@ -14,7 +14,7 @@ from lightning_brats.inference.postprocessing_tuning import (
     tune_postprocessing,
     write_tuned_postprocessing,
 )
-from lightning_brats.inference.prediction import PostProcessing
+from lightning_brats.inference.prediction import PostProcessing, postprocessing_for
 from tests.conftest import compose_tool_config, inference_settings
 
 REGIONS = {"wt": [1, 2, 4], "tc": [1, 4], "et": [4]}
@@ -65,6 +65,46 @@ def test_the_current_rule_is_kept_unless_beaten_by_more_than_min_gain():
     assert kept.chosen == kept.current  # the gain (1/3: ET Dice 0 -> 1 of three regions) is below 0.5
 
 
+def _two_cores(second_is_true: bool) -> tuple[np.ndarray, np.ndarray]:
+    """A 40^3 case with a core of 1000 voxels in edema and a second core component of 125 voxels far from it:
+    true tumour (in the label too) or a false island (predicted only); WT and TC predicted at 0.9."""
+    truth = np.zeros((40, 40, 40), np.uint8)
+    truth[2:20, 2:20, 2:20] = 2
+    truth[5:15, 5:15, 5:15] = 1
+    second = (slice(28, 33),) * 3
+    if second_is_true:
+        truth[second] = 1
+    probs = np.zeros((3, 40, 40, 40), np.float32)
+    probs[0][truth > 0] = probs[1][truth == 1] = 0.9
+    probs[0][second] = probs[1][second] = 0.9
+    return probs, truth
+
+
+def test_the_largest_core_component_is_kept_only_where_it_raises_the_mean_dice():
+    def tune(cases, **kw):
+        return tune_postprocessing(iter(cases), REGIONS, inference_settings(), PostProcessing("et", 100), thresholds=[0.5],
+                                   min_voxels=[0, 100], keep_largest=[[], ["tc"], ["rc"]], **kw)
+
+    islands = tune([("a", *_two_cores(False)), ("b", *_two_cores(False))])
+    assert islands.chosen.keep_largest == ("tc",) and islands.current.keep_largest == ()
+    # TC Dice 2 * 1000 / (1000 + 1125) without the rule, 1 with it; WT (the island is still edema) and ET
+    # (both empty) are the same either way
+    wt = 2 * 18**3 / (2 * 18**3 + 125)
+    assert islands.region_dice[islands.current] == 1.0 and islands.scores[islands.current] == pytest.approx((wt + 2000 / 2125 + 1) / 3)
+    assert islands.scores[islands.chosen] == pytest.approx((wt + 2) / 3)
+    assert islands.as_config()["postprocess"]["keep_largest"] == ["tc"]
+    assert all(c.keep_largest != ("rc",) for c in islands.scores)  # the model has no RC: that choice is left out
+    rule = postprocessing_for({"postprocess": None}, apply_tuned(inference_settings(), islands.as_config()).postprocess)
+    assert rule == PostProcessing("et", islands.chosen.min_voxels, ("tc",))
+    # where the second component is true tumour, the rule would remove it: the current rule stays
+    true_second = tune([("a", *_two_cores(True)), ("b", *_two_cores(False))])
+    assert true_second.chosen == true_second.current
+    with_rule = type(true_second.current)(0.5, 100, ("tc",))
+    assert true_second.scores[with_rule] == pytest.approx(true_second.scores[true_second.current])  # +1 case, -1 case
+    lost = tune([("a", *_two_cores(True))])
+    assert lost.chosen == lost.current and lost.scores[with_rule] < lost.scores[lost.current]
+
+
 def test_unknown_region_and_empty_input_are_refused():
     with pytest.raises(ValueError, match="not one of the model's regions"):
         tune_postprocessing(iter([]), REGIONS, inference_settings(), None, region="netc")
@@ -91,7 +131,8 @@ def test_runs_hold_the_rule_and_an_ensemble_must_agree(tmp_path):
     write_tuned_postprocessing(result, runs)
     tuned, files = read_tuned_postprocessing([r / "checkpoints" / "last.ckpt" for r in runs])
     assert files == [r / TUNED_FILE for r in runs]
-    assert tuned == {"threshold": {"wt": 0.5, "tc": 0.5, "et": 0.4}, "postprocess": {"region": "et", "min_voxels": 100}}
+    assert tuned == {"threshold": {"wt": 0.5, "tc": 0.5, "et": 0.4},
+                     "postprocess": {"region": "et", "min_voxels": 100, "keep_largest": []}}
     settings = apply_tuned(inference_settings(), tuned)
     assert settings.thresholds(["wt", "tc", "et"]) == [0.5, 0.5, 0.4] and settings.postprocess["min_voxels"] == 100
     assert read_tuned_postprocessing([tmp_path / "elsewhere" / "x.ckpt"]) is None
@@ -128,6 +169,8 @@ def test_predict_applies_the_rule_tuned_on_its_probabilities(phantom_checkpoint,
         predictor = build_predictor(compose_tool_config("predict", [f"ckpt_path={phantom_checkpoint}"], tmp_path))
         assert predictor.settings.thresholds(["wt", "tc", "et"])[2] == result.chosen.threshold
         assert (predictor.postprocess.min_voxels if predictor.postprocess else 0) == result.chosen.min_voxels
+        assert (predictor.postprocess.keep_largest if predictor.postprocess else ()) == result.chosen.keep_largest
+        assert {r["keep_largest"] for r in result.rows()} == {"", "tc"}  # conf/tune_postprocessing.yaml's choices
         untuned = build_predictor(compose_tool_config("predict", [f"ckpt_path={phantom_checkpoint}",
                                                                   "tuned_postprocessing=false"], tmp_path))
         assert untuned.settings.threshold == 0.5

@@ -270,7 +270,7 @@ def test_labels_made_in_the_crop_box_equal_labels_made_on_the_whole_grid(phantom
     case = min(p for p in phantom_root.iterdir() if p.is_dir())
     files = make_reader(model.release.layout).find_cases(case)[0]
     settings = inference_settings(precision="32", overlap=0.25, sw_batch_size=8, flip_tta=False)
-    rule = PostProcessing("et", 30)
+    rule = PostProcessing("et", 30, ("tc",))  # both component rules: whole-grid components equal the box's
     result = Predictor(model, settings, rule).predict_case(files)
     whole = result.probabilities
     assert whole.shape == (len(model.regions), *result.label.shape)

@@ -175,6 +175,43 @@ def test_postprocessing_is_the_datasets_rule_unless_overridden(tmp_path):
     assert postprocessing_for(Release.from_config(_data("brats23", tmp_path / "b").release), none) == PostProcessing("et", 100)
 
 
+def test_the_largest_component_rule_joins_the_small_component_rule_key_by_key():
+    release = {"postprocess": {"region": "et", "min_voxels": 100}}
+    both = postprocessing_for(release, {"region": None, "min_voxels": None, "keep_largest": ["tc"]})
+    assert both == PostProcessing("et", 100, ("tc",))
+    only_largest = postprocessing_for(release, {"min_voxels": 0, "keep_largest": "tc"})
+    assert only_largest == PostProcessing("et", 0, ("tc",)) and only_largest
+    assert postprocessing_for(release, {"min_voxels": 0, "keep_largest": []}) is None
+    assert postprocessing_for({"postprocess": {"region": "et", "min_voxels": 0, "keep_largest": ["tc"]}},
+                              {"keep_largest": None}) == PostProcessing("et", 0, ("tc",))
+    with pytest.raises(ValueError, match="inference.postprocess.largest: not a post-processing key"):
+        postprocessing_for(release, {"largest": ["tc"]})
+    with pytest.raises(ValueError, match="data.release.postprocess.size"):
+        postprocessing_for({"postprocess": {"size": 3}}, {})
+
+
+def test_the_largest_component_rule_relabels_islands_as_the_region_around_them(caplog):
+    label = np.zeros((30, 30, 30), dtype=np.uint8)
+    label[0:14, 0:14, 0:14] = 2  # SNFH
+    label[2:12, 2:12, 2:12] = 1  # NETC: the main core (1000 voxels)
+    label[4:6, 4:6, 4:6] = 3  # ET inside it, 8 voxels: the small-component rule makes it NETC
+    label[20:22, 20:22, 20:22] = 3  # a distant core island: the ET rule makes it NETC, then it becomes SNFH
+    label[26:30, 26:30, 26:30] = 4  # RC: a region outside the tumour core, untouched
+    out, changed = PostProcessing("et", 10, ("tc",)).apply(label, GLI24)
+    assert changed == 8 + 8 + 8  # 8 ET -> NETC twice (both ET components are small), then the island's 8 -> SNFH
+    assert (out[4:6, 4:6, 4:6] == 1).all() and (out[20:22, 20:22, 20:22] == 2).all() and (out[26:, 26:, 26:] == 4).all()
+    assert (out == 3).sum() == 0 and (out == 1).sum() == 1000
+    wt_island = np.zeros((12, 12, 12), dtype=np.uint8)
+    wt_island[0:5, 0:5, 0:5] = 2
+    wt_island[9, 9, 9] = 1  # an outermost region's smaller component becomes background
+    out, changed = PostProcessing("et", 0, ("wt",)).apply(wt_island, GLI24)
+    assert changed == 1 and out[9, 9, 9] == 0 and (out[0:5, 0:5, 0:5] == 2).all()
+    with caplog.at_level("WARNING"):
+        lesion = (wt_island > 0).astype(np.uint8)
+        same, changed = PostProcessing("et", 0, ("tc",)).apply(lesion, {"abnormality": [1]})
+    assert changed == 0 and (same == lesion).all() and "keep_largest names a region" in caplog.text
+
+
 def test_small_enhancing_islands_take_the_label_of_the_region_around_them():
     gli = np.zeros((12, 12, 12), dtype=np.uint8)
     gli[0:6, 0:6, 0:6] = 1  # NETC

@@ -1,5 +1,5 @@
-"""``lightning-brats tune-postprocessing``: choose a region's threshold and small-component rule on
-cross-validation probabilities and write it into the runs (see
+"""``lightning-brats tune-postprocessing``: choose a region's threshold, its small-component rule and the
+largest-component rule on cross-validation probabilities and write it into the runs (see
 :mod:`lightning_brats.inference.postprocessing_tuning` and ``conf/tune_postprocessing.yaml``).
 
 Writes ``postprocessing_candidates.csv`` (every candidate's mean Dice) and ``postprocessing.yaml``
@@ -90,6 +90,7 @@ def tune(cfg: DictConfig) -> TuningResult:
     result = tune_postprocessing(
         load(), regions, settings, postprocessing_for(release, settings.postprocess), cfg.region,
         list(cfg.thresholds), list(cfg.min_voxels), float(cfg.min_gain),
+        [list(choice or []) for choice in cfg.get("keep_largest") or [[]]],
     )
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -97,22 +98,24 @@ def tune(cfg: DictConfig) -> TuningResult:
     write_csv(output_dir / "postprocessing_candidates.csv", rows, list(rows[0]))
     written = write_tuned_postprocessing(result, [output_dir, *folders])
     print_result(result)
-    log.info(f"{result.region}: threshold {result.chosen.threshold}, min_voxels {result.chosen.min_voxels} "
-             f"(was {result.current.threshold}, {result.current.min_voxels}; mean Dice {result.gain:+.4f} on "
+    log.info(f"{result.region}: threshold {result.chosen.threshold}, min_voxels {result.chosen.min_voxels}, "
+             f"keep_largest {list(result.chosen.keep_largest)} (was {result.current.threshold}, "
+             f"{result.current.min_voxels}, {list(result.current.keep_largest)}; mean Dice {result.gain:+.4f} on "
              f"{len(result.cases)} cases) -> {', '.join(map(str, written))}")
     return result
 
 
 def print_result(result: TuningResult, console: Console | None = None, top: int = 8) -> None:
     """The ``top`` candidates and the current rule as a table."""
-    table = Table(title=f"{result.region.upper()} threshold x min_voxels on {len(result.cases)} cases (mean Dice over regions)")
-    for name in ("threshold", "min_voxels", "dice_mean", f"dice_{result.region}", ""):
+    table = Table(title=f"{result.region.upper()} threshold x min_voxels x keep_largest on {len(result.cases)} cases "
+                        "(mean Dice over regions)")
+    for name in ("threshold", "min_voxels", "keep_largest", "dice_mean", f"dice_{result.region}", ""):
         table.add_column(name, justify="right")
     rows = result.rows()
     shown = rows[:top] + [r for r in rows[top:] if r["current"]]
     for row in shown:
         note = " ".join(n for n, on in (("chosen", row["chosen"]), ("current", row["current"])) if on)
-        table.add_row(f"{row['threshold']:g}", str(row["min_voxels"]), f"{row['dice_mean']:.4f}",
+        table.add_row(f"{row['threshold']:g}", str(row["min_voxels"]), row["keep_largest"] or "-", f"{row['dice_mean']:.4f}",
                       f"{row[f'dice_{result.region}']:.4f}", note)
     (console or Console()).print(table)
 

@@ -189,3 +189,30 @@ def small_components_to(label: np.ndarray, code: int, replacement: int, min_voxe
     out = label.copy()
     out[mask] = replacement
     return out, int(mask.sum())
+
+
+def all_but_largest_component_to(label: np.ndarray, codes: Sequence[int], replacement: int) -> tuple[np.ndarray, int]:
+    """Keep the largest connected component of a region; every other component becomes ``replacement``.
+
+    nnU-Net's ``remove_all_but_largest_component`` (Isensee et al. 2021, ``nnunetv2/postprocessing``),
+    applied to one region: with the BraTS tumour core (codes NCR and ET) it removes distant false
+    core islands, whose voxels then take the label of the region around the core (edema). A
+    component keeps every code in it, so a kept core keeps its ET. Components use 26-connectivity
+    (``scipy.ndimage.label``); of two largest components of equal size the first in scan order stays.
+
+    Args:
+        label: ``(X, Y, Z)`` label map.
+        codes: the label codes that make the region (TC: ``[1, 4]`` up to 2021).
+        replacement: the label of the voxels removed (ED: 2; 0 for an outermost region).
+
+    Returns:
+        ``(new label map, voxels replaced)``.
+    """
+    components, count = ndimage.label(np.isin(label, list(codes)), structure=np.ones((3, 3, 3), dtype=bool))
+    if count <= 1:
+        return label, 0
+    largest = int(np.argmax(np.bincount(components.ravel())[1:])) + 1
+    mask = (components > 0) & (components != largest)
+    out = label.copy()
+    out[mask] = replacement
+    return out, int(mask.sum())

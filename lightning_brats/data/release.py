@@ -40,7 +40,8 @@ class Release:
         labels: label name -> code in the release's label files (e.g. ``{ncr_net: 1, ed: 2, et: 4}``).
         regions: region name -> label codes, in output-channel order (e.g. ``{wt: [1, 2, 4], tc: [1, 4], et: [4]}``).
         postprocess: the release's post-processing rule ``{region, min_voxels}`` (small components of
-            ``region`` become the label around it), or ``None`` for none; default :data:`DEFAULT_POSTPROCESS`.
+            ``region`` become the label around it; optionally ``keep_largest``, regions reduced to their
+            largest component), or ``None`` for none; default :data:`DEFAULT_POSTPROCESS`.
         evaluation: how the release is scored: ``metrics`` (``legacy`` | ``brats2023`` | ``brats2024`` |
             ``brats2025``), ``lesion_wise`` parameters, ``lesionwise_validation`` and the scored ``regions``
             (see :mod:`lightning_brats.evaluation.lesion_metrics`), or ``None`` (legacy metrics).

@@ -1,10 +1,11 @@
-"""Choosing a region's threshold and small-component rule on cross-validation predictions.
+"""Choosing a region's threshold and connected-component rules on cross-validation predictions.
 
 nnU-Net's ``determine_postprocessing`` (Isensee et al. 2021, ``nnunetv2/postprocessing``) tries its
 post-processing on the cross-validation predictions of all folds and keeps it only where it improves
 the mean Dice; the BraTS 2020 entry of the same group chose its enhancing-tumour rule (ET below a
 voxel count becomes necrosis) the same way. Here the candidates are a grid of thresholds for one
-region (ET by default) times a grid of ``min_voxels`` for that region's small-component rule
+region (ET by default) times a grid of ``min_voxels`` for that region's small-component rule times
+the ``keep_largest`` choices (nnU-Net's keep-the-largest-component rule per region, e.g. none or TC)
 (:class:`~lightning_brats.inference.prediction.PostProcessing`), scored by the mean over cases of the mean
 Dice over all regions (BraTS conventions: both masks empty give 1). Each candidate is applied with
 :func:`~lightning_brats.inference.prediction.probabilities_to_labels`, the function ``predict.py`` applies, so
@@ -36,17 +37,26 @@ log = logging.getLogger(__name__)
 
 #: The file a run folder holds the tuned rule in (read by :func:`read_tuned_postprocessing`).
 TUNED_FILE = "postprocessing.yaml"
-#: Default candidate grids: ET thresholds and ET component sizes in voxels of the original grid.
+#: Default candidate grids: ET thresholds, ET component sizes in voxels of the original grid, and the
+#: regions reduced to their largest component (none, or the tumour core).
 DEFAULT_THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
 DEFAULT_MIN_VOXELS = (0, 25, 50, 100, 200, 300, 500, 750, 1000)
+DEFAULT_KEEP_LARGEST = ((), ("tc",))
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """One rule: ``threshold`` for ``region`` (the others keep theirs) and its ``min_voxels``."""
+    """One rule: ``threshold`` for ``region`` (the others keep theirs), its ``min_voxels``, and the regions
+    reduced to their largest component (``keep_largest``, ``()`` for none)."""
 
     threshold: float
     min_voxels: int
+    keep_largest: tuple[str, ...] = ()
+
+    def rule(self, region: str) -> PostProcessing | None:
+        """The post-processing this candidate applies to label maps (``None`` when it changes nothing)."""
+        rule = PostProcessing(region, self.min_voxels, self.keep_largest)
+        return rule if rule else None
 
 
 @dataclass
@@ -76,10 +86,11 @@ class TuningResult:
         return self.scores[self.chosen] - self.scores[self.current]
 
     def rows(self) -> list[dict]:
-        """One row per candidate, best first: ``threshold``, ``min_voxels``, ``dice_mean``, ``dice_<region>``,
-        ``current``, ``chosen``."""
+        """One row per candidate, best first: ``threshold``, ``min_voxels``, ``keep_largest`` (region names
+        joined by ``+``; empty for none), ``dice_mean``, ``dice_<region>``, ``current``, ``chosen``."""
         rows = [
-            {"threshold": c.threshold, "min_voxels": c.min_voxels, "dice_mean": self.scores[c],
+            {"threshold": c.threshold, "min_voxels": c.min_voxels, "keep_largest": "+".join(c.keep_largest),
+             "dice_mean": self.scores[c],
              f"dice_{self.region}": self.region_dice[c], "current": c == self.current, "chosen": c == self.chosen}
             for c in self.scores
         ]
@@ -89,12 +100,14 @@ class TuningResult:
         """What ``postprocessing.yaml`` holds: the ``inference`` keys to apply and how they were chosen."""
         return {
             "threshold": {**self.thresholds, self.region: self.chosen.threshold},
-            "postprocess": {"region": self.region, "min_voxels": self.chosen.min_voxels},
+            "postprocess": {"region": self.region, "min_voxels": self.chosen.min_voxels,
+                            "keep_largest": list(self.chosen.keep_largest)},
             "chosen_on": {
                 "cases": len(self.cases),
                 "dice_mean_current": round(self.scores[self.current], 6),
                 "dice_mean_chosen": round(self.scores[self.chosen], 6),
-                "current": {"threshold": self.current.threshold, "min_voxels": self.current.min_voxels},
+                "current": {"threshold": self.current.threshold, "min_voxels": self.current.min_voxels,
+                            "keep_largest": list(self.current.keep_largest)},
             },
         }
 
@@ -125,8 +138,9 @@ def tune_postprocessing(
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
     min_voxels: Sequence[int] = DEFAULT_MIN_VOXELS,
     min_gain: float = 0.0,
+    keep_largest: Sequence[Sequence[str]] = DEFAULT_KEEP_LARGEST,
 ) -> TuningResult:
-    """Score every (threshold, min_voxels) candidate for ``region`` on cases with known labels.
+    """Score every (threshold, min_voxels, keep_largest) candidate for ``region`` on cases with known labels.
 
     Args:
         cases: ``(case_id, probabilities (R, X, Y, Z) float on the original grid, truth (X, Y, Z) label
@@ -139,6 +153,8 @@ def tune_postprocessing(
         region: the region tuned (its threshold and its small-component rule), e.g. ``"et"``.
         thresholds, min_voxels: the candidate grids (voxels of the original grid; 0 = no rule).
         min_gain: how much a candidate's mean Dice must exceed the current rule's to be chosen.
+        keep_largest: the largest-component choices tried, each a list of regions (``[]``: none); a
+            choice naming a region the model lacks (TC for the LGG set) is left out with a log line.
 
     Returns:
         the scores of every candidate and the choice (the current rule on ties or small gains).
@@ -150,8 +166,16 @@ def tune_postprocessing(
     if region not in names:
         raise ValueError(f"region={region!r} is not one of the model's regions {names}")
     base = dict(zip(names, settings.thresholds(names)))
-    current_rule = Candidate(float(base[region]), int(current.min_voxels) if current and current.region == region else 0)
-    candidates = [Candidate(float(t), int(m)) for t in thresholds for m in min_voxels]
+    choices = []
+    for choice in keep_largest:
+        choice = tuple(str(r) for r in choice)
+        if set(choice) <= set(names):
+            choices.append(choice)
+        else:
+            log.info(f"keep_largest={list(choice)} left out: the model's regions are {names}")
+    current_rule = Candidate(float(base[region]), int(current.min_voxels) if current and current.region == region else 0,
+                             tuple(current.keep_largest) if current else ())
+    candidates = [Candidate(float(t), int(m), k) for t in thresholds for m in min_voxels for k in dict.fromkeys(choices)]
     if current_rule not in candidates:
         candidates.append(current_rule)
     lowest = min(min(c.threshold for c in candidates), *base.values())
@@ -167,8 +191,7 @@ def tune_postprocessing(
         for threshold in sorted({c.threshold for c in candidates}):
             trial = InferenceSettings(**{**settings.as_dict(), "threshold": {**base, region: threshold}})
             for candidate in (c for c in candidates if c.threshold == threshold):
-                rule = PostProcessing(region, candidate.min_voxels) if candidate.min_voxels else None
-                label, _ = probabilities_to_labels(probs_box, regions, trial, rule)
+                label, _ = probabilities_to_labels(probs_box, regions, trial, candidate.rule(region))
                 dice = _dice(labels_to_regions(label, regions).astype(bool), truth_masks)
                 sums[candidate] += float(dice.mean())
                 region_sums[candidate] += float(dice[index])

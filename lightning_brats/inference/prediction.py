@@ -34,7 +34,12 @@ from torch import nn
 
 from lightning_brats.data.context import input_channels
 from lightning_brats.data.data_config import upgrade_data_config
-from lightning_brats.data.labels import region_tree, regions_to_labels, small_components_to
+from lightning_brats.data.labels import (
+    all_but_largest_component_to,
+    region_tree,
+    regions_to_labels,
+    small_components_to,
+)
 from lightning_brats.data.preprocess import preprocess_case, resample_to_crop, uncrop
 from lightning_brats.data.readers import CaseFiles, CaseSource, DataError, LoadedCase, load_case
 from lightning_brats.data.release import DEFAULT_POSTPROCESS, Release
@@ -306,39 +311,80 @@ def multirun_checkpoints(run_dir: str | Path) -> list[Path]:
     return found
 
 
+#: The keys of a post-processing rule (``data.release.postprocess``, ``inference.postprocess``).
+POSTPROCESS_KEYS = ("region", "min_voxels", "keep_largest")
+
+
 @dataclass
 class PostProcessing:
-    """Small connected components of one region become the label of the region around it.
+    """Connected-component rules applied to a label map: small components of one region, and every
+    component but the largest of others, become the label of the region around them.
 
-    With ``region="et"`` this is the BraTS 2020/2021 rule of the winning entries (Isensee et al.
+    With ``region="et"`` the first is the BraTS 2020/2021 rule of the winning entries (Isensee et al.
     2021; Futrega et al. 2021, NVIDIA): enhancing-tumour islands below ``min_voxels`` become
-    necrosis (NCR), the label TC adds. Counted on the original grid (at 1 mm, voxels are mm^3).
+    necrosis (NCR), the label TC adds. ``keep_largest`` is nnU-Net's keep-the-largest-component rule
+    (``determine_postprocessing``), per region: with ``("tc",)`` only the largest tumour-core component
+    stays core and the others become edema (``experiments/cv_brats_cpu_vs_monai``: it removes distant
+    false core islands). Counted on the original grid (at 1 mm, voxels are mm^3); the small-component
+    rule runs first.
 
     Attributes:
         region: the region whose small components are relabelled (the innermost one, ET).
-        min_voxels: components with fewer voxels are relabelled; 0 turns post-processing off.
+        min_voxels: components with fewer voxels are relabelled; 0 turns that rule off.
+        keep_largest: regions reduced to their largest component; ``()`` for none.
     """
 
     region: str = "et"
     min_voxels: int = 0
+    keep_largest: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.keep_largest = _region_names(self.keep_largest)
+
+    def __bool__(self) -> bool:
+        """Whether the rule changes anything (``min_voxels > 0`` or some ``keep_largest`` region)."""
+        return self.min_voxels > 0 or bool(self.keep_largest)
 
     def apply(self, label: np.ndarray, regions: Mapping[str, Sequence[int]]) -> tuple[np.ndarray, int]:
         """Relabel ``label`` ``(X, Y, Z)``; returns ``(label, voxels relabelled)``.
 
         Small components of the code ``region`` adds become the code of the region enclosing it
-        (:func:`~lightning_brats.data.labels.region_tree`; background for an outermost region). A
-        dataset without ``region`` (e.g. the LGG set's single ``abnormality``) is left as it is,
-        with a warning naming the regions it has.
+        (:func:`~lightning_brats.data.labels.region_tree`; background for an outermost region); then,
+        for each ``keep_largest`` region, the voxels of every component of the region but the largest
+        (:func:`~lightning_brats.data.labels.all_but_largest_component_to`) become that region's
+        enclosing code. A region the dataset lacks (e.g. the LGG set's single ``abnormality`` has no
+        ET) is skipped with a warning naming the regions it has.
         """
-        if self.min_voxels <= 0:
-            return label, 0
         nodes = {node.name: node for node in region_tree(regions)}
-        if self.region not in nodes:
-            log.warning(f"no post-processing: postprocess.region={self.region!r} is not one of the regions {list(nodes)}")
-            return label, 0
-        node = nodes[self.region]
-        replacement = nodes[node.parent].code if node.parent else 0
-        return small_components_to(label, node.code, replacement, self.min_voxels)
+        replaced = 0
+        if self.min_voxels > 0:
+            if self.region in nodes:
+                node = nodes[self.region]
+                label, replaced = small_components_to(label, node.code, _enclosing_code(nodes, node), self.min_voxels)
+            else:
+                log.warning(f"no small-component rule: postprocess.region={self.region!r} is not one of the regions {list(nodes)}")
+        for name in self.keep_largest:
+            if name not in nodes:
+                log.warning(f"no largest-component rule for {name!r}: postprocess.keep_largest names a region "
+                            f"that is not one of {list(nodes)}")
+                continue
+            label, count = all_but_largest_component_to(label, regions[name], _enclosing_code(nodes, nodes[name]))
+            replaced += count
+        return label, replaced
+
+
+def _enclosing_code(nodes: Mapping, node) -> int:
+    """The code of the region around ``node`` (background, 0, for an outermost region)."""
+    return nodes[node.parent].code if node.parent else 0
+
+
+def _region_names(value) -> tuple[str, ...]:
+    """``keep_largest`` as a tuple of region names: ``None`` or ``[]`` -> ``()``, ``"tc"`` -> ``("tc",)``."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    return tuple(str(v) for v in value)
 
 
 def postprocessing_for(release: Release | Mapping, override: Mapping | None) -> PostProcessing | None:
@@ -346,22 +392,30 @@ def postprocessing_for(release: Release | Mapping, override: Mapping | None) -> 
 
     Args:
         release: the files' :class:`~lightning_brats.data.release.Release`, or a mapping holding a
-            ``postprocess`` key (``{region, min_voxels}`` or ``None`` for none; without the key,
-            :data:`~lightning_brats.data.release.DEFAULT_POSTPROCESS`).
-        override: ``inference.postprocess``: its non-null ``region`` and ``min_voxels`` replace
-            the release's (``min_voxels=0`` turns post-processing off); ``None`` turns it off.
+            ``postprocess`` key (``{region, min_voxels, keep_largest}`` or ``None`` for none; without
+            the key, :data:`~lightning_brats.data.release.DEFAULT_POSTPROCESS`).
+        override: ``inference.postprocess``: its non-null keys replace the release's (``min_voxels=0``
+            turns the small-component rule off, ``keep_largest=[]`` the largest-component rule);
+            ``None`` turns post-processing off.
 
     Returns:
         the rule to apply, or ``None`` for none.
+
+    Raises:
+        ValueError: a key that is not one of :data:`POSTPROCESS_KEYS` (named as ``inference.postprocess``
+            or ``data.release.postprocess``).
     """
     if override is None:
         return None
     stated = release.postprocess if isinstance(release, Release) else release.get("postprocess", DEFAULT_POSTPROCESS)
+    for where, rule in (("data.release.postprocess", stated), ("inference.postprocess", override)):
+        unknown = sorted(str(k) for k in dict(rule or {}) if k not in POSTPROCESS_KEYS)
+        if unknown:
+            raise ValueError(f"{where}.{unknown[0]}: not a post-processing key (expected {list(POSTPROCESS_KEYS)})")
     rule = dict(stated or {})
     rule.update({k: v for k, v in dict(override).items() if v is not None})
-    if not rule.get("min_voxels"):
-        return None
-    return PostProcessing(str(rule.get("region") or "et"), int(rule["min_voxels"]))
+    found = PostProcessing(str(rule.get("region") or "et"), int(rule.get("min_voxels") or 0), rule.get("keep_largest"))
+    return found if found else None
 
 
 @dataclass
@@ -418,7 +472,8 @@ class Predictor:
             sliding-window ``overlap`` and ``sw_batch_size``, ``flip_tta`` (all flip combinations,
             8 in 3D, 4 in 2D), ``threshold`` and ``precision`` (``"auto"``: bf16 autocast where the
             device runs bf16 natively, else fp32; see :func:`~lightning_brats.training.hardware.inference_precision`).
-        postprocess: small-component relabelling; ``None`` for none (see :func:`postprocessing_for`).
+        postprocess: the connected-component rules (:class:`PostProcessing`); ``None`` for none (see
+            :func:`postprocessing_for`).
 
     Raises:
         ValueError: an unknown ``settings.precision``.
@@ -486,7 +541,7 @@ def probabilities_to_labels(
         probs: ``(R, X, Y, Z)`` probabilities in the order of ``regions``.
         regions: region name -> label codes.
         settings: gives the threshold per region (:meth:`InferenceSettings.thresholds`).
-        postprocess: the small-component rule, or ``None``.
+        postprocess: the connected-component rules (:class:`PostProcessing`), or ``None``.
 
     Returns:
         ``((X, Y, Z)`` uint8 label map, voxels the post-processing relabelled``)``.

@@ -36,7 +36,7 @@ class InferenceSettings:
         threshold: probability above which a voxel belongs to a region, in (0, 1); one value for
             every region, or ``{region: value}`` for some (the others 0.5), e.g. the ET threshold
             chosen on cross-validation by ``lightning-brats tune-postprocessing``.
-        postprocess: ``{region, min_voxels}`` keys replacing the dataset's post-processing, or
+        postprocess: ``{region, min_voxels, keep_largest}`` keys replacing the dataset's post-processing, or
             ``None`` for none (see :func:`~lightning_brats.inference.prediction.postprocessing_for`).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ... (prediction only).
         precision: ``"auto"``, ``"32"`` or ``"bf16"`` (prediction only; see
