@@ -161,3 +161,12 @@ def test_a_machine_that_slows_down_is_replanned_and_still_ends_inside_the_budget
 @pytest.mark.slow
 def test_trainer_max_steps_stays_a_limit_when_filling(phantom_root, tmp_path, monkeypatch, caplog):
     assert _fill_run(phantom_root, tmp_path, monkeypatch, caplog, [(0, 1.0)], ["trainer.max_steps=12"]) == 12
+
+
+@pytest.mark.slow
+def test_a_machine_too_slow_for_the_configured_steps_says_how_many_fit(phantom_root, tmp_path, monkeypatch, caplog):
+    """16 s per step, 8 steps configured, 120 s budget: after the 5 warm-up steps (80 s) only 1 more fits
+    before the 10 s margin; the plan stays at 8, the log says about 6 fit and that the clock stops the run."""
+    _fill_run(phantom_root, tmp_path, monkeypatch, caplog, [(0, 16.0)])
+    assert "about 6 of the 8 planned steps fit into trainer.max_time=0:02:00" in caplog.text
+    assert "planning " not in caplog.text and FakeClock.now <= 120 + 16

@@ -63,6 +63,7 @@ class TrainingBudget(Timer):
         self._mark: tuple[float, int] = (0.0, 0)  # (elapsed s, global step) the current rate is measured from
         self._next_plan: int | None = None
         self._validation_started: float | None = None
+        self._short_logged: int | None = None  # the step estimate last logged where the planned steps do not fit
         self.longest_validation = 0.0
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -96,6 +97,13 @@ class TrainingBudget(Timer):
         if self.step_cap is not None:
             wanted = min(wanted, self.step_cap)  # trainer.max_steps stays a limit
         current = planned_steps(trainer)
+        if fits < wanted and (self._short_logged is None or abs(fits - self._short_logged) > 0.02 * self._short_logged):
+            self._short_logged = fits
+            log.info(
+                f"Budget: {per_step:.3g} s per step (validation included) over steps {step - done}-{step}; about {fits} of "
+                f"the {wanted} planned steps fit into trainer.max_time={timedelta(seconds=self._duration)}: the clock "
+                "stops the run and the LR schedule follows the time"
+            )
         if current is not None and abs(wanted - current) <= 0.02 * current:
             return
         trainer.fit_loop.max_epochs = -1  # steps, not epochs, bound the run now
