@@ -80,6 +80,7 @@ def old_configs(old_tree):  # noqa: F811
     return {i: _compose(old_tree / "conf", case) for i, case in enumerate(CASES)}
 
 
+@pytest.mark.slow  # the repository at OLD_COMMIT extracted, and 39 configs composed twice: a migration guard, not the quick loop
 @pytest.mark.parametrize("index", range(len(CASES)), ids=[" ".join(c) for c in CASES])
 def test_every_preset_composes_to_the_same_values(index, old_configs):
     old, new = old_configs[index], _compose(Path(CONFIG_DIR), upgrade_overrides(CASES[index]))

@@ -94,6 +94,9 @@ def test_the_largest_core_component_is_kept_only_where_it_raises_the_mean_dice()
     assert islands.scores[islands.chosen] == pytest.approx((wt + 2) / 3)
     assert islands.as_config()["postprocess"]["keep_largest"] == ["tc"]
     assert all(c.keep_largest != ("rc",) for c in islands.scores)  # the model has no RC: that choice is left out
+    only_rc = tune_postprocessing(iter([("a", *_two_cores(False))]), REGIONS, inference_settings(), None, thresholds=[0.5],
+                                  min_voxels=[0], keep_largest=[["rc"]])
+    assert list(only_rc.scores) == [type(only_rc.current)(0.5, 0, ())]  # without a valid choice: the grids alone
     rule = postprocessing_for({"postprocess": None}, apply_tuned(inference_settings(), islands.as_config()).postprocess)
     assert rule == PostProcessing("et", islands.chosen.min_voxels, ("tc",))
     # where the second component is true tumour, the rule would remove it: the current rule stays

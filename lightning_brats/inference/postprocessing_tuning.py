@@ -173,6 +173,7 @@ def tune_postprocessing(
             choices.append(choice)
         else:
             log.info(f"keep_largest={list(choice)} left out: the model's regions are {names}")
+    choices = choices or [()]  # every choice left out: the grids without the rule
     current_rule = Candidate(float(base[region]), int(current.min_voxels) if current and current.region == region else 0,
                              tuple(current.keep_largest) if current else ())
     candidates = [Candidate(float(t), int(m), k) for t in thresholds for m in min_voxels for k in dict.fromkeys(choices)]
