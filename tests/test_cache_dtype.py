@@ -15,6 +15,7 @@ from tests.conftest import BRATS20_LABELS, BRATS20_LAYOUT, BRATS20_REGIONS, BRAT
 SETTINGS = PreprocessingSettings(tuple(BRATS_MODALITIES))
 
 
+@pytest.mark.slow  # two caches of a real case built: over a second of the quick loop
 @pytest.mark.real_data
 def test_float16_cache_is_half_the_size_and_within_float16_precision(brats2018_root, tmp_path):
     cases = BRATS20_LAYOUT.find_cases(brats2018_root)[:1]

@@ -248,6 +248,7 @@ def _phantom_case(root: Path):
     return folder
 
 
+@pytest.mark.slow  # a checkpoint predicted and exported: over a second of the quick loop
 def test_a_25d_checkpoint_predicts_and_exports_with_12_input_channels(tmp_path):
     """An untrained 2.5D checkpoint as train.py stores it: predict.py's Predictor gives a label map of the
     case's shape, and the ONNX file takes 12 channels, says so in its metadata and predicts the same."""

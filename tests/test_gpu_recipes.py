@@ -117,6 +117,7 @@ def test_resenc_recipes_are_the_presets_on_brats(name, patch, batch, tmp_path):
     _nnunet_v2_training(cfg, module, 250 * batch)
 
 
+@pytest.mark.slow  # MedNeXt L built: over a second of the quick loop
 def test_mednext_recipe_is_roy_2023_large_k3(tmp_path):
     """MedNeXt L k3 (61.8 M parameters in the paper) with the authors' trainer: AdamW 1e-3, eps 1e-4, weight decay
     3e-5, in nnU-Net's pipeline at 128^3, batch 2; kernel 5 is one override."""

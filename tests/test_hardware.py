@@ -146,6 +146,7 @@ def test_omp_num_threads_caps_the_pool(monkeypatch, caplog, value, expected):
         torch.set_num_threads(before)
 
 
+@pytest.mark.slow  # 11 configs composed: over a second of the quick loop
 def test_presets_leave_precision_to_the_machine(tmp_path, cpu, caplog):
     """No preset names a precision; train.py resolves it, writes it into the config and logs why."""
     before = torch.get_num_threads()

@@ -147,6 +147,7 @@ def test_region_dice_brats_conventions():
     assert metric.compute().tolist() == pytest.approx([(2 / 3 + 1) / 2, 1.0, 0.5])
 
 
+@pytest.mark.slow  # every zoo network built (about 3 s): over a second of the quick loop
 def test_every_zoo_network_is_a_segmentation_network_and_others_are_named():
     """The module reads num_outputs and check_patch_size through one contract, not getattr defaults."""
     import hydra

@@ -80,6 +80,7 @@ def test_subchallenge_config_holds_labels_regions_and_evaluation(name, tmp_path)
     assert sorted(node.code for node in region_tree(data["regions"])) == sorted(labels.values())
 
 
+@pytest.mark.slow  # every data config composed: over a second of the quick loop
 def test_inheritance_keeps_the_2023_layout_and_training_settings(tmp_path):
     base = _data("brats23", tmp_path / "a")
     for name in SUBCHALLENGES:
