@@ -41,9 +41,15 @@ PREDICT = ["inference.device=cpu", "inference.precision=32", "save_probabilities
 
 #: what each code base runs (the same script: train, resume one more epoch, predict one case)
 SCRIPT = """
-import json, sys
+import json, os, sys
 from pathlib import Path
+import torch
 from lightning_brats import api
+if os.environ.get("OMP_NUM_THREADS"):
+    # this code keeps to OMP_NUM_THREADS (pytest-xdist sets it to a worker's share); the old code sized its pool to
+    # every core of its affinity. Bit-identical weights need the same thread count (the same reduction order).
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    torch.set_num_threads = lambda threads: None
 args = json.loads(sys.argv[1])
 out = Path(args["out"])
 if args["train"]:
