@@ -294,6 +294,7 @@ def test_an_unknown_config_key_or_value_is_refused_naming_it(tmp_path):
     ("data.fold=5", "data.fold=5 with data.num_folds=5"),
     ("data.num_folds=1", "expected at least 2 folds"),
     ("data.batch_size=0", "data.batch_size=0: expected at least 1"),
+    ("data.foreground_sampling=tumour", "data.foreground_sampling='tumour': expected one of ['voxel', 'label', 'region']"),
     ("data.modalities=[flair,dwi]",
      "names ['dwi'], which this dataset's layout does not have; its modalities are ['flair', 't1', 't1ce', 't2']"),
 ])

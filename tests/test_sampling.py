@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_brats.data.sampling import Augmentation, TrainingSampleDataset, crop_or_pad, patch_start
+from lightning_brats.data.sampling import (
+    FOREGROUND_SAMPLING,
+    Augmentation,
+    TrainingSampleDataset,
+    crop_or_pad,
+    foreground_classes,
+    patch_start,
+)
 from lightning_brats.data.splits import kfold_split
 
 
@@ -165,3 +172,49 @@ def test_each_sample_names_the_case_it_was_cut_from():
     assert seen == {"c1", "c2", "c3"}
     batch = torch.utils.data.default_collate([dataset[(0, 0)], dataset[(0, 1)]])
     assert isinstance(batch["case_id"], list) and len(batch["case_id"]) == 2
+
+
+BRATS18_REGIONS = {"wt": [1, 2, 4], "tc": [1, 4], "et": [4]}
+
+
+def _small_core_case():
+    """One case of 1000 edema (2), 100 necrosis (1) and 10 enhancing (4) voxels, each code in its own slices."""
+    from lightning_brats.data.preprocess import CachedCase
+
+    label = np.zeros((20, 20, 12), np.uint8)
+    label[:, :, 0:3] = 0
+    label[:10, :10, 0:10] = 2  # 1000 voxels
+    label[10:20, 10:20, 10] = 1  # 100 voxels, slice 10 only
+    label[0:10, 19, 11] = 4  # 10 voxels, slice 11 only
+    return CachedCase("c", np.zeros((1, 20, 20, 12), np.float32), label, {})
+
+
+def test_foreground_classes_follow_the_mode():
+    label = _small_core_case().label
+    voxel = foreground_classes(label, "voxel", BRATS18_REGIONS)
+    assert [len(c) for c in voxel] == [1110]
+    by_label = foreground_classes(label, "label", BRATS18_REGIONS)
+    assert [sorted(set(label[tuple(c.T)].tolist())) for c in by_label] == [[1], [2], [4]]
+    by_region = foreground_classes(label, "region", {**BRATS18_REGIONS, "absent": [3]})
+    assert [len(c) for c in by_region] == [1110, 110, 10]  # the region the case lacks is no class
+    assert foreground_classes(None, "region", BRATS18_REGIONS) == []
+    with pytest.raises(ValueError, match="data.foreground_sampling='regions'"):
+        foreground_classes(label, "regions", BRATS18_REGIONS)
+
+
+@pytest.mark.parametrize("patch_size", [(1, 1, 1), (1, 1)])
+def test_class_balanced_oversampling_centres_the_small_core_as_nnunet_does(patch_size):
+    """Of 1110 tumour voxels 10 are ET: uniform voxels centre ~1 % of samples there; nnU-Net's
+    class-first rule a third (``label``: code 4 in one draw of three; ``region``: ET's third plus its share of
+    TC's and WT's). A 1-voxel patch's target is the centre's regions."""
+    case = _small_core_case()
+    shares = {}
+    for mode in FOREGROUND_SAMPLING:
+        dataset = TrainingSampleDataset([case], BRATS18_REGIONS, patch_size, 4, 1.0, None, seed=3, foreground_sampling=mode)
+        targets = np.stack([dataset[(0, i)]["target"].numpy().reshape(3) for i in range(600)])
+        assert targets[:, 0].all()  # every sample is centred on tumour
+        shares[mode] = targets[:, 1:].mean(axis=0)  # TC, ET
+    assert shares["voxel"][1] < 0.04 and shares["voxel"][0] < 0.2  # 110 / 1110 TC
+    assert 0.25 < shares["label"][1] < 0.42 and 0.55 < shares["label"][0] < 0.75  # codes 1 and 4: 2/3
+    assert 0.28 < shares["region"][1] < 0.45 and 0.6 < shares["region"][0] < 0.8  # 1/3 + 1/3 * 10/110 + ...
+

@@ -25,7 +25,7 @@ from lightning_brats.data.labels import labels_to_regions
 from lightning_brats.data.preprocess import CachedCase, PreprocessedCache
 from lightning_brats.data.readers import CaseReader, CaseSource, DataError, make_reader
 from lightning_brats.data.release import Release
-from lightning_brats.data.sampling import Augmentation, EpochSampler, TrainingSampleDataset
+from lightning_brats.data.sampling import FOREGROUND_SAMPLING, Augmentation, EpochSampler, TrainingSampleDataset
 from lightning_brats.data.settings import PreprocessingSettings
 from lightning_brats.data.splits import (
     FOLD_ALL,
@@ -82,6 +82,10 @@ class SegmentationDataModule(pl.LightningDataModule):
             DDP each of the ``W`` processes takes ``batch_size // W`` of them
             (:attr:`rank_batch_size`); ``batch_size`` must be divisible by ``W``.
         oversample_foreground: fraction of each batch centred on a tumour voxel.
+        foreground_sampling: how that voxel is chosen (:data:`~lightning_brats.data.sampling.FOREGROUND_SAMPLING`):
+            ``voxel`` (default), any tumour voxel uniformly; ``label``, a label code present in the case
+            first, uniformly (nnU-Net v1); ``region``, a region present first, uniformly (nnU-Net v2's
+            region-based training), then a voxel of it.
         samples_per_epoch: training samples per epoch, all processes together; an epoch is
             ``samples_per_epoch // batch_size`` steps (a last incomplete batch is not drawn).
         num_folds, fold, seed: the case-level cross-validation split (see :func:`~lightning_brats.data.splits.kfold_split`),
@@ -130,7 +134,8 @@ class SegmentationDataModule(pl.LightningDataModule):
             slices are 2D only); a modality the layout does not have; a ``patch_size`` with too few or non-positive values; a ``batch_size``
             below 1; a ``fold`` that is neither ``all`` nor a whole number, one outside ``[0, num_folds)`` or
             fewer than 2 folds (without a ``splits_file``, whose folds are checked in :meth:`setup`); ``samples_per_epoch``
-            smaller than ``batch_size``; a negative ``context_slices``, or one above 0 with 3D sampling;
+            smaller than ``batch_size``; a negative ``context_slices``, or one above 0 with 3D sampling; an
+            unknown ``foreground_sampling``;
             invalid preprocessing settings (see
             :class:`~lightning_brats.data.settings.PreprocessingSettings`).
     """
@@ -160,6 +165,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         prepare_data_per_node: bool = False,
         cache_dtype: str = "float32",
         context_slices: int = 0,
+        foreground_sampling: str = "voxel",
     ) -> None:
         super().__init__()
         self.prepare_data_per_node = prepare_data_per_node
@@ -212,6 +218,9 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.rank_batch_size = batch_size
         self.oversample_foreground = oversample_foreground
+        if foreground_sampling not in FOREGROUND_SAMPLING:
+            raise ValueError(f"data.foreground_sampling={foreground_sampling!r}: expected one of {list(FOREGROUND_SAMPLING)}")
+        self.foreground_sampling = foreground_sampling
         self.samples_per_epoch = samples_per_epoch
         self.num_folds, self.fold, self.seed = num_folds, fold, seed
         if augment is True:
@@ -364,6 +373,7 @@ class SegmentationDataModule(pl.LightningDataModule):
             self.seed,
             self.min_foreground_fraction,
             self.context_slices,
+            self.foreground_sampling,
         )
         if self.train_set.dropped:
             log.info(f"data.min_foreground_fraction={self.min_foreground_fraction}: {self.train_set.dropped}")

@@ -1,9 +1,15 @@
 """Training samples: random 3D patches or 2D axial slices with foreground oversampling.
 
 Foreground oversampling follows nnU-Net (Isensee et al. 2021, ``nnUNetDataLoader``): in
-each batch of ``B`` samples the last ``B - round(B * (1 - p))`` are centred on a random
-tumour voxel, the others are placed uniformly at random. Every sample's randomness comes
-from ``(seed, epoch, index)``, so an epoch is reproducible whatever the number of workers.
+each batch of ``B`` samples the last ``B - round(B * (1 - p))`` are centred on a tumour voxel,
+the others are placed uniformly at random. Which tumour voxel is ``foreground_sampling``'s
+choice (:data:`FOREGROUND_SAMPLING`): any one, uniformly (``voxel``), or a class first, uniformly
+among those the case holds, then a voxel of it, as nnU-Net does (``label``: per label code, as
+nnU-Net v1's loaders; ``region``: per region, as nnU-Net v2's region-based training,
+``nnUNetDataLoaderBase.get_bbox``). Balancing by class centres more samples on the small tumour
+core and enhancing tumour than uniform voxels, most of which are edema. Every sample's
+randomness comes from ``(seed, epoch, index)``, so an epoch is reproducible whatever the number
+of workers.
 """
 
 from __future__ import annotations
@@ -73,8 +79,21 @@ def patch_start(
     return starts
 
 
-def foreground_voxels(label: np.ndarray | None, max_voxels: int = 20000, seed: int = 0) -> np.ndarray:
+#: ``data.foreground_sampling`` options: how an oversampled sample picks its tumour voxel (see the module's docstring).
+FOREGROUND_SAMPLING = ("voxel", "label", "region")
+
+
+def foreground_voxels(
+    label: np.ndarray | None, max_voxels: int = 20000, seed: int = 0, codes: Sequence[int] | None = None
+) -> np.ndarray:
     """Coordinates of tumour (non-zero label) voxels, subsampled to at most ``max_voxels``.
+
+    Args:
+        label: ``(x, y, z)`` label map, or ``None`` (an unlabelled case).
+        max_voxels: at most this many coordinates are kept (a random subset, drawn with ``seed``).
+        seed: the subset's seed.
+        codes: only voxels whose label is one of these codes (e.g. a region's); ``None``: every
+            non-zero label.
 
     Returns:
         ``(N, 3)`` voxel coordinates, int16 (int32 for axes of 32768 voxels or more): the index is kept
@@ -85,10 +104,44 @@ def foreground_voxels(label: np.ndarray | None, max_voxels: int = 20000, seed: i
     if label is None:
         return np.zeros((0, 3), dtype=np.int16)
     label = np.asarray(label)
-    coords = np.argwhere(label > 0)
+    coords = np.argwhere(label > 0 if codes is None else np.isin(label, list(codes)))
     if len(coords) > max_voxels:
         coords = coords[np.random.default_rng(seed).choice(len(coords), max_voxels, replace=False)]
     return coords.astype(np.int16 if max(label.shape) < 2**15 else np.int32)
+
+
+def foreground_classes(
+    label: np.ndarray | None, mode: str, regions: Mapping[str, Sequence[int]], seed: int = 0
+) -> list[np.ndarray]:
+    """The tumour voxels an oversampled sample may be centred on, one array per class the case holds.
+
+    Args:
+        label: ``(x, y, z)`` label map, or ``None``.
+        mode: one of :data:`FOREGROUND_SAMPLING`: ``voxel``, one class (every tumour voxel); ``label``,
+            one class per non-zero label code present (nnU-Net v1's class locations); ``region``, one per
+            region present (``regions``' codes, nnU-Net v2's ``foreground_regions``).
+        regions: region name -> label codes.
+        seed: the subsets' seed (each class keeps at most 20000 voxels, :func:`foreground_voxels`).
+
+    Returns:
+        ``(N_c, 3)`` voxel coordinates per class, classes without a voxel left out (an empty list for a
+        case without tumour).
+
+    Raises:
+        ValueError: an unknown ``mode``.
+    """
+    if mode not in FOREGROUND_SAMPLING:
+        raise ValueError(f"data.foreground_sampling={mode!r}: expected one of {list(FOREGROUND_SAMPLING)}")
+    if label is None:
+        return []
+    if mode == "voxel":
+        classes = [foreground_voxels(label, seed=seed)]
+    elif mode == "label":
+        codes = [int(c) for c in np.unique(np.asarray(label)) if c != 0]
+        classes = [foreground_voxels(label, seed=seed, codes=[c]) for c in codes]
+    else:
+        classes = [foreground_voxels(label, seed=seed, codes=codes) for codes in regions.values()]
+    return [c for c in classes if len(c)]
 
 
 def slice_foreground_fractions(label: np.ndarray) -> np.ndarray:
@@ -164,6 +217,9 @@ class TrainingSampleDataset(Dataset):
         patch_size: ``(px, py, pz)`` for 3D patches or ``(px, py)`` for 2D axial slices (voxels).
         batch_size: the batch size, which fixes the oversampled positions in each batch.
         oversample_foreground: fraction ``p`` of each batch centred on a tumour voxel.
+        foreground_sampling: how that voxel is chosen (:data:`FOREGROUND_SAMPLING`, :func:`foreground_classes`):
+            ``voxel``, any tumour voxel uniformly; ``label`` or ``region``, a label code or region first,
+            uniformly among those the case holds (nnU-Net), then one of its voxels.
         augment: the training augmentation (see :class:`Augmentation`), or ``None``; one with
             ``device="batch"`` is left to the batch on the training device (not applied here).
         seed: base seed.
@@ -176,7 +232,8 @@ class TrainingSampleDataset(Dataset):
 
     Raises:
         ValueError: a ``patch_size`` of neither 2 nor 3 values; the filter leaves nothing; ``context_slices``
-            above 0 with 3D patches (:func:`~lightning_brats.data.context.check_context`).
+            above 0 with 3D patches (:func:`~lightning_brats.data.context.check_context`); an unknown
+            ``foreground_sampling``.
 
     Items (keyed by ``(epoch, index)`` from :class:`EpochSampler`) are dicts with
     ``image`` ``(C, *patch_size)`` (``C`` = modalities x ``(2k + 1)``) float32 (also from a float16 cache), ``target`` ``(R, *patch_size)`` float32,
@@ -200,6 +257,7 @@ class TrainingSampleDataset(Dataset):
         seed: int = 0,
         min_foreground_fraction: float | None = None,
         context_slices: int = 0,
+        foreground_sampling: str = "voxel",
     ) -> None:
         if len(patch_size) not in (2, 3):
             raise ValueError(f"patch_size must have 2 (2D) or 3 (3D) values, got {list(patch_size)}")
@@ -211,12 +269,17 @@ class TrainingSampleDataset(Dataset):
         self.augment = augment
         self.seed = seed
         self.cases, self.slices, self.dropped = self._select(list(cases), float(min_foreground_fraction or 0))
-        self.foreground = [foreground_voxels(c.label, seed=seed) for c in self.cases]
+        self.foreground_sampling = foreground_sampling
+        #: per case, the voxels of each class an oversampled sample may be centred on (:func:`foreground_classes`)
+        self.foreground = [foreground_classes(c.label, foreground_sampling, self.regions, seed) for c in self.cases]
         # the targets of every uint8 code, (R, 256), from labels_to_regions itself: one np.take per sample
         # gives its result for the cache's uint8 labels at about 60 % of its CPU (3 np.isin, stack, cast)
         self.region_table = labels_to_regions(np.arange(256, dtype=np.uint8), self.regions)
         if len(self.patch_size) == 2:  # only tumour voxels on kept slices may centre a slice
-            self.foreground = [fg[np.isin(fg[:, 2], kept)] for fg, kept in zip(self.foreground, self.slices)]
+            self.foreground = [
+                [c for c in (fg[np.isin(fg[:, 2], kept)] for fg in classes) if len(c)]
+                for classes, kept in zip(self.foreground, self.slices)
+            ]
 
     def _select(self, cases: list[CachedCase], minimum: float) -> tuple[list[CachedCase], list[np.ndarray], str]:
         """Apply ``min_foreground_fraction``: the kept cases, their kept slice indices, a summary."""
@@ -243,6 +306,18 @@ class TrainingSampleDataset(Dataset):
         """Whether sample ``index`` is forced onto a tumour voxel (nnU-Net's rule, per batch)."""
         return index % self.batch_size >= round(self.batch_size * (1 - self.oversample_foreground))
 
+    def _foreground_center(self, case_index: int, rng: np.random.Generator) -> np.ndarray | None:
+        """A tumour voxel of case ``case_index``: a class uniformly, then one of its voxels; ``None`` without one.
+
+        With ``voxel`` sampling there is one class and no draw for it, so the random stream is the one of
+        the code before ``data.foreground_sampling`` existed.
+        """
+        classes = self.foreground[case_index]
+        if not classes:
+            return None
+        voxels = classes[0] if len(classes) == 1 else classes[int(rng.integers(len(classes)))]
+        return voxels[rng.integers(len(voxels))].astype(np.int64)
+
     def __len__(self) -> int:  # the sampler decides the epoch length
         return 0
 
@@ -250,8 +325,8 @@ class TrainingSampleDataset(Dataset):
         epoch, index = key
         rng = np.random.default_rng((self.seed, epoch, index))
         case_index = int(rng.integers(len(self.cases)))
-        case, fg = self.cases[case_index], self.foreground[case_index]
-        center = fg[rng.integers(len(fg))].astype(np.int64) if self.is_oversampled(index) and len(fg) else None
+        case = self.cases[case_index]
+        center = self._foreground_center(case_index, rng) if self.is_oversampled(index) else None
         if len(self.patch_size) == 3:
             start = patch_start(case.image.shape[1:], self.patch_size, rng, center)
             image = crop_or_pad(case.image, start, self.patch_size)

@@ -193,7 +193,7 @@ class ModelCard(pl.Callback):
             "preprocessing": {
                 key: data.get(key)
                 for key in ("crop", "crop_size", "normalization", "spacing", "sampling", "context_slices", "patch_size", "batch_size",
-                            "samples_per_epoch", "oversample_foreground", "min_foreground_fraction", "augment")
+                            "samples_per_epoch", "oversample_foreground", "foreground_sampling", "min_foreground_fraction", "augment")
                 if key in data
             },
             "network": {
