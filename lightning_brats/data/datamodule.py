@@ -25,7 +25,12 @@ from lightning_brats.data.labels import labels_to_regions
 from lightning_brats.data.preprocess import CachedCase, PreprocessedCache
 from lightning_brats.data.readers import CaseReader, CaseSource, DataError, make_reader
 from lightning_brats.data.release import Release
-from lightning_brats.data.sampling import FOREGROUND_SAMPLING, Augmentation, EpochSampler, TrainingSampleDataset
+from lightning_brats.data.sampling import (
+    FOREGROUND_SAMPLING,
+    Augmentation,
+    EpochSampler,
+    TrainingSampleDataset,
+)
 from lightning_brats.data.settings import PreprocessingSettings
 from lightning_brats.data.splits import (
     FOLD_ALL,
