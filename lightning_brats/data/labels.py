@@ -11,7 +11,7 @@ RC. This is read from ``data.regions`` and ``data.labels``, not written per rele
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -179,16 +179,7 @@ def small_components_to(label: np.ndarray, code: int, replacement: int, min_voxe
     Returns:
         ``(new label map, voxels replaced)``.
     """
-    components, count = ndimage.label(label == code, structure=np.ones((3, 3, 3), dtype=bool))
-    if count == 0:
-        return label, 0
-    sizes = np.bincount(components.ravel())
-    small = np.flatnonzero(sizes < min_voxels)
-    small = small[small > 0]
-    mask = np.isin(components, small)
-    out = label.copy()
-    out[mask] = replacement
-    return out, int(mask.sum())
+    return _components_to(label, label == code, replacement, lambda sizes: np.flatnonzero(sizes < min_voxels))
 
 
 def all_but_largest_component_to(label: np.ndarray, codes: Sequence[int], replacement: int) -> tuple[np.ndarray, int]:
@@ -208,11 +199,30 @@ def all_but_largest_component_to(label: np.ndarray, codes: Sequence[int], replac
     Returns:
         ``(new label map, voxels replaced)``.
     """
-    components, count = ndimage.label(np.isin(label, list(codes)), structure=np.ones((3, 3, 3), dtype=bool))
-    if count <= 1:
+    return _components_to(label, np.isin(label, list(codes)), replacement, lambda sizes: np.delete(np.arange(len(sizes)), np.argmax(sizes)))
+
+
+def _components_to(
+    label: np.ndarray, mask: np.ndarray, replacement: int, chosen: Callable[[np.ndarray], np.ndarray]
+) -> tuple[np.ndarray, int]:
+    """Relabel the 26-connected components of ``mask`` that ``chosen`` picks as ``replacement``.
+
+    Args:
+        label: ``(X, Y, Z)`` label map.
+        mask: ``(X, Y, Z)`` bool, the voxels whose components are considered.
+        replacement: the label the chosen components' voxels get.
+        chosen: the components' sizes in voxels ``(N,)`` (scan order) -> the indices of those to relabel.
+
+    Returns:
+        ``(new label map, voxels replaced)``; ``label`` itself when nothing is replaced.
+    """
+    components, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    if count == 0:
         return label, 0
-    largest = int(np.argmax(np.bincount(components.ravel())[1:])) + 1
-    mask = (components > 0) & (components != largest)
+    ids = np.asarray(chosen(np.bincount(components.ravel())[1:]), dtype=np.int64) + 1
+    if ids.size == 0:
+        return label, 0
+    replaced = np.isin(components, ids)
     out = label.copy()
-    out[mask] = replacement
-    return out, int(mask.sum())
+    out[replaced] = replacement
+    return out, int(replaced.sum())
