@@ -90,7 +90,7 @@ def tune(cfg: DictConfig) -> TuningResult:
     result = tune_postprocessing(
         load(), regions, settings, postprocessing_for(release, settings.postprocess), cfg.region,
         list(cfg.thresholds), list(cfg.min_voxels), float(cfg.min_gain),
-        [list(choice or []) for choice in cfg.get("keep_largest") or [[]]],
+        list(cfg.get("keep_largest") or [[]]),  # each choice read by region_names
     )
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

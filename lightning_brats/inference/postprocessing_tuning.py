@@ -28,7 +28,7 @@ import numpy as np
 import yaml
 
 from lightning_brats.data.labels import labels_to_regions
-from lightning_brats.inference.prediction import PostProcessing, probabilities_to_labels
+from lightning_brats.inference.prediction import PostProcessing, probabilities_to_labels, region_names
 from lightning_brats.inference.sliding_window import InferenceSettings
 from lightning_brats.io import atomic_save
 from lightning_brats.training.checkpoints import run_dir_of
@@ -168,7 +168,7 @@ def tune_postprocessing(
     base = dict(zip(names, settings.thresholds(names)))
     choices = []
     for choice in keep_largest:
-        choice = tuple(str(r) for r in choice)
+        choice = region_names(choice)
         if set(choice) <= set(names):
             choices.append(choice)
         else:

@@ -339,7 +339,7 @@ class PostProcessing:
     keep_largest: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        self.keep_largest = _region_names(self.keep_largest)
+        self.keep_largest = region_names(self.keep_largest)
 
     def __bool__(self) -> bool:
         """Whether the rule changes anything (``min_voxels > 0`` or some ``keep_largest`` region)."""
@@ -378,8 +378,9 @@ def _enclosing_code(nodes: Mapping, node) -> int:
     return nodes[node.parent].code if node.parent else 0
 
 
-def _region_names(value) -> tuple[str, ...]:
-    """``keep_largest`` as a tuple of region names: ``None`` or ``[]`` -> ``()``, ``"tc"`` -> ``("tc",)``."""
+def region_names(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    """A ``keep_largest`` value as a tuple of region names: ``None`` or ``[]`` -> ``()``, ``"tc"`` -> ``("tc",)``,
+    ``["tc"]`` -> ``("tc",)`` (the one reading of the key: the rule, the tuner and its CLI use it)."""
     if value is None:
         return ()
     if isinstance(value, str):
