@@ -27,6 +27,7 @@ def test_nnunet_recipe_is_isensee_2020(tmp_path):
     # 1000 epochs x 250 iterations
     assert cfg.trainer.max_epochs == 1000 and cfg.data.samples_per_epoch // cfg.data.batch_size == 250
     assert cfg.trainer.gradient_clip_val == 12
+    assert cfg.data.foreground_sampling == "label"  # nnU-Net v1's DataLoader3D: a label present first
     module = hydra.utils.instantiate(cfg.model)
     net = module.net
     convs = [m for m in net.modules() if isinstance(m, nn.Conv3d)]
@@ -71,6 +72,7 @@ def test_nvidia_recipe_is_futrega_2021(tmp_path):
     assert cfg.trainer.precision == "auto"
     assert list(cfg.data.patch_size) == [128, 128, 128] and cfg.data.batch_size == 2 and cfg.data.preprocessing.spacing is None
     assert cfg.data.oversample_foreground == 0.4
+    assert cfg.data.foreground_sampling == "voxel"  # their loader crops around any foreground
     module = hydra.utils.instantiate(cfg.model)
     net = module.net
     assert list(net.filters) == [64, 96, 128, 192, 256, 384, 512] and net.divisor == 64
@@ -90,6 +92,7 @@ def _nnunet_v2_training(cfg, module, samples_per_epoch):
     assert cfg.trainer.max_epochs == 1000 and cfg.data.samples_per_epoch == samples_per_epoch  # 250 iterations
     assert cfg.data.samples_per_epoch // cfg.data.batch_size == 250
     assert cfg.trainer.gradient_clip_val == 12 and cfg.data.oversample_foreground == 0.33
+    assert cfg.data.foreground_sampling == "region"  # nnUNetDataLoaderBase.get_bbox: a region present first
     augment = cfg.data.augment
     assert (augment.flip, augment.spatial_prob, augment.rotate_deg, augment.elastic_prob) == (True, 0.2, 30, 0.0)
     assert (augment.gamma_prob, augment.low_res_prob) == (0.3, 0.25)  # augment=nnunet's intensity set
