@@ -132,7 +132,7 @@ def child(folder: Path, ids: Sequence[str], workers: int, steps: int, patch: Seq
         "pss_mib": _pss_mib(os.getpid()) + sum(_pss_mib(p) for p in pids),
         "main_anon_mib": _mib_from_status(os.getpid(), "RssAnon"),
         "main_file_mib": _mib_from_status(os.getpid(), "RssFile"),
-        "dataset_index_mib": sum(fg.nbytes for fg in dataset.foreground) / 2**20,
+        "dataset_index_mib": sum(voxels.nbytes for classes in dataset.foreground for voxels in classes) / 2**20,
         "cache_image_type": type(cases[0].image).__name__,
     }
     del iterator
